@@ -1,0 +1,1 @@
+//! Lowers fused kernel groups to backend programs.

@@ -1,0 +1,18 @@
+//! qie-ir: the model DSL, the graph IR, its verifier and the compiler passes.
+//!
+//! Data flow: `.qie` text -> AST -> (lowering, with concrete input shapes) -> [`Graph`] -> passes.
+
+pub mod cost;
+pub mod dtype;
+pub mod graph;
+pub mod infer;
+pub mod op;
+pub mod plan;
+pub mod print;
+pub mod types;
+
+pub use dtype::DType;
+pub use graph::{Args, Graph, Node, NodeId};
+pub use infer::{infer_type, TypeError};
+pub use op::{BinaryOp, CmpOp, Op, ReduceOp, UnaryOp};
+pub use types::{contiguous_strides, shape, Shape, TensorType};
