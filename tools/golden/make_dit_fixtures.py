@@ -363,6 +363,8 @@ def main() -> int:
               file=sys.stderr)
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}")
     torch.set_num_threads(1)
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
 
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.only or list(CASES):

@@ -122,8 +122,8 @@ pub enum WeightsError {
     },
 
     /// A tensor name that is not in the store.
-    #[error("weights: tensor '{tensor}' not found in {}", source.display())]
-    NotFound { tensor: String, source: PathBuf },
+    #[error("weights: tensor '{tensor}' not found in {}", store.display())]
+    NotFound { tensor: String, store: PathBuf },
 
     /// A tensor whose dtype cannot be converted to the requested type.
     #[error("weights: tensor '{tensor}' has dtype {dtype}, which cannot be loaded as {target}")]

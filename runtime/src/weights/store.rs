@@ -177,7 +177,7 @@ impl WeightStore {
     fn not_found(&self, name: &str) -> WeightsError {
         WeightsError::NotFound {
             tensor: name.to_string(),
-            source: self.source.clone(),
+            store: self.source.clone(),
         }
     }
 }
