@@ -1,1 +1,7 @@
-//! Qwen-Image model family.
+//! Qwen-Image model family: DSL sources, config readers and drivers.
+
+pub mod error;
+pub mod qwen_image;
+pub mod sources;
+
+pub use error::ModelError;
