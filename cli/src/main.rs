@@ -1,1 +1,50 @@
-fn main() {}
+//! `qie`: compile, run and (later) train Qwen-Image-Edit models from one binary.
+
+mod cmd_compile;
+mod cmd_forward;
+mod shapes_arg;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "qie", version, about = "Qwen-Image-Edit runtime: model DSL, compiler and CPU/GPU execution")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compile a .qie model for given input shapes and print the IR, fusion groups and memory plan.
+    Compile(cmd_compile::CompileArgs),
+    /// Run one model component on tensors from a safetensors file (for parity checks with PyTorch).
+    #[command(subcommand)]
+    Forward(cmd_forward::ForwardCommand),
+    /// List the compute backends compiled in and the devices found.
+    Devices,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Compile(args) => cmd_compile::run(args),
+        Command::Forward(cmd) => cmd_forward::run(cmd),
+        Command::Devices => {
+            println!("backends: cpu");
+            println!("cpu: {} threads", rayon_threads());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

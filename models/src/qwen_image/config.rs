@@ -18,6 +18,8 @@ pub struct DitConfig {
     pub axes_dims_rope: Vec<usize>,
     pub zero_cond_t: bool,
     pub use_additional_t_cond: bool,
+    /// Qwen-Image-Layered's rope (the condition image at frame -1): selects the layered variant source.
+    pub use_layer3d_rope: bool,
 }
 
 impl DitConfig {
@@ -70,13 +72,9 @@ impl DitConfig {
             axes_dims_rope,
             zero_cond_t: get_bool("zero_cond_t")?,
             use_additional_t_cond: get_bool("use_additional_t_cond")?,
+            use_layer3d_rope: get_bool("use_layer3d_rope")?,
             raw,
         };
-        if get_bool("use_layer3d_rope")? {
-            return Err(ModelError::new(
-                "use_layer3d_rope (Qwen-Image-Layered) is not supported yet".to_string(),
-            ));
-        }
         if get_bool("guidance_embeds")? {
             return Err(ModelError::new(
                 "guidance_embeds=true is not supported (no released Qwen-Image checkpoint uses it)".to_string(),
@@ -114,6 +112,15 @@ impl DitConfig {
             fill(obj, "use_additional_t_cond", self.use_additional_t_cond.into());
         }
         v
+    }
+
+    /// The bundled model source this config selects.
+    pub fn source_name(&self) -> &'static str {
+        if self.use_layer3d_rope {
+            "qwen_image_layered.qie"
+        } else {
+            "qwen_image_dit.qie"
+        }
     }
 
     pub fn inner_dim(&self) -> usize {

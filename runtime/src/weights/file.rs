@@ -58,10 +58,11 @@ impl MappedFile {
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| WeightsError::io(path, e))?;
         let data_start = check_layout(path, &mmap)?;
 
-        let (_, meta) = SafeTensors::read_metadata(&mmap).map_err(|source| WeightsError::Format {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let (_, meta) =
+            SafeTensors::read_metadata(&mmap).map_err(|source| WeightsError::Format {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let mut tensors: Vec<FileTensor> = meta
             .tensors()
             .into_iter()

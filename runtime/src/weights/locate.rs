@@ -79,7 +79,11 @@ fn pick(dir: &Path, mut names: Vec<String>, suffix: &str) -> Result<String> {
     }
     let conventional: Vec<&String> = names
         .iter()
-        .filter(|n| CONVENTIONAL_STEMS.iter().any(|s| **n == format!("{s}{suffix}")))
+        .filter(|n| {
+            CONVENTIONAL_STEMS
+                .iter()
+                .any(|s| **n == format!("{s}{suffix}"))
+        })
         .collect();
     if let [one] = conventional.as_slice() {
         return Ok((*one).clone());

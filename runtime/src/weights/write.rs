@@ -117,8 +117,9 @@ pub fn save_raw(path: impl AsRef<Path>, tensors: &[RawTensor<'_>]) -> Result<()>
         }
     }
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(tensors.iter().map(|t| (t.name.as_str(), t)), Some(metadata))
-        .map_err(|e| WeightsError::write(path, e.to_string()))?;
+    let bytes =
+        safetensors::serialize(tensors.iter().map(|t| (t.name.as_str(), t)), Some(metadata))
+            .map_err(|e| WeightsError::write(path, e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
