@@ -1,1 +1,4 @@
 //! Executes compiled qie plans.
+
+pub mod cuda;
+pub mod weights;

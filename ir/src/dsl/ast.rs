@@ -1,0 +1,217 @@
+//! The syntax tree of a `.qie` file. Every node carries a [`Span`] for error messages and origins.
+
+use crate::DType;
+
+/// A byte range in one source file (`file` indexes `Program::files`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Span {
+    pub file: u32,
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    pub fn to(self, other: Span) -> Span {
+        Span {
+            file: self.file,
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Name {
+    pub text: String,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnOp {
+    Neg,
+    Not,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    Coalesce,
+    Or,
+    And,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    FloorDiv,
+    Rem,
+    Range,
+}
+
+impl BinOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Coalesce => "??",
+            BinOp::Or => "||",
+            BinOp::And => "&&",
+            BinOp::Eq => "==",
+            BinOp::Ne => "!=",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::FloorDiv => "//",
+            BinOp::Rem => "%",
+            BinOp::Range => "..",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub enum ExprKind {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    None,
+    Str(String),
+    Ident(String),
+    List(Vec<Expr>),
+    Tuple(Vec<Expr>),
+    Unary(UnOp, Box<Expr>),
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    Call(Box<Expr>, Vec<Arg>),
+    Member(Box<Expr>, Name),
+    Index(Box<Expr>, Box<Expr>),
+    /// `if c1 { .. } else if c2 { .. } else { .. }`
+    If(Vec<(Expr, Block)>, Option<Box<Block>>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Arg {
+    pub name: Option<Name>,
+    pub value: Expr,
+}
+
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub stmts: Vec<Stmt>,
+    /// The block's value: a trailing expression without `;`.
+    pub tail: Option<Expr>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Stmt {
+    Let(Pattern, Expr),
+    Assign(Name, Expr),
+    For(Pattern, Expr, Block),
+    Output(Name, Expr),
+    Expr(Expr),
+}
+
+#[derive(Clone, Debug)]
+pub enum Pattern {
+    Name(Name),
+    Tuple(Vec<Pattern>, Span),
+}
+
+/// `dtype[d0, d1, ..]` on a forward parameter (a graph input).
+#[derive(Clone, Debug)]
+pub struct TypeAnn {
+    pub dtype: DType,
+    pub dims: Vec<Expr>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct ParamDecl {
+    pub name: Name,
+    pub ty: Option<TypeAnn>,
+    pub default: Option<Expr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FnDef {
+    pub name: Name,
+    pub params: Vec<ParamDecl>,
+    pub body: Block,
+    /// The `fn name(..)` header.
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct ParamMember {
+    pub name: Name,
+    pub dtype: DType,
+    pub dims: Vec<Expr>,
+    pub cond: Option<Expr>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct SubMember {
+    pub name: Name,
+    pub count: Option<Expr>,
+    pub module: Name,
+    pub args: Vec<Arg>,
+    /// Explicit checkpoint path (`@ "net.0.proj"`).
+    pub path: Option<(String, Span)>,
+    pub cond: Option<Expr>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub enum Member {
+    Let(Pattern, Expr),
+    Param(ParamMember),
+    Sub(SubMember),
+}
+
+#[derive(Clone, Debug)]
+pub struct ModuleDef {
+    pub name: Name,
+    pub params: Vec<ParamDecl>,
+    pub members: Vec<Member>,
+    pub methods: Vec<FnDef>,
+}
+
+impl ModuleDef {
+    pub fn method(&self, name: &str) -> Option<usize> {
+        self.methods.iter().position(|m| m.name.text == name)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ConstDef {
+    pub name: Name,
+    pub value: Expr,
+}
+
+#[derive(Clone, Debug)]
+pub enum ItemKind {
+    Import(String),
+    Const(ConstDef),
+    Fn(FnDef),
+    Module(ModuleDef),
+    Entry(Name),
+}
+
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub kind: ItemKind,
+    pub is_override: bool,
+    pub span: Span,
+}

@@ -1,0 +1,744 @@
+//! Source text -> AST: comment masking, the pest parser, and syntax-error messages.
+
+use super::ast::*;
+use super::error::{DslError, SourceFile};
+use crate::DType;
+use pest::iterators::Pair;
+use pest::pratt_parser::{Assoc, Op, PrattParser};
+use pest::Parser;
+use std::sync::LazyLock;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "dsl/qie.pest"]
+struct QieParser;
+
+type R<T> = Result<T, DslError>;
+
+/// Replaces comments with spaces (byte offsets are kept) and returns the masked text and the offsets
+/// of every `//` read as floor division. `//` is floor division when it sits between two values on
+/// one line: the previous token ends a value (a name that is not a keyword, a number, `)` or `]`) and
+/// the next one starts a value. Anywhere else it starts a comment.
+pub(crate) fn mask_comments(text: &str) -> (String, Vec<usize>) {
+    let b = text.as_bytes();
+    let mut out = b.to_vec();
+    let mut floordivs = Vec::new();
+    let mut i = 0;
+    let mut in_string = false;
+    while i < b.len() {
+        let c = b[i];
+        if in_string {
+            match c {
+                b'\\' => i += 1,
+                b'"' | b'\n' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if c == b'/' && b.get(i + 1) == Some(&b'/') {
+            if ends_value_before(b, i) && starts_value_after(b, i + 2) {
+                floordivs.push(i);
+                i += 2;
+                continue;
+            }
+            while i < b.len() && b[i] != b'\n' {
+                out[i] = b' ';
+                i += 1;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    // Only ASCII bytes were replaced by spaces, whole comments at a time, so this stays UTF-8.
+    (String::from_utf8(out).unwrap_or_else(|_| text.to_string()), floordivs)
+}
+
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+fn ends_value_before(b: &[u8], i: usize) -> bool {
+    let mut j = i;
+    while j > 0 && (b[j - 1] == b' ' || b[j - 1] == b'\t') {
+        j -= 1;
+    }
+    if j == 0 {
+        return false;
+    }
+    let c = b[j - 1];
+    if c == b')' || c == b']' {
+        return true;
+    }
+    if !is_word(c) {
+        return false;
+    }
+    let mut k = j;
+    while k > 0 && is_word(b[k - 1]) {
+        k -= 1;
+    }
+    let word = std::str::from_utf8(&b[k..j]).unwrap_or("");
+    !matches!(
+        word,
+        "import" | "const" | "fn" | "module" | "param" | "sub" | "let" | "for" | "in" | "if" | "else" | "output"
+            | "override" | "entry"
+    )
+}
+
+fn starts_value_after(b: &[u8], i: usize) -> bool {
+    let mut j = i;
+    while j < b.len() && (b[j] == b' ' || b[j] == b'\t') {
+        j += 1;
+    }
+    j < b.len() && (is_word(b[j]) || matches!(b[j], b'(' | b'[' | b'-'))
+}
+
+/// Parses one file. `src.floordivs` must already be filled by [`mask_comments`] of the same text.
+pub(crate) fn parse_file(file: u32, src: &SourceFile, masked: &str) -> R<Vec<Item>> {
+    let pairs = match QieParser::parse(Rule::file, masked) {
+        Ok(p) => p,
+        Err(_) => {
+            // Parse again with detailed tracking of expected tokens (slower, error path only).
+            pest::set_error_detail(true);
+            let e = match QieParser::parse(Rule::file, masked) {
+                Err(e) => e,
+                Ok(_) => return Err(DslError::bare(&src.name, "internal error: inconsistent parse")),
+            };
+            return Err(syntax_error(src, masked, e));
+        }
+    };
+    let b = Builder { file, src };
+    let mut items = Vec::new();
+    for p in pairs.into_iter().flat_map(|file| file.into_inner()) {
+        if p.as_rule() != Rule::EOI {
+            items.push(b.item(p)?);
+        }
+    }
+    Ok(items)
+}
+
+// ---- syntax errors ------------------------------------------------------------------------------
+
+fn rule_desc(r: Rule) -> Option<&'static str> {
+    use Rule::*;
+    Some(match r {
+        ident => "a name",
+        int | float => "a number",
+        string => "a string",
+        dtype => "a dtype (f32, bf16, f16, i32, i64, bool)",
+        expr | paren | tuple_lit | list_lit | lit_true | lit_false | lit_none | neg | not | if_expr => {
+            "an expression"
+        }
+        call | member_access | index | coalesce | or | and | eq | ne | le | ge | lt | gt | add | sub
+        | floordiv | mul | div | rem | range => "an operator",
+        import_item | const_item | fn_item | module_item | override_item | entry_item => "an item",
+        let_stmt | output_stmt | for_stmt | assign_stmt | expr_item => "a statement",
+        param_member | sub_member => "a module member",
+        kw_import => "`import`",
+        kw_const => "`const`",
+        kw_fn => "`fn`",
+        kw_module => "`module`",
+        kw_param => "`param`",
+        kw_sub => "`sub`",
+        kw_let => "`let`",
+        kw_for => "`for`",
+        kw_in => "`in`",
+        kw_if => "`if`",
+        kw_else => "`else`",
+        kw_output => "`output`",
+        kw_override => "`override`",
+        kw_entry => "`entry`",
+        kw_x => "`x`",
+        semi => "`;`",
+        EOI => "end of file",
+        _ => return None,
+    })
+}
+
+const OPERATOR_TOKENS: &[&str] = &[
+    "??", "||", "&&", "==", "!=", "<=", ">=", "<", ">", "+", "-", "//", "*", "/", "%", "..", ".", "(", "[",
+];
+
+fn found_token(masked: &str, pos: usize) -> String {
+    let rest = masked.get(pos..).unwrap_or("");
+    let Some(c) = rest.chars().next() else {
+        return "end of file".to_string();
+    };
+    if c.is_ascii_alphanumeric() || c == '_' {
+        let w: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.').collect();
+        return format!("`{}`", w.trim_end_matches('.'));
+    }
+    for op in ["??", "||", "&&", "==", "!=", "<=", ">=", "//", ".."] {
+        if rest.starts_with(op) {
+            return format!("`{op}`");
+        }
+    }
+    format!("`{c}`")
+}
+
+fn syntax_error(src: &SourceFile, masked: &str, e: pest::error::Error<Rule>) -> DslError {
+    let mut pos = match e.location {
+        pest::error::InputLocation::Pos(p) => p,
+        pest::error::InputLocation::Span((s, _)) => s,
+    };
+    let mut expected: Vec<String> = Vec::new();
+    let mut push = |s: String| {
+        if !expected.contains(&s) {
+            expected.push(s);
+        }
+    };
+    if let Some(attempts) = e.parse_attempts() {
+        pos = attempts.max_position;
+        for t in attempts.expected_tokens() {
+            // `ParsingToken` is not exported by pest; its Display is the literal token, or
+            // `a..z` for ranges and `BUILTIN_RULE` for builtins (skipped, as are case-insensitive
+            // tokens, which display in upper case and only occur inside numbers).
+            let token = t.to_string();
+            let is_range = token.len() == 4 && &token[1..3] == "..";
+            if is_range || token == "BUILTIN_RULE" || token.chars().any(|c| c.is_ascii_uppercase()) {
+                continue;
+            }
+            if OPERATOR_TOKENS.contains(&token.as_str()) {
+                push("an operator".to_string());
+            } else if !["\"", "\\", "\n", "!", "_"].contains(&token.as_str()) {
+                push(format!("`{token}`"));
+            }
+        }
+        for cs in attempts.call_stacks() {
+            if let Some(d) = cs.deepest.get_rule().and_then(|r| rule_desc(*r)) {
+                push(d.to_string());
+            }
+        }
+    }
+    if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
+        for r in positives {
+            if let Some(d) = rule_desc(*r) {
+                push(d.to_string());
+            }
+        }
+    }
+    // Punctuation first, then keywords, then categories.
+    expected.sort_by_key(|s| {
+        if s.starts_with('`') && !s[1..].starts_with(|c: char| c.is_ascii_alphabetic()) {
+            0
+        } else if s.starts_with('`') {
+            1
+        } else if s == "an operator" {
+            3
+        } else {
+            2
+        }
+    });
+    expected.truncate(6);
+    let found = found_token(masked, pos);
+    let list = match expected.len() {
+        0 => "something else".to_string(),
+        1 => expected[0].clone(),
+        n => format!("{} or {}", expected[..n - 1].join(", "), expected[n - 1]),
+    };
+    let message = format!("syntax error: expected {list}, found {found}");
+    // A missing `;` is best reported right after the previous token, not at the next line.
+    let wants_semi = expected.iter().any(|s| s == "`;`");
+    let before = &masked[..pos.min(masked.len())];
+    let trimmed = before.trim_end();
+    if wants_semi && before[trimmed.len()..].contains('\n') && !trimmed.is_empty() {
+        let at = trimmed.len();
+        let (l, c) = src.line_col(pos);
+        return src.error(at, at + 1, message).with_note(format!("the next token is at {}:{l}:{c}", src.name));
+    }
+    let width = found.trim_matches('`').len().max(1);
+    src.error(pos, pos + width, message)
+}
+
+// ---- AST building --------------------------------------------------------------------------------
+
+static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
+    use Rule::*;
+    PrattParser::new()
+        .op(Op::infix(range, Assoc::Left))
+        .op(Op::infix(coalesce, Assoc::Left))
+        .op(Op::infix(or, Assoc::Left))
+        .op(Op::infix(and, Assoc::Left))
+        .op(Op::infix(eq, Assoc::Left)
+            | Op::infix(ne, Assoc::Left)
+            | Op::infix(lt, Assoc::Left)
+            | Op::infix(le, Assoc::Left)
+            | Op::infix(gt, Assoc::Left)
+            | Op::infix(ge, Assoc::Left))
+        .op(Op::infix(add, Assoc::Left) | Op::infix(sub, Assoc::Left))
+        .op(Op::infix(mul, Assoc::Left)
+            | Op::infix(div, Assoc::Left)
+            | Op::infix(floordiv, Assoc::Left)
+            | Op::infix(rem, Assoc::Left))
+        .op(Op::prefix(neg) | Op::prefix(not))
+        .op(Op::postfix(call) | Op::postfix(member_access) | Op::postfix(index))
+});
+
+fn is_keyword_rule(r: Rule) -> bool {
+    use Rule::*;
+    matches!(
+        r,
+        kw_import
+            | kw_const
+            | kw_fn
+            | kw_module
+            | kw_param
+            | kw_sub
+            | kw_let
+            | kw_for
+            | kw_in
+            | kw_if
+            | kw_else
+            | kw_output
+            | kw_override
+            | kw_entry
+            | kw_x
+    )
+}
+
+/// Children of a pair without keyword tokens.
+fn kids(p: Pair<'_, Rule>) -> impl Iterator<Item = Pair<'_, Rule>> {
+    p.into_inner().filter(|c| !is_keyword_rule(c.as_rule()))
+}
+
+struct Builder<'a> {
+    file: u32,
+    src: &'a SourceFile,
+}
+
+impl Builder<'_> {
+    fn span(&self, p: &Pair<'_, Rule>) -> Span {
+        let s = p.as_span();
+        Span {
+            file: self.file,
+            start: s.start() as u32,
+            end: s.end() as u32,
+        }
+    }
+
+    fn err(&self, span: Span, msg: impl Into<String>) -> DslError {
+        self.src.error(span.start as usize, span.end as usize, msg)
+    }
+
+    fn name(&self, p: Pair<'_, Rule>) -> Name {
+        Name {
+            span: self.span(&p),
+            text: p.as_str().to_string(),
+        }
+    }
+
+    fn item(&self, p: Pair<'_, Rule>) -> R<Item> {
+        let span = self.span(&p);
+        let rule = p.as_rule();
+        if rule == Rule::override_item {
+            let inner = kids(p).next().ok_or_else(|| self.err(span, "empty override"))?;
+            let mut item = self.item(inner)?;
+            item.is_override = true;
+            item.span = span;
+            return Ok(item);
+        }
+        let mut it = kids(p);
+        let mut next = || it.next().ok_or_else(|| self.err(span, "internal error: malformed item"));
+        let kind = match rule {
+            Rule::import_item => ItemKind::Import(self.string(next()?)?),
+            Rule::entry_item => ItemKind::Entry(self.name(next()?)),
+            Rule::const_item => {
+                let name = self.name(next()?);
+                ItemKind::Const(ConstDef {
+                    name,
+                    value: self.expr(next()?)?,
+                })
+            }
+            Rule::fn_item => {
+                return Ok(Item {
+                    kind: ItemKind::Fn(self.fn_def(span, it)?),
+                    is_override: false,
+                    span,
+                })
+            }
+            Rule::module_item => {
+                return Ok(Item {
+                    kind: ItemKind::Module(self.module(span, it)?),
+                    is_override: false,
+                    span,
+                })
+            }
+            _ => return Err(self.err(span, format!("internal error: unexpected {rule:?}"))),
+        };
+        Ok(Item {
+            kind,
+            is_override: false,
+            span,
+        })
+    }
+
+    fn fn_def<'i>(&self, span: Span, mut it: impl Iterator<Item = Pair<'i, Rule>>) -> R<FnDef> {
+        let bad = || self.err(span, "internal error: malformed fn");
+        let name = self.name(it.next().ok_or_else(bad)?);
+        let params = self.params(it.next().ok_or_else(bad)?)?;
+        let body_pair = it.next().ok_or_else(bad)?;
+        let header = Span {
+            end: body_pair.as_span().start() as u32,
+            ..span
+        };
+        Ok(FnDef {
+            name,
+            params,
+            body: self.block(body_pair)?,
+            span: header,
+        })
+    }
+
+    fn params(&self, p: Pair<'_, Rule>) -> R<Vec<ParamDecl>> {
+        let mut out: Vec<ParamDecl> = Vec::new();
+        for d in kids(p) {
+            let mut it = kids(d);
+            let Some(first) = it.next() else { continue };
+            let name = self.name(first);
+            if let Some(prev) = out.iter().find(|o| o.name.text == name.text) {
+                let (l, c) = self.src.line_col(prev.name.span.start as usize);
+                return Err(self.err(name.span, format!("parameter `{}` is declared twice (first at line {l}:{c})", name.text)));
+            }
+            let mut decl = ParamDecl {
+                name,
+                ty: None,
+                default: None,
+            };
+            for part in it {
+                match part.as_rule() {
+                    Rule::type_ann => {
+                        let span = self.span(&part);
+                        let mut t = kids(part);
+                        let dt = t.next().ok_or_else(|| self.err(span, "missing dtype"))?;
+                        let dtype = self.dtype(dt)?;
+                        let dims = match t.next() {
+                            Some(dl) => self.expr_list(dl)?,
+                            None => Vec::new(),
+                        };
+                        decl.ty = Some(TypeAnn { dtype, dims, span });
+                    }
+                    _ => decl.default = Some(self.expr(part)?),
+                }
+            }
+            out.push(decl);
+        }
+        Ok(out)
+    }
+
+    fn dtype(&self, p: Pair<'_, Rule>) -> R<DType> {
+        DType::parse(p.as_str()).ok_or_else(|| self.err(self.span(&p), format!("unknown dtype `{}`", p.as_str())))
+    }
+
+    fn expr_list(&self, p: Pair<'_, Rule>) -> R<Vec<Expr>> {
+        kids(p).map(|e| self.expr(e)).collect()
+    }
+
+    fn module<'i>(&self, span: Span, mut it: impl Iterator<Item = Pair<'i, Rule>>) -> R<ModuleDef> {
+        let bad = || self.err(span, "internal error: malformed module");
+        let name = self.name(it.next().ok_or_else(bad)?);
+        let params = self.params(it.next().ok_or_else(bad)?)?;
+        let mut members = Vec::new();
+        let mut methods = Vec::new();
+        for m in it {
+            let mspan = self.span(&m);
+            match m.as_rule() {
+                Rule::let_stmt => {
+                    let mut k = kids(m);
+                    let pat = self.pattern(k.next().ok_or_else(bad)?)?;
+                    members.push(Member::Let(pat, self.expr(k.next().ok_or_else(bad)?)?));
+                }
+                Rule::param_member => {
+                    let mut k = kids(m).peekable();
+                    let name = self.name(k.next().ok_or_else(bad)?);
+                    let mut dtype = DType::F32;
+                    if k.peek().map(|p| p.as_rule()) == Some(Rule::dtype) {
+                        dtype = self.dtype(k.next().ok_or_else(bad)?)?;
+                    }
+                    let dims = self.expr_list(k.next().ok_or_else(bad)?)?;
+                    let cond = match k.next() {
+                        Some(c) => Some(self.cond(c)?),
+                        None => None,
+                    };
+                    members.push(Member::Param(ParamMember {
+                        name,
+                        dtype,
+                        dims,
+                        cond,
+                        span: mspan,
+                    }));
+                }
+                Rule::sub_member => {
+                    let mut k = kids(m).peekable();
+                    let name = self.name(k.next().ok_or_else(bad)?);
+                    let mut count = None;
+                    if k.peek().map(|p| p.as_rule()) == Some(Rule::repeat) {
+                        let rep = k.next().ok_or_else(bad)?;
+                        let e = kids(rep).next().ok_or_else(bad)?;
+                        count = Some(self.expr(e)?);
+                    }
+                    let module = self.name(k.next().ok_or_else(bad)?);
+                    let args = self.args(k.next().ok_or_else(bad)?)?;
+                    let mut path = None;
+                    let mut cond = None;
+                    for rest in k {
+                        match rest.as_rule() {
+                            Rule::at_path => {
+                                let s = kids(rest).next().ok_or_else(bad)?;
+                                let sp = self.span(&s);
+                                path = Some((self.string(s)?, sp));
+                            }
+                            _ => cond = Some(self.cond(rest)?),
+                        }
+                    }
+                    members.push(Member::Sub(SubMember {
+                        name,
+                        count,
+                        module,
+                        args,
+                        path,
+                        cond,
+                        span: mspan,
+                    }));
+                }
+                Rule::fn_item => methods.push(self.fn_def(mspan, kids(m))?),
+                r => return Err(self.err(mspan, format!("internal error: unexpected {r:?} in module"))),
+            }
+        }
+        Ok(ModuleDef {
+            name,
+            params,
+            members,
+            methods,
+        })
+    }
+
+    fn cond(&self, p: Pair<'_, Rule>) -> R<Expr> {
+        let span = self.span(&p);
+        let e = kids(p).next().ok_or_else(|| self.err(span, "missing condition"))?;
+        self.expr(e)
+    }
+
+    fn string(&self, p: Pair<'_, Rule>) -> R<String> {
+        let raw = p.as_str();
+        let body = &raw[1..raw.len().saturating_sub(1).max(1)];
+        let mut out = String::with_capacity(body.len());
+        let mut chars = body.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(c @ ('\\' | '"')) => out.push(c),
+                other => {
+                    let esc = other.map_or(String::new(), |c| c.to_string());
+                    return Err(self.err(self.span(&p), format!("unknown escape `\\{esc}` in string")));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn pattern(&self, p: Pair<'_, Rule>) -> R<Pattern> {
+        match p.as_rule() {
+            Rule::ident => Ok(Pattern::Name(self.name(p))),
+            _ => {
+                let span = self.span(&p);
+                Ok(Pattern::Tuple(kids(p).map(|c| self.pattern(c)).collect::<R<_>>()?, span))
+            }
+        }
+    }
+
+    fn block(&self, p: Pair<'_, Rule>) -> R<Block> {
+        let items: Vec<Pair<'_, Rule>> = kids(p).collect();
+        let n = items.len();
+        let mut stmts = Vec::with_capacity(n);
+        let mut tail = None;
+        for (i, s) in items.into_iter().enumerate() {
+            let sspan = self.span(&s);
+            let rule = s.as_rule();
+            let mut k = kids(s);
+            let bad = || self.err(sspan, "internal error: malformed statement");
+            match rule {
+                Rule::let_stmt => {
+                    let pat = self.pattern(k.next().ok_or_else(bad)?)?;
+                    stmts.push(Stmt::Let(pat, self.expr(k.next().ok_or_else(bad)?)?));
+                }
+                Rule::assign_stmt => {
+                    let name = self.name(k.next().ok_or_else(bad)?);
+                    stmts.push(Stmt::Assign(name, self.expr(k.next().ok_or_else(bad)?)?));
+                }
+                Rule::output_stmt => {
+                    let name = self.name(k.next().ok_or_else(bad)?);
+                    stmts.push(Stmt::Output(name, self.expr(k.next().ok_or_else(bad)?)?));
+                }
+                Rule::for_stmt => {
+                    let pat = self.pattern(k.next().ok_or_else(bad)?)?;
+                    let iter = self.expr(k.next().ok_or_else(bad)?)?;
+                    stmts.push(Stmt::For(pat, iter, self.block(k.next().ok_or_else(bad)?)?));
+                }
+                Rule::expr_item => {
+                    let e = self.expr(k.next().ok_or_else(bad)?)?;
+                    let has_semi = k.next().is_some();
+                    if has_semi {
+                        stmts.push(Stmt::Expr(e));
+                    } else if i + 1 == n {
+                        tail = Some(e);
+                    } else if matches!(e.kind, ExprKind::If(..)) {
+                        stmts.push(Stmt::Expr(e));
+                    } else {
+                        let end = e.span.end as usize;
+                        return Err(self.src.error(end, end + 1, "syntax error: expected `;` after this expression"));
+                    }
+                }
+                r => return Err(self.err(sspan, format!("internal error: unexpected {r:?} in block"))),
+            }
+        }
+        Ok(Block { stmts, tail })
+    }
+
+    fn args(&self, p: Pair<'_, Rule>) -> R<Vec<Arg>> {
+        let mut out: Vec<Arg> = Vec::new();
+        for a in kids(p) {
+            let arg = if a.as_rule() == Rule::kwarg {
+                let span = self.span(&a);
+                let mut k = kids(a);
+                let name = self.name(k.next().ok_or_else(|| self.err(span, "bad keyword argument"))?);
+                let value = self.expr(k.next().ok_or_else(|| self.err(span, "bad keyword argument"))?)?;
+                Arg {
+                    name: Some(name),
+                    value,
+                }
+            } else {
+                let value = self.expr(a)?;
+                if let Some(prev) = out.iter().rev().find_map(|a| a.name.as_ref()) {
+                    return Err(self.err(
+                        value.span,
+                        format!("positional argument after keyword argument `{}`", prev.text),
+                    ));
+                }
+                Arg { name: None, value }
+            };
+            if let Some(n) = &arg.name {
+                if out.iter().any(|o| o.name.as_ref().is_some_and(|m| m.text == n.text)) {
+                    return Err(self.err(n.span, format!("keyword argument `{}` given twice", n.text)));
+                }
+            }
+            out.push(arg);
+        }
+        Ok(out)
+    }
+
+    fn expr(&self, p: Pair<'_, Rule>) -> R<Expr> {
+        if p.as_rule() != Rule::expr {
+            return self.primary(p);
+        }
+        PRATT
+            .map_primary(|p| self.primary(p))
+            .map_prefix(|op, rhs| {
+                let rhs = rhs?;
+                let uop = if op.as_rule() == Rule::neg { UnOp::Neg } else { UnOp::Not };
+                Ok(Expr {
+                    span: self.span(&op).to(rhs.span),
+                    kind: ExprKind::Unary(uop, Box::new(rhs)),
+                })
+            })
+            .map_postfix(|lhs, op| {
+                let lhs = lhs?;
+                let span = lhs.span.to(self.span(&op));
+                let kind = match op.as_rule() {
+                    Rule::call => {
+                        let list = kids(op).next();
+                        let args = match list {
+                            Some(l) => self.args(l)?,
+                            None => Vec::new(),
+                        };
+                        ExprKind::Call(Box::new(lhs), args)
+                    }
+                    Rule::member_access => {
+                        let name = kids(op).next().ok_or_else(|| self.err(span, "missing member name"))?;
+                        ExprKind::Member(Box::new(lhs), self.name(name))
+                    }
+                    _ => {
+                        let ix = kids(op).next().ok_or_else(|| self.err(span, "missing index"))?;
+                        ExprKind::Index(Box::new(lhs), Box::new(self.expr(ix)?))
+                    }
+                };
+                Ok(Expr { kind, span })
+            })
+            .map_infix(|lhs, op, rhs| {
+                let (lhs, rhs) = (lhs?, rhs?);
+                use Rule::*;
+                let bop = match op.as_rule() {
+                    coalesce => BinOp::Coalesce,
+                    or => BinOp::Or,
+                    and => BinOp::And,
+                    eq => BinOp::Eq,
+                    ne => BinOp::Ne,
+                    lt => BinOp::Lt,
+                    le => BinOp::Le,
+                    gt => BinOp::Gt,
+                    ge => BinOp::Ge,
+                    add => BinOp::Add,
+                    sub => BinOp::Sub,
+                    mul => BinOp::Mul,
+                    div => BinOp::Div,
+                    floordiv => BinOp::FloorDiv,
+                    rem => BinOp::Rem,
+                    _ => BinOp::Range,
+                };
+                Ok(Expr {
+                    span: lhs.span.to(rhs.span),
+                    kind: ExprKind::Binary(bop, Box::new(lhs), Box::new(rhs)),
+                })
+            })
+            .parse(kids(p))
+    }
+
+    fn primary(&self, p: Pair<'_, Rule>) -> R<Expr> {
+        let span = self.span(&p);
+        let kind = match p.as_rule() {
+            Rule::int => match p.as_str().parse::<i64>() {
+                Ok(v) => ExprKind::Int(v),
+                Err(_) => return Err(self.err(span, format!("integer literal `{}` is too large", p.as_str()))),
+            },
+            Rule::float => ExprKind::Float(p.as_str().parse::<f64>().unwrap_or(f64::NAN)),
+            Rule::string => ExprKind::Str(self.string(p)?),
+            Rule::ident => ExprKind::Ident(p.as_str().to_string()),
+            Rule::lit_true => ExprKind::Bool(true),
+            Rule::lit_false => ExprKind::Bool(false),
+            Rule::lit_none => ExprKind::None,
+            Rule::paren => {
+                let inner = kids(p).next().ok_or_else(|| self.err(span, "empty parentheses"))?;
+                let mut e = self.expr(inner)?;
+                e.span = span;
+                return Ok(e);
+            }
+            Rule::tuple_lit => ExprKind::Tuple(kids(p).map(|e| self.expr(e)).collect::<R<_>>()?),
+            Rule::list_lit => ExprKind::List(kids(p).map(|e| self.expr(e)).collect::<R<_>>()?),
+            Rule::if_expr => {
+                let parts: Vec<Pair<'_, Rule>> = kids(p).collect();
+                let mut arms = Vec::new();
+                let mut i = 0;
+                while i + 1 < parts.len() {
+                    arms.push((self.expr(parts[i].clone())?, self.block(parts[i + 1].clone())?));
+                    i += 2;
+                }
+                let else_block = match parts.get(i) {
+                    Some(b) => Some(Box::new(self.block(b.clone())?)),
+                    None => None,
+                };
+                ExprKind::If(arms, else_block)
+            }
+            Rule::expr => return self.expr(p),
+            r => return Err(self.err(span, format!("internal error: unexpected {r:?} in expression"))),
+        };
+        Ok(Expr { kind, span })
+    }
+}

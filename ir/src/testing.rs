@@ -1,0 +1,743 @@
+//! Random graph generation for property tests (public so other crates' tests can use it).
+//!
+//! [`random_graph`] builds a valid f32 graph from a seed: elementwise ops with safe domains
+//! (`log`/`sqrt`/`rsqrt`/`recip` only see `x * x + 1`, growing ops see `tanh`-bounded operands),
+//! broadcasts, reshapes, transposes, slices, concats, reductions, matmuls, gathers, small masked
+//! attention, plus work for the optimiser: duplicated computations, constant subexpressions,
+//! identity ops (`x * 1`, `reshape` to the same shape, ...) and dead nodes. Several outputs.
+//! The same seed always gives the same graph and input values.
+//!
+//! With the `proptest` feature, [`arb_case`] wraps it as a proptest `Strategy`.
+
+use crate::eval::Tensor;
+use crate::op::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use crate::print::print_graph;
+use crate::{DType, Graph, NodeId, Op, Shape, TensorType};
+use std::collections::HashMap;
+use std::fmt;
+
+/// A small deterministic PRNG (SplitMix64), so tests need no `rand` dependency.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x853c_49e6_748f_ea9b)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below(hi - lo + 1)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `[lo, hi)`.
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit()
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.unit() < p
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// A tensor of the given type filled with random values: floats uniform in [-2, 2), ints in
+/// `0..int_bound`, bools 0/1.
+pub fn random_tensor(rng: &mut Rng, ty: &TensorType, int_bound: usize) -> Tensor {
+    let data = (0..ty.numel())
+        .map(|_| match ty.dtype {
+            DType::Bool => rng.below(2) as f64,
+            DType::I32 | DType::I64 => rng.below(int_bound.max(1)) as f64,
+            _ => rng.uniform(-2.0, 2.0),
+        })
+        .collect();
+    Tensor::new(ty.clone(), data)
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RandomGraphOptions {
+    /// Number of generation steps (each adds one to a few nodes).
+    pub num_ops: usize,
+    /// Largest rank of generated values (attention operands are always rank 4).
+    pub max_rank: usize,
+    /// Largest dimension size.
+    pub max_dim: usize,
+    pub num_outputs: usize,
+    /// Probability that a new float leaf is a `Param` (named `p<k>`) rather than an `Input`
+    /// (named `x<k>`).
+    pub param_probability: f64,
+    pub matmul: bool,
+    pub attention: bool,
+    pub gather: bool,
+    /// Emit duplicates, constant expressions and identity ops for the optimiser to remove.
+    pub redundancy: bool,
+}
+
+impl Default for RandomGraphOptions {
+    fn default() -> Self {
+        RandomGraphOptions {
+            num_ops: 24,
+            max_rank: 3,
+            max_dim: 4,
+            num_outputs: 3,
+            param_probability: 0.3,
+            matmul: true,
+            attention: true,
+            gather: true,
+            redundancy: true,
+        }
+    }
+}
+
+/// Generates a random valid graph and values for all of its inputs **and params** (params are in
+/// the same map under their names `p<k>`, inputs are `x<k>`, index inputs `idx<k>`, masks
+/// `mask<k>`; bind params with `|name| inputs.get(name).cloned()`).
+pub fn random_graph(rng_seed: u64, opts: &RandomGraphOptions) -> (Graph, HashMap<String, Tensor>) {
+    let mut gen = Gen {
+        rng: Rng::new(rng_seed),
+        g: Graph::new(),
+        values: HashMap::new(),
+        pool: Vec::new(),
+        mag: Vec::new(),
+        leaves: 0,
+        opts: opts.clone(),
+    };
+    gen.run();
+    (gen.g, gen.values)
+}
+
+/// A generated case: the seed, the graph and its bindings (inputs and params).
+#[derive(Clone)]
+pub struct RandomCase {
+    pub seed: u64,
+    pub graph: Graph,
+    pub inputs: HashMap<String, Tensor>,
+}
+
+impl RandomCase {
+    pub fn new(seed: u64, opts: &RandomGraphOptions) -> Self {
+        let (graph, inputs) = random_graph(seed, opts);
+        RandomCase { seed, graph, inputs }
+    }
+
+    /// Param lookup over the case's bindings.
+    pub fn param(&self, name: &str) -> Option<Tensor> {
+        self.inputs.get(name).cloned()
+    }
+}
+
+impl fmt::Debug for RandomCase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "RandomCase {{ seed: {} }}", self.seed)?;
+        f.write_str(&print_graph(&self.graph))
+    }
+}
+
+/// A proptest strategy producing [`RandomCase`]s (shrinking is by seed only).
+#[cfg(feature = "proptest")]
+pub fn arb_case(opts: RandomGraphOptions) -> impl proptest::strategy::Strategy<Value = RandomCase> {
+    use proptest::strategy::Strategy;
+    proptest::arbitrary::any::<u64>().prop_map(move |seed| RandomCase::new(seed, &opts))
+}
+
+struct Gen {
+    rng: Rng,
+    g: Graph,
+    values: HashMap<String, Tensor>,
+    /// Float values available as operands.
+    pool: Vec<NodeId>,
+    /// Rough bound on |value| per node id.
+    mag: Vec<f64>,
+    leaves: usize,
+    opts: RandomGraphOptions,
+}
+
+impl Gen {
+    fn add(&mut self, op: Op, args: &[NodeId], mag: f64) -> NodeId {
+        let mnemonic = op.mnemonic();
+        let id = self
+            .g
+            .add(op, args)
+            .unwrap_or_else(|e| panic!("random_graph built an ill-typed {mnemonic}: {e}"));
+        self.mag.resize(self.g.len(), 0.0);
+        self.mag[id.index()] = mag;
+        if self.g.ty(id).dtype == DType::F32 {
+            self.pool.push(id);
+        }
+        id
+    }
+
+    fn mag(&self, id: NodeId) -> f64 {
+        self.mag[id.index()]
+    }
+
+    fn shape_of(&self, id: NodeId) -> Shape {
+        self.g.ty(id).shape.clone()
+    }
+
+    fn random_shape(&mut self) -> Shape {
+        let rank = self.rng.range(0, self.opts.max_rank);
+        (0..rank).map(|_| self.rng.range(1, self.opts.max_dim)).collect()
+    }
+
+    fn leaf(&mut self, ty: TensorType) -> NodeId {
+        self.leaves += 1;
+        let k = self.leaves;
+        let (name, op) = if ty.dtype == DType::F32 && self.rng.chance(self.opts.param_probability) {
+            let name = format!("p{k}");
+            (name.clone(), Op::Param { name, ty: ty.clone() })
+        } else {
+            let name = match ty.dtype {
+                DType::Bool => format!("mask{k}"),
+                DType::I32 | DType::I64 => format!("idx{k}"),
+                _ => format!("x{k}"),
+            };
+            (name.clone(), Op::Input { name, ty: ty.clone() })
+        };
+        let t = random_tensor(&mut self.rng, &ty, 1);
+        self.values.insert(name, t);
+        self.add(op, &[], 2.0)
+    }
+
+    fn float_leaf(&mut self, shape: &[usize]) -> NodeId {
+        self.leaf(TensorType::new(DType::F32, shape))
+    }
+
+    fn constant(&mut self, value: f64, shape: &[usize]) -> NodeId {
+        let c = self.add(Op::Constant { value, dtype: DType::F32 }, &[], value.abs());
+        if shape.is_empty() {
+            c
+        } else {
+            self.add(Op::Broadcast { shape: Shape::from_slice(shape) }, &[c], value.abs())
+        }
+    }
+
+    fn any_value(&mut self) -> NodeId {
+        if self.pool.is_empty() || self.rng.chance(0.1) {
+            let shape = self.random_shape();
+            return self.float_leaf(&shape);
+        }
+        // Prefer recent values so graphs grow deep rather than wide.
+        let n = self.pool.len();
+        let i = if self.rng.chance(0.6) {
+            n - 1 - self.rng.below(n.min(4))
+        } else {
+            self.rng.below(n)
+        };
+        self.pool[i]
+    }
+
+    /// A float value of exactly this shape: an existing one, a reshape of one with as many
+    /// elements, or a new leaf.
+    fn value_of_shape(&mut self, shape: &[usize]) -> NodeId {
+        let same: Vec<NodeId> = self.pool.iter().copied().filter(|&id| self.g.ty(id).shape.as_slice() == shape).collect();
+        if !same.is_empty() && self.rng.chance(0.7) {
+            return *self.rng.pick(&same);
+        }
+        let numel: usize = shape.iter().product();
+        let same_numel: Vec<NodeId> = self.pool.iter().copied().filter(|&id| self.g.ty(id).numel() == numel).collect();
+        if !same_numel.is_empty() && self.rng.chance(0.6) {
+            let src = *self.rng.pick(&same_numel);
+            let m = self.mag(src);
+            return self.add(Op::Reshape { shape: Shape::from_slice(shape) }, &[src], m);
+        }
+        self.float_leaf(shape)
+    }
+
+    /// `tanh(x)` when x may be large, else x.
+    fn bounded(&mut self, x: NodeId) -> NodeId {
+        if self.mag(x) > 3.0 {
+            self.add(Op::Unary(UnaryOp::Tanh), &[x], 1.0)
+        } else {
+            x
+        }
+    }
+
+    /// `x * x + 1` (>= 1, smooth).
+    fn positive(&mut self, x: NodeId) -> NodeId {
+        let x = self.bounded(x);
+        let m = self.mag(x);
+        let sq = self.add(Op::Binary(BinaryOp::Mul), &[x, x], m * m);
+        let shape = self.shape_of(x);
+        let one = self.constant(1.0, &shape);
+        self.add(Op::Binary(BinaryOp::Add), &[sq, one], m * m + 1.0)
+    }
+
+    fn run(&mut self) {
+        for _ in 0..self.opts.num_ops {
+            self.step();
+        }
+        // Outputs: distinct non-leaf values, preferring recent ones.
+        let candidates: Vec<NodeId> = self.pool.iter().copied().filter(|&id| !self.g.node(id).op.is_leaf()).collect();
+        let candidates = if candidates.is_empty() {
+            let x = self.any_value();
+            let t = self.add(Op::Unary(UnaryOp::Tanh), &[x], 1.0);
+            vec![t]
+        } else {
+            candidates
+        };
+        let want = self.opts.num_outputs.max(1).min(candidates.len());
+        let mut chosen: Vec<NodeId> = vec![*candidates.last().expect("non-empty")];
+        let mut tries = 0;
+        while chosen.len() < want && tries < 100 {
+            tries += 1;
+            let c = *self.rng.pick(&candidates);
+            if !chosen.contains(&c) {
+                chosen.push(c);
+            }
+        }
+        for (i, id) in chosen.into_iter().enumerate() {
+            self.g.set_output(&format!("out{i}"), id);
+        }
+    }
+
+    fn step(&mut self) {
+        let mut kinds: Vec<u8> = vec![0, 0, 1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+        if self.opts.matmul {
+            kinds.extend([10, 10]);
+        }
+        if self.opts.attention {
+            kinds.push(11);
+        }
+        if self.opts.gather {
+            kinds.push(12);
+        }
+        if self.opts.redundancy {
+            kinds.extend([13, 14, 15]);
+        }
+        match *self.rng.pick(&kinds) {
+            0 => self.unary(),
+            1 => self.binary(),
+            2 => self.select(),
+            3 => self.reduce(),
+            4 => self.reshape(),
+            5 => self.broadcast(),
+            6 => self.transpose(),
+            7 => self.slice(),
+            8 => self.concat(),
+            9 => self.iota_mix(),
+            10 => self.matmul(),
+            11 => self.attention(),
+            12 => self.gather(),
+            13 => self.duplicate(),
+            14 => self.constant_expr(),
+            _ => self.identity_op(),
+        }
+    }
+
+    fn unary(&mut self) {
+        let x = self.any_value();
+        let ops = [
+            UnaryOp::Neg,
+            UnaryOp::Abs,
+            UnaryOp::Exp,
+            UnaryOp::Log,
+            UnaryOp::Sqrt,
+            UnaryOp::Rsqrt,
+            UnaryOp::Recip,
+            UnaryOp::Sin,
+            UnaryOp::Cos,
+            UnaryOp::Tanh,
+            UnaryOp::Sigmoid,
+        ];
+        let u = *self.rng.pick(&ops);
+        let (arg, mag) = match u {
+            UnaryOp::Exp => {
+                let b = self.bounded(x);
+                (b, self.mag(b).exp())
+            }
+            UnaryOp::Log | UnaryOp::Sqrt => {
+                let p = self.positive(x);
+                let m = self.mag(p);
+                (p, m.max(2.0))
+            }
+            UnaryOp::Rsqrt | UnaryOp::Recip => (self.positive(x), 1.0),
+            UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh | UnaryOp::Sigmoid => (x, 1.0),
+            _ => (x, self.mag(x)),
+        };
+        self.add(Op::Unary(u), &[arg], mag);
+    }
+
+    fn binary(&mut self) {
+        let a = self.any_value();
+        let shape = self.shape_of(a);
+        let b = self.value_of_shape(&shape);
+        let ops = [
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::Max,
+            BinaryOp::Min,
+            BinaryOp::Pow,
+        ];
+        let op = *self.rng.pick(&ops);
+        let (ma, mb) = (self.mag(a), self.mag(b));
+        match op {
+            BinaryOp::Mul => {
+                let (a, b) = (self.bounded(a), self.bounded(b));
+                let m = self.mag(a) * self.mag(b);
+                self.add(Op::Binary(op), &[a, b], m);
+            }
+            BinaryOp::Div => {
+                let d = self.positive(b);
+                self.add(Op::Binary(op), &[a, d], ma);
+            }
+            BinaryOp::Pow => {
+                let base = self.positive(a);
+                let e = self.bounded(b);
+                let m = self.mag(base).powf(self.mag(e));
+                self.add(Op::Binary(op), &[base, e], m);
+            }
+            _ => {
+                self.add(Op::Binary(op), &[a, b], ma + mb);
+            }
+        }
+    }
+
+    fn select(&mut self) {
+        let a = self.any_value();
+        let shape = self.shape_of(a);
+        let b = self.value_of_shape(&shape);
+        let cmps = [CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge, CmpOp::Eq, CmpOp::Ne];
+        let c = *self.rng.pick(&cmps);
+        let cond = self.add(Op::Compare(c), &[a, b], 1.0);
+        let x = self.value_of_shape(&shape);
+        let y = self.value_of_shape(&shape);
+        let m = self.mag(x).max(self.mag(y));
+        self.add(Op::Select, &[cond, x, y], m);
+    }
+
+    fn reduce(&mut self) {
+        let x = self.any_value();
+        let shape = self.shape_of(x);
+        if shape.is_empty() {
+            return;
+        }
+        let mut axes: Shape = (0..shape.len()).filter(|_| self.rng.chance(0.5)).collect();
+        if axes.is_empty() {
+            axes.push(self.rng.below(shape.len()));
+        }
+        let op = *self.rng.pick(&[ReduceOp::Sum, ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min]);
+        let count: usize = axes.iter().map(|&a| shape[a]).product();
+        let m = if op == ReduceOp::Sum { self.mag(x) * count as f64 } else { self.mag(x) };
+        self.add(Op::Reduce { op, axes }, &[x], m);
+    }
+
+    fn reshape(&mut self) {
+        let x = self.any_value();
+        let numel = self.g.ty(x).numel();
+        // Factor numel and regroup the prime factors into random dims.
+        let mut factors = Vec::new();
+        let mut n = numel;
+        let mut p = 2;
+        while n > 1 {
+            while n % p == 0 {
+                factors.push(p);
+                n /= p;
+            }
+            p += 1;
+        }
+        let mut dims: Vec<usize> = Vec::new();
+        for f in factors {
+            if dims.is_empty() || self.rng.chance(0.5) {
+                dims.push(f);
+            } else {
+                let i = self.rng.below(dims.len());
+                dims[i] *= f;
+            }
+        }
+        while self.rng.chance(0.3) && dims.len() < 4 {
+            let i = self.rng.below(dims.len() + 1);
+            dims.insert(i, 1);
+        }
+        let m = self.mag(x);
+        self.add(Op::Reshape { shape: Shape::from_slice(&dims) }, &[x], m);
+    }
+
+    fn broadcast(&mut self) {
+        let x = self.any_value();
+        let shape = self.shape_of(x);
+        let mut out: Shape = shape
+            .iter()
+            .map(|&d| if d == 1 { self.rng.range(1, self.opts.max_dim) } else { d })
+            .collect();
+        if out.len() < 4 && (out == shape || self.rng.chance(0.5)) {
+            out.insert(0, self.rng.range(2, self.opts.max_dim.max(2)));
+        }
+        let m = self.mag(x);
+        self.add(Op::Broadcast { shape: out }, &[x], m);
+    }
+
+    fn transpose(&mut self) {
+        let x = self.any_value();
+        let rank = self.g.ty(x).rank();
+        if rank < 2 {
+            return;
+        }
+        let mut perm: Vec<usize> = (0..rank).collect();
+        for i in (1..rank).rev() {
+            let j = self.rng.below(i + 1);
+            perm.swap(i, j);
+        }
+        let m = self.mag(x);
+        self.add(Op::Transpose { perm: Shape::from_slice(&perm) }, &[x], m);
+    }
+
+    fn slice(&mut self) {
+        let x = self.any_value();
+        let shape = self.shape_of(x);
+        if shape.is_empty() {
+            return;
+        }
+        let axis = self.rng.below(shape.len());
+        let start = self.rng.below(shape[axis]);
+        let end = self.rng.range(start + 1, shape[axis]);
+        let m = self.mag(x);
+        let s = self.add(Op::Slice { axis, start, end }, &[x], m);
+        if self.rng.chance(0.3) && end - start > 1 {
+            // slice of slice, for the simplifier
+            let s2 = Op::Slice {
+                axis,
+                start: 1,
+                end: end - start,
+            };
+            self.add(s2, &[s], m);
+        }
+    }
+
+    fn concat(&mut self) {
+        let x = self.any_value();
+        let shape = self.shape_of(x);
+        if shape.is_empty() {
+            return;
+        }
+        let axis = self.rng.below(shape.len());
+        let mut args = vec![x];
+        for _ in 0..self.rng.range(1, 2) {
+            let mut s = shape.clone();
+            s[axis] = self.rng.range(1, self.opts.max_dim);
+            let y = if s[axis] <= shape[axis] && self.rng.chance(0.5) {
+                self.add(Op::Slice { axis, start: 0, end: s[axis] }, &[x], self.mag(x))
+            } else {
+                self.value_of_shape(&s)
+            };
+            args.push(y);
+        }
+        let m = args.iter().map(|&a| self.mag(a)).fold(0.0, f64::max);
+        self.add(Op::Concat { axis }, &args, m);
+    }
+
+    fn iota_mix(&mut self) {
+        let x = self.any_value();
+        let shape = self.shape_of(x);
+        if shape.is_empty() {
+            return;
+        }
+        let axis = self.rng.below(shape.len());
+        let dtype = *self.rng.pick(&[DType::I32, DType::I64, DType::F32]);
+        let iota = self.add(Op::Iota { shape: shape.clone(), axis, dtype }, &[], shape[axis] as f64);
+        let f = if dtype == DType::F32 {
+            iota
+        } else {
+            self.add(Op::Cast { to: DType::F32 }, &[iota], shape[axis] as f64)
+        };
+        let m = self.mag(x) + shape[axis] as f64;
+        self.add(Op::Binary(BinaryOp::Add), &[x, f], m);
+    }
+
+    fn matmul(&mut self) {
+        let batched = self.rng.chance(0.5);
+        let batch: Vec<usize> = if batched { vec![self.rng.range(1, 3)] } else { vec![] };
+        let (m, k, n) = (self.rng.range(1, 4), self.rng.range(1, 4), self.rng.range(1, 4));
+        let (ta, tb) = (self.rng.chance(0.5), self.rng.chance(0.5));
+        let shared_b = !batched || self.rng.chance(0.5);
+        let mut a_shape = batch.clone();
+        a_shape.extend(if ta { [k, m] } else { [m, k] });
+        let mut b_shape = if shared_b { vec![] } else { batch.clone() };
+        b_shape.extend(if tb { [n, k] } else { [k, n] });
+        let a = self.value_of_shape(&a_shape);
+        let a = self.bounded(a);
+        let b = self.value_of_shape(&b_shape);
+        let b = self.bounded(b);
+        let mag = self.mag(a) * self.mag(b) * k as f64;
+        self.add(
+            Op::MatMul {
+                transpose_a: ta,
+                transpose_b: tb,
+            },
+            &[a, b],
+            mag,
+        );
+    }
+
+    fn attention(&mut self) {
+        let (b, sq, sk, h) = (
+            self.rng.range(1, 2),
+            self.rng.range(1, 3),
+            self.rng.range(1, 3),
+            self.rng.range(1, 2),
+        );
+        let (d, dv) = (self.rng.range(1, 3), self.rng.range(1, 3));
+        let q = self.value_of_shape(&[b, sq, h, d]);
+        let q = self.bounded(q);
+        let k = self.value_of_shape(&[b, sk, h, d]);
+        let k = self.bounded(k);
+        let v = self.value_of_shape(&[b, sk, h, dv]);
+        let mut args = vec![q, k, v];
+        match self.rng.below(3) {
+            0 => {}
+            1 => {
+                let mask = self.leaf(TensorType::new(DType::Bool, &[b, sk]));
+                args.push(mask);
+            }
+            _ => {
+                // Causal-style mask from an iota: key j attends if j < limit.
+                let iota = self.add(
+                    Op::Iota {
+                        shape: Shape::from_slice(&[b, sk]),
+                        axis: 1,
+                        dtype: DType::I32,
+                    },
+                    &[],
+                    sk as f64,
+                );
+                let limit = self.rng.range(0, sk) as f64;
+                let c = self.add(Op::Constant { value: limit, dtype: DType::I32 }, &[], limit);
+                let cb = self.add(Op::Broadcast { shape: Shape::from_slice(&[b, sk]) }, &[c], limit);
+                let mask = self.add(Op::Compare(CmpOp::Lt), &[iota, cb], 1.0);
+                args.push(mask);
+            }
+        }
+        let scale = 1.0 / (d as f64).sqrt();
+        let m = self.mag(v);
+        self.add(Op::Attention { scale }, &args, m);
+    }
+
+    fn gather(&mut self) {
+        let table = self.any_value();
+        let shape = self.shape_of(table);
+        if shape.is_empty() {
+            return;
+        }
+        let axis = self.rng.below(shape.len());
+        let index_shape: Vec<usize> = (0..self.rng.range(0, 2)).map(|_| self.rng.range(1, 4)).collect();
+        let dtype = *self.rng.pick(&[DType::I32, DType::I64]);
+        let ty = TensorType::new(dtype, &index_shape);
+        self.leaves += 1;
+        let name = format!("idx{}", self.leaves);
+        let t = random_tensor(&mut self.rng, &ty, shape[axis]);
+        self.values.insert(name.clone(), t);
+        let index = self.add(Op::Input { name, ty }, &[], shape[axis] as f64);
+        let m = self.mag(table);
+        self.add(Op::Gather { axis }, &[table, index], m);
+    }
+
+    /// Re-emits an existing non-leaf node with the same operands (for CSE).
+    fn duplicate(&mut self) {
+        let candidates: Vec<NodeId> = self.g.ids().filter(|&id| !self.g.node(id).op.is_leaf()).collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let id = *self.rng.pick(&candidates);
+        let node = self.g.node(id).clone();
+        let m = self.mag(id);
+        self.add(node.op, &node.args, m);
+    }
+
+    /// A constant subexpression combined with a value (for folding), e.g. `x * (2 + 3)`.
+    fn constant_expr(&mut self) {
+        let x = self.any_value();
+        let shape = self.shape_of(x);
+        let c1 = self.rng.uniform(0.5, 2.0);
+        let c2 = self.rng.uniform(0.5, 2.0);
+        let a = self.constant(c1, &shape);
+        let b = self.add(Op::Constant { value: c2, dtype: DType::F32 }, &[], c2);
+        let b = if shape.is_empty() {
+            b
+        } else {
+            self.add(Op::Broadcast { shape: shape.clone() }, &[b], c2)
+        };
+        let op = *self.rng.pick(&[BinaryOp::Add, BinaryOp::Mul, BinaryOp::Sub, BinaryOp::Max]);
+        let c = self.add(Op::Binary(op), &[a, b], c1 + c2 + c1 * c2);
+        let c = match self.rng.below(3) {
+            0 => self.add(Op::Unary(UnaryOp::Exp), &[c], (c1 * c2 + c1 + c2).exp()),
+            1 => self.add(Op::Unary(UnaryOp::Neg), &[c], c1 * c2 + c1 + c2),
+            _ => c,
+        };
+        let c = self.bounded(c);
+        let x = self.bounded(x);
+        let m = self.mag(x) * self.mag(c);
+        self.add(Op::Binary(BinaryOp::Mul), &[x, c], m);
+    }
+
+    /// An op the simplifier must remove.
+    fn identity_op(&mut self) {
+        let x = self.any_value();
+        let shape = self.shape_of(x);
+        let m = self.mag(x);
+        match self.rng.below(8) {
+            0 => {
+                let one = self.constant(1.0, &shape);
+                self.add(Op::Binary(BinaryOp::Mul), &[x, one], m);
+            }
+            1 => {
+                let zero = self.constant(0.0, &shape);
+                self.add(Op::Binary(BinaryOp::Add), &[zero, x], m);
+            }
+            2 => {
+                self.add(Op::Reshape { shape }, &[x], m);
+            }
+            3 => {
+                let rank = shape.len();
+                self.add(Op::Transpose { perm: (0..rank).collect() }, &[x], m);
+            }
+            4 => {
+                let n = self.add(Op::Unary(UnaryOp::Neg), &[x], m);
+                self.add(Op::Unary(UnaryOp::Neg), &[n], m);
+            }
+            5 => {
+                self.add(Op::Cast { to: DType::F32 }, &[x], m);
+            }
+            6 => {
+                if !shape.is_empty() {
+                    let axis = self.rng.below(shape.len());
+                    self.add(Op::Slice { axis, start: 0, end: shape[axis] }, &[x], m);
+                }
+            }
+            _ => {
+                let rank = shape.len();
+                if rank >= 2 {
+                    let mut perm: Vec<usize> = (0..rank).collect();
+                    perm.swap(0, rank - 1);
+                    let t = self.add(Op::Transpose { perm: Shape::from_slice(&perm) }, &[x], m);
+                    self.add(Op::Transpose { perm: Shape::from_slice(&perm) }, &[t], m);
+                } else {
+                    let one = self.constant(1.0, &shape);
+                    self.add(Op::Binary(BinaryOp::Div), &[x, one], m);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The backend seam: compile a graph once, run it many times with named inputs and weights.
+//!
+//! The CPU backend ([`crate::cpu`]) is the reference; CUDA and wgpu backends implement the same
+//! traits, so one test body can run on every backend (see `runtime/tests/cpu_*.rs`).
+
+use crate::tensor::{Storage, Tensor};
+use qie_ir::Graph;
+use std::collections::HashMap;
+use std::fmt;
+
+/// Errors of compiling or running a plan. Messages name the input, param, node or group at fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuntimeError {
+    /// A graph input was not bound at `run`.
+    MissingInput(String),
+    /// A bound input or param does not match the graph's declaration.
+    BadInput { name: String, message: String },
+    MissingParam(String),
+    BadParam { name: String, message: String },
+    /// A compiler pass (optimize, fuse, memory planning, lowering) failed.
+    Compile(String),
+    /// The plan cannot be executed by this backend.
+    Unsupported(String),
+    /// A failure while executing (e.g. a kernel precondition).
+    Execution(String),
+}
+
+impl fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuntimeError::MissingInput(n) => write!(f, "input \"{n}\" is not bound"),
+            RuntimeError::BadInput { name, message } => write!(f, "input \"{name}\": {message}"),
+            RuntimeError::MissingParam(n) => write!(f, "param \"{n}\" is not in the parameter store"),
+            RuntimeError::BadParam { name, message } => write!(f, "param \"{name}\": {message}"),
+            RuntimeError::Compile(m) => write!(f, "compile error: {m}"),
+            RuntimeError::Unsupported(m) => write!(f, "unsupported: {m}"),
+            RuntimeError::Execution(m) => write!(f, "execution error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for RuntimeError {}
+
+/// A borrowed view of a weight's elements.
+#[derive(Clone, Copy, Debug)]
+pub enum ParamData<'a> {
+    F32(&'a [f32]),
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+    Bool(&'a [bool]),
+}
+
+impl ParamData<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            ParamData::F32(v) => v.len(),
+            ParamData::I32(v) => v.len(),
+            ParamData::I64(v) => v.len(),
+            ParamData::Bool(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn storage(&self) -> Storage {
+        match self {
+            ParamData::F32(_) => Storage::F32,
+            ParamData::I32(_) => Storage::I32,
+            ParamData::I64(_) => Storage::I64,
+            ParamData::Bool(_) => Storage::Bool,
+        }
+    }
+
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        match self {
+            ParamData::F32(v) => v.as_ptr() as *const u8,
+            ParamData::I32(v) => v.as_ptr() as *const u8,
+            ParamData::I64(v) => v.as_ptr() as *const u8,
+            ParamData::Bool(v) => v.as_ptr() as *const u8,
+        }
+    }
+}
+
+/// Weights looked up by checkpoint name. Shapes are checked by element count against the graph.
+pub trait ParamStore: Sync {
+    fn param(&self, name: &str) -> Option<ParamData<'_>>;
+}
+
+impl ParamStore for HashMap<String, Tensor> {
+    fn param(&self, name: &str) -> Option<ParamData<'_>> {
+        self.get(name).map(|t| match t.data() {
+            crate::tensor::TensorData::F32(v) => ParamData::F32(v),
+            crate::tensor::TensorData::I32(v) => ParamData::I32(v),
+            crate::tensor::TensorData::I64(v) => ParamData::I64(v),
+            crate::tensor::TensorData::Bool(v) => ParamData::Bool(v),
+        })
+    }
+}
+
+impl ParamStore for HashMap<String, Vec<f32>> {
+    fn param(&self, name: &str) -> Option<ParamData<'_>> {
+        self.get(name).map(|v| ParamData::F32(v))
+    }
+}
+
+/// A store without weights (for graphs that have none).
+pub struct NoParams;
+
+impl ParamStore for NoParams {
+    fn param(&self, _name: &str) -> Option<ParamData<'_>> {
+        None
+    }
+}
+
+/// How to compile a graph.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// Run the graph optimizer (`qie_ir::passes::optimize`) first.
+    pub optimize: bool,
+    /// Fuse with `qie_ir::passes::fusion::fuse`; when false every node is its own kernel group
+    /// (useful to isolate fusion bugs).
+    pub fuse: bool,
+    /// Worker threads (`None`: rayon's global pool, one per core).
+    pub threads: Option<usize>,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            optimize: true,
+            fuse: true,
+            threads: None,
+        }
+    }
+}
+
+/// Sizes and counts of a compiled plan, for reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanStats {
+    /// Bytes of the memory plan's arena (graph values that cross group boundaries).
+    pub arena_bytes: usize,
+    /// Extra bytes for values that live inside one group (library results before an epilogue,
+    /// materialised operands) and library scratch (im2col, attention blocks are per thread).
+    pub scratch_bytes: usize,
+    pub groups: usize,
+    pub elementwise_groups: usize,
+    pub reduction_groups: usize,
+    pub library_groups: usize,
+    pub data_groups: usize,
+    pub alias_groups: usize,
+    /// Kernel programs after lowering (a group may need several).
+    pub kernels: usize,
+}
+
+impl fmt::Display for PlanStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} groups ({} elementwise, {} reduction, {} library, {} data, {} alias), {} kernels, arena {} B, scratch {} B",
+            self.groups,
+            self.elementwise_groups,
+            self.reduction_groups,
+            self.library_groups,
+            self.data_groups,
+            self.alias_groups,
+            self.kernels,
+            self.arena_bytes,
+            self.scratch_bytes
+        )
+    }
+}
+
+/// A compiled, reusable plan.
+pub trait Executable: Send + Sync {
+    /// Runs the plan. `inputs` must bind every graph input by name; extra entries are ignored.
+    fn run(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        params: &dyn ParamStore,
+    ) -> Result<HashMap<String, Tensor>, RuntimeError>;
+
+    fn stats(&self) -> PlanStats;
+
+    fn arena_bytes(&self) -> usize {
+        self.stats().arena_bytes
+    }
+}
+
+/// A device that compiles graphs.
+pub trait Backend: Send + Sync {
+    fn name(&self) -> &str;
+
+    fn compile(&self, graph: &Graph, options: &CompileOptions) -> Result<Box<dyn Executable>, RuntimeError>;
+}
