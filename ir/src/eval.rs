@@ -160,7 +160,9 @@ pub fn eval(
     let mut needed = vec![false; g.len()];
     for (name, id) in &g.outputs {
         if id.index() >= g.len() {
-            return Err(EvalError::bare(format!("output {name} refers to missing node {id}")));
+            return Err(EvalError::bare(format!(
+                "output {name} refers to missing node {id}"
+            )));
         }
         needed[id.index()] = true;
     }
@@ -176,7 +178,12 @@ pub fn eval(
     let values = eval_nodes(g, inputs, params, &needed)?;
     Ok(g.outputs
         .iter()
-        .map(|(name, id)| (name.clone(), values[id.index()].clone().expect("outputs are computed")))
+        .map(|(name, id)| {
+            (
+                name.clone(),
+                values[id.index()].clone().expect("outputs are computed"),
+            )
+        })
         .collect())
 }
 
@@ -188,7 +195,10 @@ pub fn eval_all(
 ) -> Result<Vec<Tensor>, EvalError> {
     let needed = vec![true; g.len()];
     let values = eval_nodes(g, inputs, params, &needed)?;
-    Ok(values.into_iter().map(|v| v.expect("all nodes computed")).collect())
+    Ok(values
+        .into_iter()
+        .map(|v| v.expect("all nodes computed"))
+        .collect())
 }
 
 fn eval_nodes(
@@ -205,14 +215,15 @@ fn eval_nodes(
         let node = g.node(id);
         let value = match &node.op {
             Op::Input { name, ty } => {
-                let t = inputs
-                    .get(name)
-                    .ok_or_else(|| EvalError::at(g, id, format!("input \"{name}\" is not bound")))?;
+                let t = inputs.get(name).ok_or_else(|| {
+                    EvalError::at(g, id, format!("input \"{name}\" is not bound"))
+                })?;
                 bind(t, ty).map_err(|m| EvalError::at(g, id, format!("input \"{name}\": {m}")))?
             }
             Op::Param { name, ty } => {
-                let t = params(name)
-                    .ok_or_else(|| EvalError::at(g, id, format!("param \"{name}\" is not bound")))?;
+                let t = params(name).ok_or_else(|| {
+                    EvalError::at(g, id, format!("param \"{name}\" is not bound"))
+                })?;
                 bind(&t, ty).map_err(|m| EvalError::at(g, id, format!("param \"{name}\": {m}")))?
             }
             op => {
@@ -251,11 +262,15 @@ fn eval_nodes(
 /// `Input` and `Param` need bindings and are rejected.
 pub fn eval_op(op: &Op, args: &[&Tensor]) -> Result<Tensor, EvalError> {
     if matches!(op, Op::Input { .. } | Op::Param { .. }) {
-        return Err(EvalError::bare(format!("{}: needs a binding", op.mnemonic())));
+        return Err(EvalError::bare(format!(
+            "{}: needs a binding",
+            op.mnemonic()
+        )));
     }
     let arg_types: Vec<&TensorType> = args.iter().map(|t| &t.ty).collect();
     let ty = infer_type(op, &arg_types).map_err(|e| EvalError::bare(e.message))?;
-    let data = compute(op, args, &ty).map_err(|m| EvalError::bare(format!("{}: {m}", op.mnemonic())))?;
+    let data =
+        compute(op, args, &ty).map_err(|m| EvalError::bare(format!("{}: {m}", op.mnemonic())))?;
     Ok(finish(ty, data))
 }
 
@@ -290,7 +305,11 @@ fn bind(t: &Tensor, ty: &TensorType) -> Result<Tensor, String> {
         return Err(format!("bound to a {} tensor, declared {ty}", t.ty));
     }
     if t.data.len() != ty.numel() {
-        return Err(format!("has {} elements, expected {}", t.data.len(), ty.numel()));
+        return Err(format!(
+            "has {} elements, expected {}",
+            t.data.len(),
+            ty.numel()
+        ));
     }
     match ty.dtype {
         DType::I32 | DType::I64 => {
@@ -298,7 +317,11 @@ fn bind(t: &Tensor, ty: &TensorType) -> Result<Tensor, String> {
                 return Err(format!("integer tensor holds non-integer value {v}"));
             }
             if ty.dtype == DType::I32 {
-                if let Some(v) = t.data.iter().find(|&&v| v < i32::MIN as f64 || v > i32::MAX as f64) {
+                if let Some(v) = t
+                    .data
+                    .iter()
+                    .find(|&&v| v < i32::MIN as f64 || v > i32::MAX as f64)
+                {
                     return Err(format!("i32 tensor holds out-of-range value {v}"));
                 }
             }
@@ -459,11 +482,15 @@ fn compute(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Vec<f64>, Strin
             for o in 0..outer {
                 for &i in &index.data {
                     if i < 0.0 {
-                        return Err(format!("negative index {i} (negative indices are not supported)"));
+                        return Err(format!(
+                            "negative index {i} (negative indices are not supported)"
+                        ));
                     }
                     let i = i as usize;
                     if i >= n {
-                        return Err(format!("index {i} out of range for axis {axis} of size {n}"));
+                        return Err(format!(
+                            "index {i} out of range for axis {axis} of size {n}"
+                        ));
                     }
                     let start = (o * n + i) * inner;
                     data.extend_from_slice(&table.data[start..start + inner]);
@@ -481,7 +508,9 @@ fn compute(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Vec<f64>, Strin
             padding,
             dilation,
             groups,
-        } => Ok(conv2d(args[0], args[1], *stride, *padding, *dilation, *groups, ty)),
+        } => Ok(conv2d(
+            args[0], args[1], *stride, *padding, *dilation, *groups, ty,
+        )),
     }
 }
 
@@ -606,7 +635,11 @@ fn reduce(r: ReduceOp, axes: &[usize], x: &Tensor, ty: &TensorType) -> Result<Ve
     let kept: Vec<usize> = (0..x.ty.rank()).filter(|i| !axes.contains(i)).collect();
     let mut flat = 0;
     for_each_index(&x.ty.shape, |idx| {
-        let o: usize = kept.iter().zip(&out_strides).map(|(&k, &s)| idx[k] * s).sum();
+        let o: usize = kept
+            .iter()
+            .zip(&out_strides)
+            .map(|(&k, &s)| idx[k] * s)
+            .sum();
         let v = x.data[flat];
         flat += 1;
         out[o] = match r {
@@ -634,8 +667,16 @@ fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, ty: &TensorType) -> Vec<f6
             for j in 0..n {
                 let mut acc = 0.0;
                 for p in 0..k {
-                    let av = if ta { a.data[ao + p * a1 + i] } else { a.data[ao + i * a1 + p] };
-                    let bv = if tb { b.data[bo + j * b1 + p] } else { b.data[bo + p * b1 + j] };
+                    let av = if ta {
+                        a.data[ao + p * a1 + i]
+                    } else {
+                        a.data[ao + i * a1 + p]
+                    };
+                    let bv = if tb {
+                        b.data[bo + j * b1 + p]
+                    } else {
+                        b.data[bo + p * b1 + j]
+                    };
                     acc += av * bv;
                 }
                 out.push(acc);
@@ -719,16 +760,19 @@ fn conv2d(
                     for ci in 0..cg {
                         let cin = g * cg + ci;
                         for ky in 0..kh {
-                            let iy = (y * stride[0] + ky * dilation[0]) as isize - padding[0] as isize;
+                            let iy =
+                                (y * stride[0] + ky * dilation[0]) as isize - padding[0] as isize;
                             if iy < 0 || iy >= hh as isize {
                                 continue;
                             }
                             for kx in 0..kw {
-                                let ix = (xo * stride[1] + kx * dilation[1]) as isize - padding[1] as isize;
+                                let ix = (xo * stride[1] + kx * dilation[1]) as isize
+                                    - padding[1] as isize;
                                 if ix < 0 || ix >= ww as isize {
                                     continue;
                                 }
-                                let xv = x.data[((ni * c + cin) * hh + iy as usize) * ww + ix as usize];
+                                let xv =
+                                    x.data[((ni * c + cin) * hh + iy as usize) * ww + ix as usize];
                                 let wv = w.data[((oi * cg + ci) * kh + ky) * kw + kx];
                                 acc += xv * wv;
                             }

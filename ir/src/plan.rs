@@ -37,7 +37,8 @@ pub struct KernelGroup {
     pub inputs: Vec<NodeId>,
     /// Values produced here and needed later (by another group or as a graph output), in ascending
     /// id. Owned members (never `recomputed` ones). All outputs of an Elementwise group have the
-    /// group's element count; those of a Reduction / Library group are on the anchor's result side.
+    /// group's element count; those of a Reduction / Library group are on the anchor's result side
+    /// (same element count as the anchor; for Reduction groups exactly the Reduce's shape).
     pub outputs: Vec<NodeId>,
     /// For Reduction / Library / Data groups: the op the group is built around.
     pub anchor: Option<NodeId>,
@@ -86,9 +87,9 @@ impl FusionPlan {
     /// Index of the group that owns `node` (computes it as its own member, not as a recomputed
     /// copy). `None` for `Input`/`Param` and for `Constant`/`Iota` that are only recomputed.
     pub fn group_of(&self, node: NodeId) -> Option<usize> {
-        self.groups.iter().position(|g| {
-            g.contains(node) && g.recomputed.binary_search(&node).is_err()
-        })
+        self.groups
+            .iter()
+            .position(|g| g.contains(node) && g.recomputed.binary_search(&node).is_err())
     }
 
     /// Owning group of every node, indexed by node id (`len` = number of graph nodes): the same as

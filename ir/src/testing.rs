@@ -138,7 +138,11 @@ pub struct RandomCase {
 impl RandomCase {
     pub fn new(seed: u64, opts: &RandomGraphOptions) -> Self {
         let (graph, inputs) = random_graph(seed, opts);
-        RandomCase { seed, graph, inputs }
+        RandomCase {
+            seed,
+            graph,
+            inputs,
+        }
     }
 
     /// Param lookup over the case's bindings.
@@ -198,7 +202,9 @@ impl Gen {
 
     fn random_shape(&mut self) -> Shape {
         let rank = self.rng.range(0, self.opts.max_rank);
-        (0..rank).map(|_| self.rng.range(1, self.opts.max_dim)).collect()
+        (0..rank)
+            .map(|_| self.rng.range(1, self.opts.max_dim))
+            .collect()
     }
 
     fn leaf(&mut self, ty: TensorType) -> NodeId {
@@ -206,14 +212,26 @@ impl Gen {
         let k = self.leaves;
         let (name, op) = if ty.dtype == DType::F32 && self.rng.chance(self.opts.param_probability) {
             let name = format!("p{k}");
-            (name.clone(), Op::Param { name, ty: ty.clone() })
+            (
+                name.clone(),
+                Op::Param {
+                    name,
+                    ty: ty.clone(),
+                },
+            )
         } else {
             let name = match ty.dtype {
                 DType::Bool => format!("mask{k}"),
                 DType::I32 | DType::I64 => format!("idx{k}"),
                 _ => format!("x{k}"),
             };
-            (name.clone(), Op::Input { name, ty: ty.clone() })
+            (
+                name.clone(),
+                Op::Input {
+                    name,
+                    ty: ty.clone(),
+                },
+            )
         };
         let t = random_tensor(&mut self.rng, &ty, 1);
         self.values.insert(name, t);
@@ -225,11 +243,24 @@ impl Gen {
     }
 
     fn constant(&mut self, value: f64, shape: &[usize]) -> NodeId {
-        let c = self.add(Op::Constant { value, dtype: DType::F32 }, &[], value.abs());
+        let c = self.add(
+            Op::Constant {
+                value,
+                dtype: DType::F32,
+            },
+            &[],
+            value.abs(),
+        );
         if shape.is_empty() {
             c
         } else {
-            self.add(Op::Broadcast { shape: Shape::from_slice(shape) }, &[c], value.abs())
+            self.add(
+                Op::Broadcast {
+                    shape: Shape::from_slice(shape),
+                },
+                &[c],
+                value.abs(),
+            )
         }
     }
 
@@ -251,16 +282,32 @@ impl Gen {
     /// A float value of exactly this shape: an existing one, a reshape of one with as many
     /// elements, or a new leaf.
     fn value_of_shape(&mut self, shape: &[usize]) -> NodeId {
-        let same: Vec<NodeId> = self.pool.iter().copied().filter(|&id| self.g.ty(id).shape.as_slice() == shape).collect();
+        let same: Vec<NodeId> = self
+            .pool
+            .iter()
+            .copied()
+            .filter(|&id| self.g.ty(id).shape.as_slice() == shape)
+            .collect();
         if !same.is_empty() && self.rng.chance(0.7) {
             return *self.rng.pick(&same);
         }
         let numel: usize = shape.iter().product();
-        let same_numel: Vec<NodeId> = self.pool.iter().copied().filter(|&id| self.g.ty(id).numel() == numel).collect();
+        let same_numel: Vec<NodeId> = self
+            .pool
+            .iter()
+            .copied()
+            .filter(|&id| self.g.ty(id).numel() == numel)
+            .collect();
         if !same_numel.is_empty() && self.rng.chance(0.6) {
             let src = *self.rng.pick(&same_numel);
             let m = self.mag(src);
-            return self.add(Op::Reshape { shape: Shape::from_slice(shape) }, &[src], m);
+            return self.add(
+                Op::Reshape {
+                    shape: Shape::from_slice(shape),
+                },
+                &[src],
+                m,
+            );
         }
         self.float_leaf(shape)
     }
@@ -289,7 +336,12 @@ impl Gen {
             self.step();
         }
         // Outputs: distinct non-leaf values, preferring recent ones.
-        let candidates: Vec<NodeId> = self.pool.iter().copied().filter(|&id| !self.g.node(id).op.is_leaf()).collect();
+        let candidates: Vec<NodeId> = self
+            .pool
+            .iter()
+            .copied()
+            .filter(|&id| !self.g.node(id).op.is_leaf())
+            .collect();
         let candidates = if candidates.is_empty() {
             let x = self.any_value();
             let t = self.add(Op::Unary(UnaryOp::Tanh), &[x], 1.0);
@@ -420,7 +472,14 @@ impl Gen {
         let a = self.any_value();
         let shape = self.shape_of(a);
         let b = self.value_of_shape(&shape);
-        let cmps = [CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge, CmpOp::Eq, CmpOp::Ne];
+        let cmps = [
+            CmpOp::Lt,
+            CmpOp::Le,
+            CmpOp::Gt,
+            CmpOp::Ge,
+            CmpOp::Eq,
+            CmpOp::Ne,
+        ];
         let c = *self.rng.pick(&cmps);
         let cond = self.add(Op::Compare(c), &[a, b], 1.0);
         let x = self.value_of_shape(&shape);
@@ -439,9 +498,15 @@ impl Gen {
         if axes.is_empty() {
             axes.push(self.rng.below(shape.len()));
         }
-        let op = *self.rng.pick(&[ReduceOp::Sum, ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min]);
+        let op = *self
+            .rng
+            .pick(&[ReduceOp::Sum, ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min]);
         let count: usize = axes.iter().map(|&a| shape[a]).product();
-        let m = if op == ReduceOp::Sum { self.mag(x) * count as f64 } else { self.mag(x) };
+        let m = if op == ReduceOp::Sum {
+            self.mag(x) * count as f64
+        } else {
+            self.mag(x)
+        };
         self.add(Op::Reduce { op, axes }, &[x], m);
     }
 
@@ -453,7 +518,7 @@ impl Gen {
         let mut n = numel;
         let mut p = 2;
         while n > 1 {
-            while n % p == 0 {
+            while n / p * p == n {
                 factors.push(p);
                 n /= p;
             }
@@ -473,7 +538,13 @@ impl Gen {
             dims.insert(i, 1);
         }
         let m = self.mag(x);
-        self.add(Op::Reshape { shape: Shape::from_slice(&dims) }, &[x], m);
+        self.add(
+            Op::Reshape {
+                shape: Shape::from_slice(&dims),
+            },
+            &[x],
+            m,
+        );
     }
 
     fn broadcast(&mut self) {
@@ -481,7 +552,13 @@ impl Gen {
         let shape = self.shape_of(x);
         let mut out: Shape = shape
             .iter()
-            .map(|&d| if d == 1 { self.rng.range(1, self.opts.max_dim) } else { d })
+            .map(|&d| {
+                if d == 1 {
+                    self.rng.range(1, self.opts.max_dim)
+                } else {
+                    d
+                }
+            })
             .collect();
         if out.len() < 4 && (out == shape || self.rng.chance(0.5)) {
             out.insert(0, self.rng.range(2, self.opts.max_dim.max(2)));
@@ -502,7 +579,13 @@ impl Gen {
             perm.swap(i, j);
         }
         let m = self.mag(x);
-        self.add(Op::Transpose { perm: Shape::from_slice(&perm) }, &[x], m);
+        self.add(
+            Op::Transpose {
+                perm: Shape::from_slice(&perm),
+            },
+            &[x],
+            m,
+        );
     }
 
     fn slice(&mut self) {
@@ -539,7 +622,15 @@ impl Gen {
             let mut s = shape.clone();
             s[axis] = self.rng.range(1, self.opts.max_dim);
             let y = if s[axis] <= shape[axis] && self.rng.chance(0.5) {
-                self.add(Op::Slice { axis, start: 0, end: s[axis] }, &[x], self.mag(x))
+                self.add(
+                    Op::Slice {
+                        axis,
+                        start: 0,
+                        end: s[axis],
+                    },
+                    &[x],
+                    self.mag(x),
+                )
             } else {
                 self.value_of_shape(&s)
             };
@@ -557,7 +648,15 @@ impl Gen {
         }
         let axis = self.rng.below(shape.len());
         let dtype = *self.rng.pick(&[DType::I32, DType::I64, DType::F32]);
-        let iota = self.add(Op::Iota { shape: shape.clone(), axis, dtype }, &[], shape[axis] as f64);
+        let iota = self.add(
+            Op::Iota {
+                shape: shape.clone(),
+                axis,
+                dtype,
+            },
+            &[],
+            shape[axis] as f64,
+        );
         let f = if dtype == DType::F32 {
             iota
         } else {
@@ -569,8 +668,16 @@ impl Gen {
 
     fn matmul(&mut self) {
         let batched = self.rng.chance(0.5);
-        let batch: Vec<usize> = if batched { vec![self.rng.range(1, 3)] } else { vec![] };
-        let (m, k, n) = (self.rng.range(1, 4), self.rng.range(1, 4), self.rng.range(1, 4));
+        let batch: Vec<usize> = if batched {
+            vec![self.rng.range(1, 3)]
+        } else {
+            vec![]
+        };
+        let (m, k, n) = (
+            self.rng.range(1, 4),
+            self.rng.range(1, 4),
+            self.rng.range(1, 4),
+        );
         let (ta, tb) = (self.rng.chance(0.5), self.rng.chance(0.5));
         let shared_b = !batched || self.rng.chance(0.5);
         let mut a_shape = batch.clone();
@@ -624,8 +731,21 @@ impl Gen {
                     sk as f64,
                 );
                 let limit = self.rng.range(0, sk) as f64;
-                let c = self.add(Op::Constant { value: limit, dtype: DType::I32 }, &[], limit);
-                let cb = self.add(Op::Broadcast { shape: Shape::from_slice(&[b, sk]) }, &[c], limit);
+                let c = self.add(
+                    Op::Constant {
+                        value: limit,
+                        dtype: DType::I32,
+                    },
+                    &[],
+                    limit,
+                );
+                let cb = self.add(
+                    Op::Broadcast {
+                        shape: Shape::from_slice(&[b, sk]),
+                    },
+                    &[c],
+                    limit,
+                );
                 let mask = self.add(Op::Compare(CmpOp::Lt), &[iota, cb], 1.0);
                 args.push(mask);
             }
@@ -642,7 +762,9 @@ impl Gen {
             return;
         }
         let axis = self.rng.below(shape.len());
-        let index_shape: Vec<usize> = (0..self.rng.range(0, 2)).map(|_| self.rng.range(1, 4)).collect();
+        let index_shape: Vec<usize> = (0..self.rng.range(0, 2))
+            .map(|_| self.rng.range(1, 4))
+            .collect();
         let dtype = *self.rng.pick(&[DType::I32, DType::I64]);
         let ty = TensorType::new(dtype, &index_shape);
         self.leaves += 1;
@@ -656,7 +778,11 @@ impl Gen {
 
     /// Re-emits an existing non-leaf node with the same operands (for CSE).
     fn duplicate(&mut self) {
-        let candidates: Vec<NodeId> = self.g.ids().filter(|&id| !self.g.node(id).op.is_leaf()).collect();
+        let candidates: Vec<NodeId> = self
+            .g
+            .ids()
+            .filter(|&id| !self.g.node(id).op.is_leaf())
+            .collect();
         if candidates.is_empty() {
             return;
         }
@@ -673,13 +799,28 @@ impl Gen {
         let c1 = self.rng.uniform(0.5, 2.0);
         let c2 = self.rng.uniform(0.5, 2.0);
         let a = self.constant(c1, &shape);
-        let b = self.add(Op::Constant { value: c2, dtype: DType::F32 }, &[], c2);
+        let b = self.add(
+            Op::Constant {
+                value: c2,
+                dtype: DType::F32,
+            },
+            &[],
+            c2,
+        );
         let b = if shape.is_empty() {
             b
         } else {
-            self.add(Op::Broadcast { shape: shape.clone() }, &[b], c2)
+            self.add(
+                Op::Broadcast {
+                    shape: shape.clone(),
+                },
+                &[b],
+                c2,
+            )
         };
-        let op = *self.rng.pick(&[BinaryOp::Add, BinaryOp::Mul, BinaryOp::Sub, BinaryOp::Max]);
+        let op = *self
+            .rng
+            .pick(&[BinaryOp::Add, BinaryOp::Mul, BinaryOp::Sub, BinaryOp::Max]);
         let c = self.add(Op::Binary(op), &[a, b], c1 + c2 + c1 * c2);
         let c = match self.rng.below(3) {
             0 => self.add(Op::Unary(UnaryOp::Exp), &[c], (c1 * c2 + c1 + c2).exp()),
@@ -711,7 +852,13 @@ impl Gen {
             }
             3 => {
                 let rank = shape.len();
-                self.add(Op::Transpose { perm: (0..rank).collect() }, &[x], m);
+                self.add(
+                    Op::Transpose {
+                        perm: (0..rank).collect(),
+                    },
+                    &[x],
+                    m,
+                );
             }
             4 => {
                 let n = self.add(Op::Unary(UnaryOp::Neg), &[x], m);
@@ -723,7 +870,15 @@ impl Gen {
             6 => {
                 if !shape.is_empty() {
                     let axis = self.rng.below(shape.len());
-                    self.add(Op::Slice { axis, start: 0, end: shape[axis] }, &[x], m);
+                    self.add(
+                        Op::Slice {
+                            axis,
+                            start: 0,
+                            end: shape[axis],
+                        },
+                        &[x],
+                        m,
+                    );
                 }
             }
             _ => {
@@ -731,8 +886,20 @@ impl Gen {
                 if rank >= 2 {
                     let mut perm: Vec<usize> = (0..rank).collect();
                     perm.swap(0, rank - 1);
-                    let t = self.add(Op::Transpose { perm: Shape::from_slice(&perm) }, &[x], m);
-                    self.add(Op::Transpose { perm: Shape::from_slice(&perm) }, &[t], m);
+                    let t = self.add(
+                        Op::Transpose {
+                            perm: Shape::from_slice(&perm),
+                        },
+                        &[x],
+                        m,
+                    );
+                    self.add(
+                        Op::Transpose {
+                            perm: Shape::from_slice(&perm),
+                        },
+                        &[t],
+                        m,
+                    );
                 } else {
                     let one = self.constant(1.0, &shape);
                     self.add(Op::Binary(BinaryOp::Div), &[x, one], m);

@@ -80,7 +80,9 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
                 return Err(VerifyError::at(
                     g,
                     id,
-                    format!("operand {i} refers to {a}, which does not exist (graph has {n} nodes)"),
+                    format!(
+                        "operand {i} refers to {a}, which does not exist (graph has {n} nodes)"
+                    ),
                 ));
             }
             if *a >= id {
@@ -125,14 +127,18 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
                         return Err(VerifyError::at(
                             g,
                             id,
-                            format!("param \"{name}\" declared as {ty} here but as {prev_ty} at {prev}"),
+                            format!(
+                                "param \"{name}\" declared as {ty} here but as {prev_ty} at {prev}"
+                            ),
                         ));
                     }
                 }
             }
             Op::Constant { value, dtype } => {
                 let ok = match dtype {
-                    DType::I32 => value.fract() == 0.0 && (i32::MIN as f64..=i32::MAX as f64).contains(value),
+                    DType::I32 => {
+                        value.fract() == 0.0 && (i32::MIN as f64..=i32::MAX as f64).contains(value)
+                    }
                     DType::I64 => value.fract() == 0.0 && (-TWO_63..TWO_63).contains(value),
                     DType::Bool => *value == 0.0 || *value == 1.0,
                     _ => true,
@@ -162,7 +168,11 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
             return Err(VerifyError::at(g, *id, "output has an empty name"));
         }
         if output_names.insert(name, *id).is_some() {
-            return Err(VerifyError::at(g, *id, format!("output name \"{name}\" is used twice")));
+            return Err(VerifyError::at(
+                g,
+                *id,
+                format!("output name \"{name}\" is used twice"),
+            ));
         }
     }
     Ok(())

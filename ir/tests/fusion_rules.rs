@@ -2,7 +2,9 @@
 //! on random graphs.
 
 use proptest::prelude::*;
-use qie_ir::passes::fusion::{fuse, main_space_access, validate_fusion_plan, Access, FusionOptions};
+use qie_ir::passes::fusion::{
+    fuse, main_space_access, validate_fusion_plan, Access, FusionOptions,
+};
 use qie_ir::passes::schedule_dump::dump_fusion;
 use qie_ir::plan::{FusionPlan, GroupKind};
 use qie_ir::testing::{random_graph, RandomGraphOptions};
@@ -125,7 +127,11 @@ fn layer_norm_modulate_residual_is_two_reductions_and_one_elementwise() {
     validate_fusion_plan(&ln.g, &plan).unwrap();
     assert_eq!(
         kinds(&plan),
-        [GroupKind::Reduction, GroupKind::Reduction, GroupKind::Elementwise],
+        [
+            GroupKind::Reduction,
+            GroupKind::Reduction,
+            GroupKind::Elementwise
+        ],
         "{}",
         dump_fusion(&ln.g, &plan)
     );
@@ -164,7 +170,10 @@ fn layer_norm_without_recompute_materialises_shared_values() {
     assert_eq!(plan.count(GroupKind::Elementwise), 4);
     let xc_group = plan.group_of(ln.xc).unwrap();
     assert_eq!(plan.groups[xc_group].outputs, [ln.xc]);
-    assert!(plan.groups.iter().all(|g| g.recomputed.iter().all(|&n| ln.g.node(n).op.is_leaf())));
+    assert!(plan
+        .groups
+        .iter()
+        .all(|g| g.recomputed.iter().all(|&n| ln.g.node(n).op.is_leaf())));
 }
 
 #[test]
@@ -174,7 +183,11 @@ fn unfused_plan_has_one_group_per_node() {
     validate_fusion_plan(&ln.g, &plan).unwrap();
     let non_leaf = ln.g.nodes.iter().filter(|n| !n.op.is_leaf()).count();
     assert_eq!(plan.groups.len(), non_leaf);
-    let reshapes = ln.g.nodes.iter().filter(|n| matches!(n.op, Op::Reshape { .. })).count();
+    let reshapes =
+        ln.g.nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::Reshape { .. }))
+            .count();
     assert_eq!(plan.count(GroupKind::Alias), reshapes);
     assert_eq!(plan.count(GroupKind::Reduction), 2);
     for grp in &plan.groups {
@@ -222,7 +235,12 @@ fn matmul_bias_gelu_is_one_library_group_with_epilogue() {
     let mlp = matmul_bias_gelu();
     let plan = fuse(&mlp.g, &FusionOptions::default());
     validate_fusion_plan(&mlp.g, &plan).unwrap();
-    assert_eq!(kinds(&plan), [GroupKind::Library], "{}", dump_fusion(&mlp.g, &plan));
+    assert_eq!(
+        kinds(&plan),
+        [GroupKind::Library],
+        "{}",
+        dump_fusion(&mlp.g, &plan)
+    );
     let grp = &plan.groups[0];
     assert_eq!(grp.anchor, Some(mlp.h));
     assert_eq!(grp.outputs, [mlp.y]);
@@ -232,7 +250,11 @@ fn matmul_bias_gelu_is_one_library_group_with_epilogue() {
     assert!(!grp.epilogue.contains(&mlp.h));
     // Every non-leaf node but the matmul is in the epilogue.
     let non_leaf = mlp.g.nodes.iter().filter(|n| !n.op.is_leaf()).count();
-    let owned_epilogue = grp.epilogue.iter().filter(|n| !grp.recomputed.contains(n)).count();
+    let owned_epilogue = grp
+        .epilogue
+        .iter()
+        .filter(|n| !grp.recomputed.contains(n))
+        .count();
     assert_eq!(owned_epilogue, non_leaf - 1);
     // The epilogue reads the matmul result at the same index; the bias through a broadcast.
     let access = main_space_access(&mlp.g, grp);
@@ -266,7 +288,11 @@ fn value_used_by_two_matmuls_is_materialised_once() {
     validate_fusion_plan(&g, &plan).unwrap();
     assert_eq!(
         kinds(&plan),
-        [GroupKind::Elementwise, GroupKind::Library, GroupKind::Library],
+        [
+            GroupKind::Elementwise,
+            GroupKind::Library,
+            GroupKind::Library
+        ],
         "{}",
         dump_fusion(&g, &plan)
     );
@@ -349,7 +375,9 @@ fn reshape_needed_outside_is_an_alias_group_and_concat_is_alone() {
     assert_eq!(plan.groups[2].nodes, [cat]);
     // A reshaped weight is copied, not aliased (params are not in the arena).
     assert_eq!(plan.groups[4].nodes, [wr]);
-    assert!(dump.starts_with("fusion: 5 groups, 4 launches (elementwise 2, reduction 0, library 1, data 1, alias 1)\n"));
+    assert!(dump.starts_with(
+        "fusion: 5 groups, 4 launches (elementwise 2, reduction 0, library 1, data 1, alias 1)\n"
+    ));
 }
 
 #[test]
@@ -377,10 +405,16 @@ fn fusion_dump_format() {
         "fusion: 3 groups, 3 launches (elementwise 1, reduction 2, library 0, data 0, alias 0)"
     );
     assert_eq!(lines[1], "g0 reduction anchor=%5 in: %0 out: %8");
-    assert_eq!(lines[2], "  anchor    %5: f32[2, 4] = reduce_sum[axes=[2]] %0");
+    assert_eq!(
+        lines[2],
+        "  anchor    %5: f32[2, 4] = reduce_sum[axes=[2]] %0"
+    );
     assert_eq!(lines[3], "  epilogue  %6: f32[] = const[8]  (recomputed)");
     assert_eq!(lines[4], "  epilogue  %7: f32[2, 4] = broadcast[[2, 4]] %6");
-    assert!(dump.contains("  prologue  %11: f32[2, 4, 8] = sub %0, %10\n"), "{dump}");
+    assert!(
+        dump.contains("  prologue  %11: f32[2, 4, 8] = sub %0, %10\n"),
+        "{dump}"
+    );
     assert!(dump.contains("  body      %11: f32[2, 4, 8] = sub %0, %10  (recomputed)\n"));
     assert!(dump.contains(&format!("  body      {}: f32[2, 4, 8] = add %1, %", ln.out)));
     assert!(dump.trim_end().ends_with("-> out"));
@@ -418,8 +452,14 @@ fn check_invariants(g: &Graph, plan: &FusionPlan) -> Result<(), String> {
         // epilogue reads its library anchor at the same index.
         if matches!(grp.kind, GroupKind::Elementwise | GroupKind::Library) {
             let access = main_space_access(g, grp);
-            if grp.kind == GroupKind::Library && grp.anchor.is_some_and(|a| access.get(&a) != Some(&Access::Same)) {
-                return Err(format!("group {gi}: epilogue reads the anchor at another index"));
+            if grp.kind == GroupKind::Library
+                && grp
+                    .anchor
+                    .is_some_and(|a| access.get(&a) != Some(&Access::Same))
+            {
+                return Err(format!(
+                    "group {gi}: epilogue reads the anchor at another index"
+                ));
             }
             for &m in &grp.nodes {
                 if g.node(m).op.is_elementwise() && access.get(&m) == Some(&Access::Indexed) {
@@ -479,4 +519,22 @@ proptest! {
         let unfused = fuse(&g, &FusionOptions::unfused());
         prop_assert!(fused.launches() <= unfused.launches());
     }
+}
+
+#[test]
+fn reduction_outputs_keep_the_reduced_shape() {
+    // A reshaped reduction result needed as a graph output becomes an alias of the reduction's
+    // output rather than an output of another shape.
+    let mut g = Graph::new();
+    let x = g.input("x", f32t(&[2, 3, 4]));
+    let s = sum(&mut g, x, &[2]);
+    let n = scalar_b(&mut g, 4.0, &[2, 3]);
+    let mean = bin(&mut g, BinaryOp::Div, s, n);
+    let r = reshape(&mut g, mean, &[2, 3, 1]);
+    g.set_output("mean", r);
+    let plan = fuse(&g, &FusionOptions::default());
+    validate_fusion_plan(&g, &plan).unwrap();
+    assert_eq!(kinds(&plan), [GroupKind::Reduction, GroupKind::Alias]);
+    assert_eq!(plan.groups[0].outputs, [mean]);
+    assert_eq!(plan.groups[1].nodes, [r]);
 }

@@ -28,24 +28,45 @@ fn no_params(_: &str) -> Option<Tensor> {
 fn integer_division_semantics() {
     let a = t(DType::I32, &[4], &[7.0, -7.0, 7.0, -7.0]);
     let b = t(DType::I32, &[4], &[2.0, 2.0, -2.0, -2.0]);
-    assert_eq!(op2(Op::Binary(BinaryOp::FloorDiv), &a, &b).data, [3.0, -4.0, -4.0, 3.0]);
-    assert_eq!(op2(Op::Binary(BinaryOp::Rem), &a, &b).data, [1.0, 1.0, -1.0, -1.0]);
-    assert_eq!(op2(Op::Binary(BinaryOp::Div), &a, &b).data, [3.0, -3.0, -3.0, 3.0]);
+    assert_eq!(
+        op2(Op::Binary(BinaryOp::FloorDiv), &a, &b).data,
+        [3.0, -4.0, -4.0, 3.0]
+    );
+    assert_eq!(
+        op2(Op::Binary(BinaryOp::Rem), &a, &b).data,
+        [1.0, 1.0, -1.0, -1.0]
+    );
+    assert_eq!(
+        op2(Op::Binary(BinaryOp::Div), &a, &b).data,
+        [3.0, -3.0, -3.0, 3.0]
+    );
     let zero = t(DType::I32, &[4], &[0.0, 1.0, 1.0, 1.0]);
     let e = eval_op(&Op::Binary(BinaryOp::FloorDiv), &[&a, &zero]).unwrap_err();
     assert!(e.message.contains("division by zero"), "{e}");
     // i32 arithmetic wraps.
     let big = t(DType::I32, &[1], &[i32::MAX as f64]);
     let one = t(DType::I32, &[1], &[1.0]);
-    assert_eq!(op2(Op::Binary(BinaryOp::Add), &big, &one).data, [i32::MIN as f64]);
+    assert_eq!(
+        op2(Op::Binary(BinaryOp::Add), &big, &one).data,
+        [i32::MIN as f64]
+    );
 }
 
 #[test]
 fn casts() {
     let x = f32t(&[5], &[1.7, -1.7, 2.5, -0.2, 0.0]);
-    assert_eq!(op1(Op::Cast { to: DType::I32 }, &x).data, [1.0, -1.0, 2.0, 0.0, 0.0]);
-    assert_eq!(op1(Op::Cast { to: DType::I64 }, &x).data, [1.0, -1.0, 2.0, 0.0, 0.0]);
-    assert_eq!(op1(Op::Cast { to: DType::Bool }, &x).data, [1.0, 1.0, 1.0, 1.0, 0.0]);
+    assert_eq!(
+        op1(Op::Cast { to: DType::I32 }, &x).data,
+        [1.0, -1.0, 2.0, 0.0, 0.0]
+    );
+    assert_eq!(
+        op1(Op::Cast { to: DType::I64 }, &x).data,
+        [1.0, -1.0, 2.0, 0.0, 0.0]
+    );
+    assert_eq!(
+        op1(Op::Cast { to: DType::Bool }, &x).data,
+        [1.0, 1.0, 1.0, 1.0, 0.0]
+    );
     let y = f32t(&[3], &[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, 0.1]);
     let bf = op1(Op::Cast { to: DType::BF16 }, &y);
     // bf16 has 8 significant bits: 1 + 1/256 is a tie (rounds to even: 1.0), 1 + 3/256 -> 1 + 4/256.
@@ -89,25 +110,73 @@ fn elementwise_and_nan() {
 #[test]
 fn views_and_data_movement() {
     let x = f32t(&[2, 3], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
-    let tr = op1(Op::Transpose { perm: shape(&[1, 0]) }, &x);
+    let tr = op1(
+        Op::Transpose {
+            perm: shape(&[1, 0]),
+        },
+        &x,
+    );
     assert_eq!(tr.ty.shape.as_slice(), [3, 2]);
     assert_eq!(tr.data, [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
-    let b = op1(Op::Broadcast { shape: shape(&[2, 2, 3]) }, &x);
+    let b = op1(
+        Op::Broadcast {
+            shape: shape(&[2, 2, 3]),
+        },
+        &x,
+    );
     assert_eq!(&b.data[6..], &x.data[..]);
     let col = f32t(&[2, 1], &[7.0, 8.0]);
-    let b = op1(Op::Broadcast { shape: shape(&[2, 3]) }, &col);
+    let b = op1(
+        Op::Broadcast {
+            shape: shape(&[2, 3]),
+        },
+        &col,
+    );
     assert_eq!(b.data, [7.0, 7.0, 7.0, 8.0, 8.0, 8.0]);
-    let s = op1(Op::Slice { axis: 1, start: 1, end: 3 }, &x);
+    let s = op1(
+        Op::Slice {
+            axis: 1,
+            start: 1,
+            end: 3,
+        },
+        &x,
+    );
     assert_eq!(s.data, [1.0, 2.0, 4.0, 5.0]);
     let c = eval_op(&Op::Concat { axis: 1 }, &[&x, &s]).unwrap();
     assert_eq!(c.data, [0.0, 1.0, 2.0, 1.0, 2.0, 3.0, 4.0, 5.0, 4.0, 5.0]);
-    let r = op1(Op::Reduce { op: ReduceOp::Sum, axes: shape(&[0]) }, &x);
+    let r = op1(
+        Op::Reduce {
+            op: ReduceOp::Sum,
+            axes: shape(&[0]),
+        },
+        &x,
+    );
     assert_eq!(r.data, [3.0, 5.0, 7.0]);
-    let r = op1(Op::Reduce { op: ReduceOp::Max, axes: shape(&[1]) }, &x);
+    let r = op1(
+        Op::Reduce {
+            op: ReduceOp::Max,
+            axes: shape(&[1]),
+        },
+        &x,
+    );
     assert_eq!(r.data, [2.0, 5.0]);
-    let r = op1(Op::Reduce { op: ReduceOp::Min, axes: shape(&[0, 1]) }, &x);
+    let r = op1(
+        Op::Reduce {
+            op: ReduceOp::Min,
+            axes: shape(&[0, 1]),
+        },
+        &x,
+    );
     assert_eq!(r.data, [0.0]);
-    let iota = eval_op(&Op::Iota { shape: shape(&[2, 3]), axis: 1, dtype: DType::I32 }, &[]).unwrap();
+    let iota = eval_op(
+        &Op::Iota {
+            shape: shape(&[2, 3]),
+            axis: 1,
+            dtype: DType::I32,
+        },
+        &[],
+    )
+    .unwrap();
     assert_eq!(iota.data, [0.0, 1.0, 2.0, 0.0, 1.0, 2.0]);
 }
 
@@ -132,10 +201,29 @@ fn gather() {
 fn matmul_variants() {
     let a = f32t(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     let b = f32t(&[3, 2], &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
-    let mm = |ta, tb, a: &Tensor, b: &Tensor| op2(Op::MatMul { transpose_a: ta, transpose_b: tb }, a, b);
+    let mm = |ta, tb, a: &Tensor, b: &Tensor| {
+        op2(
+            Op::MatMul {
+                transpose_a: ta,
+                transpose_b: tb,
+            },
+            a,
+            b,
+        )
+    };
     assert_eq!(mm(false, false, &a, &b).data, [4.0, 5.0, 10.0, 11.0]);
-    let at = op1(Op::Transpose { perm: shape(&[1, 0]) }, &a);
-    let bt = op1(Op::Transpose { perm: shape(&[1, 0]) }, &b);
+    let at = op1(
+        Op::Transpose {
+            perm: shape(&[1, 0]),
+        },
+        &a,
+    );
+    let bt = op1(
+        Op::Transpose {
+            perm: shape(&[1, 0]),
+        },
+        &b,
+    );
     assert_eq!(mm(true, true, &at, &bt).data, [4.0, 5.0, 10.0, 11.0]);
     // Batched a with a shared rank-2 b.
     let a3 = f32t(&[2, 1, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
@@ -155,7 +243,7 @@ fn attention_with_mask() {
     for i in 0..2 {
         let qi = q.data[i];
         let s0 = (qi * 0.5 * 0.5f64).exp();
-        let s1 = (qi * -1.0 * 0.5f64).exp();
+        let s1 = (-qi * 0.5f64).exp();
         let want = (s0 * 3.0 + s1 * 7.0) / (s0 + s1);
         assert!((out.data[i] - want).abs() < 1e-12);
     }
@@ -171,13 +259,27 @@ fn attention_with_mask() {
 #[test]
 fn conv2d_direct() {
     // x: 1x1x3x3 = 0..9, w: 1x1x2x2 = [[1, 0], [0, 1]], stride 1, padding 1.
-    let x = f32t(&[1, 1, 3, 3], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+    let x = f32t(
+        &[1, 1, 3, 3],
+        &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+    );
     let w = f32t(&[1, 1, 2, 2], &[1.0, 0.0, 0.0, 1.0]);
-    let op = Op::Conv2d { stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1 };
+    let op = Op::Conv2d {
+        stride: [1, 1],
+        padding: [1, 1],
+        dilation: [1, 1],
+        groups: 1,
+    };
     let y = op2(op, &x, &w);
     assert_eq!(y.ty.shape.as_slice(), [1, 1, 4, 4]);
     // y[i, j] = x[i-1, j-1] + x[i, j] (out of range = 0).
-    let xv = |i: isize, j: isize| if (0..3).contains(&i) && (0..3).contains(&j) { x.data[(i * 3 + j) as usize] } else { 0.0 };
+    let xv = |i: isize, j: isize| {
+        if (0..3).contains(&i) && (0..3).contains(&j) {
+            x.data[(i * 3 + j) as usize]
+        } else {
+            0.0
+        }
+    };
     for i in 0..4isize {
         for j in 0..4isize {
             assert_eq!(y.data[(i * 4 + j) as usize], xv(i - 1, j - 1) + xv(i, j));
@@ -186,7 +288,12 @@ fn conv2d_direct() {
     // Grouped conv with stride 2: 2 groups, each output channel sees its own input channel.
     let x = f32t(&[1, 2, 2, 2], &[1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 30.0, 40.0]);
     let w = f32t(&[2, 1, 1, 1], &[1.0, -1.0]);
-    let op = Op::Conv2d { stride: [2, 2], padding: [0, 0], dilation: [1, 1], groups: 2 };
+    let op = Op::Conv2d {
+        stride: [2, 2],
+        padding: [0, 0],
+        dilation: [1, 1],
+        groups: 2,
+    };
     let y = op2(op, &x, &w);
     assert_eq!(y.data, [1.0, -10.0]);
 }

@@ -3,7 +3,9 @@
 
 use proptest::prelude::*;
 use qie_ir::eval::{eval, values_close, Tensor};
-use qie_ir::passes::{cse, dce, dce_with, optimize, optimize_with, simplify, DceOptions, PipelineOptions};
+use qie_ir::passes::{
+    cse, dce, dce_with, optimize, optimize_with, simplify, DceOptions, PipelineOptions,
+};
 use qie_ir::print::print_graph;
 use qie_ir::testing::{arb_case, random_graph, RandomCase, RandomGraphOptions};
 use qie_ir::{shape, verify, BinaryOp, DType, Graph, Op, TensorType, UnaryOp};
@@ -14,13 +16,23 @@ fn f32t(dims: &[usize]) -> TensorType {
 }
 
 fn run(g: &Graph, inputs: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
-    eval(g, inputs, &|n| inputs.get(n).cloned()).unwrap_or_else(|e| panic!("eval failed: {e}\n{}", print_graph(g)))
+    eval(g, inputs, &|n| inputs.get(n).cloned())
+        .unwrap_or_else(|e| panic!("eval failed: {e}\n{}", print_graph(g)))
 }
 
-fn assert_same_outputs(before: &Graph, after: &Graph, inputs: &HashMap<String, Tensor>) -> Result<(), String> {
+fn assert_same_outputs(
+    before: &Graph,
+    after: &Graph,
+    inputs: &HashMap<String, Tensor>,
+) -> Result<(), String> {
     let a = run(before, inputs);
     let b = run(after, inputs);
-    if before.outputs.iter().map(|(n, _)| n).ne(after.outputs.iter().map(|(n, _)| n)) {
+    if before
+        .outputs
+        .iter()
+        .map(|(n, _)| n)
+        .ne(after.outputs.iter().map(|(n, _)| n))
+    {
         return Err("output names or order changed".into());
     }
     for (name, va) in &a {
@@ -49,7 +61,7 @@ fn checked() -> PipelineOptions {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn optimize_preserves_outputs(case in arb_case(RandomGraphOptions::default())) {
@@ -62,6 +74,17 @@ proptest! {
         // A second optimisation finds nothing left to do.
         let again = optimize(&opt);
         prop_assert_eq!(again.len(), opt.len());
+    }
+
+    #[test]
+    fn optimize_preserves_outputs_of_large_graphs(
+        case in arb_case(RandomGraphOptions { num_ops: 80, max_dim: 5, num_outputs: 6, ..Default::default() })
+    ) {
+        let RandomCase { graph, inputs, .. } = &case;
+        let opt = optimize_with(graph, &checked()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        if let Err(e) = assert_same_outputs(graph, &opt, inputs) {
+            return Err(TestCaseError::fail(format!("{e}\nafter:\n{}", print_graph(&opt))));
+        }
     }
 
     #[test]
@@ -144,7 +167,9 @@ fn dce_drops_dead_nodes_and_unused_params() {
     let w = g.param("w", f32t(&[3]));
     let frozen = g.param("frozen", f32t(&[3]));
     let dead1 = g.add(Op::Unary(UnaryOp::Exp), &[frozen]).unwrap();
-    let _dead2 = g.add(Op::Binary(BinaryOp::Mul), &[dead1, unused_in]).unwrap();
+    let _dead2 = g
+        .add(Op::Binary(BinaryOp::Mul), &[dead1, unused_in])
+        .unwrap();
     let y = g.add(Op::Binary(BinaryOp::Mul), &[x, w]).unwrap();
     g.set_output("y", y);
     let d = dce(&g);
@@ -152,7 +177,13 @@ fn dce_drops_dead_nodes_and_unused_params() {
     // x, unused (inputs kept by default), w, mul.
     assert_eq!(d.len(), 4, "{}", print_graph(&d));
     assert!(d.params().iter().all(|(n, _)| *n != "frozen"));
-    let d = dce_with(&g, &DceOptions { keep_params: true, keep_inputs: false });
+    let d = dce_with(
+        &g,
+        &DceOptions {
+            keep_params: true,
+            keep_inputs: false,
+        },
+    );
     assert_eq!(d.len(), 4, "{}", print_graph(&d)); // x, w, frozen, mul
     assert!(d.inputs().iter().all(|(n, _)| *n != "unused"));
     assert_eq!(d.params().len(), 2);
@@ -167,31 +198,92 @@ fn simplify_folds_constants_and_identities() {
     let three = g.constant(3.0, DType::F32);
     let five = g.add(Op::Binary(BinaryOp::Add), &[two, three]).unwrap();
     let e = g.add(Op::Unary(UnaryOp::Neg), &[five]).unwrap();
-    let eb = g.add(Op::Broadcast { shape: shape(&[2, 3]) }, &[e]).unwrap();
+    let eb = g
+        .add(
+            Op::Broadcast {
+                shape: shape(&[2, 3]),
+            },
+            &[e],
+        )
+        .unwrap();
     let one = g.constant(1.0, DType::F32);
-    let one_b = g.add(Op::Broadcast { shape: shape(&[2, 3]) }, &[one]).unwrap();
+    let one_b = g
+        .add(
+            Op::Broadcast {
+                shape: shape(&[2, 3]),
+            },
+            &[one],
+        )
+        .unwrap();
     let zero = g.constant(0.0, DType::F32);
-    let zero_b = g.add(Op::Broadcast { shape: shape(&[2, 3]) }, &[zero]).unwrap();
+    let zero_b = g
+        .add(
+            Op::Broadcast {
+                shape: shape(&[2, 3]),
+            },
+            &[zero],
+        )
+        .unwrap();
     // ((x * 1) + 0) / 1, reshaped twice back to its shape, transposed twice, cast to f32, neg neg.
     let m = g.add(Op::Binary(BinaryOp::Mul), &[x, one_b]).unwrap();
     let a = g.add(Op::Binary(BinaryOp::Add), &[m, zero_b]).unwrap();
     let dv = g.add(Op::Binary(BinaryOp::Div), &[a, one_b]).unwrap();
     let r1 = g.add(Op::Reshape { shape: shape(&[6]) }, &[dv]).unwrap();
-    let r2 = g.add(Op::Reshape { shape: shape(&[2, 3]) }, &[r1]).unwrap();
-    let t1 = g.add(Op::Transpose { perm: shape(&[1, 0]) }, &[r2]).unwrap();
-    let t2 = g.add(Op::Transpose { perm: shape(&[1, 0]) }, &[t1]).unwrap();
+    let r2 = g
+        .add(
+            Op::Reshape {
+                shape: shape(&[2, 3]),
+            },
+            &[r1],
+        )
+        .unwrap();
+    let t1 = g
+        .add(
+            Op::Transpose {
+                perm: shape(&[1, 0]),
+            },
+            &[r2],
+        )
+        .unwrap();
+    let t2 = g
+        .add(
+            Op::Transpose {
+                perm: shape(&[1, 0]),
+            },
+            &[t1],
+        )
+        .unwrap();
     let c = g.add(Op::Cast { to: DType::F32 }, &[t2]).unwrap();
     let n1 = g.add(Op::Unary(UnaryOp::Neg), &[c]).unwrap();
     let n2 = g.add(Op::Unary(UnaryOp::Neg), &[n1]).unwrap();
-    let sl = g.add(Op::Slice { axis: 1, start: 0, end: 3 }, &[n2]).unwrap();
-    let bc = g.add(Op::Broadcast { shape: shape(&[2, 3]) }, &[sl]).unwrap();
+    let sl = g
+        .add(
+            Op::Slice {
+                axis: 1,
+                start: 0,
+                end: 3,
+            },
+            &[n2],
+        )
+        .unwrap();
+    let bc = g
+        .add(
+            Op::Broadcast {
+                shape: shape(&[2, 3]),
+            },
+            &[sl],
+        )
+        .unwrap();
     let out = g.add(Op::Binary(BinaryOp::Mul), &[bc, eb]).unwrap();
     g.set_output("out", out);
 
     let o = optimize_with(&g, &checked()).unwrap();
     // x, const -5, broadcast, mul.
     assert_eq!(o.len(), 4, "{}", print_graph(&o));
-    assert!(o.nodes.iter().any(|n| matches!(n.op, Op::Constant { value, .. } if value == -5.0)));
+    assert!(o
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::Constant { value, .. } if value == -5.0)));
     let inputs = HashMap::from([(
         "x".to_string(),
         Tensor::new(f32t(&[2, 3]), vec![1.0, -2.0, 3.5, 0.25, 7.0, -1.5]),
@@ -203,14 +295,74 @@ fn simplify_folds_constants_and_identities() {
 fn simplify_composes_views() {
     let mut g = Graph::new();
     let x = g.input("x", f32t(&[2, 3, 4]));
-    let t1 = g.add(Op::Transpose { perm: shape(&[1, 2, 0]) }, &[x]).unwrap();
-    let t2 = g.add(Op::Transpose { perm: shape(&[2, 0, 1]) }, &[t1]).unwrap(); // identity overall
-    let t3 = g.add(Op::Transpose { perm: shape(&[1, 0, 2]) }, &[t2]).unwrap();
-    let t4 = g.add(Op::Transpose { perm: shape(&[0, 2, 1]) }, &[t3]).unwrap(); // one transpose
-    let s1 = g.add(Op::Slice { axis: 2, start: 1, end: 3 }, &[t4]).unwrap();
-    let s2 = g.add(Op::Slice { axis: 2, start: 1, end: 2 }, &[s1]).unwrap(); // one slice 2..3
-    let b1 = g.add(Op::Broadcast { shape: shape(&[3, 4, 1]) }, &[s2]).unwrap();
-    let b2 = g.add(Op::Broadcast { shape: shape(&[5, 3, 4, 2]) }, &[b1]).unwrap(); // one broadcast
+    let t1 = g
+        .add(
+            Op::Transpose {
+                perm: shape(&[1, 2, 0]),
+            },
+            &[x],
+        )
+        .unwrap();
+    let t2 = g
+        .add(
+            Op::Transpose {
+                perm: shape(&[2, 0, 1]),
+            },
+            &[t1],
+        )
+        .unwrap(); // identity overall
+    let t3 = g
+        .add(
+            Op::Transpose {
+                perm: shape(&[1, 0, 2]),
+            },
+            &[t2],
+        )
+        .unwrap();
+    let t4 = g
+        .add(
+            Op::Transpose {
+                perm: shape(&[0, 2, 1]),
+            },
+            &[t3],
+        )
+        .unwrap(); // one transpose
+    let s1 = g
+        .add(
+            Op::Slice {
+                axis: 1,
+                start: 1,
+                end: 3,
+            },
+            &[t4],
+        )
+        .unwrap();
+    let s2 = g
+        .add(
+            Op::Slice {
+                axis: 1,
+                start: 1,
+                end: 2,
+            },
+            &[s1],
+        )
+        .unwrap(); // one slice 2..3
+    let b1 = g
+        .add(
+            Op::Broadcast {
+                shape: shape(&[3, 4, 2]),
+            },
+            &[s2],
+        )
+        .unwrap();
+    let b2 = g
+        .add(
+            Op::Broadcast {
+                shape: shape(&[5, 3, 4, 2]),
+            },
+            &[b1],
+        )
+        .unwrap(); // one broadcast
     g.set_output("out", b2);
     let o = optimize_with(&g, &checked()).unwrap();
     assert_eq!(o.len(), 4, "{}", print_graph(&o));
@@ -225,10 +377,12 @@ fn simplify_does_not_fold_unsafe_rewrites() {
     let mut g = Graph::new();
     let x = g.input("x", f32t(&[3]));
     let zero = g.constant(0.0, DType::F32);
-    let zero_b = g.add(Op::Broadcast { shape: shape(&[3]) }, &[zero]).unwrap();
+    let zero_b = g
+        .add(Op::Broadcast { shape: shape(&[3]) }, &[zero])
+        .unwrap();
     let m = g.add(Op::Binary(BinaryOp::Mul), &[x, zero_b]).unwrap(); // x * 0 is NaN for inf
     let s = g.add(Op::Binary(BinaryOp::Sub), &[x, x]).unwrap(); // x - x is NaN for inf
-    // bf16 rounding of a constant is kept: cast(0.1 f32 -> bf16) folds to the rounded value.
+                                                                // bf16 rounding of a constant is kept: cast(0.1 f32 -> bf16) folds to the rounded value.
     let c = g.constant(0.1, DType::F32);
     let cb = g.add(Op::Cast { to: DType::BF16 }, &[c]).unwrap();
     let i1 = g.constant(1.0, DType::I32);
@@ -241,7 +395,10 @@ fn simplify_does_not_fold_unsafe_rewrites() {
     let o = optimize(&g);
     assert_eq!(count(&o, |op| matches!(op, Op::Binary(BinaryOp::Mul))), 1);
     assert_eq!(count(&o, |op| matches!(op, Op::Binary(BinaryOp::Sub))), 1);
-    assert_eq!(count(&o, |op| matches!(op, Op::Binary(BinaryOp::FloorDiv))), 1);
+    assert_eq!(
+        count(&o, |op| matches!(op, Op::Binary(BinaryOp::FloorDiv))),
+        1
+    );
     let cb_new = o.output("cb").unwrap();
     match o.node(cb_new).op {
         Op::Constant { value, dtype } => {

@@ -2,7 +2,10 @@
 //! messages naming the offending node.
 
 use proptest::prelude::*;
-use qie_ir::passes::{cse, dce, dce_with, grad, optimize_with, simplify, DceOptions, PipelineOptions, Seeds, Trainable};
+use qie_ir::passes::{
+    cse, dce, dce_with, grad, optimize_with, simplify, DceOptions, PipelineOptions, Seeds,
+    Trainable,
+};
 use qie_ir::testing::{arb_case, RandomGraphOptions};
 use qie_ir::{shape, verify, BinaryOp, DType, Graph, Node, NodeId, Op, TensorType, UnaryOp};
 use smallvec::smallvec;
@@ -35,8 +38,14 @@ fn rejects_wrong_stored_type() {
     let e = verify(&g).unwrap_err();
     assert_eq!(e.node, Some(NodeId(1)));
     let msg = e.to_string();
-    assert!(msg.contains("%1") && msg.contains("exp") && msg.contains("model.qie:7:3"), "{msg}");
-    assert!(msg.contains("stored type f32[3, 2]") && msg.contains("f32[2, 3]"), "{msg}");
+    assert!(
+        msg.contains("%1") && msg.contains("exp") && msg.contains("model.qie:7:3"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("stored type f32[3, 2]") && msg.contains("f32[2, 3]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -46,7 +55,10 @@ fn rejects_use_before_definition() {
     g.nodes[1].args = smallvec![NodeId(2)];
     let e = verify(&g).unwrap_err();
     assert_eq!(e.node, Some(NodeId(1)));
-    assert!(e.to_string().contains("%1") && e.to_string().contains("not defined before its use"), "{e}");
+    assert!(
+        e.to_string().contains("%1") && e.to_string().contains("not defined before its use"),
+        "{e}"
+    );
 
     // A node using itself.
     let mut g = small_graph();
@@ -61,7 +73,10 @@ fn rejects_operand_out_of_range() {
     g.nodes[2].args = smallvec![NodeId(1), NodeId(17)];
     let e = verify(&g).unwrap_err();
     assert_eq!(e.node, Some(NodeId(2)));
-    assert!(e.to_string().contains("%17") && e.to_string().contains("does not exist"), "{e}");
+    assert!(
+        e.to_string().contains("%17") && e.to_string().contains("does not exist"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -73,7 +88,10 @@ fn rejects_duplicate_input_names() {
     let e = verify(&g).unwrap_err();
     assert_eq!(e.node, Some(x2));
     let msg = e.to_string();
-    assert!(msg.contains(&x2.to_string()) && msg.contains("\"x\"") && msg.contains("%0"), "{msg}");
+    assert!(
+        msg.contains(&x2.to_string()) && msg.contains("\"x\"") && msg.contains("%0"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -104,7 +122,10 @@ fn params_may_repeat_with_one_type_only() {
     g.set_output("w3", w3);
     let e = verify(&g).unwrap_err();
     assert_eq!(e.node, Some(w3));
-    assert!(e.message.contains("declared as f32[3, 2]") && e.message.contains("f32[2, 3]"), "{e}");
+    assert!(
+        e.message.contains("declared as f32[3, 2]") && e.message.contains("f32[2, 3]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -121,7 +142,10 @@ fn rejects_bad_outputs() {
     let mut g = small_graph();
     g.set_output("w", NodeId(99));
     let e = verify(&g).unwrap_err();
-    assert!(e.message.contains("%99") && e.message.contains("\"w\""), "{e}");
+    assert!(
+        e.message.contains("%99") && e.message.contains("\"w\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -137,7 +161,10 @@ fn rejects_ill_typed_ops_and_bad_constants() {
     });
     let e = verify(&g).unwrap_err();
     assert_eq!(e.node, Some(NodeId(4)));
-    assert!(e.message.contains("ill-typed") && e.message.contains("add"), "{e}");
+    assert!(
+        e.message.contains("ill-typed") && e.message.contains("add"),
+        "{e}"
+    );
 
     let mut g = small_graph();
     g.constant(0.5, DType::I32);
@@ -150,7 +177,9 @@ fn rejects_ill_typed_ops_and_bad_constants() {
 
     let mut g = small_graph();
     g.nodes.push(Node {
-        op: Op::Transpose { perm: shape(&[0, 0]) },
+        op: Op::Transpose {
+            perm: shape(&[0, 0]),
+        },
         args: smallvec![NodeId(0)],
         ty: f32t(&[2, 2]),
         origin: None,
@@ -174,7 +203,10 @@ fn pipeline_reports_the_failing_pass() {
     };
     let e = run_pipeline(&g, &[Pass::new("cse", cse), breaker], &opts).unwrap_err();
     assert_eq!(e.pass, "break-types");
-    assert!(e.to_string().contains("break-types") && e.to_string().contains("%1"), "{e}");
+    assert!(
+        e.to_string().contains("break-types") && e.to_string().contains("%1"),
+        "{e}"
+    );
 
     let mut bad = g.clone();
     bad.outputs.clear();
@@ -187,7 +219,7 @@ fn opts() -> RandomGraphOptions {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn every_pass_output_verifies(case in arb_case(opts())) {

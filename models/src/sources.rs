@@ -1,6 +1,9 @@
 //! The model sources shipped with qie, embedded so the binary works from any directory. A path on
 //! disk overrides an embedded name, which is how users try variants without rebuilding.
 
+use qie_ir::dsl::{DslError, Program};
+use std::path::Path;
+
 /// (file name, text) of every bundled `.qie` source.
 pub const BUNDLED: &[(&str, &str)] = &[
     ("qwen_image_dit.qie", include_str!("../qie/qwen_image_dit.qie")),
@@ -10,4 +13,23 @@ pub const BUNDLED: &[(&str, &str)] = &[
 pub fn bundled(name: &str) -> Option<&'static str> {
     let file = name.rsplit('/').next().unwrap_or(name);
     BUNDLED.iter().find(|(n, _)| *n == file).map(|(_, text)| *text)
+}
+
+/// Compiles a bundled source by file name.
+pub fn load_bundled(name: &str) -> Result<Program, DslError> {
+    Program::from_sources(name, &|n| bundled(n).map(str::to_string))
+}
+
+/// Compiles a source file; its imports resolve next to it first, then among the bundled sources,
+/// so a variant file anywhere can `import "qwen_image_dit.qie";`.
+pub fn load_program_file(path: &Path) -> Result<Program, DslError> {
+    let root = path.to_string_lossy().replace('\\', "/");
+    if !path.exists() {
+        return Err(DslError::bare(&root, "model source not found"));
+    }
+    Program::from_sources(&root, &|name| {
+        std::fs::read_to_string(name)
+            .ok()
+            .or_else(|| bundled(name).map(str::to_string))
+    })
 }

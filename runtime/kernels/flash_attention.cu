@@ -198,7 +198,8 @@ __device__ __forceinline__ void flash_fwd(const bf16_t* __restrict__ q, const bf
 #pragma unroll
                 for (int e = 0; e < 4; ++e) s[mt][j][e] = 0.f;
         const u32_t kbase = sK_u + buf * KV_BYTES;
-#pragma unroll
+        // Not unrolled: unrolling lets ptxas hoist fragment loads and spill at 255 registers.
+#pragma unroll 1
         for (int ks = 0; ks < KSTEPS; ++ks) {
             u32_t a[FA_M_TILES][4];
 #pragma unroll

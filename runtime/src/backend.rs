@@ -124,6 +124,9 @@ pub struct CompileOptions {
     pub fuse: bool,
     /// Worker threads (`None`: rayon's global pool, one per core).
     pub threads: Option<usize>,
+    /// Fill the arena with 0xFF bytes (NaN for floats) before every run, so that a value a kernel
+    /// forgot to write shows up in the outputs. For tests.
+    pub poison: bool,
 }
 
 impl Default for CompileOptions {
@@ -132,6 +135,7 @@ impl Default for CompileOptions {
             optimize: true,
             fuse: true,
             threads: None,
+            poison: false,
         }
     }
 }

@@ -79,6 +79,32 @@ impl BinOp {
 pub struct Expr {
     pub kind: ExprKind,
     pub span: Span,
+    /// Height of the tree below (1 for a leaf); bounded by the parser so evaluation cannot
+    /// overflow the stack.
+    pub depth: u32,
+}
+
+impl Expr {
+    pub fn new(kind: ExprKind, span: Span) -> Expr {
+        let d = |e: &Expr| e.depth;
+        let below = match &kind {
+            ExprKind::List(xs) | ExprKind::Tuple(xs) => xs.iter().map(d).max().unwrap_or(0),
+            ExprKind::Unary(_, x) => x.depth,
+            ExprKind::Binary(_, a, b) | ExprKind::Index(a, b) => a.depth.max(b.depth),
+            ExprKind::Call(f, args) => args.iter().map(|a| a.value.depth).fold(f.depth, u32::max),
+            ExprKind::Member(x, _) => x.depth,
+            ExprKind::If(arms, els) => {
+                let arms = arms.iter().map(|(c, b)| c.depth.max(b.depth)).max().unwrap_or(0);
+                arms.max(els.as_ref().map_or(0, |b| b.depth))
+            }
+            _ => 0,
+        };
+        Expr {
+            kind,
+            span,
+            depth: below + 1,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -111,6 +137,20 @@ pub struct Block {
     pub stmts: Vec<Stmt>,
     /// The block's value: a trailing expression without `;`.
     pub tail: Option<Expr>,
+    /// Deepest nesting of expressions and blocks inside.
+    pub depth: u32,
+}
+
+impl Block {
+    pub fn new(stmts: Vec<Stmt>, tail: Option<Expr>) -> Block {
+        let stmt_depth = |s: &Stmt| match s {
+            Stmt::Let(_, e) | Stmt::Assign(_, e) | Stmt::Output(_, e) | Stmt::Expr(e) => e.depth,
+            Stmt::For(_, e, b) => e.depth.max(b.depth),
+        };
+        let inner = stmts.iter().map(stmt_depth).max().unwrap_or(0);
+        let depth = inner.max(tail.as_ref().map_or(0, |e| e.depth)) + 1;
+        Block { stmts, tail, depth }
+    }
 }
 
 #[derive(Clone, Debug)]

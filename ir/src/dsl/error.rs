@@ -70,8 +70,16 @@ impl fmt::Display for DslError {
                 .collect();
             writeln!(f, "{pad} | {lead}{}", "^".repeat(self.width.max(1)))?;
         }
-        for note in &self.notes {
-            writeln!(f, "  = note: {note}")?;
+        // Runs of identical notes (deep recursion) are shown once with a count.
+        let mut i = 0;
+        while i < self.notes.len() {
+            let run = self.notes[i..].iter().take_while(|n| **n == self.notes[i]).count();
+            if run > 1 {
+                writeln!(f, "  = note: {} ({run} times)", self.notes[i])?;
+            } else {
+                writeln!(f, "  = note: {}", self.notes[i])?;
+            }
+            i += run;
         }
         Ok(())
     }
@@ -150,20 +158,29 @@ impl SourceFile {
     }
 }
 
-/// Levenshtein distance, for "did you mean" suggestions.
+/// Edit distance with adjacent transpositions (optimal string alignment), for "did you mean".
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.chars().enumerate() {
-        cur[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
+    let w = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * w];
+    for i in 0..=a.len() {
+        d[i * w] = i;
     }
-    prev[b.len()]
+    for (j, x) in d.iter_mut().enumerate().take(w) {
+        *x = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[(i - 1) * w + j] + 1).min(d[i * w + j - 1] + 1).min(d[(i - 1) * w + j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[(i - 2) * w + j - 2] + 1);
+            }
+            d[i * w + j] = v;
+        }
+    }
+    d[a.len() * w + b.len()]
 }
 
 /// The closest candidate to `name`, if close enough to be a plausible typo.

@@ -582,17 +582,30 @@ impl<'p> Lowerer<'p> {
             Some(i) => format!("`{}.{}`", self.module_name(i.module), def.name.text),
             None => format!("fn `{}`", def.name.text),
         };
-        let in_prelude = self.prog.files[def.span.file as usize].name == PRELUDE_NAME && def.span.file == 0;
+        let in_prelude = def.span.file == 0;
         let prefix = inst.as_ref().map_or_else(|| caller.prefix.clone(), |i| i.prefix.clone());
         let label = inst.as_ref().map(|i| path_label(&i.prefix));
         let mut sc = Scope::new(inst, prefix);
         sc.site = if in_prelude { Some(caller.site.unwrap_or(span)) } else { None };
         self.enter(span)?;
+        let mut bound = true;
         let r = self
             .bind_params(&mut sc, &def.params, args, &what, def.span, span)
+            .inspect_err(|_| bound = false)
             .and_then(|()| self.eval_block(&mut sc, &def.body));
         self.leave();
-        r.map_err(|e| {
+        r.map_err(|mut e| {
+            // Errors raised inside the prelude are reported where user code called into it.
+            let user_call = span.file != 0 || self.prog.files[0].name != PRELUDE_NAME;
+            if in_prelude && user_call && e.file == PRELUDE_NAME && e.line > 0 {
+                let mut moved = self.err(span, std::mem::take(&mut e.message));
+                moved.notes.push(format!("raised at {} in the prelude", e.location()));
+                moved.notes.append(&mut e.notes);
+                e = moved;
+            }
+            if !bound {
+                return e;
+            }
             let at = self.pos(span);
             let note = match label {
                 Some(l) => format!("in {what} ({l}) called at {at}"),

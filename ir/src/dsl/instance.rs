@@ -30,7 +30,7 @@ impl<'p> Lowerer<'p> {
         let r = self.instantiate_inner(def, mid, args, prefix.clone(), site);
         self.leave();
         r.map_err(|e| {
-            let note = format!("while instantiating `{}` as {} at {}", def.name.text, path_label(&prefix), self.pos(site));
+            let note = format!("while instantiating `{}` ({}) at {}", def.name.text, path_label(&prefix), self.pos(site));
             e.with_note(note)
         })
     }

@@ -98,7 +98,53 @@ fn starts_value_after(b: &[u8], i: usize) -> bool {
 }
 
 /// Parses one file. `src.floordivs` must already be filled by [`mask_comments`] of the same text.
+/// Deepest expression tree accepted (keeps the recursive evaluator far from the stack limit).
+const MAX_EXPR_DEPTH: u32 = 256;
+/// Deepest bracket nesting accepted.
+const MAX_BRACKETS: usize = 128;
+
+/// Rejects absurd bracket nesting before the recursive parser sees it.
+fn check_nesting(src: &SourceFile, masked: &str) -> R<()> {
+    let mut depth = 0usize;
+    let mut unary_run = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, c) in masked.bytes().enumerate() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"' | b'\n') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        // Long runs of prefix operators (`- - - x`) nest like brackets.
+        match c {
+            b'-' | b'!' => unary_run += 1,
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ => unary_run = 0,
+        }
+        if unary_run > MAX_BRACKETS {
+            return Err(src.error(i, i + 1, "too many operators in a row"));
+        }
+        match c {
+            b'"' => in_string = true,
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_BRACKETS {
+                    return Err(src.error(i, i + 1, format!("brackets are nested more than {MAX_BRACKETS} deep")));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn parse_file(file: u32, src: &SourceFile, masked: &str) -> R<Vec<Item>> {
+    check_nesting(src, masked)?;
     let pairs = match QieParser::parse(Rule::file, masked) {
         Ok(p) => p,
         Err(_) => {
@@ -123,21 +169,16 @@ pub(crate) fn parse_file(file: u32, src: &SourceFile, masked: &str) -> R<Vec<Ite
 
 // ---- syntax errors ------------------------------------------------------------------------------
 
+/// How an expected rule is described in a syntax error.
 fn rule_desc(r: Rule) -> Option<&'static str> {
     use Rule::*;
     Some(match r {
         ident => "a name",
-        int | float => "a number",
-        string => "a string",
+        int | float | string | lit_true | lit_false | lit_none | neg | not | paren | tuple_lit | list_lit | if_expr
+        | expr => "an expression",
+        call | member_access | index | coalesce | or | and | eq | ne | le | ge | lt | gt | add | sub | floordiv | mul
+        | div | rem | range => "an operator",
         dtype => "a dtype (f32, bf16, f16, i32, i64, bool)",
-        expr | paren | tuple_lit | list_lit | lit_true | lit_false | lit_none | neg | not | if_expr => {
-            "an expression"
-        }
-        call | member_access | index | coalesce | or | and | eq | ne | le | ge | lt | gt | add | sub
-        | floordiv | mul | div | rem | range => "an operator",
-        import_item | const_item | fn_item | module_item | override_item | entry_item => "an item",
-        let_stmt | output_stmt | for_stmt | assign_stmt | expr_item => "a statement",
-        param_member | sub_member => "a module member",
         kw_import => "`import`",
         kw_const => "`const`",
         kw_fn => "`fn`",
@@ -159,8 +200,10 @@ fn rule_desc(r: Rule) -> Option<&'static str> {
     })
 }
 
-const OPERATOR_TOKENS: &[&str] = &[
-    "??", "||", "&&", "==", "!=", "<=", ">=", "<", ">", "+", "-", "//", "*", "/", "%", "..", ".", "(", "[",
+/// Literal tokens that stand for "an operator" or "an expression" (already described by rules).
+const COVERED_TOKENS: &[&str] = &[
+    "??", "||", "&&", "==", "!=", "<=", ">=", "<", ">", "+", "-", "//", "*", "/", "%", "..", ".", "(", "[", "!",
+    "\"", "\\", "_", "true", "false", "none", "if",
 ];
 
 fn found_token(masked: &str, pos: usize) -> String {
@@ -169,8 +212,8 @@ fn found_token(masked: &str, pos: usize) -> String {
         return "end of file".to_string();
     };
     if c.is_ascii_alphanumeric() || c == '_' {
-        let w: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.').collect();
-        return format!("`{}`", w.trim_end_matches('.'));
+        let w: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        return format!("`{w}`");
     }
     for op in ["??", "||", "&&", "==", "!=", "<=", ">=", "//", ".."] {
         if rest.starts_with(op) {
@@ -185,55 +228,70 @@ fn syntax_error(src: &SourceFile, masked: &str, e: pest::error::Error<Rule>) -> 
         pest::error::InputLocation::Pos(p) => p,
         pest::error::InputLocation::Span((s, _)) => s,
     };
-    let mut expected: Vec<String> = Vec::new();
-    let mut push = |s: String| {
-        if !expected.contains(&s) {
-            expected.push(s);
-        }
-    };
+    let mut punct: Vec<String> = Vec::new();
+    let mut described: Vec<&'static str> = Vec::new();
     if let Some(attempts) = e.parse_attempts() {
-        pos = attempts.max_position;
+        pos = pos.max(attempts.max_position);
         for t in attempts.expected_tokens() {
             // `ParsingToken` is not exported by pest; its Display is the literal token, or
             // `a..z` for ranges and `BUILTIN_RULE` for builtins (skipped, as are case-insensitive
             // tokens, which display in upper case and only occur inside numbers).
             let token = t.to_string();
             let is_range = token.len() == 4 && &token[1..3] == "..";
-            if is_range || token == "BUILTIN_RULE" || token.chars().any(|c| c.is_ascii_uppercase()) {
-                continue;
-            }
-            if OPERATOR_TOKENS.contains(&token.as_str()) {
-                push("an operator".to_string());
-            } else if !["\"", "\\", "\n", "!", "_"].contains(&token.as_str()) {
-                push(format!("`{token}`"));
-            }
-        }
-        for cs in attempts.call_stacks() {
-            if let Some(d) = cs.deepest.get_rule().and_then(|r| rule_desc(*r)) {
-                push(d.to_string());
+            let skip = is_range
+                || token == "BUILTIN_RULE"
+                || token.trim().is_empty()
+                || token.chars().any(|c| c.is_ascii_uppercase())
+                || COVERED_TOKENS.contains(&token.as_str());
+            if !skip {
+                let t = format!("`{token}`");
+                if !punct.contains(&t) {
+                    punct.push(t);
+                }
             }
         }
     }
     if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
         for r in positives {
             if let Some(d) = rule_desc(*r) {
-                push(d.to_string());
+                if !described.contains(&d) {
+                    described.push(d);
+                }
             }
         }
     }
-    // Punctuation first, then keywords, then categories.
-    expected.sort_by_key(|s| {
-        if s.starts_with('`') && !s[1..].starts_with(|c: char| c.is_ascii_alphabetic()) {
-            0
-        } else if s.starts_with('`') {
-            1
-        } else if s == "an operator" {
-            3
+    if described.contains(&"an expression") {
+        described.retain(|d| *d != "a name" && *d != "`if`");
+    }
+    // Punctuation, then keywords, then categories; keywords may come from both sources.
+    let mut expected: Vec<String> = Vec::new();
+    let mut kws: Vec<String> = Vec::new();
+    for t in punct {
+        if t[1..].starts_with(|c: char| c.is_ascii_alphabetic()) {
+            kws.push(t);
         } else {
-            2
+            expected.push(t);
         }
-    });
-    expected.truncate(6);
+    }
+    let mut cats: Vec<String> = Vec::new();
+    for d in described {
+        if d.starts_with('`') {
+            if !kws.iter().any(|k| k == d) {
+                kws.push(d.to_string());
+            }
+        } else {
+            cats.push(d.to_string());
+        }
+    }
+    cats.sort_by_key(|c| c == "an operator");
+    expected.extend(kws);
+    expected.extend(cats);
+    expected.truncate(7);
+    // An error inside a word (`fnn`) is reported at the start of the word.
+    let b = masked.as_bytes();
+    while pos > 0 && pos <= b.len() && is_word(b[pos - 1]) && b.get(pos).is_some_and(|c| is_word(*c)) {
+        pos -= 1;
+    }
     let found = found_token(masked, pos);
     let list = match expected.len() {
         0 => "something else".to_string(),
@@ -600,7 +658,7 @@ impl Builder<'_> {
                 r => return Err(self.err(sspan, format!("internal error: unexpected {r:?} in block"))),
             }
         }
-        Ok(Block { stmts, tail })
+        Ok(Block::new(stmts, tail))
     }
 
     fn args(&self, p: Pair<'_, Rule>) -> R<Vec<Arg>> {
@@ -636,6 +694,15 @@ impl Builder<'_> {
     }
 
     fn expr(&self, p: Pair<'_, Rule>) -> R<Expr> {
+        let span = self.span(&p);
+        let e = self.expr_inner(p)?;
+        if e.depth > MAX_EXPR_DEPTH {
+            return Err(self.err(span, format!("expression is nested more than {MAX_EXPR_DEPTH} levels deep")));
+        }
+        Ok(e)
+    }
+
+    fn expr_inner(&self, p: Pair<'_, Rule>) -> R<Expr> {
         if p.as_rule() != Rule::expr {
             return self.primary(p);
         }
@@ -644,10 +711,8 @@ impl Builder<'_> {
             .map_prefix(|op, rhs| {
                 let rhs = rhs?;
                 let uop = if op.as_rule() == Rule::neg { UnOp::Neg } else { UnOp::Not };
-                Ok(Expr {
-                    span: self.span(&op).to(rhs.span),
-                    kind: ExprKind::Unary(uop, Box::new(rhs)),
-                })
+                let span = self.span(&op).to(rhs.span);
+                Ok(Expr::new(ExprKind::Unary(uop, Box::new(rhs)), span))
             })
             .map_postfix(|lhs, op| {
                 let lhs = lhs?;
@@ -670,7 +735,7 @@ impl Builder<'_> {
                         ExprKind::Index(Box::new(lhs), Box::new(self.expr(ix)?))
                     }
                 };
-                Ok(Expr { kind, span })
+                Ok(Expr::new(kind, span))
             })
             .map_infix(|lhs, op, rhs| {
                 let (lhs, rhs) = (lhs?, rhs?);
@@ -693,10 +758,8 @@ impl Builder<'_> {
                     rem => BinOp::Rem,
                     _ => BinOp::Range,
                 };
-                Ok(Expr {
-                    span: lhs.span.to(rhs.span),
-                    kind: ExprKind::Binary(bop, Box::new(lhs), Box::new(rhs)),
-                })
+                let span = lhs.span.to(rhs.span);
+                Ok(Expr::new(ExprKind::Binary(bop, Box::new(lhs), Box::new(rhs)), span))
             })
             .parse(kids(p))
     }
@@ -739,6 +802,6 @@ impl Builder<'_> {
             Rule::expr => return self.expr(p),
             r => return Err(self.err(span, format!("internal error: unexpected {r:?} in expression"))),
         };
-        Ok(Expr { kind, span })
+        Ok(Expr::new(kind, span))
     }
 }

@@ -46,10 +46,16 @@ pub enum Trainable {
     /// These graph inputs (each must exist and be float).
     Inputs(Vec<String>),
     /// These params and these inputs.
-    Leaves { params: Vec<String>, inputs: Vec<String> },
+    Leaves {
+        params: Vec<String>,
+        inputs: Vec<String>,
+    },
     /// Every float leaf for which the predicate holds (e.g. names containing `lora_`).
-    Filter(Box<dyn Fn(LeafKind, &str) -> bool + Send + Sync>),
+    Filter(LeafFilter),
 }
+
+/// A predicate over (leaf kind, leaf name) selecting trainable leaves.
+pub type LeafFilter = Box<dyn Fn(LeafKind, &str) -> bool + Send + Sync>;
 
 impl Trainable {
     pub fn filter(f: impl Fn(LeafKind, &str) -> bool + Send + Sync + 'static) -> Self {
@@ -77,18 +83,38 @@ impl fmt::Debug for Trainable {
 pub enum AutodiffError {
     UnknownOutput(String),
     /// The loss output is not a float tensor with exactly one element.
-    BadLoss { name: String, ty: TensorType },
+    BadLoss {
+        name: String,
+        ty: TensorType,
+    },
     /// A cotangent seed on a non-float output.
-    NotFloatOutput { name: String, ty: TensorType },
-    UnknownLeaf { kind: LeafKind, name: String },
+    NotFloatOutput {
+        name: String,
+        ty: TensorType,
+    },
+    UnknownLeaf {
+        kind: LeafKind,
+        name: String,
+    },
     /// An explicitly selected leaf is not a float tensor.
-    NotFloatLeaf { kind: LeafKind, name: String, ty: TensorType },
+    NotFloatLeaf {
+        kind: LeafKind,
+        name: String,
+        ty: TensorType,
+    },
     /// A generated name (`grad.<name>`) is already taken.
     NameClash(String),
     /// An op on a path from a trainable leaf to the loss has no gradient rule.
-    NotDifferentiable { node: NodeId, op: String, origin: Option<String> },
+    NotDifferentiable {
+        node: NodeId,
+        op: String,
+        origin: Option<String>,
+    },
     /// A gradient rule built an ill-typed node (a bug in this module).
-    Internal { node: NodeId, message: String },
+    Internal {
+        node: NodeId,
+        message: String,
+    },
 }
 
 impl fmt::Display for AutodiffError {
@@ -96,14 +122,23 @@ impl fmt::Display for AutodiffError {
         match self {
             AutodiffError::UnknownOutput(n) => write!(f, "no output named \"{n}\""),
             AutodiffError::BadLoss { name, ty } => {
-                write!(f, "loss \"{name}\" must be a float tensor with one element, got {ty}")
+                write!(
+                    f,
+                    "loss \"{name}\" must be a float tensor with one element, got {ty}"
+                )
             }
             AutodiffError::NotFloatOutput { name, ty } => {
-                write!(f, "output \"{name}\" is {ty}: only float outputs take cotangents")
+                write!(
+                    f,
+                    "output \"{name}\" is {ty}: only float outputs take cotangents"
+                )
             }
             AutodiffError::UnknownLeaf { kind, name } => write!(f, "no {kind:?} named \"{name}\""),
             AutodiffError::NotFloatLeaf { kind, name, ty } => {
-                write!(f, "{kind:?} \"{name}\" is {ty}: only float leaves are trainable")
+                write!(
+                    f,
+                    "{kind:?} \"{name}\" is {ty}: only float leaves are trainable"
+                )
             }
             AutodiffError::NameClash(n) => write!(f, "name \"{n}\" is already used in the graph"),
             AutodiffError::NotDifferentiable { node, op, origin } => {
@@ -148,27 +183,30 @@ fn select_leaves(g: &Graph, wrt: &Trainable) -> Result<Vec<Leaf>, AutodiffError>
     }
     let float = |nodes: &[NodeId]| g.ty(nodes[0]).dtype.is_float();
     let mut chosen: Vec<Leaf> = Vec::new();
-    let pick_named = |kind: LeafKind, names: &[String], chosen: &mut Vec<Leaf>| -> Result<(), AutodiffError> {
-        for name in names {
-            let i = *index.get(&(kind, name.clone())).ok_or_else(|| AutodiffError::UnknownLeaf {
-                kind,
-                name: name.clone(),
-            })?;
-            let nodes = &by_name[i].2;
-            if !float(nodes) {
-                return Err(AutodiffError::NotFloatLeaf {
-                    kind,
+    let pick_named =
+        |kind: LeafKind, names: &[String], chosen: &mut Vec<Leaf>| -> Result<(), AutodiffError> {
+            for name in names {
+                let i = *index.get(&(kind, name.clone())).ok_or_else(|| {
+                    AutodiffError::UnknownLeaf {
+                        kind,
+                        name: name.clone(),
+                    }
+                })?;
+                let nodes = &by_name[i].2;
+                if !float(nodes) {
+                    return Err(AutodiffError::NotFloatLeaf {
+                        kind,
+                        name: name.clone(),
+                        ty: g.ty(nodes[0]).clone(),
+                    });
+                }
+                chosen.push(Leaf {
                     name: name.clone(),
-                    ty: g.ty(nodes[0]).clone(),
+                    nodes: nodes.clone(),
                 });
             }
-            chosen.push(Leaf {
-                name: name.clone(),
-                nodes: nodes.clone(),
-            });
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     match wrt {
         Trainable::Params(names) => pick_named(LeafKind::Param, names, &mut chosen)?,
         Trainable::Inputs(names) => pick_named(LeafKind::Input, names, &mut chosen)?,
@@ -216,7 +254,9 @@ pub fn grad(g: &Graph, seeds: &Seeds, wrt: &Trainable) -> Result<Graph, Autodiff
     let mut seed_outputs: Vec<(NodeId, Option<String>)> = Vec::new();
     match seeds {
         Seeds::Loss(name) => {
-            let id = g.output(name).ok_or_else(|| AutodiffError::UnknownOutput(name.clone()))?;
+            let id = g
+                .output(name)
+                .ok_or_else(|| AutodiffError::UnknownOutput(name.clone()))?;
             let ty = g.ty(id);
             if !ty.dtype.is_float() || ty.numel() != 1 {
                 return Err(AutodiffError::BadLoss {
@@ -229,7 +269,9 @@ pub fn grad(g: &Graph, seeds: &Seeds, wrt: &Trainable) -> Result<Graph, Autodiff
         Seeds::Cotangents(names) => {
             let input_names: Vec<&str> = g.inputs().into_iter().map(|(name, _)| name).collect();
             for name in names {
-                let id = g.output(name).ok_or_else(|| AutodiffError::UnknownOutput(name.clone()))?;
+                let id = g
+                    .output(name)
+                    .ok_or_else(|| AutodiffError::UnknownOutput(name.clone()))?;
                 let ty = g.ty(id);
                 if !ty.dtype.is_float() {
                     return Err(AutodiffError::NotFloatOutput {
@@ -238,7 +280,11 @@ pub fn grad(g: &Graph, seeds: &Seeds, wrt: &Trainable) -> Result<Graph, Autodiff
                     });
                 }
                 let seed_name = format!("grad.{name}");
-                if input_names.contains(&seed_name.as_str()) || seed_outputs.iter().any(|(_, s)| s.as_ref() == Some(&seed_name)) {
+                if input_names.contains(&seed_name.as_str())
+                    || seed_outputs
+                        .iter()
+                        .any(|(_, s)| s.as_ref() == Some(&seed_name))
+                {
                     return Err(AutodiffError::NameClash(seed_name));
                 }
                 seed_outputs.push((id, Some(seed_name)));
@@ -387,7 +433,12 @@ impl Builder<'_> {
         self.g.ty(id).clone()
     }
 
-    fn accumulate(&mut self, cot: &mut [Option<NodeId>], target: NodeId, g: NodeId) -> Result<(), AutodiffError> {
+    fn accumulate(
+        &mut self,
+        cot: &mut [Option<NodeId>],
+        target: NodeId,
+        g: NodeId,
+    ) -> Result<(), AutodiffError> {
         cot[target.index()] = Some(match cot[target.index()] {
             Some(prev) => self.binary(BinaryOp::Add, prev, g)?,
             None => g,
@@ -397,11 +448,22 @@ impl Builder<'_> {
 
     /// A tensor of type `ty` filled with `value`.
     fn splat(&mut self, value: f64, ty: &TensorType) -> R {
-        let c = self.add(Op::Constant { value, dtype: ty.dtype }, &[])?;
+        let c = self.add(
+            Op::Constant {
+                value,
+                dtype: ty.dtype,
+            },
+            &[],
+        )?;
         if ty.rank() == 0 {
             Ok(c)
         } else {
-            self.add(Op::Broadcast { shape: ty.shape.clone() }, &[c])
+            self.add(
+                Op::Broadcast {
+                    shape: ty.shape.clone(),
+                },
+                &[c],
+            )
         }
     }
 
@@ -434,18 +496,33 @@ impl Builder<'_> {
         if self.g.ty(x).shape.as_slice() == shape {
             return Ok(x);
         }
-        self.add(Op::Reshape { shape: Shape::from_slice(shape) }, &[x])
+        self.add(
+            Op::Reshape {
+                shape: Shape::from_slice(shape),
+            },
+            &[x],
+        )
     }
 
     fn broadcast(&mut self, x: NodeId, shape: &[usize]) -> R {
         if self.g.ty(x).shape.as_slice() == shape {
             return Ok(x);
         }
-        self.add(Op::Broadcast { shape: Shape::from_slice(shape) }, &[x])
+        self.add(
+            Op::Broadcast {
+                shape: Shape::from_slice(shape),
+            },
+            &[x],
+        )
     }
 
     fn transpose(&mut self, x: NodeId, perm: &[usize]) -> R {
-        self.add(Op::Transpose { perm: Shape::from_slice(perm) }, &[x])
+        self.add(
+            Op::Transpose {
+                perm: Shape::from_slice(perm),
+            },
+            &[x],
+        )
     }
 
     fn transpose_last2(&mut self, x: NodeId) -> R {
@@ -469,7 +546,13 @@ impl Builder<'_> {
     }
 
     fn matmul(&mut self, a: NodeId, b: NodeId, transpose_a: bool, transpose_b: bool) -> R {
-        self.add(Op::MatMul { transpose_a, transpose_b }, &[a, b])
+        self.add(
+            Op::MatMul {
+                transpose_a,
+                transpose_b,
+            },
+            &[a, b],
+        )
     }
 
     /// Broadcasts a value reduced over `axes` back to `shape` (the unreduced shape).
@@ -482,7 +565,13 @@ impl Builder<'_> {
     }
 
     /// Gradients of node `id` (cotangent `gy`) for the operands flagged in `wants`.
-    fn rule(&mut self, g: &Graph, id: NodeId, gy: NodeId, wants: &[bool]) -> Result<Vec<Option<NodeId>>, AutodiffError> {
+    fn rule(
+        &mut self,
+        g: &Graph,
+        id: NodeId,
+        gy: NodeId,
+        wants: &[bool],
+    ) -> Result<Vec<Option<NodeId>>, AutodiffError> {
         let node = g.node(id);
         let args = &node.args;
         let mut grads: Vec<Option<NodeId>> = vec![None; args.len()];
@@ -575,7 +664,11 @@ impl Builder<'_> {
                         }
                     }
                     BinaryOp::Max | BinaryOp::Min => {
-                        let c = if *op == BinaryOp::Max { CmpOp::Ge } else { CmpOp::Le };
+                        let c = if *op == BinaryOp::Max {
+                            CmpOp::Ge
+                        } else {
+                            CmpOp::Le
+                        };
                         let cond = self.compare(c, a, b)?;
                         let zero = self.splat_like(0.0, gy)?;
                         if wants[0] {
@@ -665,7 +758,13 @@ impl Builder<'_> {
                 let zeros = |b: &mut Self, len: usize| -> R {
                     let mut shape = in_ty.shape.clone();
                     shape[*axis] = len;
-                    b.splat(0.0, &TensorType { dtype: in_ty.dtype, shape })
+                    b.splat(
+                        0.0,
+                        &TensorType {
+                            dtype: in_ty.dtype,
+                            shape,
+                        },
+                    )
                 };
                 let mut parts = Vec::new();
                 if *start > 0 {
@@ -703,13 +802,15 @@ impl Builder<'_> {
                 transpose_a,
                 transpose_b,
             } => {
-                let (ga, gb) = self.matmul_grad(g, args[0], args[1], *transpose_a, *transpose_b, gy, wants)?;
+                let (ga, gb) =
+                    self.matmul_grad(g, args[0], args[1], *transpose_a, *transpose_b, gy, wants)?;
                 grads[0] = ga;
                 grads[1] = gb;
             }
             Op::Attention { scale } => {
                 let mask = args.get(3).copied();
-                let [dq, dk, dv] = self.attention_grad(g, [args[0], args[1], args[2]], mask, *scale, gy, wants)?;
+                let [dq, dk, dv] =
+                    self.attention_grad(g, [args[0], args[1], args[2]], mask, *scale, gy, wants)?;
                 grads[0] = dq;
                 grads[1] = dk;
                 grads[2] = dv;
@@ -735,7 +836,14 @@ impl Builder<'_> {
     }
 
     /// Scatter-add expressed as a one-hot matmul: `onehot[m, j] = (index[m] == j)`.
-    fn gather_grad(&mut self, g: &Graph, table: NodeId, index: NodeId, axis: usize, gy: NodeId) -> R {
+    fn gather_grad(
+        &mut self,
+        g: &Graph,
+        table: NodeId,
+        index: NodeId,
+        axis: usize,
+        gy: NodeId,
+    ) -> R {
         let t = g.ty(table).clone();
         let it = g.ty(index).clone();
         let p: usize = t.shape[..axis].iter().product();
@@ -800,7 +908,7 @@ impl Builder<'_> {
                 }
             } else {
                 // b is shared by every batch: flatten the batch into the rows and sum through K.
-                let gty = g.ty(gy).clone();
+                let gty = self.ty(gy);
                 let rows: usize = gty.shape[..gty.rank() - 1].iter().product();
                 let nn = gty.shape[gty.rank() - 1];
                 let a_rows = if ta { self.transpose_last2(a)? } else { a };

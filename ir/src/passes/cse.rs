@@ -35,9 +35,16 @@ impl Hash for Key {
 /// Op equality for merging: floats compared by bit pattern.
 fn ops_equal(a: &Op, b: &Op) -> bool {
     match (a, b) {
-        (Op::Constant { value: v1, dtype: d1 }, Op::Constant { value: v2, dtype: d2 }) => {
-            v1.to_bits() == v2.to_bits() && d1 == d2
-        }
+        (
+            Op::Constant {
+                value: v1,
+                dtype: d1,
+            },
+            Op::Constant {
+                value: v2,
+                dtype: d2,
+            },
+        ) => v1.to_bits() == v2.to_bits() && d1 == d2,
         (Op::Attention { scale: s1 }, Op::Attention { scale: s2 }) => s1.to_bits() == s2.to_bits(),
         _ => a == b,
     }
@@ -82,8 +89,14 @@ fn hash_op<H: Hasher>(op: &Op, state: &mut H) {
 fn is_commutative(op: &Op) -> bool {
     matches!(
         op,
-        Op::Binary(BinaryOp::Add | BinaryOp::Mul | BinaryOp::Max | BinaryOp::Min | BinaryOp::And | BinaryOp::Or)
-            | Op::Compare(CmpOp::Eq | CmpOp::Ne)
+        Op::Binary(
+            BinaryOp::Add
+                | BinaryOp::Mul
+                | BinaryOp::Max
+                | BinaryOp::Min
+                | BinaryOp::And
+                | BinaryOp::Or
+        ) | Op::Compare(CmpOp::Eq | CmpOp::Ne)
     )
 }
 

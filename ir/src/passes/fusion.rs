@@ -35,10 +35,12 @@
 //!    as its epilogue, with broadcasts of small operands; a backend (cuBLASLt epilogues) inspects
 //!    `KernelGroup::epilogue` to decide whether it can fuse them or must run them as a kernel.
 //! 6. **Data groups.** `Concat`, `Gather`: alone, operands materialised.
-//! 7. **Alias groups.** A group made only of `Reshape`s of one materialised arena value (a value
-//!    needed outside as a reshape: graph output, concat operand, ...) launches no kernel; the
-//!    memory planner gives it its input's buffer. A reshape of a `Param` is copied instead
-//!    (weights are not in the arena).
+//! 7. **Alias groups.** A `Reshape` that must be materialised (graph output, concat operand, used
+//!    by several groups with recomputation off, ...) does not compute its operand: the operand is
+//!    materialised in its own group (same bytes written, and reductions / library ops keep their
+//!    natural output shape) and the reshape becomes an Alias group, which launches no kernel; the
+//!    memory planner gives it its input's buffer. A reshape of a `Param` (weights are not in the
+//!    arena) or of a constant is computed instead.
 //!
 //! A graph output is always materialised; it may be an extra output of the group that contains
 //! all its users, when that group reads it at the index it writes.
@@ -167,7 +169,11 @@ fn strip_views(g: &Graph, mut id: NodeId) -> (NodeId, bool) {
 }
 
 fn is_anchor(op: &Op) -> bool {
-    op.is_library_call() || matches!(op, Op::Reduce { .. } | Op::Concat { .. } | Op::Gather { .. })
+    op.is_library_call()
+        || matches!(
+            op,
+            Op::Reduce { .. } | Op::Concat { .. } | Op::Gather { .. }
+        )
 }
 
 /// Which index space of a group a member is evaluated in.
@@ -259,7 +265,12 @@ impl Builder<'_> {
             Op::Constant { .. } | Op::Iota { .. } => true,
             op if op.is_view() => true,
             op if op.is_elementwise() => d.access != Access::Indexed || cheap,
-            Op::Reduce { .. } => anchor_ok,
+            // Reduction groups keep all outputs in the Reduce's own shape (backends write them
+            // with the reduced index).
+            Op::Reduce { .. } => {
+                let shape = &self.g.ty(p).shape;
+                anchor_ok && grp.outputs.iter().all(|&o| self.g.ty(o).shape == *shape)
+            }
             op if op.is_library_call() => anchor_ok && self.opts.matmul_epilogue,
             _ => false,
         }
@@ -300,10 +311,18 @@ impl Builder<'_> {
         let mut demands: SmallVec<[Placement; 2]> = SmallVec::new();
         let mut needs_memory = false;
         let is_reshape = matches!(self.g.node(p).op, Op::Reshape { .. });
+        let is_constant = matches!(self.g.node(p).op, Op::Constant { .. } | Op::Iota { .. });
         for &u in &self.users[p.index()] {
             let op = &self.g.node(u).op;
             for pl in &self.placements[u.index()] {
-                let d = if op.is_elementwise() || op.is_view() {
+                // A materialised reshape (the seed of its group) is an alias of its operand.
+                let alias = matches!(op, Op::Reshape { .. })
+                    && self.groups[pl.group].seed == u
+                    && self.opts.fuse
+                    && !is_constant;
+                let d = if alias {
+                    None
+                } else if op.is_elementwise() || op.is_view() {
                     Some(Placement {
                         access: operand_access(self.g, u, pl.access),
                         ..*pl
@@ -367,7 +386,15 @@ impl Builder<'_> {
         }
         if demands.len() == 1 {
             let d = demands[0];
-            if is_output && !(d.space == Space::Main && d.access == Access::Same) {
+            let same_shape_as_anchor = match self.groups[d.group].anchor {
+                Some(a) if self.groups[d.group].kind == GroupKind::Reduction => {
+                    g.ty(a).shape == g.ty(p).shape
+                }
+                _ => true,
+            };
+            if is_output
+                && !(d.space == Space::Main && d.access == Access::Same && same_shape_as_anchor)
+            {
                 self.seed(p);
                 return;
             }
@@ -609,7 +636,9 @@ pub fn validate_fusion_plan(g: &Graph, plan: &FusionPlan) -> Result<(), String> 
             if matches!(g.node(m).op, Op::Constant { .. } | Op::Iota { .. })
                 && !grp.outputs.contains(&m)
             {
-                return Err(format!("group {gi}: owns constant {m} without materialising it"));
+                return Err(format!(
+                    "group {gi}: owns constant {m} without materialising it"
+                ));
             }
             if let Some(prev) = owner[m.index()] {
                 return Err(format!("{m} is owned by groups {prev} and {gi}"));
@@ -636,7 +665,11 @@ pub fn validate_fusion_plan(g: &Graph, plan: &FusionPlan) -> Result<(), String> 
             match produced[x.index()] {
                 Some(p) if p < gi => {}
                 _ if leaf => {}
-                _ => return Err(format!("group {gi}: input {x} is not produced by an earlier group")),
+                _ => {
+                    return Err(format!(
+                        "group {gi}: input {x} is not produced by an earlier group"
+                    ))
+                }
             }
         }
         let anchors: Vec<NodeId> = grp
@@ -660,15 +693,31 @@ pub fn validate_fusion_plan(g: &Graph, plan: &FusionPlan) -> Result<(), String> 
             GroupKind::Data => grp.nodes.len() == 1 && grp.anchor == Some(grp.nodes[0]),
         };
         if !kind_ok {
-            return Err(format!("group {gi}: members do not match kind {:?}", grp.kind));
+            return Err(format!(
+                "group {gi}: members do not match kind {:?}",
+                grp.kind
+            ));
+        }
+        if let (GroupKind::Reduction, Some(a)) = (grp.kind, grp.anchor) {
+            if grp.outputs.iter().any(|&o| g.ty(o).shape != g.ty(a).shape) {
+                return Err(format!(
+                    "group {gi}: reduction output not in the reduce's shape"
+                ));
+            }
         }
         if grp.kind == GroupKind::Alias
-            && !grp.nodes.iter().all(|&m| matches!(g.node(m).op, Op::Reshape { .. }))
+            && !grp
+                .nodes
+                .iter()
+                .all(|&m| matches!(g.node(m).op, Op::Reshape { .. }))
         {
             return Err(format!("group {gi}: alias group with a non-reshape member"));
         }
         if grp.kind == GroupKind::Library
-            && !grp.prologue.iter().all(|&m| matches!(g.node(m).op, Op::Reshape { .. }))
+            && !grp
+                .prologue
+                .iter()
+                .all(|&m| matches!(g.node(m).op, Op::Reshape { .. }))
         {
             return Err(format!("group {gi}: library prologue must be reshapes"));
         }

@@ -20,6 +20,7 @@ use crate::passes::fusion::{main_space_access, Access};
 use crate::plan::{FusionPlan, GroupKind, MemoryPlan, Slot};
 use crate::{Graph, NodeId, Op};
 use std::cmp::Reverse;
+use std::collections::HashSet;
 
 /// Knobs of [`plan_memory`]. `Default` is what the compiler uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +35,9 @@ impl Default for MemoryOptions {
         MemoryOptions { in_place: true }
     }
 }
+
+/// The name `qie compile` uses for [`MemoryOptions`].
+pub type MemPlanOptions = MemoryOptions;
 
 /// `bytes` rounded up to [`MemoryPlan::ALIGN`].
 pub fn align_up(bytes: usize) -> usize {
@@ -72,17 +76,21 @@ pub fn value_lifetimes(g: &Graph, fusion: &FusionPlan) -> Vec<Option<(usize, usi
     life
 }
 
-/// Union-find over node ids with the member list of each class kept at its root.
+/// Union-find over node ids; each class is one buffer. Per root: the two latest lifetime ends
+/// among its values (value, end), latest first, for the in-place test.
 struct Buffers {
     parent: Vec<usize>,
-    members: Vec<Vec<NodeId>>,
+    ends: Vec<[(usize, usize); 2]>,
 }
 
 impl Buffers {
-    fn new(n: usize) -> Self {
+    fn new(life: &[Option<(usize, usize)>]) -> Self {
+        let none = (usize::MAX, 0);
         Buffers {
-            parent: (0..n).collect(),
-            members: (0..n).map(|i| vec![NodeId(i as u32)]).collect(),
+            parent: (0..life.len()).collect(),
+            ends: (0..life.len())
+                .map(|i| [life[i].map_or(none, |(_, e)| (i, e)), none])
+                .collect(),
         }
     }
 
@@ -98,10 +106,43 @@ impl Buffers {
         let (ra, rb) = (self.find(a), self.find(b));
         if ra != rb {
             self.parent[rb] = ra;
-            let moved = std::mem::take(&mut self.members[rb]);
-            self.members[ra].extend(moved);
+            let mut all = [
+                self.ends[ra][0],
+                self.ends[ra][1],
+                self.ends[rb][0],
+                self.ends[rb][1],
+            ];
+            all.sort_by_key(|&(v, e)| (std::cmp::Reverse(e), v));
+            self.ends[ra] = [all[0], all[1]];
         }
     }
+
+    /// True when `x` is the only value of its buffer still needed at time `t` (every other value
+    /// of the buffer ends before `t`).
+    fn only_live_value(&mut self, x: usize, t: usize) -> bool {
+        let r = self.find(x);
+        let [(v0, _), (v1, e1)] = self.ends[r];
+        v0 == x && (v1 == usize::MAX || e1 < t)
+    }
+}
+
+/// For inclusive intervals `(start, end)`: the indices of the intervals overlapping each one.
+/// A sweep over start times, so the cost is proportional to the number of overlapping pairs.
+fn overlapping_pairs(intervals: &[(usize, usize)]) -> Vec<Vec<u32>> {
+    let mut by_start: Vec<usize> = (0..intervals.len()).collect();
+    by_start.sort_by_key(|&i| intervals[i]);
+    let mut neighbours: Vec<Vec<u32>> = vec![Vec::new(); intervals.len()];
+    let mut active: Vec<usize> = Vec::new();
+    for i in by_start {
+        let (start, _) = intervals[i];
+        active.retain(|&a| intervals[a].1 >= start);
+        for &a in &active {
+            neighbours[a].push(i as u32);
+            neighbours[i].push(a as u32);
+        }
+        active.push(i);
+    }
+    neighbours
 }
 
 /// Assigns every materialised value of `fusion` a slot (see the module docs).
@@ -109,7 +150,7 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
     let n = g.len();
     let life = value_lifetimes(g, fusion);
     let end_of_run = fusion.groups.len();
-    let mut bufs = Buffers::new(n);
+    let mut bufs = Buffers::new(&life);
     for grp in &fusion.groups {
         if grp.kind == GroupKind::Alias && life[grp.inputs[0].index()].is_some() {
             for &o in &grp.outputs {
@@ -132,7 +173,9 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
                     continue;
                 }
                 for &x in &grp.inputs {
-                    let Some((_, xend)) = life[x.index()] else { continue };
+                    let Some((_, xend)) = life[x.index()] else {
+                        continue;
+                    };
                     let xty = g.ty(x);
                     if taken.contains(&x)
                         || xend != gi
@@ -142,14 +185,9 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
                     {
                         continue;
                     }
-                    let rx = bufs.find(x.index());
-                    if rx == bufs.find(o.index()) {
-                        continue;
-                    }
-                    let others_done = bufs.members[rx]
-                        .iter()
-                        .all(|&v| v == x || life[v.index()].is_some_and(|(_, e)| e < gi));
-                    if !others_done {
+                    if bufs.find(x.index()) == bufs.find(o.index())
+                        || !bufs.only_live_value(x.index(), gi)
+                    {
                         continue;
                     }
                     bufs.union(x.index(), o.index());
@@ -161,7 +199,7 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
         }
     }
 
-    // One entry per buffer: (aligned size, first, last, root).
+    // One entry per buffer: aligned size, lifetime, lowest value id (for a stable order), offset.
     struct Buf {
         size: usize,
         start: usize,
@@ -171,54 +209,47 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
     }
     let mut buffers: Vec<Buf> = Vec::new();
     let mut buffer_of: Vec<Option<usize>> = vec![None; n];
-    for i in 0..n {
-        if life[i].is_none() || bufs.find(i) != i {
-            continue;
-        }
-        let mut b = Buf {
-            size: 0,
-            start: usize::MAX,
-            end: 0,
-            first: NodeId(i as u32),
-            offset: 0,
-        };
-        for &v in &bufs.members[i] {
-            let (s, e) = life[v.index()].expect("buffer members are arena values");
-            b.size = b.size.max(align_up(g.ty(v).size_bytes()));
-            b.start = b.start.min(s);
-            b.end = b.end.max(e);
-            b.first = b.first.min(v);
-        }
-        for &v in &bufs.members[i] {
-            buffer_of[v.index()] = Some(buffers.len());
-        }
-        buffers.push(b);
-    }
-    // Aliases of a value without an arena slot (never built by `fuse`) would be unassigned.
-    for i in 0..n {
-        if life[i].is_some() && buffer_of[i].is_none() {
-            let r = bufs.find(i);
-            buffer_of[i] = buffer_of[r];
-        }
+    let mut buffer_of_root: Vec<Option<usize>> = vec![None; n];
+    for (i, l) in life.iter().enumerate() {
+        let Some((s, e)) = *l else { continue };
+        let r = bufs.find(i);
+        let b = *buffer_of_root[r].get_or_insert_with(|| {
+            buffers.push(Buf {
+                size: 0,
+                start: usize::MAX,
+                end: 0,
+                first: NodeId(i as u32),
+                offset: 0,
+            });
+            buffers.len() - 1
+        });
+        let buf = &mut buffers[b];
+        buf.size = buf.size.max(align_up(g.ty(NodeId(i as u32)).size_bytes()));
+        buf.start = buf.start.min(s);
+        buf.end = buf.end.max(e);
+        buffer_of[i] = Some(b);
     }
 
+    // Best fit over the interval graph: each buffer, largest first, at the lowest offset that
+    // overlaps no already-placed buffer whose lifetime overlaps its own.
+    let intervals: Vec<(usize, usize)> = buffers.iter().map(|b| (b.start, b.end)).collect();
+    let neighbours = overlapping_pairs(&intervals);
     let mut order: Vec<usize> = (0..buffers.len()).collect();
     order.sort_by_key(|&b| (Reverse(buffers[b].size), buffers[b].start, buffers[b].first));
-    let mut placed: Vec<usize> = Vec::new();
+    let mut is_placed = vec![false; buffers.len()];
     let mut arena_bytes = 0;
     for &b in &order {
         let size = buffers[b].size;
         if size == 0 {
             continue;
         }
-        let (s, e) = (buffers[b].start, buffers[b].end);
-        let mut conflicts: Vec<(usize, usize)> = placed
+        let mut conflicts: Vec<(usize, usize)> = neighbours[b]
             .iter()
-            .map(|&p| &buffers[p])
-            .filter(|p| p.start <= e && s <= p.end)
-            .map(|p| (p.offset, p.offset + p.size))
+            .map(|&p| p as usize)
+            .filter(|&p| is_placed[p])
+            .map(|p| (buffers[p].offset, buffers[p].offset + buffers[p].size))
             .collect();
-        conflicts.sort();
+        conflicts.sort_unstable();
         let mut offset = 0;
         for (lo, hi) in conflicts {
             if offset + size <= lo {
@@ -228,7 +259,7 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
         }
         buffers[b].offset = offset;
         arena_bytes = arena_bytes.max(offset + size);
-        placed.push(b);
+        is_placed[b] = true;
     }
 
     // Peak of simultaneously live (aligned) bytes.
@@ -298,7 +329,10 @@ pub fn validate_memory_plan(
                     return Err(format!("{id}: offset {offset} not aligned"));
                 }
                 if offset + bytes > plan.arena_bytes {
-                    return Err(format!("{id}: [{offset}, +{bytes}) beyond arena of {}", plan.arena_bytes));
+                    return Err(format!(
+                        "{id}: [{offset}, +{bytes}) beyond arena of {}",
+                        plan.arena_bytes
+                    ));
                 }
                 if bytes > 0 {
                     values.push((id, offset, align_up(bytes), s, e));
@@ -312,7 +346,7 @@ pub fn validate_memory_plan(
         Some(Slot::Arena { offset, .. }) => Some(offset),
         _ => None,
     };
-    let mut aliases = Buffers::new(n);
+    let mut aliases = Buffers::new(&life);
     for (gi, grp) in fusion.groups.iter().enumerate() {
         if grp.kind != GroupKind::Alias {
             continue;
@@ -350,35 +384,42 @@ pub fn validate_memory_plan(
         }
     }
 
-    values.sort_by_key(|v| (v.1, v.0));
-    for i in 0..values.len() {
+    let in_place: HashSet<(NodeId, NodeId)> = plan.in_place.iter().copied().collect();
+    let intervals: Vec<(usize, usize)> = values.iter().map(|v| (v.3, v.4)).collect();
+    for (i, near) in overlapping_pairs(&intervals).iter().enumerate() {
         let (a, aoff, asize, astart, aend) = values[i];
-        for &(b, boff, _, bstart, bend) in &values[i + 1..] {
-            if boff >= aoff + asize {
-                break;
-            }
-            if bstart > aend || astart > bend {
+        for &j in near {
+            let (b, boff, bsize, bstart, bend) = values[j as usize];
+            if a >= b || boff >= aoff + asize || aoff >= boff + bsize {
                 continue;
             }
             let alias = aliases.find(a.index()) == aliases.find(b.index());
-            let in_place = plan.in_place.contains(&(a, b)) || plan.in_place.contains(&(b, a));
-            if !alias && !in_place {
+            if !alias && !in_place.contains(&(a, b)) && !in_place.contains(&(b, a)) {
                 return Err(format!(
-                    "{a} [{aoff}, +{asize}) live {astart}..={aend} overlaps {b} at {boff} live {bstart}..={bend}"
+                    "{a} [{aoff}, +{asize}) live {astart}..={aend} overlaps {b} [{boff}, +{bsize}) live {bstart}..={bend}"
                 ));
             }
         }
     }
 
-    let end_of_run = fusion.groups.len();
+    // True peak: at each start time, the union of the byte ranges of the live values.
+    let mut by_start: Vec<usize> = (0..values.len()).collect();
+    by_start.sort_by_key(|&i| values[i].3);
+    let mut active: Vec<usize> = Vec::new();
     let mut peak = 0;
-    for t in 0..=end_of_run {
-        let mut ranges: Vec<(usize, usize)> = values
+    let mut k = 0;
+    while k < by_start.len() {
+        let t = values[by_start[k]].3;
+        while k < by_start.len() && values[by_start[k]].3 == t {
+            active.push(by_start[k]);
+            k += 1;
+        }
+        active.retain(|&a| values[a].4 >= t);
+        let mut ranges: Vec<(usize, usize)> = active
             .iter()
-            .filter(|v| v.3 <= t && t <= v.4)
-            .map(|v| (v.1, v.1 + v.2))
+            .map(|&a| (values[a].1, values[a].1 + values[a].2))
             .collect();
-        ranges.sort();
+        ranges.sort_unstable();
         let (mut total, mut covered) = (0, 0);
         for (lo, hi) in ranges {
             let lo = lo.max(covered);
@@ -390,10 +431,16 @@ pub fn validate_memory_plan(
         peak = peak.max(total);
     }
     if plan.peak_live_bytes != peak {
-        return Err(format!("peak_live_bytes {} but recomputed {peak}", plan.peak_live_bytes));
+        return Err(format!(
+            "peak_live_bytes {} but recomputed {peak}",
+            plan.peak_live_bytes
+        ));
     }
     if plan.peak_live_bytes > plan.arena_bytes {
-        return Err(format!("peak {} > arena {}", plan.peak_live_bytes, plan.arena_bytes));
+        return Err(format!(
+            "peak {} > arena {}",
+            plan.peak_live_bytes, plan.arena_bytes
+        ));
     }
     Ok(())
 }

@@ -12,12 +12,14 @@ pub mod rebuild;
 pub mod schedule_dump;
 pub mod simplify;
 
-pub use autodiff::{grad, AutodiffError, LeafKind, Seeds, Trainable};
+pub use autodiff::{grad, AutodiffError, LeafFilter, LeafKind, Seeds, Trainable};
 pub use cse::cse;
 pub use dce::{dce, dce_with, DceOptions};
 pub use fusion::{fuse, FusionOptions};
 pub use memplan::{plan_memory, validate_memory_plan, MemoryOptions};
-pub use pipeline::{optimize, optimize_with, run_pipeline, standard_passes, Pass, PipelineError, PipelineOptions};
+pub use pipeline::{
+    optimize, optimize_with, run_pipeline, standard_passes, Pass, PipelineError, PipelineOptions,
+};
 pub use rebuild::{rebuild, Rebuilder};
 pub use schedule_dump::{dump_fusion, dump_memplan};
 pub use simplify::simplify;

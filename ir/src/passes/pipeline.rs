@@ -13,7 +13,10 @@ pub struct Pass {
 }
 
 impl Pass {
-    pub fn new(name: impl Into<String>, run: impl Fn(&Graph) -> Graph + Send + Sync + 'static) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        run: impl Fn(&Graph) -> Graph + Send + Sync + 'static,
+    ) -> Self {
         Pass {
             name: name.into(),
             run: Box::new(run),
@@ -81,12 +84,20 @@ fn check(g: &Graph, pass: &str, opts: &PipelineOptions) -> Result<(), PipelineEr
 }
 
 /// Runs the passes in order, verifying the input and each result when verification is on.
-pub fn run_pipeline(g: &Graph, passes: &[Pass], opts: &PipelineOptions) -> Result<Graph, PipelineError> {
+pub fn run_pipeline(
+    g: &Graph,
+    passes: &[Pass],
+    opts: &PipelineOptions,
+) -> Result<Graph, PipelineError> {
     check(g, "input", opts)?;
     run_passes(g.clone(), passes, opts)
 }
 
-fn run_passes(mut current: Graph, passes: &[Pass], opts: &PipelineOptions) -> Result<Graph, PipelineError> {
+fn run_passes(
+    mut current: Graph,
+    passes: &[Pass],
+    opts: &PipelineOptions,
+) -> Result<Graph, PipelineError> {
     for pass in passes {
         current = (pass.run)(&current);
         check(&current, &pass.name, opts)?;
@@ -96,7 +107,11 @@ fn run_passes(mut current: Graph, passes: &[Pass], opts: &PipelineOptions) -> Re
 
 /// The standard cleanup passes: simplify, cse, dce.
 pub fn standard_passes() -> Vec<Pass> {
-    vec![Pass::new("simplify", simplify), Pass::new("cse", cse), Pass::new("dce", dce)]
+    vec![
+        Pass::new("simplify", simplify),
+        Pass::new("cse", cse),
+        Pass::new("dce", dce),
+    ]
 }
 
 /// simplify -> cse -> dce, repeated until the graph stops changing (at most `opts.max_rounds`).

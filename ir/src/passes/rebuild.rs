@@ -46,7 +46,12 @@ impl<'g> Rebuilder<'g> {
 
     /// The operands of an old node, translated into new ids.
     pub fn mapped_args(&self, old: NodeId) -> Args {
-        self.src.node(old).args.iter().map(|a| self.map(*a)).collect()
+        self.src
+            .node(old)
+            .args
+            .iter()
+            .map(|a| self.map(*a))
+            .collect()
     }
 
     /// Adds a node to the new graph (operands are new ids). Panics on a type error: a pass that

@@ -11,7 +11,10 @@ fn id_list(ids: &[NodeId]) -> String {
     if ids.is_empty() {
         return "-".into();
     }
-    ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `mnemonic[attrs]` of a node, compact.

@@ -30,7 +30,9 @@ pub fn simplify(g: &Graph) -> Graph {
         let args = rb.mapped_args(old);
         let node = rb.src.node(old);
         let origin = node.origin.clone();
-        if let Some(new) = fold(rb, &node.op, &args, &origin).or_else(|| identity(rb, &node.op, &args, &origin)) {
+        if let Some(new) =
+            fold(rb, &node.op, &args, &origin).or_else(|| identity(rb, &node.op, &args, &origin))
+        {
             return Some(new);
         }
         Some(rb.add(node.op.clone(), &args, origin))
@@ -52,7 +54,12 @@ pub fn splat_value(g: &Graph, mut id: NodeId) -> Option<f64> {
     }
 }
 
-fn emit_splat(rb: &mut Rebuilder, value: f64, ty: &crate::TensorType, origin: &Option<Arc<str>>) -> NodeId {
+fn emit_splat(
+    rb: &mut Rebuilder,
+    value: f64,
+    ty: &crate::TensorType,
+    origin: &Option<Arc<str>>,
+) -> NodeId {
     let c = rb.add(
         Op::Constant {
             value,
@@ -117,7 +124,12 @@ fn is_splat(g: &Graph, id: NodeId, v: f64) -> bool {
     splat_value(g, id) == Some(v)
 }
 
-fn identity(rb: &mut Rebuilder, op: &Op, args: &[NodeId], origin: &Option<Arc<str>>) -> Option<NodeId> {
+fn identity(
+    rb: &mut Rebuilder,
+    op: &Op,
+    args: &[NodeId],
+    origin: &Option<Arc<str>>,
+) -> Option<NodeId> {
     let dst = &rb.dst;
     let x = *args.first()?;
     let x_node = dst.node(x);

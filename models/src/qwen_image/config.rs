@@ -61,6 +61,8 @@ impl DitConfig {
                 .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect())
                 .ok_or_else(|| ModelError::new(format!("config key `axes_dims_rope` must be 3 integers, got {v}")))?,
         };
+        let use_layer3d_rope = get_bool("use_layer3d_rope")?;
+        let guidance_embeds = get_bool("guidance_embeds")?;
         let cfg = DitConfig {
             num_layers: get_usize("num_layers", Some(60))?,
             num_attention_heads: get_usize("num_attention_heads", Some(24))?,
@@ -72,10 +74,10 @@ impl DitConfig {
             axes_dims_rope,
             zero_cond_t: get_bool("zero_cond_t")?,
             use_additional_t_cond: get_bool("use_additional_t_cond")?,
-            use_layer3d_rope: get_bool("use_layer3d_rope")?,
+            use_layer3d_rope,
             raw,
         };
-        if get_bool("guidance_embeds")? {
+        if guidance_embeds {
             return Err(ModelError::new(
                 "guidance_embeds=true is not supported (no released Qwen-Image checkpoint uses it)".to_string(),
             ));

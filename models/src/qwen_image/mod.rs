@@ -1,7 +1,11 @@
 //! Qwen-Image / Qwen-Image-Edit family.
 
 pub mod config;
+pub mod dit;
 pub mod img_shapes;
+pub mod inputs;
 
 pub use config::DitConfig;
+pub use dit::{DitOptions, DitWeights, QwenImageDit, WeightPrecision};
 pub use img_shapes::{parse_img_shapes, token_count, ImgShape};
+pub use inputs::{format_img_shapes, DitInputs};

@@ -22,10 +22,6 @@ impl Arena {
         self.blocks.len() * 64
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
-    }
-
     pub fn base(&mut self) -> *mut u8 {
         self.blocks.as_mut_ptr() as *mut u8
     }
@@ -57,28 +53,6 @@ impl RawBuf {
     pub fn f32_ptr(&self) -> *mut f32 {
         debug_assert_eq!(self.storage, Storage::F32);
         self.ptr as *mut f32
-    }
-
-    /// # Safety
-    /// No other thread may write the buffer while the slice lives.
-    pub unsafe fn as_f32(&self) -> &[f32] {
-        debug_assert_eq!(self.storage, Storage::F32);
-        std::slice::from_raw_parts(self.ptr as *const f32, self.len)
-    }
-
-    /// # Safety
-    /// The caller must be the only one accessing the buffer while the slice lives.
-    pub unsafe fn as_f32_mut(&self) -> &mut [f32] {
-        debug_assert_eq!(self.storage, Storage::F32);
-        debug_assert!(self.writable);
-        std::slice::from_raw_parts_mut(self.ptr as *mut f32, self.len)
-    }
-
-    /// True if the byte ranges of the two buffers intersect.
-    pub fn overlaps(&self, other: &RawBuf) -> bool {
-        let (a0, a1) = (self.ptr as usize, self.ptr as usize + self.bytes());
-        let (b0, b1) = (other.ptr as usize, other.ptr as usize + other.bytes());
-        a0 < b1 && b0 < a1 && self.bytes() > 0 && other.bytes() > 0
     }
 }
 

@@ -84,7 +84,7 @@ impl Arena {
     /// The start of `region`.
     pub fn region(&self, region: Region) -> DevPtr {
         assert!(region.offset + region.bytes <= self.size, "region {region:?} outside the arena");
-        self.buf.ptr().add(region.offset)
+        self.buf.ptr().offset(region.offset)
     }
 
     /// `bytes` at `offset` bytes into the arena; errors when the range is outside it.
@@ -95,7 +95,7 @@ impl Arena {
                 self.size
             )));
         }
-        Ok(self.buf.ptr().add(offset))
+        Ok(self.buf.ptr().offset(offset))
     }
 
     /// The address of a plan slot: `plan_region` from [`ArenaLayout::reserve_plan`], `slot` from
@@ -154,7 +154,7 @@ impl WeightPool {
             self.chunks.push(self.dev.alloc(self.chunk_bytes)?);
             self.used_in_last = 0;
         }
-        let p = self.chunks.last().expect("a chunk").ptr().add(self.used_in_last);
+        let p = self.chunks.last().expect("a chunk").ptr().offset(self.used_in_last);
         self.used_in_last += need;
         Ok(p)
     }

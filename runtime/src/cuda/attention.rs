@@ -122,14 +122,14 @@ impl AttentionArgs {
             ("v", self.v, self.v_strides),
             ("out", self.out, self.out_strides),
         ] {
-            if p.is_null() || p.0 % 16 != 0 {
+            if p.is_null() || !p.0.is_multiple_of(16) {
                 return bad(&format!("{name} must be non-null and 16-byte aligned"));
             }
-            if s.batch % 8 != 0 || s.seq % 8 != 0 || s.head % 8 != 0 {
+            if ![s.batch, s.seq, s.head].iter().all(|x| x.is_multiple_of(8)) {
                 return bad(&format!("{name} strides must be multiples of 8 elements"));
             }
         }
-        if self.lse.is_null() || self.lse.0 % 4 != 0 {
+        if self.lse.is_null() || !self.lse.0.is_multiple_of(4) {
             return bad("lse must be non-null and 4-byte aligned");
         }
         Ok(())

@@ -156,9 +156,9 @@ impl GemmArgs {
         if self.m == 0 || self.n == 0 || self.k == 0 || self.batch == 0 {
             return bad("empty problem".into());
         }
-        let (ra, ca) = if self.transpose_a { (self.k, self.m) } else { (self.m, self.k) };
-        let (rb, cb) = if self.transpose_b { (self.n, self.k) } else { (self.k, self.n) };
-        let _ = (ra, rb);
+        // Row lengths of the stored matrices.
+        let ca = if self.transpose_a { self.m } else { self.k };
+        let cb = if self.transpose_b { self.k } else { self.n };
         if self.ld_a < ca || self.ld_b < cb || self.ld_d < self.n {
             return bad("leading dimension smaller than the row length".into());
         }
@@ -298,11 +298,10 @@ impl Blas {
         };
         self.dev.bind()?;
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if !plans.contains_key(&key) {
-            let plan = self.make_plan(&g, &key)?;
-            plans.insert(key, plan);
-        }
-        let plan = &plans[&key];
+        let plan = match plans.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.make_plan(&g, &key)?),
+        };
         // SAFETY: descriptors are live (owned by `plan`); pointers are the caller's device
         // memory, sized as the layouts say.
         unsafe {

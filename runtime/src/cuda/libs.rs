@@ -43,11 +43,21 @@ impl Lib {
         }
     }
 
-    fn what(self) -> &'static str {
+    /// (what is missing, where it comes from).
+    fn what(self) -> (&'static str, &'static str) {
         match self {
-            Lib::Driver => "the NVIDIA driver library libcuda.so.1 (is an NVIDIA driver installed?)",
-            Lib::Nvrtc => "NVRTC (libnvrtc.so.13, CUDA 13 toolkit or pip wheel nvidia-cuda-nvrtc)",
-            Lib::CublasLt => "cuBLASLt (libcublasLt.so.13, CUDA 13 toolkit or pip wheel nvidia-cublas)",
+            Lib::Driver => (
+                "the NVIDIA driver library libcuda.so.1",
+                "no NVIDIA driver is installed, or it is not visible to this process",
+            ),
+            Lib::Nvrtc => (
+                "NVRTC (libnvrtc.so.13)",
+                "it comes with the CUDA 13 toolkit or the pip wheel nvidia-cuda-nvrtc",
+            ),
+            Lib::CublasLt => (
+                "cuBLASLt (libcublasLt.so.13)",
+                "it comes with the CUDA 13 toolkit or the pip wheel nvidia-cublas",
+            ),
         }
     }
 
@@ -66,7 +76,8 @@ impl Lib {
 
 /// Makes sure `lib` can be loaded by cudarc; see the module docs. Cached per library.
 pub fn require(lib: Lib) -> Result<(), CudaUnavailable> {
-    static DONE: OnceLock<Mutex<Vec<(Lib, Result<(), CudaUnavailable>)>>> = OnceLock::new();
+    type Outcomes = Vec<(Lib, Result<(), CudaUnavailable>)>;
+    static DONE: OnceLock<Mutex<Outcomes>> = OnceLock::new();
     let done = DONE.get_or_init(|| Mutex::new(Vec::new()));
     let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, r)) = done.iter().find(|(l, _)| *l == lib) {
@@ -95,11 +106,15 @@ fn locate(lib: Lib) -> Result<(), CudaUnavailable> {
         }
     }
     let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let (what, hint) = lib.what();
+    let places = if searched.is_empty() {
+        String::new()
+    } else {
+        format!(" nor in {}", searched.join(", "))
+    };
     Err(CudaUnavailable::new(format!(
-        "{} was not found: not on the loader path, nor in {}. Set QIE_CUDA_LIB_DIR to its folder \
-         or add that folder to LD_LIBRARY_PATH",
-        lib.what(),
-        if searched.is_empty() { "any CUDA folder".to_string() } else { searched.join(", ") }
+        "{what} was not found on the loader path{places}: {hint} (QIE_CUDA_LIB_DIR or \
+         LD_LIBRARY_PATH can name its folder)"
     )))
 }
 

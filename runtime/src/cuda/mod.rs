@@ -83,7 +83,7 @@ impl DevPtr {
     pub const NULL: DevPtr = DevPtr(0);
 
     /// The address `bytes` bytes further on.
-    pub fn add(self, bytes: usize) -> DevPtr {
+    pub fn offset(self, bytes: usize) -> DevPtr {
         DevPtr(self.0 + bytes as u64)
     }
     pub fn is_null(self) -> bool {

@@ -1,0 +1,160 @@
+//! Microbenchmarks of the CUDA backend at DiT sizes (Qwen-Image: 24 heads x 128, N = 8448):
+//! cuBLASLt GEMMs as linear layers (`x @ W^T`, W in nn.Linear layout) and the flash-attention
+//! kernel. Timed with CUDA events after warm-up; prints the median of `--iters` runs.
+//!
+//!     cargo run --release -p qie-runtime --example cuda_bench -- [--iters 30] [--only gemm|attn]
+//!
+//! The PyTorch counterpart is benches/torch/attention.py (same shapes, same card).
+
+use std::sync::Arc;
+
+use half::bf16;
+use qie_runtime::cuda::blas::WORKSPACE_BYTES;
+use qie_runtime::cuda::{
+    ArenaLayout, AttentionArgs, Blas, CudaDevice, DevPtr, Epilogue, FlashAttention, GemmArgs,
+    KernelCache, Result,
+};
+
+struct Timing {
+    median_ms: f64,
+    min_ms: f64,
+}
+
+/// Runs `f` `warmup` times, then `iters` times between event pairs; all events are read at the
+/// end so the host never stalls the queue.
+fn time(dev: &Arc<CudaDevice>, warmup: usize, iters: usize, f: &dyn Fn() -> Result<()>) -> Result<Timing> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    dev.synchronize()?;
+    let mut events = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = dev.record_event()?;
+        f()?;
+        let end = dev.record_event()?;
+        events.push((start, end));
+    }
+    dev.synchronize()?;
+    let mut ms: Vec<f64> = events
+        .iter()
+        .map(|(s, e)| s.elapsed_ms(e).map(|x| x as f64))
+        .collect::<Result<_>>()?;
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(Timing { median_ms: ms[ms.len() / 2], min_ms: ms[0] })
+}
+
+fn fill_random(dev: &Arc<CudaDevice>, p: DevPtr, n: usize, scale: f32, seed: u64) -> Result<()> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let v: Vec<bf16> = (0..n)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            let u = (s.wrapping_mul(0x2545F4914F6CDD1D) >> 40) as f32 / (1u64 << 24) as f32;
+            bf16::from_f32((u * 2.0 - 1.0) * scale * 1.7320508)
+        })
+        .collect();
+    dev.htod(p, &v)
+}
+
+fn report(name: &str, flops: f64, t: &Timing) {
+    println!(
+        "{name:<58} {:>8.3} ms  {:>7.1} TFLOP/s  (min {:.3} ms, {:.1} TFLOP/s)",
+        t.median_ms,
+        flops / t.median_ms / 1e9,
+        t.min_ms,
+        flops / t.min_ms / 1e9
+    );
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("cuda_bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let iters: usize = value("--iters").and_then(|v| v.parse().ok()).unwrap_or(30).max(1);
+    let only = value("--only").unwrap_or_default();
+    let warmup = 5;
+
+    let dev = CudaDevice::new(0)?;
+    println!("device: {}  driver {}  SMs {}", dev.info(), dev.driver_version(), dev.sm_count());
+    println!("median of {iters} runs after {warmup} warm-up runs, CUDA events, random bf16 data");
+
+    if only.is_empty() || only == "gemm" {
+        let mut layout = ArenaLayout::new();
+        let ws = layout.reserve(WORKSPACE_BYTES);
+        let x = layout.reserve(8448 * 3072 * 2);
+        let w1 = layout.reserve(3072 * 3072 * 2);
+        let w2 = layout.reserve(12288 * 3072 * 2);
+        let bias = layout.reserve(12288 * 2);
+        let out = layout.reserve(8448 * 12288 * 2);
+        let arena = layout.allocate(&dev)?;
+        let blas = Blas::new(&dev, arena.region(ws), WORKSPACE_BYTES)?;
+        let (px, pw1, pw2, pb, po) =
+            (arena.region(x), arena.region(w1), arena.region(w2), arena.region(bias), arena.region(out));
+        fill_random(&dev, px, 8448 * 3072, 1.0, 1)?;
+        fill_random(&dev, pw1, 3072 * 3072, 0.02, 2)?;
+        fill_random(&dev, pw2, 12288 * 3072, 0.02, 3)?;
+        fill_random(&dev, pb, 12288, 0.1, 4)?;
+        let cases = [
+            ("gemm [8448,3072] x [3072,3072]^T (to_q/k/v, to_out)", GemmArgs::new(8448, 3072, 3072, px, pw1, po).transpose_b()),
+            ("gemm [8448,3072] x [3072,3072]^T + bias", GemmArgs::new(8448, 3072, 3072, px, pw1, po).transpose_b().epilogue(Epilogue::Bias(pb))),
+            ("gemm [8192,3072] x [3072,12288]^T (mlp up)", GemmArgs::new(8192, 12288, 3072, px, pw2, po).transpose_b()),
+            ("gemm [8192,3072] x [3072,12288]^T + bias + gelu_tanh", GemmArgs::new(8192, 12288, 3072, px, pw2, po).transpose_b().epilogue(Epilogue::GeluBias(pb))),
+            ("gemm [8192,12288] x [12288,3072]^T (mlp down)", GemmArgs::new(8192, 3072, 12288, po, pw2, px).transpose_b()),
+        ];
+        for (name, g) in cases {
+            let t = time(&dev, warmup, iters, &|| blas.gemm(&g))?;
+            report(name, g.flops(), &t);
+        }
+    }
+
+    if only.is_empty() || only == "attn" {
+        let (b, n, h, d) = (1usize, 8448usize, 24usize, 128usize);
+        let elems = b * n * h * d;
+        let mut layout = ArenaLayout::new();
+        let rq = layout.reserve(elems * 2);
+        let rk = layout.reserve(elems * 2);
+        let rv = layout.reserve(elems * 2);
+        let ro = layout.reserve(elems * 2);
+        let rl = layout.reserve(b * 2 * h * n * 4); // also the D64 run with 2h heads
+        let rm = layout.reserve(b * n);
+        let arena = layout.allocate(&dev)?;
+        let (pq, pk, pv, po, pl, pm) = (
+            arena.region(rq),
+            arena.region(rk),
+            arena.region(rv),
+            arena.region(ro),
+            arena.region(rl),
+            arena.region(rm),
+        );
+        fill_random(&dev, pq, elems, 1.0, 5)?;
+        fill_random(&dev, pk, elems, 1.0, 6)?;
+        fill_random(&dev, pv, elems, 1.0, 7)?;
+        // Joint [text; image] order with 20 padded text tokens masked (text is first 256 keys).
+        let mask: Vec<u8> = (0..n).map(|j| u8::from(!(236..256).contains(&j))).collect();
+        dev.htod(pm, &mask)?;
+        let cache = KernelCache::default_location();
+        let fa = FlashAttention::new(&dev, &cache)?;
+        println!("flash attention kernel: {:?} (module from cache: {})", fa.kernel(d).attributes()?, fa.from_cache);
+        let plain = AttentionArgs::contiguous(b, n, n, h, d, pq, pk, pv, DevPtr::NULL, po, pl);
+        let masked = AttentionArgs { mask: pm, ..plain };
+        let t = time(&dev, warmup, iters, &|| fa.forward(&plain))?;
+        report("attention fwd B1 N8448 H24 D128 (no mask)", plain.flops(), &t);
+        let t = time(&dev, warmup, iters, &|| fa.forward(&masked))?;
+        report("attention fwd B1 N8448 H24 D128 (key padding mask)", masked.flops(), &t);
+        let d64 = AttentionArgs::contiguous(b, n, n, 2 * h, 64, pq, pk, pv, DevPtr::NULL, po, pl);
+        let t = time(&dev, warmup, iters, &|| fa.forward(&d64))?;
+        report("attention fwd B1 N8448 H48 D64 (no mask)", d64.flops(), &t);
+        // One launch per replay: the graph path a captured denoising step uses.
+        let graph = dev.capture(|| fa.forward(&masked))?;
+        let t = time(&dev, warmup, iters, &|| graph.replay())?;
+        report("attention fwd (masked) replayed from a CUDA graph", masked.flops(), &t);
+    }
+    Ok(())
+}

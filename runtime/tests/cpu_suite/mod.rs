@@ -1,0 +1,737 @@
+//! Backend test bodies: each `pub fn` takes a backend and checks graphs against the f64 reference
+//! interpreter (`qie_ir::eval`), unfused and fused, with the arena poisoned before every run.
+//! The CUDA / wgpu backends reuse these bodies with their own `Backend`.
+#![allow(dead_code)]
+
+use qie_ir::eval;
+use qie_ir::testing::{random_tensor, Rng};
+use qie_ir::{BinaryOp, CmpOp, DType, Graph, NodeId, Op, ReduceOp, TensorType, UnaryOp};
+use qie_runtime::{Backend, CompileOptions, RuntimeError, Tensor};
+use std::collections::HashMap;
+
+pub const REL_L2: f64 = 1e-5;
+
+pub fn t(dtype: DType, shape: &[usize]) -> TensorType {
+    TensorType::new(dtype, shape)
+}
+
+pub fn f32t(shape: &[usize]) -> TensorType {
+    TensorType::new(DType::F32, shape)
+}
+
+/// Shorthand for building graphs in tests.
+pub struct G {
+    pub g: Graph,
+}
+
+impl G {
+    pub fn new() -> G {
+        G { g: Graph::new() }
+    }
+    pub fn input(&mut self, name: &str, ty: TensorType) -> NodeId {
+        self.g.input(name, ty)
+    }
+    pub fn param(&mut self, name: &str, ty: TensorType) -> NodeId {
+        self.g.param(name, ty)
+    }
+    pub fn op(&mut self, op: Op, args: &[NodeId]) -> NodeId {
+        let m = op.mnemonic();
+        self.g.add(op, args).unwrap_or_else(|e| panic!("{m}: {e}"))
+    }
+    pub fn un(&mut self, u: UnaryOp, a: NodeId) -> NodeId {
+        self.op(Op::Unary(u), &[a])
+    }
+    pub fn bin(&mut self, b: BinaryOp, x: NodeId, y: NodeId) -> NodeId {
+        self.op(Op::Binary(b), &[x, y])
+    }
+    pub fn constant(&mut self, v: f64, d: DType) -> NodeId {
+        self.g.constant(v, d)
+    }
+    /// A scalar constant broadcast to `like`'s shape.
+    pub fn splat(&mut self, v: f64, like: NodeId) -> NodeId {
+        let ty = self.g.ty(like).clone();
+        let c = self.constant(v, ty.dtype);
+        self.op(Op::Broadcast { shape: ty.shape }, &[c])
+    }
+    pub fn bcast(&mut self, x: NodeId, shape: &[usize]) -> NodeId {
+        self.op(Op::Broadcast { shape: shape.into() }, &[x])
+    }
+    pub fn reshape(&mut self, x: NodeId, shape: &[usize]) -> NodeId {
+        self.op(Op::Reshape { shape: shape.into() }, &[x])
+    }
+    pub fn transpose(&mut self, x: NodeId, perm: &[usize]) -> NodeId {
+        self.op(Op::Transpose { perm: perm.into() }, &[x])
+    }
+    pub fn reduce(&mut self, op: ReduceOp, x: NodeId, axes: &[usize]) -> NodeId {
+        self.op(Op::Reduce { op, axes: axes.into() }, &[x])
+    }
+    pub fn matmul(&mut self, a: NodeId, b: NodeId, ta: bool, tb: bool) -> NodeId {
+        self.op(
+            Op::MatMul {
+                transpose_a: ta,
+                transpose_b: tb,
+            },
+            &[a, b],
+        )
+    }
+    /// `|x| + 0.5`: a positive operand for log / sqrt / pow.
+    pub fn positive(&mut self, x: NodeId) -> NodeId {
+        let a = self.un(UnaryOp::Abs, x);
+        let h = self.splat(0.5, x);
+        self.bin(BinaryOp::Add, a, h)
+    }
+    pub fn out(&mut self, name: &str, id: NodeId) {
+        self.g.set_output(name, id);
+    }
+}
+
+impl Default for G {
+    fn default() -> Self {
+        G::new()
+    }
+}
+
+/// Random values for every input and param of `g` (floats in [-2, 2), ints in `0..int_bound`).
+pub fn random_values(g: &Graph, seed: u64, int_bound: usize) -> HashMap<String, eval::Tensor> {
+    let mut rng = Rng::new(seed);
+    let mut values = HashMap::new();
+    for node in &g.nodes {
+        if let Op::Input { name, ty } | Op::Param { name, ty } = &node.op {
+            values.insert(name.clone(), random_tensor(&mut rng, ty, int_bound));
+        }
+    }
+    values
+}
+
+/// rel-L2 distance; NaN (or a NaN in `got` where `want` has none) gives infinity.
+pub fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
+    let (mut num, mut den) = (0.0, 0.0);
+    for (&g, &w) in got.iter().zip(want) {
+        if g.is_nan() != w.is_nan() {
+            return f64::INFINITY;
+        }
+        if g.is_nan() {
+            continue;
+        }
+        if g.is_infinite() || w.is_infinite() {
+            if g != w {
+                return f64::INFINITY;
+            }
+            continue;
+        }
+        num += (g - w) * (g - w);
+        den += w * w;
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Compares one output: exact for ints and bools, rel-L2 for floats.
+pub fn compare(name: &str, got: &Tensor, want: &eval::Tensor, tol: f64) -> Result<(), String> {
+    if got.shape() != want.shape() {
+        return Err(format!("{name}: shape {:?}, want {:?}", got.shape(), want.shape()));
+    }
+    let g = got.to_f64_vec();
+    if want.ty.dtype.is_float() {
+        let e = rel_l2(&g, &want.data);
+        if e.is_nan() || e > tol {
+            let worst = g
+                .iter()
+                .zip(&want.data)
+                .enumerate()
+                .max_by(|a, b| {
+                    let da = (a.1 .0 - a.1 .1).abs();
+                    let db = (b.1 .0 - b.1 .1).abs();
+                    da.partial_cmp(&db).unwrap_or(std::cmp::Ordering::Greater)
+                })
+                .map(|(i, (x, y))| format!("element {i}: got {x}, want {y}"))
+                .unwrap_or_default();
+            return Err(format!("{name}: rel-L2 {e:e} > {tol:e} ({worst})"));
+        }
+    } else if let Some((i, (x, y))) = g.iter().zip(&want.data).enumerate().find(|(_, (x, y))| x != y) {
+        return Err(format!("{name}: element {i}: got {x}, want {y}"));
+    }
+    Ok(())
+}
+
+/// Splits reference values into runtime inputs and params.
+pub fn bind(g: &Graph, values: &HashMap<String, eval::Tensor>) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+    let mut inputs = HashMap::new();
+    let mut params = HashMap::new();
+    for node in &g.nodes {
+        match &node.op {
+            Op::Input { name, .. } => {
+                inputs.insert(name.clone(), Tensor::from_eval(&values[name]));
+            }
+            Op::Param { name, .. } => {
+                params.insert(name.clone(), Tensor::from_eval(&values[name]));
+            }
+            _ => {}
+        }
+    }
+    (inputs, params)
+}
+
+/// The option sets every check runs: unoptimised + unfused, and the full pipeline.
+pub fn option_sets() -> Vec<CompileOptions> {
+    vec![
+        CompileOptions {
+            optimize: false,
+            fuse: false,
+            poison: true,
+            ..Default::default()
+        },
+        CompileOptions {
+            optimize: true,
+            fuse: true,
+            poison: true,
+            ..Default::default()
+        },
+    ]
+}
+
+/// Runs `g` on the backend (unfused and fused, twice each to exercise plan reuse) and compares
+/// every output with the reference.
+pub fn check_values(b: &dyn Backend, g: &Graph, values: &HashMap<String, eval::Tensor>, tol: f64) {
+    let reference = eval::eval(g, values, &|n: &str| values.get(n).cloned())
+        .unwrap_or_else(|e| panic!("reference failed: {e}\n{}", qie_ir::print::print_graph(g)));
+    let (inputs, params) = bind(g, values);
+    for opts in option_sets() {
+        let exe = b
+            .compile(g, &opts)
+            .unwrap_or_else(|e| panic!("compile ({opts:?}): {e}\n{}", qie_ir::print::print_graph(g)));
+        for run in 0..2 {
+            let out = exe
+                .run(&inputs, &params)
+                .unwrap_or_else(|e| panic!("run ({opts:?}): {e}"));
+            for (name, want) in &reference {
+                let got = out.get(name).unwrap_or_else(|| panic!("output {name} missing"));
+                if let Err(e) = compare(name, got, want, tol) {
+                    panic!(
+                        "{e}\n(run {run}, optimize={}, fuse={})\n{}",
+                        opts.optimize,
+                        opts.fuse,
+                        qie_ir::print::print_graph(g)
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// [`check_values`] on fresh random values.
+pub fn check(b: &dyn Backend, g: &Graph, seed: u64) {
+    let values = random_values(g, seed, 8);
+    check_values(b, g, &values, REL_L2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise
+
+pub fn unary_ops(b: &dyn Backend) {
+    use UnaryOp::*;
+    for (i, u) in [Neg, Abs, Exp, Log, Sqrt, Rsqrt, Recip, Sin, Cos, Tanh, Sigmoid]
+        .into_iter()
+        .enumerate()
+    {
+        let mut g = G::new();
+        let x = g.input("x", f32t(&[3, 37]));
+        let arg = if matches!(u, Log | Sqrt | Rsqrt) { g.positive(x) } else { x };
+        let y = g.un(u, arg);
+        g.out("y", y);
+        check(b, &g.g, 100 + i as u64);
+    }
+    // Not on bools.
+    let mut g = G::new();
+    let x = g.input("x", t(DType::Bool, &[5, 7]));
+    let y = g.un(Not, x);
+    g.out("y", y);
+    check(b, &g.g, 1);
+}
+
+pub fn binary_ops(b: &dyn Backend) {
+    use BinaryOp::*;
+    for (i, op) in [Add, Sub, Mul, Div, Max, Min, Pow].into_iter().enumerate() {
+        let mut g = G::new();
+        let x = g.input("x", f32t(&[4, 33]));
+        let y = g.input("y", f32t(&[4, 33]));
+        let (x2, y2) = if op == Pow { (g.positive(x), y) } else { (x, y) };
+        let z = g.bin(op, x2, y2);
+        g.out("z", z);
+        check(b, &g.g, 200 + i as u64);
+    }
+}
+
+/// Integer arithmetic, exact, in i32 and i64 (divisors kept nonzero, signs mixed).
+pub fn integer_ops(b: &dyn Backend) {
+    use BinaryOp::*;
+    for dtype in [DType::I32, DType::I64] {
+        for (i, op) in [Add, Sub, Mul, Div, Max, Min, FloorDiv, Rem].into_iter().enumerate() {
+            let mut g = G::new();
+            let x = g.input("x", t(dtype, &[6, 11]));
+            let y = g.input("y", t(dtype, &[6, 11]));
+            // x in -10..10, y in 1..10 with alternating sign.
+            let ten = g.splat(10.0, x);
+            let xs = g.bin(Sub, x, ten);
+            let one = g.splat(1.0, y);
+            let yp = g.bin(Add, y, one);
+            let iota = g.op(
+                Op::Iota {
+                    shape: [6, 11].as_slice().into(),
+                    axis: 1,
+                    dtype,
+                },
+                &[],
+            );
+            let two = g.splat(2.0, x);
+            let parity = g.bin(Rem, iota, two);
+            let zero = g.splat(0.0, x);
+            let odd = g.op(Op::Compare(CmpOp::Ne), &[parity, zero]);
+            let neg = g.un(UnaryOp::Neg, yp);
+            let ys = g.op(Op::Select, &[odd, neg, yp]);
+            let z = g.bin(op, xs, ys);
+            let za = g.un(UnaryOp::Abs, z);
+            g.out("z", z);
+            g.out("za", za);
+            let values = random_values(&g.g, 300 + i as u64, 20);
+            check_values(b, &g.g, &values, 0.0);
+        }
+    }
+}
+
+pub fn compare_select_cast(b: &dyn Backend) {
+    for (i, c) in [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge]
+        .into_iter()
+        .enumerate()
+    {
+        let mut g = G::new();
+        let x = g.input("x", f32t(&[5, 9]));
+        let y = g.input("y", f32t(&[5, 9]));
+        let k = g.input("k", t(DType::I64, &[5, 9]));
+        let m = g.input("m", t(DType::I64, &[5, 9]));
+        let cf = g.op(Op::Compare(c), &[x, y]);
+        let ci = g.op(Op::Compare(c), &[k, m]);
+        let both = g.bin(BinaryOp::And, cf, ci);
+        let either = g.bin(BinaryOp::Or, cf, ci);
+        let sel = g.op(Op::Select, &[both, x, y]);
+        let cast_b = g.op(Op::Cast { to: DType::F32 }, &[either]);
+        let z = g.bin(BinaryOp::Add, sel, cast_b);
+        let xi = g.op(Op::Cast { to: DType::I32 }, &[x]);
+        let xl = g.op(Op::Cast { to: DType::I64 }, &[xi]);
+        let kf = g.op(Op::Cast { to: DType::F32 }, &[k]);
+        let kb = g.op(Op::Cast { to: DType::Bool }, &[k]);
+        g.out("z", z);
+        g.out("cf", cf);
+        g.out("xl", xl);
+        g.out("kf", kf);
+        g.out("kb", kb);
+        let values = random_values(&g.g, 400 + i as u64, 3);
+        check_values(b, &g.g, &values, REL_L2);
+    }
+}
+
+/// Broadcasts, transposes, slices and reshapes composed into loads, including a reshape that
+/// merges transposed axes (a two-view index map) and a bf16 graph (computed in f32).
+pub fn views(b: &dyn Backend) {
+    let mut g = G::new();
+    let x = g.input("x", f32t(&[4, 6, 5]));
+    let bias = g.input("bias", f32t(&[5]));
+    let xt = g.transpose(x, &[2, 0, 1]); // [5, 4, 6]
+    let merged = g.reshape(xt, &[5, 24]); // strided
+    let flat = g.reshape(merged, &[120]); // needs div/mod
+    let split = g.reshape(flat, &[10, 12]);
+    let e = g.un(UnaryOp::Exp, split);
+    let sl = g.op(
+        Op::Slice {
+            axis: 1,
+            start: 3,
+            end: 9,
+        },
+        &[e],
+    ); // [10, 6]
+    let bb = g.bcast(bias, &[4, 6, 5]);
+    let y = g.bin(BinaryOp::Mul, x, bb);
+    let yt = g.transpose(y, &[1, 0, 2]); // [6, 4, 5]
+    let ys = g.op(
+        Op::Slice {
+            axis: 2,
+            start: 1,
+            end: 4,
+        },
+        &[yt],
+    ); // [6, 4, 3]
+    let yr = g.reshape(ys, &[6, 12]);
+    let yrt = g.transpose(yr, &[1, 0]); // [12, 6]
+    let s = g.op(
+        Op::Slice {
+            axis: 0,
+            start: 2,
+            end: 12,
+        },
+        &[yrt],
+    ); // [10, 6]
+    let z = g.bin(BinaryOp::Add, sl, s);
+    g.out("z", z);
+    g.out("y", y);
+    let col = g.input("col", f32t(&[7, 1]));
+    let row = g.input("row", f32t(&[1, 9]));
+    let cb = g.bcast(col, &[2, 7, 9]);
+    let rb = g.bcast(row, &[2, 7, 9]);
+    let outer = g.bin(BinaryOp::Sub, cb, rb);
+    g.out("outer", outer);
+    check(b, &g.g, 500);
+
+    // Scalars, constants and iota through views.
+    let mut g = G::new();
+    let x = g.input("x", f32t(&[3, 4]));
+    let s = g.input("s", f32t(&[]));
+    let io = g.op(
+        Op::Iota {
+            shape: [4, 3].as_slice().into(),
+            axis: 0,
+            dtype: DType::F32,
+        },
+        &[],
+    );
+    let iot = g.transpose(io, &[1, 0]);
+    let sb = g.bcast(s, &[3, 4]);
+    let c = g.splat(0.25, x);
+    let p = g.bin(BinaryOp::Mul, iot, sb);
+    let q = g.bin(BinaryOp::Add, p, c);
+    let r = g.bin(BinaryOp::Add, q, x);
+    g.out("r", r);
+    g.out("iota", iot);
+    check(b, &g.g, 501);
+
+    // bf16 values are computed in f32 on the CPU; compare with a loose tolerance.
+    let mut g = G::new();
+    let x = g.input("x", t(DType::BF16, &[8, 16]));
+    let y = g.un(UnaryOp::Tanh, x);
+    let z = g.op(Op::Cast { to: DType::F32 }, &[y]);
+    g.out("z", z);
+    let values = random_values(&g.g, 502, 1);
+    check_values(b, &g.g, &values, 1e-2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reductions
+
+pub fn reductions(b: &dyn Backend) {
+    let shape = [5, 6, 70];
+    let axes_sets: [&[usize]; 6] = [&[2], &[0], &[1], &[0, 2], &[1, 2], &[0, 1, 2]];
+    for (i, axes) in axes_sets.into_iter().enumerate() {
+        for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min] {
+            let mut g = G::new();
+            let x = g.input("x", f32t(&shape));
+            let e = g.un(UnaryOp::Exp, x);
+            let r = g.reduce(op, e, axes);
+            let n: usize = axes.iter().map(|&a| shape[a]).product();
+            let k = g.splat(1.0 / n as f64, r);
+            let mean = g.bin(BinaryOp::Mul, r, k);
+            g.out("r", r);
+            g.out("mean", mean);
+            check(b, &g.g, 600 + i as u64);
+        }
+    }
+    // Integer sums and a long reduction.
+    let mut g = G::new();
+    let k = g.input("k", t(DType::I64, &[3, 1000]));
+    let s = g.reduce(ReduceOp::Sum, k, &[1]);
+    let m = g.reduce(ReduceOp::Max, k, &[0]);
+    g.out("s", s);
+    g.out("m", m);
+    let values = random_values(&g.g, 610, 1000);
+    check_values(b, &g.g, &values, 0.0);
+    let mut g = G::new();
+    let x = g.input("x", f32t(&[2, 50000]));
+    let s = g.reduce(ReduceOp::Sum, x, &[1]);
+    g.out("s", s);
+    check(b, &g.g, 611);
+}
+
+/// Layer norm and softmax as the model writes them (fusion makes reduction groups with prologues
+/// and epilogues, and an elementwise group recomputing the centred value).
+pub fn norms_and_softmax(b: &dyn Backend) {
+    let (n, d) = (37, 96);
+    let mut g = G::new();
+    let x = g.input("x", f32t(&[2, n, d]));
+    let gamma = g.param("gamma", f32t(&[d]));
+    let sum = g.reduce(ReduceOp::Sum, x, &[2]);
+    let inv_d = g.splat(1.0 / d as f64, sum);
+    let mean = g.bin(BinaryOp::Mul, sum, inv_d);
+    let mean3 = g.reshape(mean, &[2, n, 1]);
+    let meanb = g.bcast(mean3, &[2, n, d]);
+    let xc = g.bin(BinaryOp::Sub, x, meanb);
+    let sq = g.bin(BinaryOp::Mul, xc, xc);
+    let var_s = g.reduce(ReduceOp::Sum, sq, &[2]);
+    let var = g.bin(BinaryOp::Mul, var_s, inv_d);
+    let eps = g.splat(1e-6, var);
+    let ve = g.bin(BinaryOp::Add, var, eps);
+    let rstd = g.un(UnaryOp::Rsqrt, ve);
+    let rstd3 = g.reshape(rstd, &[2, n, 1]);
+    let rstdb = g.bcast(rstd3, &[2, n, d]);
+    let normed = g.bin(BinaryOp::Mul, xc, rstdb);
+    let gb = g.bcast(gamma, &[2, n, d]);
+    let y = g.bin(BinaryOp::Mul, normed, gb);
+    g.out("ln", y);
+    // softmax over the last axis
+    let mx = g.reduce(ReduceOp::Max, y, &[2]);
+    let mx3 = g.reshape(mx, &[2, n, 1]);
+    let mxb = g.bcast(mx3, &[2, n, d]);
+    let sh = g.bin(BinaryOp::Sub, y, mxb);
+    let e = g.un(UnaryOp::Exp, sh);
+    let s = g.reduce(ReduceOp::Sum, e, &[2]);
+    let s3 = g.reshape(s, &[2, n, 1]);
+    let sb = g.bcast(s3, &[2, n, d]);
+    let sm = g.bin(BinaryOp::Div, e, sb);
+    g.out("softmax", sm);
+    check(b, &g.g, 700);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Library ops
+
+pub fn matmul_forms(b: &dyn Backend) {
+    let (m, k, n) = (13, 29, 11);
+    let mut seed = 800;
+    for ta in [false, true] {
+        for tb in [false, true] {
+            let a_shape = |batch: &[usize]| {
+                let mut s = batch.to_vec();
+                s.extend(if ta { [k, m] } else { [m, k] });
+                s
+            };
+            let b_shape = |batch: &[usize]| {
+                let mut s = batch.to_vec();
+                s.extend(if tb { [n, k] } else { [k, n] });
+                s
+            };
+            // plain, batched (same batch), shared rank-2 b with batch dims on a
+            for (batch_a, batch_b) in [(vec![], vec![]), (vec![2, 3], vec![2, 3]), (vec![4], vec![]), (vec![2, 2], vec![])] {
+                let mut g = G::new();
+                let a = g.input("a", f32t(&a_shape(&batch_a)));
+                let bb = g.input("b", f32t(&b_shape(&batch_b)));
+                let c = g.matmul(a, bb, ta, tb);
+                g.out("c", c);
+                seed += 1;
+                check(b, &g.g, seed);
+            }
+        }
+    }
+}
+
+/// A linear layer as the DiT writes it: x [B, S, Din] @ W^T [Dout, Din] + bias, then GELU(tanh)
+/// and a residual; the epilogue rides with the matmul, the reshape prologue is free.
+pub fn linear_with_epilogue(b: &dyn Backend) {
+    let (bs, s, din, dout) = (2, 19, 24, 40);
+    let mut g = G::new();
+    let x = g.input("x", f32t(&[bs, s, din]));
+    let w = g.param("w", f32t(&[dout, din]));
+    let bias = g.param("bias", f32t(&[dout]));
+    let res = g.input("res", f32t(&[bs, s, dout]));
+    let y = g.matmul(x, w, false, true);
+    let bb = g.bcast(bias, &[bs, s, dout]);
+    let yb = g.bin(BinaryOp::Add, y, bb);
+    // gelu_tanh(v) = 0.5 v (1 + tanh(0.79788456 (v + 0.044715 v^3)))
+    let v3a = g.bin(BinaryOp::Mul, yb, yb);
+    let v3 = g.bin(BinaryOp::Mul, v3a, yb);
+    let c1 = g.splat(0.044715, yb);
+    let t1 = g.bin(BinaryOp::Mul, v3, c1);
+    let inner = g.bin(BinaryOp::Add, yb, t1);
+    let c2 = g.splat(0.797_884_560_802_865_4, yb);
+    let t2 = g.bin(BinaryOp::Mul, inner, c2);
+    let th = g.un(UnaryOp::Tanh, t2);
+    let one = g.splat(1.0, yb);
+    let t3 = g.bin(BinaryOp::Add, th, one);
+    let half = g.splat(0.5, yb);
+    let t4 = g.bin(BinaryOp::Mul, yb, half);
+    let gelu = g.bin(BinaryOp::Mul, t4, t3);
+    let out = g.bin(BinaryOp::Add, gelu, res);
+    g.out("out", out);
+    // A second matmul whose a operand is a reshape of the first's output (prologue).
+    let flat = g.reshape(out, &[bs * s, dout]);
+    let w2 = g.param("w2", f32t(&[dout, 8]));
+    let z = g.matmul(flat, w2, false, false);
+    g.out("z", z);
+    check(b, &g.g, 900);
+}
+
+fn attention_graph(bsz: usize, sq: usize, sk: usize, h: usize, d: usize, dv: usize, masked: bool) -> Graph {
+    let mut g = G::new();
+    let q = g.input("q", f32t(&[bsz, sq, h, d]));
+    let k = g.input("k", f32t(&[bsz, sk, h, d]));
+    let v = g.input("v", f32t(&[bsz, sk, h, dv]));
+    let mut args = vec![q, k, v];
+    if masked {
+        args.push(g.input("mask", t(DType::Bool, &[bsz, sk])));
+    }
+    let o = g.op(
+        Op::Attention {
+            scale: 1.0 / (d as f64).sqrt(),
+        },
+        &args,
+    );
+    g.out("o", o);
+    g.g
+}
+
+/// Attention with sizes that are not multiples of the blocks, a key mask, a batch whose keys are
+/// all masked (zeros by definition), and q/k/v read through transposes of [B, H, S, D] inputs.
+pub fn attention(b: &dyn Backend) {
+    check(b, &attention_graph(1, 70, 530, 2, 16, 16, false), 1000);
+    check(b, &attention_graph(2, 67, 133, 3, 8, 12, true), 1001);
+    check(b, &attention_graph(1, 1, 1, 1, 4, 4, false), 1002);
+    // Masks: batch 0 random, batch 1 fully masked.
+    let g = attention_graph(2, 9, 600, 2, 8, 8, true);
+    let mut values = random_values(&g, 1003, 2);
+    let mask = values.get_mut("mask").expect("mask");
+    for j in 0..600 {
+        mask.data[600 + j] = 0.0;
+    }
+    check_values(b, &g, &values, REL_L2);
+    // Head-major inputs transposed into [B, S, H, D] (strided operands).
+    let mut g = G::new();
+    let q = g.input("q", f32t(&[2, 3, 40, 16]));
+    let k = g.input("k", f32t(&[2, 3, 50, 16]));
+    let v = g.input("v", f32t(&[2, 3, 50, 16]));
+    let qt = g.transpose(q, &[0, 2, 1, 3]);
+    let kt = g.transpose(k, &[0, 2, 1, 3]);
+    let vt = g.transpose(v, &[0, 2, 1, 3]);
+    let o = g.op(Op::Attention { scale: 0.3 }, &[qt, kt, vt]);
+    g.out("o", o);
+    check(b, &g.g, 1004);
+}
+
+pub fn conv2d(b: &dyn Backend) {
+    // (x shape, w shape, stride, padding, dilation, groups)
+    let cases: [([usize; 4], [usize; 4], [usize; 2], [usize; 2], [usize; 2], usize); 6] = [
+        ([2, 3, 9, 11], [4, 3, 3, 3], [1, 1], [1, 1], [1, 1], 1),
+        ([1, 4, 10, 7], [6, 2, 3, 2], [2, 1], [0, 1], [1, 1], 2),
+        ([1, 6, 8, 8], [6, 1, 3, 3], [1, 1], [2, 2], [2, 2], 6),
+        ([2, 5, 6, 7], [3, 5, 1, 1], [1, 1], [0, 0], [1, 1], 1),
+        ([1, 8, 12, 12], [8, 8, 2, 2], [2, 2], [0, 0], [1, 1], 1),
+        ([1, 3, 5, 5], [2, 3, 5, 5], [1, 1], [0, 0], [1, 1], 1),
+    ];
+    for (i, (xs, ws, stride, padding, dilation, groups)) in cases.into_iter().enumerate() {
+        let mut g = G::new();
+        let x = g.input("x", f32t(&xs));
+        let w = g.param("w", f32t(&ws));
+        let y = g.op(
+            Op::Conv2d {
+                stride,
+                padding,
+                dilation,
+                groups,
+            },
+            &[x, w],
+        );
+        g.out("y", y);
+        check(b, &g.g, 1100 + i as u64);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data movement
+
+pub fn gather_concat(b: &dyn Backend) {
+    for (i, (table, axis, index)) in [
+        (vec![10, 4], 0, vec![7]),
+        (vec![3, 9, 5], 1, vec![2, 4]),
+        (vec![6, 5], 1, vec![]),
+        (vec![12], 0, vec![3, 2]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for idx_dtype in [DType::I32, DType::I64] {
+            let mut g = G::new();
+            let tb = g.input("table", f32t(&table));
+            let ix = g.input("idx", t(idx_dtype, &index));
+            let gth = g.op(Op::Gather { axis }, &[tb, ix]);
+            let e = g.un(UnaryOp::Exp, gth);
+            g.out("g", gth);
+            g.out("e", e);
+            let values = random_values(&g.g, 1200 + i as u64, table[axis]);
+            check_values(b, &g.g, &values, REL_L2);
+        }
+    }
+    // An embedding lookup from a param table.
+    let mut g = G::new();
+    let tb = g.param("emb", f32t(&[50, 8]));
+    let ix = g.input("tokens", t(DType::I64, &[2, 7]));
+    let e = g.op(Op::Gather { axis: 0 }, &[tb, ix]);
+    g.out("e", e);
+    let values = random_values(&g.g, 1210, 50);
+    check_values(b, &g.g, &values, REL_L2);
+
+    for axis in 0..3 {
+        let mut g = G::new();
+        let mut shapes = vec![[3, 4, 5]; 3];
+        shapes[1][axis] = 2;
+        shapes[2][axis] = 1;
+        let a = g.input("a", f32t(&shapes[0]));
+        let bb = g.input("b", f32t(&shapes[1]));
+        let c = g.input("c", f32t(&shapes[2]));
+        let ea = g.un(UnaryOp::Exp, a);
+        let cat = g.op(Op::Concat { axis }, &[ea, bb, c]);
+        let s = g.un(UnaryOp::Sin, cat);
+        g.out("cat", cat);
+        g.out("s", s);
+        check(b, &g.g, 1220 + axis as u64);
+    }
+    // Concat of int tensors and of a transposed operand.
+    let mut g = G::new();
+    let a = g.input("a", t(DType::I64, &[2, 3]));
+    let bb = g.input("b", t(DType::I64, &[3, 2]));
+    let bt = g.transpose(bb, &[1, 0]);
+    let cat = g.op(Op::Concat { axis: 1 }, &[a, bt]);
+    g.out("cat", cat);
+    let values = random_values(&g.g, 1230, 100);
+    check_values(b, &g.g, &values, 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+pub fn errors_name_the_culprit(b: &dyn Backend) {
+    let mut g = G::new();
+    let x = g.input("image", f32t(&[2, 3]));
+    let w = g.param("blocks.0.weight", f32t(&[3, 4]));
+    let y = g.matmul(x, w, false, false);
+    g.out("y", y);
+    let exe = b.compile(&g.g, &CompileOptions::default()).expect("compile");
+    let good_x = Tensor::from_f32(&[2, 3], vec![1.0; 6]).unwrap();
+    let good_w = Tensor::from_f32(&[3, 4], vec![1.0; 12]).unwrap();
+    let mut params = HashMap::new();
+    let none: HashMap<String, Tensor> = HashMap::new();
+    match exe.run(&none, &params) {
+        Err(RuntimeError::MissingInput(n)) => assert_eq!(n, "image"),
+        other => panic!("expected a missing input error, got {other:?}"),
+    }
+    let mut inputs = HashMap::new();
+    inputs.insert("image".to_string(), Tensor::from_f32(&[3, 2], vec![1.0; 6]).unwrap());
+    params.insert("blocks.0.weight".to_string(), good_w.clone());
+    match exe.run(&inputs, &params) {
+        Err(e @ RuntimeError::BadInput { .. }) => assert!(e.to_string().contains("image"), "{e}"),
+        other => panic!("expected a bad input error, got {other:?}"),
+    }
+    inputs.insert("image".to_string(), good_x);
+    params.clear();
+    match exe.run(&inputs, &params) {
+        Err(RuntimeError::MissingParam(n)) => assert_eq!(n, "blocks.0.weight"),
+        other => panic!("expected a missing param error, got {other:?}"),
+    }
+    params.insert("blocks.0.weight".to_string(), Tensor::from_f32(&[12], vec![1.0; 12]).unwrap());
+    exe.run(&inputs, &params).expect("a param is matched by element count");
+    params.insert("blocks.0.weight".to_string(), Tensor::from_f32(&[2, 4], vec![1.0; 8]).unwrap());
+    match exe.run(&inputs, &params) {
+        Err(e @ RuntimeError::BadParam { .. }) => assert!(e.to_string().contains("blocks.0.weight"), "{e}"),
+        other => panic!("expected a bad param error, got {other:?}"),
+    }
+    params.insert("blocks.0.weight".to_string(), good_w);
+    let out = exe.run(&inputs, &params).expect("run");
+    assert_eq!(out["y"].as_f32().unwrap(), &[3.0; 8]);
+}
