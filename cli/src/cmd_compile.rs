@@ -2,7 +2,7 @@
 
 use crate::shapes_arg::{parse_shapes, parse_static, tensor_type};
 use clap::Args;
-use qie_ir::dsl::{InputKind, Program};
+use qie_ir::dsl::InputKind;
 use qie_ir::passes::{fusion, memplan, optimize, schedule_dump};
 use qie_ir::print::print_graph;
 use std::path::PathBuf;
@@ -67,21 +67,22 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
     let plan = fusion::fuse(&optimized, &fusion::FusionOptions::default());
     let memory = memplan::plan_memory(&optimized, &plan, &memplan::MemPlanOptions::default());
 
+    let mut text = String::new();
     if args.dump_ir {
-        println!("== IR after lowering ({} nodes)", graph.len());
-        print!("{}", print_graph(&graph));
-        println!("== IR after optimisation ({} nodes)", optimized.len());
-        print!("{}", print_graph(&optimized));
+        text += &format!("== IR after lowering ({} nodes)\n", graph.len());
+        text += &print_graph(&graph);
+        text += &format!("== IR after optimisation ({} nodes)\n", optimized.len());
+        text += &print_graph(&optimized);
     }
     if args.dump_fusion {
-        println!("== fusion ({} kernel groups)", plan.groups.len());
-        print!("{}", schedule_dump::dump_fusion(&optimized, &plan));
+        text += &format!("== fusion ({} kernel groups)\n", plan.groups.len());
+        text += &schedule_dump::dump_fusion(&optimized, &plan);
     }
     if args.dump_memplan {
-        println!("== memory plan");
-        print!("{}", schedule_dump::dump_memplan(&optimized, &plan, &memory));
+        text += "== memory plan\n";
+        text += &schedule_dump::dump_memplan(&optimized, &plan, &memory);
     }
-    println!(
+    text += &format!(
         "compiled: {} nodes -> {} after optimisation, {} kernel groups, arena {:.2} MiB (peak live {:.2} MiB), {:.3} GFLOP in matmul/attention/conv",
         graph.len(),
         optimized.len(),
@@ -90,5 +91,5 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
         memory.peak_live_bytes as f64 / (1 << 20) as f64,
         optimized.matmul_flops() / 1e9,
     );
-    Ok(())
+    crate::write_stdout(&text)
 }

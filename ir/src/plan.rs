@@ -37,14 +37,16 @@ pub struct KernelGroup {
     pub inputs: Vec<NodeId>,
     /// Values produced here and needed later (by another group or as a graph output), in ascending
     /// id. Owned members (never `recomputed` ones). All outputs of an Elementwise group have the
-    /// group's element count; those of a Reduction / Library group are on the anchor's result side
-    /// (same element count as the anchor; for Reduction groups exactly the Reduce's shape).
+    /// group's element count; those of a Reduction / Library group are on the anchor's result side:
+    /// the anchor's element count, read at the anchor's linear index, but possibly another shape
+    /// (a row-major reinterpretation, e.g. `rstd: [B, S, 1]` computed from a Reduce to `[B, S]`).
     pub outputs: Vec<NodeId>,
     /// For Reduction / Library / Data groups: the op the group is built around.
     pub anchor: Option<NodeId>,
     /// Reduction / Library groups: members evaluated on the anchor's operand side, before it.
     /// Reduction: the elementwise/view nodes computing the reduced value, in the Reduce's input
-    /// index space. Library: only `Reshape` views of materialised operands (free for any backend).
+    /// index space. Library: only views (reshape, transpose, slice, broadcast) of materialised
+    /// operands, to be folded into the operand's index map (strides) or copied by the backend.
     /// Empty for other kinds. Ascending id. Added by the fusion pass (see docs/fusion.md).
     pub prologue: Vec<NodeId>,
     /// Reduction / Library groups: members evaluated on the anchor's result index space, after it:

@@ -46,13 +46,18 @@ const ALPHABET: &[u8] = b"(){}[];,.=+-*/<>!?&|\"x0123456789 \nabcdefz_@:";
 
 fn lower(src: &str) {
     let read = |n: &str| (n == "m.qie").then(|| src.to_string());
-    let Ok(prog) = Program::from_sources("m.qie", &read) else { return };
+    let Ok(prog) = Program::from_sources("m.qie", &read) else {
+        return;
+    };
     let _ = prog.signature();
     let inputs = [
         ("x".to_string(), TensorType::new(DType::F32, &[2, 3, 8])),
         ("m".to_string(), TensorType::new(DType::Bool, &[2, 3])),
     ];
-    let statics = [("scales".to_string(), StaticValue::List(vec![StaticValue::Float(0.5)]))];
+    let statics = [(
+        "scales".to_string(),
+        StaticValue::List(vec![StaticValue::Float(0.5)]),
+    )];
     let _ = prog.lower(&json!({"dim": 8, "n": 2}), &inputs, &statics);
 }
 
@@ -93,8 +98,13 @@ fn unmutated_source_lowers() {
     let read = |n: &str| (n == "m.qie").then(|| SOURCE.to_string());
     let prog = Program::from_sources("m.qie", &read).unwrap_or_else(|e| panic!("{e}"));
     let inputs = [("x".to_string(), TensorType::new(DType::F32, &[2, 3, 8]))];
-    let statics = [("scales".to_string(), StaticValue::List(vec![StaticValue::Float(0.5)]))];
-    let g = prog.lower(&json!({"dim": 8, "n": 2}), &inputs, &statics).unwrap_or_else(|e| panic!("{e}"));
+    let statics = [(
+        "scales".to_string(),
+        StaticValue::List(vec![StaticValue::Float(0.5)]),
+    )];
+    let g = prog
+        .lower(&json!({"dim": 8, "n": 2}), &inputs, &statics)
+        .unwrap_or_else(|e| panic!("{e}"));
     qie_ir::verify(&g).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(g.ty(g.output("y").unwrap()).shape.as_slice(), &[2, 3, 2]);
     assert_eq!(g.ty(g.output("z").unwrap()).shape.as_slice(), &[2]);

@@ -63,7 +63,12 @@ fn config() -> serde_json::Value {
 }
 
 fn resolver(files: Vec<(&'static str, &'static str)>) -> impl Fn(&str) -> Option<String> {
-    move |name: &str| files.iter().find(|(n, _)| *n == name).map(|(_, t)| t.to_string())
+    move |name: &str| {
+        files
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| t.to_string())
+    }
 }
 
 fn load(files: Vec<(&'static str, &'static str)>, root: &str) -> Program {
@@ -84,7 +89,8 @@ fn lower_mlp(prog: &Program, with_bias: bool) -> Graph {
         "scales".to_string(),
         StaticValue::List(vec![StaticValue::Float(0.5), StaticValue::Int(3)]),
     )];
-    prog.lower(&config(), &inputs, &statics).unwrap_or_else(|e| panic!("{e}"))
+    prog.lower(&config(), &inputs, &statics)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn params(g: &Graph) -> Vec<(String, Vec<usize>)> {
@@ -116,7 +122,10 @@ fn lowers_small_model() {
     expected.push(("head.weight".into(), vec![6, 8]));
     expected.push(("head.bias".into(), vec![6]));
     assert_eq!(params(&g), expected);
-    assert!(g.params().iter().all(|(_, id)| g.ty(*id).dtype == DType::F32));
+    assert!(g
+        .params()
+        .iter()
+        .all(|(_, id)| g.ty(*id).dtype == DType::F32));
 
     let inputs: Vec<(String, TensorType)> = g
         .inputs()
@@ -125,14 +134,23 @@ fn lowers_small_model() {
         .collect();
     assert_eq!(inputs, vec![("x".to_string(), f32t(&[2, 5, 8]))]);
 
-    let outs: Vec<(&str, TensorType)> = g.outputs.iter().map(|(n, id)| (n.as_str(), g.ty(*id).clone())).collect();
+    let outs: Vec<(&str, TensorType)> = g
+        .outputs
+        .iter()
+        .map(|(n, id)| (n.as_str(), g.ty(*id).clone()))
+        .collect();
     assert_eq!(outs, vec![("a", f32t(&[2, 5, 3])), ("b", f32t(&[2, 5, 3]))]);
 
     // Origins point back to the source with the module path.
     let fc1 = g
         .nodes
         .iter()
-        .find(|n| matches!(n.op, Op::MatMul { .. }) && n.origin.as_deref().is_some_and(|o| o.contains("blocks.1.ff.0")))
+        .find(|n| {
+            matches!(n.op, Op::MatMul { .. })
+                && n.origin
+                    .as_deref()
+                    .is_some_and(|o| o.contains("blocks.1.ff.0"))
+        })
         .expect("a matmul from blocks.1.ff.0");
     let origin = fc1.origin.as_deref().unwrap();
     assert_eq!(origin, "mlp.qie:19:25 blocks.1.ff.0");
@@ -140,7 +158,13 @@ fn lowers_small_model() {
     let consts: Vec<f64> = g
         .nodes
         .iter()
-        .filter_map(|n| if let Op::Constant { value, .. } = n.op { Some(value) } else { None })
+        .filter_map(|n| {
+            if let Op::Constant { value, .. } = n.op {
+                Some(value)
+            } else {
+                None
+            }
+        })
         .collect();
     assert!(consts.contains(&0.5) && consts.contains(&3.0), "{consts:?}");
 }
@@ -162,7 +186,10 @@ fn optional_input_and_config_flags() {
         .lower(&cfg, &[("x".into(), f32t(&[1, 2, 8]))], &statics)
         .unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<String> = params(&g).into_iter().map(|(n, _)| n).collect();
-    assert!(names.contains(&"gate".to_string()) && names.contains(&"extra.weight".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"gate".to_string()) && names.contains(&"extra.weight".to_string()),
+        "{names:?}"
+    );
     assert!(!names.iter().any(|n| n.starts_with("blocks.1")));
 }
 
@@ -229,7 +256,9 @@ fn tensor(dims: &[usize], seed: u64) -> qie_ir::eval::Tensor {
 fn two_layer_mlp_matches_hand_computation() {
     let prog = load(vec![("two.qie", TWO_LAYER)], "two.qie");
     assert_eq!(prog.entry(), "Main");
-    let g = prog.lower(&json!({}), &[("x".into(), f32t(&[5, 3]))], &[]).unwrap_or_else(|e| panic!("{e}"));
+    let g = prog
+        .lower(&json!({}), &[("x".into(), f32t(&[5, 3]))], &[])
+        .unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<String> = params(&g).into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["layers.0.weight", "layers.0.bias", "out.weight"]);
 
@@ -242,16 +271,25 @@ fn two_layer_mlp_matches_hand_computation() {
     .into_iter()
     .map(|(n, t)| (n.to_string(), t))
     .collect();
-    let inputs: HashMap<String, qie_ir::eval::Tensor> = [("x".to_string(), x.clone())].into_iter().collect();
-    let out = qie_ir::eval::eval(&g, &inputs, &|n: &str| weights.get(n).cloned()).unwrap_or_else(|e| panic!("{e}"));
+    let inputs: HashMap<String, qie_ir::eval::Tensor> =
+        [("x".to_string(), x.clone())].into_iter().collect();
+    let out = qie_ir::eval::eval(&g, &inputs, &|n: &str| weights.get(n).cloned())
+        .unwrap_or_else(|e| panic!("{e}"));
     let y = &out["y"];
     assert_eq!(y.shape(), &[5, 2]);
 
-    let (w1, b1, w2) = (&weights["layers.0.weight"], &weights["layers.0.bias"], &weights["out.weight"]);
+    let (w1, b1, w2) = (
+        &weights["layers.0.weight"],
+        &weights["layers.0.bias"],
+        &weights["out.weight"],
+    );
     for n in 0..5 {
         let h: Vec<f64> = (0..4)
             .map(|j| {
-                let z = (0..3).map(|k| x.get(&[n, k]) * w1.get(&[j, k])).sum::<f64>() + b1.get(&[j]);
+                let z = (0..3)
+                    .map(|k| x.get(&[n, k]) * w1.get(&[j, k]))
+                    .sum::<f64>()
+                    + b1.get(&[j]);
                 z / (1.0 + (-z).exp())
             })
             .collect();
@@ -302,7 +340,8 @@ fn count(g: &Graph, pred: impl Fn(&Op) -> bool) -> usize {
 }
 
 fn lower_base(prog: &Program) -> Graph {
-    prog.lower(&json!({}), &[("x".into(), f32t(&[2, 4]))], &[]).unwrap_or_else(|e| panic!("{e}"))
+    prog.lower(&json!({}), &[("x".into(), f32t(&[2, 4]))], &[])
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -317,12 +356,23 @@ fn override_fn_changes_imported_callers() {
     assert_eq!(count(&variant, is(qie_ir::BinaryOp::Add)), 1);
     assert_eq!(count(&variant, is(qie_ir::BinaryOp::Mul)), 1);
     // The entry comes from the import when the root declares none.
-    assert_eq!(load(vec![("base.qie", BASE), ("variant.qie", VARIANT_FN)], "variant.qie").entry(), "Base");
+    assert_eq!(
+        load(
+            vec![("base.qie", BASE), ("variant.qie", VARIANT_FN)],
+            "variant.qie"
+        )
+        .entry(),
+        "Base"
+    );
 }
 
 #[test]
 fn override_module_changes_params() {
-    let files = vec![("base.qie", BASE), ("models/variant.qie", VARIANT_MODULE), ("models/base.qie", BASE)];
+    let files = vec![
+        ("base.qie", BASE),
+        ("models/variant.qie", VARIANT_MODULE),
+        ("models/base.qie", BASE),
+    ];
     let g = lower_base(&load(files, "models/variant.qie"));
     let names: Vec<String> = params(&g).into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["proj.lin.weight", "proj.gain"]);
@@ -332,7 +382,10 @@ fn override_module_changes_params() {
 fn imports_resolve_relative_to_importer() {
     // `import "base.qie"` from models/variant.qie finds models/base.qie when the host has no
     // top-level base.qie.
-    let files = vec![("models/variant.qie", VARIANT_FN), ("models/base.qie", BASE)];
+    let files = vec![
+        ("models/variant.qie", VARIANT_FN),
+        ("models/base.qie", BASE),
+    ];
     let prog = load(files, "models/variant.qie");
     let names: Vec<&str> = prog.files().iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["std.qie", "models/variant.qie", "models/base.qie"]);
@@ -356,8 +409,15 @@ fn redefinition_without_override_is_an_error() {
     let read = resolver(vec![("base.qie", BASE), ("bad.qie", src)]);
     let e = Program::from_sources("bad.qie", &read).unwrap_err();
     let text = e.to_string();
-    assert_eq!((e.file.as_str(), e.line, e.col), ("bad.qie", 2, 4), "{text}");
-    assert!(text.contains("`mix` is already defined at base.qie:3:4"), "{text}");
+    assert_eq!(
+        (e.file.as_str(), e.line, e.col),
+        ("bad.qie", 2, 4),
+        "{text}"
+    );
+    assert!(
+        text.contains("`mix` is already defined at base.qie:3:4"),
+        "{text}"
+    );
     assert!(text.contains("override fn mix"), "{text}");
 }
 
@@ -387,7 +447,55 @@ override fn silu(x) { x * 2 }
 module M() { fn forward(x: f32[3]) { output y = silu(x); } }
 "#;
     let g = load(vec![("m.qie", src)], "m.qie");
-    let g = g.lower(&json!({}), &[("x".into(), f32t(&[3]))], &[]).unwrap();
-    assert_eq!(count(&g, |op| matches!(op, Op::Unary(qie_ir::UnaryOp::Sigmoid))), 0);
+    let g = g
+        .lower(&json!({}), &[("x".into(), f32t(&[3]))], &[])
+        .unwrap();
+    assert_eq!(
+        count(&g, |op| matches!(op, Op::Unary(qie_ir::UnaryOp::Sigmoid))),
+        0
+    );
     assert_eq!(count(&g, |op| *op == Op::Binary(qie_ir::BinaryOp::Mul)), 1);
+}
+
+#[test]
+fn methods_members_and_function_values() {
+    let src = r#"
+fn apply(f, x) { f(x) }
+module Enc(d) {
+    param ids: i64[4];
+    sub proj = Linear(d, d);
+    fn encode(x, scale = 1.0) { proj(x) * scale }
+    fn forward(x) { encode(x, scale = 2.0) }
+}
+module M() {
+    sub enc = Enc(3);
+    sub blocks = 2 x Enc(3);
+    fn forward(x: f32[2, 3]) {
+        let y = enc.encode(x) + enc(x) + blocks[len(blocks) - 1](x);
+        output y = apply(silu, y) + enc.proj.bias;
+        output ids = enc.ids;
+    }
+}
+"#;
+    let prog = load(vec![("m.qie", src)], "m.qie");
+    let g = prog
+        .lower(&json!({}), &[("x".into(), f32t(&[2, 3]))], &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ids = g.output("ids").unwrap();
+    assert_eq!(g.ty(ids), &TensorType::new(DType::I64, &[4]));
+    assert!(matches!(&g.node(ids).op, Op::Param { name, .. } if name == "enc.ids"));
+    assert_eq!(g.ty(g.output("y").unwrap()), &f32t(&[2, 3]));
+    assert_eq!(
+        count(&g, |op| matches!(op, Op::Unary(qie_ir::UnaryOp::Sigmoid))),
+        1
+    );
+    assert_eq!(count(&g, |op| matches!(op, Op::MatMul { .. })), 3);
+    assert!(params(&g).iter().any(|(n, _)| n == "blocks.1.proj.weight"));
+}
+
+#[test]
+fn program_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Program>();
+    check::<qie_ir::dsl::DslError>();
 }

@@ -522,9 +522,7 @@ proptest! {
 }
 
 #[test]
-fn reduction_outputs_keep_the_reduced_shape() {
-    // A reshaped reduction result needed as a graph output becomes an alias of the reduction's
-    // output rather than an output of another shape.
+fn materialised_reshape_of_a_reduction_is_an_alias() {
     let mut g = Graph::new();
     let x = g.input("x", f32t(&[2, 3, 4]));
     let s = sum(&mut g, x, &[2]);
@@ -537,4 +535,72 @@ fn reduction_outputs_keep_the_reduced_shape() {
     assert_eq!(kinds(&plan), [GroupKind::Reduction, GroupKind::Alias]);
     assert_eq!(plan.groups[0].outputs, [mean]);
     assert_eq!(plan.groups[1].nodes, [r]);
+}
+
+#[test]
+fn rms_norm_with_keepdim_epilogue_is_one_reduction_and_one_elementwise() {
+    // y = x * rsqrt(mean(x^2, keepdim) + eps) * w, as the DSL writes it.
+    let (s, d) = (6, 8);
+    let mut g = Graph::new();
+    let x = g.input("x", f32t(&[s, d]));
+    let w = g.param("w", f32t(&[d]));
+    let sq = bin(&mut g, BinaryOp::Mul, x, x);
+    let ss = sum(&mut g, sq, &[1]);
+    let keep = reshape(&mut g, ss, &[s, 1]);
+    let n = scalar_b(&mut g, d as f64, &[s, 1]);
+    let ms = bin(&mut g, BinaryOp::Div, keep, n);
+    let eps = scalar_b(&mut g, 1e-6, &[s, 1]);
+    let ve = bin(&mut g, BinaryOp::Add, ms, eps);
+    let rstd = un(&mut g, UnaryOp::Rsqrt, ve);
+    let rb = bcast(&mut g, rstd, &[s, d]);
+    let xn = bin(&mut g, BinaryOp::Mul, x, rb);
+    let wb = bcast(&mut g, w, &[s, d]);
+    let y = bin(&mut g, BinaryOp::Mul, xn, wb);
+    g.set_output("y", y);
+    let plan = fuse(&g, &FusionOptions::default());
+    validate_fusion_plan(&g, &plan).unwrap();
+    assert_eq!(
+        kinds(&plan),
+        [GroupKind::Reduction, GroupKind::Elementwise],
+        "{}",
+        dump_fusion(&g, &plan)
+    );
+    // The reduction writes rstd in its keepdim shape [S, 1] (same linear index as [S]).
+    assert_eq!(plan.groups[0].outputs, [rstd]);
+    assert_eq!(plan.groups[0].prologue, [sq]);
+    assert!(plan.groups[0].epilogue.contains(&keep));
+}
+
+#[test]
+fn sliced_matmul_operand_is_read_through_the_prologue() {
+    let mut g = Graph::new();
+    let x = g.input("x", f32t(&[10, 8]));
+    let w = g.param("w", f32t(&[16, 8]));
+    let e = un(&mut g, UnaryOp::Exp, x);
+    let tail = g
+        .add(
+            Op::Slice {
+                axis: 0,
+                start: 2,
+                end: 10,
+            },
+            &[e],
+        )
+        .unwrap();
+    let wt = g
+        .add(
+            Op::Transpose {
+                perm: shape(&[1, 0]),
+            },
+            &[w],
+        )
+        .unwrap();
+    let m = matmul(&mut g, tail, wt);
+    g.set_output("m", m);
+    let plan = fuse(&g, &FusionOptions::default());
+    validate_fusion_plan(&g, &plan).unwrap();
+    assert_eq!(kinds(&plan), [GroupKind::Elementwise, GroupKind::Library]);
+    assert_eq!(plan.groups[0].outputs, [e]);
+    assert_eq!(plan.groups[1].prologue, [tail, wt]);
+    assert_eq!(plan.groups[1].inputs, [w, e]);
 }

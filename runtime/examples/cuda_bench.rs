@@ -22,7 +22,12 @@ struct Timing {
 
 /// Runs `f` `warmup` times, then `iters` times between event pairs; all events are read at the
 /// end so the host never stalls the queue.
-fn time(dev: &Arc<CudaDevice>, warmup: usize, iters: usize, f: &dyn Fn() -> Result<()>) -> Result<Timing> {
+fn time(
+    dev: &Arc<CudaDevice>,
+    warmup: usize,
+    iters: usize,
+    f: &dyn Fn() -> Result<()>,
+) -> Result<Timing> {
     for _ in 0..warmup {
         f()?;
     }
@@ -40,7 +45,10 @@ fn time(dev: &Arc<CudaDevice>, warmup: usize, iters: usize, f: &dyn Fn() -> Resu
         .map(|(s, e)| s.elapsed_ms(e).map(|x| x as f64))
         .collect::<Result<_>>()?;
     ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    Ok(Timing { median_ms: ms[ms.len() / 2], min_ms: ms[0] })
+    Ok(Timing {
+        median_ms: ms[ms.len() / 2],
+        min_ms: ms[0],
+    })
 }
 
 fn fill_random(dev: &Arc<CudaDevice>, p: DevPtr, n: usize, scale: f32, seed: u64) -> Result<()> {
@@ -76,14 +84,30 @@ fn main() {
 
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
-    let iters: usize = value("--iters").and_then(|v| v.parse().ok()).unwrap_or(30).max(1);
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let iters: usize = value("--iters")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+        .max(1);
     let only = value("--only").unwrap_or_default();
     let warmup = 5;
 
     let dev = CudaDevice::new(0)?;
-    println!("device: {}  driver {}  SMs {}", dev.info(), dev.driver_version(), dev.sm_count());
+    println!(
+        "device: {}  driver {}  SMs {}",
+        dev.info(),
+        dev.driver_version(),
+        dev.sm_count()
+    );
     println!("median of {iters} runs after {warmup} warm-up runs, CUDA events, random bf16 data");
+    if only == "variants" {
+        return attention_variants(&dev, warmup, iters);
+    }
 
     if only.is_empty() || only == "gemm" {
         let mut layout = ArenaLayout::new();
@@ -95,22 +119,53 @@ fn run() -> Result<()> {
         let out = layout.reserve(8448 * 12288 * 2);
         let arena = layout.allocate(&dev)?;
         let blas = Blas::new(&dev, arena.region(ws), WORKSPACE_BYTES)?;
-        let (px, pw1, pw2, pb, po) =
-            (arena.region(x), arena.region(w1), arena.region(w2), arena.region(bias), arena.region(out));
+        let (px, pw1, pw2, pb, po) = (
+            arena.region(x),
+            arena.region(w1),
+            arena.region(w2),
+            arena.region(bias),
+            arena.region(out),
+        );
         fill_random(&dev, px, 8448 * 3072, 1.0, 1)?;
         fill_random(&dev, pw1, 3072 * 3072, 0.02, 2)?;
         fill_random(&dev, pw2, 12288 * 3072, 0.02, 3)?;
         fill_random(&dev, pb, 12288, 0.1, 4)?;
         let cases = [
-            ("gemm [8448,3072] x [3072,3072]^T (to_q/k/v, to_out)", GemmArgs::new(8448, 3072, 3072, px, pw1, po).transpose_b()),
-            ("gemm [8448,3072] x [3072,3072]^T + bias", GemmArgs::new(8448, 3072, 3072, px, pw1, po).transpose_b().epilogue(Epilogue::Bias(pb))),
-            ("gemm [8192,3072] x [3072,12288]^T (mlp up)", GemmArgs::new(8192, 12288, 3072, px, pw2, po).transpose_b()),
-            ("gemm [8192,3072] x [3072,12288]^T + bias + gelu_tanh", GemmArgs::new(8192, 12288, 3072, px, pw2, po).transpose_b().epilogue(Epilogue::GeluBias(pb))),
-            ("gemm [8192,12288] x [12288,3072]^T (mlp down)", GemmArgs::new(8192, 3072, 12288, po, pw2, px).transpose_b()),
+            (
+                "gemm [8448,3072] x [3072,3072]^T (to_q/k/v, to_out)",
+                GemmArgs::new(8448, 3072, 3072, px, pw1, po).transpose_b(),
+            ),
+            (
+                "gemm [8448,3072] x [3072,3072]^T + bias",
+                GemmArgs::new(8448, 3072, 3072, px, pw1, po)
+                    .transpose_b()
+                    .epilogue(Epilogue::Bias(pb)),
+            ),
+            (
+                "gemm [8192,3072] x [3072,12288]^T (mlp up)",
+                GemmArgs::new(8192, 12288, 3072, px, pw2, po).transpose_b(),
+            ),
+            (
+                "gemm [8192,3072] x [3072,12288]^T + bias + gelu_tanh",
+                GemmArgs::new(8192, 12288, 3072, px, pw2, po)
+                    .transpose_b()
+                    .epilogue(Epilogue::GeluBias(pb)),
+            ),
+            (
+                "gemm [8192,12288] x [12288,3072]^T (mlp down)",
+                GemmArgs::new(8192, 3072, 12288, po, pw2, px).transpose_b(),
+            ),
         ];
         for (name, g) in cases {
             let t = time(&dev, warmup, iters, &|| blas.gemm(&g))?;
             report(name, g.flops(), &t);
+        }
+        // The same with autotuning: each shape times cuBLASLt's candidate algorithms once.
+        blas.clear_plans();
+        blas.set_autotune(true);
+        for (name, g) in cases {
+            let t = time(&dev, warmup, iters, &|| blas.gemm(&g))?;
+            report(&format!("{name} [autotuned]"), g.flops(), &t);
         }
     }
 
@@ -141,20 +196,178 @@ fn run() -> Result<()> {
         dev.htod(pm, &mask)?;
         let cache = KernelCache::default_location();
         let fa = FlashAttention::new(&dev, &cache)?;
-        println!("flash attention kernel: {:?} (module from cache: {})", fa.kernel(d).attributes()?, fa.from_cache);
+        println!(
+            "flash attention kernel: {:?} (module from cache: {})",
+            fa.kernel(d).attributes()?,
+            fa.from_cache
+        );
         let plain = AttentionArgs::contiguous(b, n, n, h, d, pq, pk, pv, DevPtr::NULL, po, pl);
         let masked = AttentionArgs { mask: pm, ..plain };
         let t = time(&dev, warmup, iters, &|| fa.forward(&plain))?;
-        report("attention fwd B1 N8448 H24 D128 (no mask)", plain.flops(), &t);
+        report(
+            "attention fwd B1 N8448 H24 D128 (no mask)",
+            plain.flops(),
+            &t,
+        );
         let t = time(&dev, warmup, iters, &|| fa.forward(&masked))?;
-        report("attention fwd B1 N8448 H24 D128 (key padding mask)", masked.flops(), &t);
+        report(
+            "attention fwd B1 N8448 H24 D128 (key padding mask)",
+            masked.flops(),
+            &t,
+        );
         let d64 = AttentionArgs::contiguous(b, n, n, 2 * h, 64, pq, pk, pv, DevPtr::NULL, po, pl);
         let t = time(&dev, warmup, iters, &|| fa.forward(&d64))?;
         report("attention fwd B1 N8448 H48 D64 (no mask)", d64.flops(), &t);
         // One launch per replay: the graph path a captured denoising step uses.
         let graph = dev.capture(|| fa.forward(&masked))?;
         let t = time(&dev, warmup, iters, &|| graph.replay())?;
-        report("attention fwd (masked) replayed from a CUDA graph", masked.flops(), &t);
+        report(
+            "attention fwd (masked) replayed from a CUDA graph",
+            masked.flops(),
+            &t,
+        );
+    }
+    Ok(())
+}
+
+/// Naive f64 attention over contiguous [1, S, H, D] bf16 inputs with a key mask.
+fn reference_attention(
+    q: &[bf16],
+    k: &[bf16],
+    v: &[bf16],
+    mask: &[u8],
+    s: usize,
+    h: usize,
+    d: usize,
+) -> Vec<f64> {
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut out = vec![0f64; s * h * d];
+    let at = |x: &[bf16], i: usize, hh: usize, dd: usize| x[(i * h + hh) * d + dd].to_f64();
+    for hh in 0..h {
+        for i in 0..s {
+            let scores: Vec<f64> = (0..s)
+                .map(|j| {
+                    if mask[j] == 0 {
+                        f64::NEG_INFINITY
+                    } else {
+                        (0..d)
+                            .map(|x| at(q, i, hh, x) * at(k, j, hh, x))
+                            .sum::<f64>()
+                            * scale
+                    }
+                })
+                .collect();
+            let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = scores.iter().map(|x| (x - mx).exp()).collect();
+            let sum: f64 = w.iter().sum();
+            for x in 0..d {
+                out[(i * h + hh) * d + x] =
+                    (0..s).map(|j| w[j] * at(v, j, hh, x)).sum::<f64>() / sum;
+            }
+        }
+    }
+    out
+}
+
+/// Times the flash-attention kernel's tuning variants (NVRTC -D switches) at DiT size, after
+/// checking each against an f64 reference on a small masked problem.
+fn attention_variants(dev: &Arc<CudaDevice>, warmup: usize, iters: usize) -> Result<()> {
+    let variants: [(&str, &[&str]); 4] = [
+        ("default (unroll 8, skip, mask pipe)", &[]),
+        ("unroll 8, no skip-rescale", &["-DFA_SKIP_RESCALE=0"]),
+        (
+            "unroll 2 + prefetch Q",
+            &["-DFA_KS_UNROLL=2", "-DFA_PREFETCH_Q=1"],
+        ),
+        ("unroll 1", &["-DFA_KS_UNROLL=1"]),
+    ];
+
+    let (sn, sh, d) = (300usize, 2usize, 128usize);
+    let (n, h) = (8448usize, 24usize);
+    let big = n * h * d;
+    let mut layout = ArenaLayout::new();
+    let r: Vec<_> = (0..4).map(|_| layout.reserve(big * 2)).collect();
+    let rl = layout.reserve(2 * h * n * 4);
+    let rm = layout.reserve(n);
+    let arena = layout.allocate(dev)?;
+    let (pq, pk, pv, po, pl, pm) = (
+        arena.region(r[0]),
+        arena.region(r[1]),
+        arena.region(r[2]),
+        arena.region(r[3]),
+        arena.region(rl),
+        arena.region(rm),
+    );
+
+    // Small check problem (keys 280.. masked).
+    let host = |seed: u64| -> Vec<bf16> {
+        let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+        (0..sn * sh * d)
+            .map(|_| {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                bf16::from_f32(
+                    ((x.wrapping_mul(0x2545F4914F6CDD1D) >> 40) as f32 / (1u64 << 24) as f32) * 3.4
+                        - 1.7,
+                )
+            })
+            .collect()
+    };
+    let (q, k, v) = (host(11), host(12), host(13));
+    let mask: Vec<u8> = (0..sn).map(|j| u8::from(j < 280)).collect();
+    let reference = reference_attention(&q, &k, &v, &mask, sn, sh, d);
+    let cache = KernelCache::default_location();
+    println!(
+        "{:<34} {:>5} {:>6} {:>9} {:>9} {:>9}",
+        "variant", "regs", "local", "rel-L2", "TFLOP/s", "masked"
+    );
+    for (name, flags) in variants {
+        let opts: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        let fa = FlashAttention::with_options(dev, &cache, &opts)?;
+        let attr = fa.kernel(d).attributes()?;
+        // correctness on the small problem
+        dev.htod(pq, &q)?;
+        dev.htod(pk, &k)?;
+        dev.htod(pv, &v)?;
+        dev.htod(pm, &mask)?;
+        dev.htod(po, &vec![0x7fc0u16; sn * sh * d])?;
+        fa.forward(&AttentionArgs::contiguous(
+            1, sn, sn, sh, d, pq, pk, pv, pm, po, pl,
+        ))?;
+        let mut out = vec![bf16::ZERO; sn * sh * d];
+        dev.dtoh(&mut out, po)?;
+        let (mut num, mut den) = (0f64, 0f64);
+        for (o, r) in out.iter().zip(&reference) {
+            let o = o.to_f64();
+            num += if o.is_finite() {
+                (o - r) * (o - r)
+            } else {
+                f64::INFINITY
+            };
+            den += r * r;
+        }
+        let err = (num / den).sqrt();
+        // timing at DiT size
+        fill_random(dev, pq, big, 1.0, 5)?;
+        fill_random(dev, pk, big, 1.0, 6)?;
+        fill_random(dev, pv, big, 1.0, 7)?;
+        let dit_mask: Vec<u8> = (0..n).map(|j| u8::from(!(236..256).contains(&j))).collect();
+        dev.htod(pm, &dit_mask)?;
+        let plain = AttentionArgs::contiguous(1, n, n, h, d, pq, pk, pv, DevPtr::NULL, po, pl);
+        let masked = AttentionArgs { mask: pm, ..plain };
+        let d64 = AttentionArgs::contiguous(1, n, n, 2 * h, 64, pq, pk, pv, DevPtr::NULL, po, pl);
+        let t = time(dev, warmup, iters, &|| fa.forward(&plain))?;
+        let tm = time(dev, warmup, iters, &|| fa.forward(&masked))?;
+        let t64 = time(dev, warmup, iters, &|| fa.forward(&d64))?;
+        println!(
+            "{name:<36} {:>5} {:>6} {err:>9.2e} {:>9.1} {:>9.1} {:>9.1}",
+            attr.registers,
+            attr.local_bytes,
+            plain.flops() / t.median_ms / 1e9,
+            masked.flops() / tm.median_ms / 1e9,
+            d64.flops() / t64.median_ms / 1e9
+        );
     }
     Ok(())
 }

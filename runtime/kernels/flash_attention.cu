@@ -28,6 +28,17 @@ typedef long long i64_t;
 #define FA_BN 64                           // keys per tile
 #define FA_THREADS (32 * FA_WARPS)
 
+// Tuning switches (compile with -D to try variants; the defaults are the measured best).
+#ifndef FA_KS_UNROLL
+#define FA_KS_UNROLL 8 // unroll of the k-loop of S = Q K^T (8: full; ~16 B of spills, still fastest)
+#endif
+#ifndef FA_SKIP_RESCALE
+#define FA_SKIP_RESCALE 1 // skip rescaling O when no row max of the warp changed
+#endif
+#ifndef FA_PREFETCH_Q
+#define FA_PREFETCH_Q 0 // load the next k-step's Q fragments before this step's MMAs
+#endif
+
 __device__ __forceinline__ u32_t smem_u32(const void* p) {
     return (u32_t)__cvta_generic_to_shared(p);
 }
@@ -146,16 +157,28 @@ __device__ __forceinline__ void flash_fwd(const bf16_t* __restrict__ q, const bf
             cp_async_16(kdst + i * RS * CH * 16, ok ? ksrc + (i64_t)i * RS * k_ss : kb, ok);
             cp_async_16(vdst + i * RS * CH * 16, ok ? vsrc + (i64_t)i * RS * v_ss : vb, ok);
         }
+    };
+    // Mask bytes travel through a register one tile ahead (fetch_mask(t + 2) is issued while
+    // tile t is computed), so no warp waits on a global load before the per-tile barrier.
+    auto fetch_mask = [&](int tile) -> int {
+        const int ki = tile * FA_BN + tid;
+        return (mb != nullptr && tid < FA_BN && ki < sk) ? (int)mb[ki] : 1;
+    };
+    auto store_bias = [&](int tile, int buf, int mask_val) {
         if (tid < FA_BN) {
-            int ki = k0 + tid;
-            bool keep = ki < sk && (mb == nullptr || mb[ki] != 0);
+            const bool keep = tile * FA_BN + tid < sk && mask_val != 0;
             sBias[buf * FA_BN + tid] = keep ? 0.f : -INFINITY;
             // FA_BN == 64: warps 0 and 1 each vote for their 32 keys
-            bool all = __all_sync(0xffffffffu, keep);
+            const bool all = __all_sync(0xffffffffu, keep);
             if (lane == 0) sFlag[buf * 2 + warp] = all ? 1 : 0;
         }
     };
-    if (n_tiles > 0) load_kv(0, 0);
+    int mask_next = 1;
+    if (n_tiles > 0) {
+        load_kv(0, 0);
+        store_bias(0, 0, fetch_mask(0));
+        mask_next = fetch_mask(1);
+    }
     cp_async_commit();
 
     float acc_o[FA_M_TILES][DT][4];
@@ -184,7 +207,11 @@ __device__ __forceinline__ void flash_fwd(const bf16_t* __restrict__ q, const bf
 
     for (int t = 0; t < n_tiles; ++t) {
         const int buf = t & 1;
-        if (t + 1 < n_tiles) load_kv(t + 1, buf ^ 1);
+        if (t + 1 < n_tiles) {
+            load_kv(t + 1, buf ^ 1);
+            store_bias(t + 1, buf ^ 1, mask_next);
+            mask_next = fetch_mask(t + 2);
+        }
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
@@ -198,22 +225,38 @@ __device__ __forceinline__ void flash_fwd(const bf16_t* __restrict__ q, const bf
 #pragma unroll
                 for (int e = 0; e < 4; ++e) s[mt][j][e] = 0.f;
         const u32_t kbase = sK_u + buf * KV_BYTES;
-        // Not unrolled: unrolling lets ptxas hoist fragment loads and spill at 255 registers.
-#pragma unroll 1
-        for (int ks = 0; ks < KSTEPS; ++ks) {
-            u32_t a[FA_M_TILES][4];
+        constexpr int KS_UNROLL = FA_KS_UNROLL;
+        u32_t a[FA_M_TILES][4];
+        auto load_q = [&](int ks) {
 #pragma unroll
             for (int mt = 0; mt < FA_M_TILES; ++mt)
                 ldmatrix_x4(sQ_u + swz<CH>(warp_row0 + mt * 16 + lrow, ks * 2 + lchunk_hi), a[mt][0],
                             a[mt][1], a[mt][2], a[mt][3]);
+        };
+#if FA_PREFETCH_Q
+        load_q(0);
+#endif
+#pragma unroll KS_UNROLL
+        for (int ks = 0; ks < KSTEPS; ++ks) {
+#if FA_PREFETCH_Q
+            u32_t a_cur[FA_M_TILES][4];
+#pragma unroll
+            for (int mt = 0; mt < FA_M_TILES; ++mt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) a_cur[mt][e] = a[mt][e];
+            load_q((ks + 1) & (KSTEPS - 1)); // the last step reloads step 0: harmless
+#else
+            load_q(ks);
+            u32_t (&a_cur)[FA_M_TILES][4] = a;
+#endif
 #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
                 u32_t b0, b1, b2, b3;
                 ldmatrix_x4(kbase + swz<CH>(np * 16 + krow, ks * 2 + kchunk), b0, b1, b2, b3);
 #pragma unroll
                 for (int mt = 0; mt < FA_M_TILES; ++mt) {
-                    mma_bf16(s[mt][2 * np], a[mt], b0, b1);
-                    mma_bf16(s[mt][2 * np + 1], a[mt], b2, b3);
+                    mma_bf16(s[mt][2 * np], a_cur[mt], b0, b1);
+                    mma_bf16(s[mt][2 * np + 1], a_cur[mt], b2, b3);
                 }
             }
         }
@@ -234,6 +277,8 @@ __device__ __forceinline__ void flash_fwd(const bf16_t* __restrict__ q, const bf
                 }
             }
         }
+        float alpha[FA_M_TILES][2];
+        bool max_changed = false;
 #pragma unroll
         for (int mt = 0; mt < FA_M_TILES; ++mt) {
 #pragma unroll
@@ -243,9 +288,12 @@ __device__ __forceinline__ void flash_fwd(const bf16_t* __restrict__ q, const bf
                 for (int j = 0; j < NT; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * hf], s[mt][j][2 * hf + 1]));
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                const float m_new = fmaxf(row_max[mt][hf], mx * scale_log2);
+                const float m_old = row_max[mt][hf];
+                const float m_new = fmaxf(m_old, mx * scale_log2);
                 const float m_use = m_new == -INFINITY ? 0.f : m_new;
-                const float alpha = fast_exp2(row_max[mt][hf] - m_use);
+                // exp2(m_old - m_new) is exactly 1 when the max is unchanged (-inf included)
+                alpha[mt][hf] = m_new == m_old ? 1.f : fast_exp2(m_old - m_use);
+                max_changed |= m_new != m_old;
                 row_max[mt][hf] = m_new;
                 float sum = 0.f;
 #pragma unroll
@@ -256,13 +304,23 @@ __device__ __forceinline__ void flash_fwd(const bf16_t* __restrict__ q, const bf
                     s[mt][j][2 * hf + 1] = p1;
                     sum += p0 + p1;
                 }
-                row_sum[mt][hf] = row_sum[mt][hf] * alpha + sum;
+                row_sum[mt][hf] = row_sum[mt][hf] * alpha[mt][hf] + sum;
+            }
+        }
+#if FA_SKIP_RESCALE
+        // Warp-uniform: once the running maxima settle, most tiles skip 128 multiplies.
+        if (__any_sync(0xffffffffu, max_changed))
+#endif
+        {
+#pragma unroll
+            for (int mt = 0; mt < FA_M_TILES; ++mt)
 #pragma unroll
                 for (int j = 0; j < DT; ++j) {
-                    acc_o[mt][j][2 * hf] *= alpha;
-                    acc_o[mt][j][2 * hf + 1] *= alpha;
+                    acc_o[mt][j][0] *= alpha[mt][0];
+                    acc_o[mt][j][1] *= alpha[mt][0];
+                    acc_o[mt][j][2] *= alpha[mt][1];
+                    acc_o[mt][j][3] *= alpha[mt][1];
                 }
-            }
         }
 
         // ---- O += P V  (P from registers: the S accumulator layout is the A-operand layout)

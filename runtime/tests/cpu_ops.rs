@@ -28,5 +28,7 @@ cpu_tests!(
     attention,
     conv2d,
     gather_concat,
+    large_shapes,
+    dit_block_small,
     errors_name_the_culprit,
 );

@@ -111,14 +111,34 @@ fn run(dev: &Arc<CudaDevice>, fa: &FlashAttention, p: &Problem, seed: u64) -> (f
     let (pq, pk, pv, strides_q, strides_kv) = if let Some(r) = rqkv {
         let base = arena.region(r);
         dev.htod(base, qkv_host.as_ref().unwrap()).unwrap();
-        let st = TensorStrides { batch: sq * 3 * h * d, seq: 3 * h * d, head: d };
-        (base, base.offset(h * d * 2), base.offset(2 * h * d * 2), st, st)
+        let st = TensorStrides {
+            batch: sq * 3 * h * d,
+            seq: 3 * h * d,
+            head: d,
+        };
+        (
+            base,
+            base.offset(h * d * 2),
+            base.offset(2 * h * d * 2),
+            st,
+            st,
+        )
     } else {
-        let (pq, pk, pv) = (arena.region(rq.unwrap()), arena.region(rk.unwrap()), arena.region(rv.unwrap()));
+        let (pq, pk, pv) = (
+            arena.region(rq.unwrap()),
+            arena.region(rk.unwrap()),
+            arena.region(rv.unwrap()),
+        );
         dev.htod(pq, q_host.as_ref().unwrap()).unwrap();
         dev.htod(pk, k_host.as_ref().unwrap()).unwrap();
         dev.htod(pv, v_host.as_ref().unwrap()).unwrap();
-        (pq, pk, pv, TensorStrides::contiguous(sq, h, d), TensorStrides::contiguous(sk, h, d))
+        (
+            pq,
+            pk,
+            pv,
+            TensorStrides::contiguous(sq, h, d),
+            TensorStrides::contiguous(sk, h, d),
+        )
     };
     let pm = match &p.mask {
         Some(m) => {
@@ -147,16 +167,29 @@ fn run(dev: &Arc<CudaDevice>, fa: &FlashAttention, p: &Problem, seed: u64) -> (f
         outs.push((out, lse));
     }
     let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&outs[0].0), bits(&outs[1].0), "two runs on the same inputs differ: a race");
+    assert_eq!(
+        bits(&outs[0].0),
+        bits(&outs[1].0),
+        "two runs on the same inputs differ: a race"
+    );
     let (out, lse) = &outs[0];
 
     let (ref_out, ref_lse) = if let Some(x) = &qkv_host {
         let at = |b: usize, s: usize, part: usize, hh: usize, dd: usize| {
             x[(((b * sq + s) * 3 + part) * h + hh) * d + dd].to_f64()
         };
-        reference(p, &|b, s, hh, dd| at(b, s, 0, hh, dd), &|b, s, hh, dd| at(b, s, 1, hh, dd), &|b, s, hh, dd| at(b, s, 2, hh, dd))
+        reference(
+            p,
+            &|b, s, hh, dd| at(b, s, 0, hh, dd),
+            &|b, s, hh, dd| at(b, s, 1, hh, dd),
+            &|b, s, hh, dd| at(b, s, 2, hh, dd),
+        )
     } else {
-        let (q, k, v) = (q_host.as_ref().unwrap(), k_host.as_ref().unwrap(), v_host.as_ref().unwrap());
+        let (q, k, v) = (
+            q_host.as_ref().unwrap(),
+            k_host.as_ref().unwrap(),
+            v_host.as_ref().unwrap(),
+        );
         reference(
             p,
             &|b, s, hh, dd| q[((b * sq + s) * h + hh) * d + dd].to_f64(),
@@ -213,16 +246,48 @@ fn padding_mask(rng: &mut Rng, b: usize, sk: usize) -> Vec<u8> {
 fn attention_d128_masked_matches_reference() {
     let Some((dev, fa)) = setup() else { return };
     let mut rng = Rng::new(11);
-    let p = Problem { b: 2, sq: 300, sk: 300, h: 3, d: 128, mask: Some(padding_mask(&mut rng, 2, 300)), packed_qkv: false };
+    let p = Problem {
+        b: 2,
+        sq: 300,
+        sk: 300,
+        h: 3,
+        d: 128,
+        mask: Some(padding_mask(&mut rng, 2, 300)),
+        packed_qkv: false,
+    };
     check("d128 B2 S300 H3 masked", &dev, &fa, &p, 1);
 }
 
 #[test]
 fn attention_unmasked_and_ragged_lengths() {
     let Some((dev, fa)) = setup() else { return };
-    for (i, (sq, sk)) in [(300usize, 300usize), (130, 200), (64, 1), (1, 77), (129, 64), (257, 520)].into_iter().enumerate() {
-        let p = Problem { b: 1, sq, sk, h: 2, d: 128, mask: None, packed_qkv: false };
-        check(&format!("d128 Sq{sq} Sk{sk} no mask"), &dev, &fa, &p, 20 + i as u64);
+    for (i, (sq, sk)) in [
+        (300usize, 300usize),
+        (130, 200),
+        (64, 1),
+        (1, 77),
+        (129, 64),
+        (257, 520),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = Problem {
+            b: 1,
+            sq,
+            sk,
+            h: 2,
+            d: 128,
+            mask: None,
+            packed_qkv: false,
+        };
+        check(
+            &format!("d128 Sq{sq} Sk{sk} no mask"),
+            &dev,
+            &fa,
+            &p,
+            20 + i as u64,
+        );
     }
 }
 
@@ -230,7 +295,15 @@ fn attention_unmasked_and_ragged_lengths() {
 fn attention_d64() {
     let Some((dev, fa)) = setup() else { return };
     let mut rng = Rng::new(12);
-    let p = Problem { b: 2, sq: 200, sk: 333, h: 4, d: 64, mask: Some(padding_mask(&mut rng, 2, 333)), packed_qkv: false };
+    let p = Problem {
+        b: 2,
+        sq: 200,
+        sk: 333,
+        h: 4,
+        d: 64,
+        mask: Some(padding_mask(&mut rng, 2, 333)),
+        packed_qkv: false,
+    };
     check("d64 B2 Sq200 Sk333 masked", &dev, &fa, &p, 2);
 }
 
@@ -241,7 +314,15 @@ fn attention_fully_masked_rows_give_zero() {
     let (b, s) = (2, 150);
     let mut mask = vec![0u8; b * s];
     mask[2 * s - 1] = 1;
-    let p = Problem { b, sq: s, sk: s, h: 2, d: 128, mask: Some(mask), packed_qkv: false };
+    let p = Problem {
+        b,
+        sq: s,
+        sk: s,
+        h: 2,
+        d: 128,
+        mask: Some(mask),
+        packed_qkv: false,
+    };
     check("fully masked batch", &dev, &fa, &p, 3);
 }
 
@@ -249,7 +330,15 @@ fn attention_fully_masked_rows_give_zero() {
 fn attention_packed_qkv_strides() {
     let Some((dev, fa)) = setup() else { return };
     let mut rng = Rng::new(13);
-    let p = Problem { b: 2, sq: 190, sk: 190, h: 3, d: 128, mask: Some(padding_mask(&mut rng, 2, 190)), packed_qkv: true };
+    let p = Problem {
+        b: 2,
+        sq: 190,
+        sk: 190,
+        h: 3,
+        d: 128,
+        mask: Some(padding_mask(&mut rng, 2, 190)),
+        packed_qkv: true,
+    };
     check("packed qkv [B, S, 3, H, D]", &dev, &fa, &p, 4);
 }
 

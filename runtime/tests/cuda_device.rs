@@ -40,6 +40,9 @@ fn device_spec_parsing() {
     assert_eq!(DeviceSpec::parse("CUDA:3").unwrap(), DeviceSpec::Cuda(3));
     assert!(DeviceSpec::parse("cuda:x").is_err());
     assert!(DeviceSpec::parse("tpu").is_err());
-    assert_eq!(DeviceSpec::from_arg_or_env(Some("cuda:1")).unwrap(), DeviceSpec::Cuda(1));
+    assert_eq!(
+        DeviceSpec::from_arg_or_env(Some("cuda:1")).unwrap(),
+        DeviceSpec::Cuda(1)
+    );
     assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
 }

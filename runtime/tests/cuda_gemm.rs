@@ -37,8 +37,12 @@ fn run_case(dev: &Arc<CudaDevice>, blas: &Blas, c: &Case, seed: u64) -> f64 {
     let rbias = layout.reserve(bias.len() * 2);
     let rd = layout.reserve(d0.len() * 2);
     let arena = layout.allocate(dev).unwrap();
-    let (pa, pb, pbias, pd) =
-        (arena.region(ra), arena.region(rb), arena.region(rbias), arena.region(rd));
+    let (pa, pb, pbias, pd) = (
+        arena.region(ra),
+        arena.region(rb),
+        arena.region(rbias),
+        arena.region(rd),
+    );
     dev.htod(pa, &a).unwrap();
     dev.htod(pb, &b).unwrap();
     dev.htod(pbias, &bias).unwrap();
@@ -79,19 +83,28 @@ fn run_case(dev: &Arc<CudaDevice>, blas: &Blas, c: &Case, seed: u64) -> f64 {
             for j in 0..c.n {
                 let mut acc = 0f64;
                 for kk in 0..c.k {
-                    let x = if c.ta { ab[kk * c.m + i] } else { ab[i * c.k + kk] };
-                    let y = if c.tb { bb[j * c.k + kk] } else { bb[kk * c.n + j] };
+                    let x = if c.ta {
+                        ab[kk * c.m + i]
+                    } else {
+                        ab[i * c.k + kk]
+                    };
+                    let y = if c.tb {
+                        bb[j * c.k + kk]
+                    } else {
+                        bb[kk * c.n + j]
+                    };
                     acc += x * y;
+                }
+                // cuBLASLt: d = epilogue(a @ b + beta * c + bias), c = the old d.
+                let idx = bi * c.m * c.n + i * c.n + j;
+                if c.accumulate {
+                    acc += d0f[idx];
                 }
                 if c.epilogue & 1 == 1 {
                     acc += biasf[j];
                 }
                 if c.epilogue >= 2 {
                     acc = gelu_tanh(acc);
-                }
-                let idx = bi * c.m * c.n + i * c.n + j;
-                if c.accumulate {
-                    acc += d0f[idx];
                 }
                 reference[idx] = acc;
             }
@@ -108,21 +121,56 @@ fn setup() -> Option<(Arc<CudaDevice>, Arena, Blas)> {
 }
 
 fn case(m: usize, n: usize, k: usize) -> Case {
-    Case { m, n, k, batch: 1, share_b: false, ta: false, tb: false, epilogue: 0, accumulate: false }
+    Case {
+        m,
+        n,
+        k,
+        batch: 1,
+        share_b: false,
+        ta: false,
+        tb: false,
+        epilogue: 0,
+        accumulate: false,
+    }
 }
 
 #[test]
 fn gemm_layouts_match_f64_reference() {
-    let Some((dev, _ws, blas)) = setup() else { return };
+    let Some((dev, _ws, blas)) = setup() else {
+        return;
+    };
     let cases = [
         case(64, 64, 64),
         case(77, 96, 200),
-        Case { tb: true, ..case(300, 256, 192) },
-        Case { ta: true, ..case(128, 72, 136) },
-        Case { ta: true, tb: true, ..case(40, 48, 64) },
-        Case { batch: 3, share_b: true, tb: true, ..case(50, 128, 64) },
-        Case { batch: 4, ..case(33, 40, 56) },
-        Case { batch: 2, ta: true, share_b: true, ..case(48, 64, 32) },
+        Case {
+            tb: true,
+            ..case(300, 256, 192)
+        },
+        Case {
+            ta: true,
+            ..case(128, 72, 136)
+        },
+        Case {
+            ta: true,
+            tb: true,
+            ..case(40, 48, 64)
+        },
+        Case {
+            batch: 3,
+            share_b: true,
+            tb: true,
+            ..case(50, 128, 64)
+        },
+        Case {
+            batch: 4,
+            ..case(33, 40, 56)
+        },
+        Case {
+            batch: 2,
+            ta: true,
+            share_b: true,
+            ..case(48, 64, 32)
+        },
     ];
     for (i, c) in cases.iter().enumerate() {
         let err = run_case(&dev, &blas, c, 100 + i as u64);
@@ -136,35 +184,95 @@ fn gemm_layouts_match_f64_reference() {
 
 #[test]
 fn gemm_epilogues_match_f64_reference() {
-    let Some((dev, _ws, blas)) = setup() else { return };
+    let Some((dev, _ws, blas)) = setup() else {
+        return;
+    };
     for epilogue in 0..4u8 {
         for accumulate in [false, true] {
-            let c = Case { tb: true, epilogue, accumulate, ..case(160, 192, 256) };
+            let c = Case {
+                tb: true,
+                epilogue,
+                accumulate,
+                ..case(160, 192, 256)
+            };
             let err = run_case(&dev, &blas, &c, 7 + epilogue as u64 * 2 + accumulate as u64);
             println!("gemm epilogue={epilogue} accumulate={accumulate}: rel-L2 {err:.2e}");
-            assert!(err <= 2e-2, "epilogue {epilogue} accumulate {accumulate}: rel-L2 {err}");
+            assert!(
+                err <= 2e-2,
+                "epilogue {epilogue} accumulate {accumulate}: rel-L2 {err}"
+            );
         }
     }
 }
 
 #[test]
+fn gemm_autotuned_algorithms_match_f64_reference() {
+    let Some((dev, _ws, blas)) = setup() else {
+        return;
+    };
+    blas.set_autotune(true);
+    let cases = [
+        Case {
+            tb: true,
+            ..case(512, 384, 256)
+        },
+        Case {
+            tb: true,
+            epilogue: 3,
+            ..case(256, 512, 128)
+        },
+        Case {
+            batch: 3,
+            ..case(96, 64, 80)
+        },
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        let err = run_case(&dev, &blas, c, 300 + i as u64);
+        println!(
+            "autotuned gemm m={} n={} k={}: rel-L2 {err:.2e}",
+            c.m, c.n, c.k
+        );
+        assert!(err <= 2e-2, "autotuned case {i}: rel-L2 {err}");
+    }
+}
+
+#[test]
 fn gemm_plans_are_cached_per_shape() {
-    let Some((dev, _ws, blas)) = setup() else { return };
-    let c = Case { tb: true, ..case(64, 128, 64) };
+    let Some((dev, _ws, blas)) = setup() else {
+        return;
+    };
+    let c = Case {
+        tb: true,
+        ..case(64, 128, 64)
+    };
     run_case(&dev, &blas, &c, 1);
     let n = blas.cached_plans();
     run_case(&dev, &blas, &c, 2);
     assert_eq!(blas.cached_plans(), n, "same shape must reuse its plan");
-    run_case(&dev, &blas, &Case { tb: true, ..case(64, 128, 128) }, 3);
+    run_case(
+        &dev,
+        &blas,
+        &Case {
+            tb: true,
+            ..case(64, 128, 128)
+        },
+        3,
+    );
     assert_eq!(blas.cached_plans(), n + 1);
 }
 
 #[test]
 fn gemm_replays_in_a_cuda_graph() {
-    let Some((dev, _ws, blas)) = setup() else { return };
+    let Some((dev, _ws, blas)) = setup() else {
+        return;
+    };
     let (m, n, k) = (96, 128, 64);
     let arena = Arena::new(&dev, 3 << 20).unwrap();
-    let (pa, pb, pd) = (arena.base(), arena.at(1 << 20, k * n * 2).unwrap(), arena.at(2 << 20, m * n * 2).unwrap());
+    let (pa, pb, pd) = (
+        arena.base(),
+        arena.at(1 << 20, k * n * 2).unwrap(),
+        arena.at(2 << 20, m * n * 2).unwrap(),
+    );
     let args = GemmArgs::new(m, n, k, pa, pb, pd);
     // Warm the plan cache outside the capture (heuristics must not run while capturing).
     blas.gemm(&args).unwrap();

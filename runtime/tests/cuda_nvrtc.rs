@@ -23,7 +23,11 @@ extern "C" __global__ void scale_add_bf16(const unsigned short* x, unsigned shor
 "#;
 
 /// The device's arch and driver version, or sm_90 / 0 when compiling without a device.
-fn target() -> (String, i32, Option<std::sync::Arc<qie_runtime::cuda::CudaDevice>>) {
+fn target() -> (
+    String,
+    i32,
+    Option<std::sync::Arc<qie_runtime::cuda::CudaDevice>>,
+) {
     match qie_runtime::cuda::CudaDevice::new(0) {
         Ok(dev) => (dev.arch(), dev.driver_version(), Some(dev)),
         Err(e) => {
@@ -43,37 +47,76 @@ fn nvrtc_compiles_once_then_reads_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let cache = KernelCache::at(dir.path().join("kernels"));
 
-    let first = cache.compile(SAXPY, "saxpy.cu", &arch, driver, &[]).unwrap();
+    let first = cache
+        .compile(SAXPY, "saxpy.cu", &arch, driver, &[])
+        .unwrap();
     assert!(!first.from_cache, "empty cache: must compile");
-    assert!(first.ptx.contains(".entry scale_add_bf16"), "PTX lacks the kernel");
-    assert!(first.ptx_path.exists(), "cache file not written: {}", first.ptx_path.display());
+    assert!(
+        first.ptx.contains(".entry scale_add_bf16"),
+        "PTX lacks the kernel"
+    );
+    assert!(
+        first.ptx_path.exists(),
+        "cache file not written: {}",
+        first.ptx_path.display()
+    );
     let cubin_path = first.ptx_path.with_extension("cubin");
     assert!(cubin_path.exists(), "cubin not cached for a real arch");
-    let written = std::fs::metadata(&first.ptx_path).unwrap().modified().unwrap();
+    let written = std::fs::metadata(&first.ptx_path)
+        .unwrap()
+        .modified()
+        .unwrap();
 
-    let second = cache.compile(SAXPY, "saxpy.cu", &arch, driver, &[]).unwrap();
+    let second = cache
+        .compile(SAXPY, "saxpy.cu", &arch, driver, &[])
+        .unwrap();
     assert!(second.from_cache, "second compile must be a cache hit");
     assert_eq!(second.key, first.key);
     assert_eq!(second.ptx, first.ptx);
     assert_eq!(second.cubin, first.cubin);
-    assert_eq!(std::fs::metadata(&first.ptx_path).unwrap().modified().unwrap(), written);
+    assert_eq!(
+        std::fs::metadata(&first.ptx_path)
+            .unwrap()
+            .modified()
+            .unwrap(),
+        written
+    );
 
     // Any change of source, options or driver is a new key.
-    let edited = cache.compile(&format!("{SAXPY}\n// edit"), "saxpy.cu", &arch, driver, &[]).unwrap();
+    let edited = cache
+        .compile(&format!("{SAXPY}\n// edit"), "saxpy.cu", &arch, driver, &[])
+        .unwrap();
     assert!(!edited.from_cache);
     assert_ne!(edited.key, first.key);
-    let other_driver = cache.compile(SAXPY, "saxpy.cu", &arch, driver + 10, &[]).unwrap();
+    let other_driver = cache
+        .compile(SAXPY, "saxpy.cu", &arch, driver + 10, &[])
+        .unwrap();
     assert_ne!(other_driver.key, first.key);
-    let files = std::fs::read_dir(cache.dir()).unwrap().filter_map(|e| e.ok()).count();
-    assert_eq!(files, 6, "3 keys x (.ptx + .cubin), no temporary files left");
+    let files = std::fs::read_dir(cache.dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .count();
+    assert_eq!(
+        files, 6,
+        "3 keys x (.ptx + .cubin), no temporary files left"
+    );
 
     // The flash-attention source compiles without spilling (ptxas report in the log).
     let fa = cache
-        .compile(sources::FLASH_ATTENTION, "flash_attention.cu", &arch, driver, &["--ptxas-options=-v".into()])
+        .compile(
+            sources::FLASH_ATTENTION,
+            "flash_attention.cu",
+            &arch,
+            driver,
+            &["--ptxas-options=-v".into()],
+        )
         .unwrap();
     println!("{}", fa.log);
     assert!(fa.ptx.contains("flash_attn_fwd_d128") && fa.ptx.contains("flash_attn_fwd_d64"));
-    assert!(fa.ptx.contains("mma.sync.aligned.m16n8k16"), "tensor-core mma expected in PTX");
+    assert!(
+        fa.ptx.contains("mma.sync.aligned.m16n8k16"),
+        "tensor-core mma expected in PTX"
+    );
 
     let Some(dev) = dev else { return };
     let module = Module::load(&dev, &second).unwrap();
@@ -87,8 +130,15 @@ fn nvrtc_compiles_once_then_reads_the_cache() {
     let (px, py) = (arena.base(), arena.at(2 * n, 2 * n).unwrap());
     dev.htod(px, &x).unwrap();
     dev.htod(py, &y).unwrap();
-    let args = [Arg::Ptr(px), Arg::Ptr(py), Arg::F32(0.5), Arg::I32(n as i32)];
-    kernel.launch((n.div_ceil(256) as u32, 1, 1), (256, 1, 1), 0, &args).unwrap();
+    let args = [
+        Arg::Ptr(px),
+        Arg::Ptr(py),
+        Arg::F32(0.5),
+        Arg::I32(n as i32),
+    ];
+    kernel
+        .launch((n.div_ceil(256) as u32, 1, 1), (256, 1, 1), 0, &args)
+        .unwrap();
     let mut out = vec![bf16::ZERO; n];
     dev.dtoh(&mut out, py).unwrap();
     let reference: Vec<f64> = xf.iter().zip(&yf).map(|(a, b)| 0.5 * a + b).collect();

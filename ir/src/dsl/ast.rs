@@ -94,7 +94,11 @@ impl Expr {
             ExprKind::Call(f, args) => args.iter().map(|a| a.value.depth).fold(f.depth, u32::max),
             ExprKind::Member(x, _) => x.depth,
             ExprKind::If(arms, els) => {
-                let arms = arms.iter().map(|(c, b)| c.depth.max(b.depth)).max().unwrap_or(0);
+                let arms = arms
+                    .iter()
+                    .map(|(c, b)| c.depth.max(b.depth))
+                    .max()
+                    .unwrap_or(0);
                 arms.max(els.as_ref().map_or(0, |b| b.depth))
             }
             _ => 0,

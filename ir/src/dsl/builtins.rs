@@ -3,7 +3,7 @@
 use super::ast::Span;
 use super::error::suggestion;
 use super::eval::{CallArgs, Lowerer, Scope, R};
-use super::ops::{checked_numel, MAX_ELEMENTS};
+use super::ops::shape_fits;
 use super::value::Value;
 use crate::types::ShapeDisplay;
 use crate::{BinaryOp, DType, NodeId, Op, ReduceOp, Shape, UnaryOp};
@@ -110,7 +110,9 @@ impl Bound {
     }
 
     fn raw(&self, i: usize) -> Value {
-        self.vals[i].as_ref().map_or(Value::None, |(v, _)| v.clone())
+        self.vals[i]
+            .as_ref()
+            .map_or(Value::None, |(v, _)| v.clone())
     }
 }
 
@@ -155,7 +157,12 @@ impl<'p> Lowerer<'p> {
             let plural = if n == 1 { "" } else { "s" };
             return Err(self.err(
                 span,
-                format!("builtin `{}` takes {n} argument{plural} but {} were given: {}", b.name(), args.pos.len(), sig()),
+                format!(
+                    "builtin `{}` takes {n} argument{plural} but {} were given: {}",
+                    b.name(),
+                    args.pos.len(),
+                    sig()
+                ),
             ));
         }
         let mut vals: Vec<Option<(Value, Span)>> = vec![None; params.len()];
@@ -167,16 +174,31 @@ impl<'p> Lowerer<'p> {
             let Some(i) = params.iter().position(|p| *p == name) else {
                 return Err(self.err(
                     kspan,
-                    format!("builtin `{}` has no parameter `{name}`{}: {}", b.name(), suggestion(name, params.iter().copied()), sig()),
+                    format!(
+                        "builtin `{}` has no parameter `{name}`{}: {}",
+                        b.name(),
+                        suggestion(name, params.iter().copied()),
+                        sig()
+                    ),
                 ));
             };
             if i < npos {
-                return Err(self.err(kspan, format!("argument `{name}` of `{}` is given twice", b.name())));
+                return Err(self.err(
+                    kspan,
+                    format!("argument `{name}` of `{}` is given twice", b.name()),
+                ));
             }
             vals[i] = Some((v, kspan));
         }
         if let Some(i) = (0..b.required()).find(|&i| vals[i].is_none()) {
-            return Err(self.err(span, format!("missing argument `{}` in call to builtin {}", params[i], sig())));
+            return Err(self.err(
+                span,
+                format!(
+                    "missing argument `{}` in call to builtin {}",
+                    params[i],
+                    sig()
+                ),
+            ));
         }
         Ok(Bound { vals, span, b })
     }
@@ -220,7 +242,12 @@ impl<'p> Lowerer<'p> {
             Some(Value::Bool(v)) => Ok(*v),
             Some(v) => Err(self.err(
                 a.span(i),
-                format!("argument `{}` of `{}` must be a bool, got {}", a.b.params()[i], a.b.name(), self.describe(v)),
+                format!(
+                    "argument `{}` of `{}` must be a bool, got {}",
+                    a.b.params()[i],
+                    a.b.name(),
+                    self.describe(v)
+                ),
             )),
         }
     }
@@ -231,7 +258,12 @@ impl<'p> Lowerer<'p> {
             Some(Value::DType(d)) => Ok(*d),
             Some(v) => Err(self.err(
                 a.span(i),
-                format!("argument `{}` of `{}` must be a dtype such as f32, got {}", a.b.params()[i], a.b.name(), self.describe(v)),
+                format!(
+                    "argument `{}` of `{}` must be a dtype such as f32, got {}",
+                    a.b.params()[i],
+                    a.b.name(),
+                    self.describe(v)
+                ),
             )),
         }
     }
@@ -242,14 +274,28 @@ impl<'p> Lowerer<'p> {
         let bad = || {
             self.err(
                 a.span(i),
-                format!("argument `{}` of `{}` must be a list of ints, got {}", a.b.params()[i], a.b.name(), self.describe(&v)),
+                format!(
+                    "argument `{}` of `{}` must be a list of ints, got {}",
+                    a.b.params()[i],
+                    a.b.name(),
+                    self.describe(&v)
+                ),
             )
         };
         match &v {
             Value::Int(x) => Ok(vec![*x]),
             _ => {
                 let items = v.items().ok_or_else(bad)?;
-                items.iter().map(|x| if let Value::Int(x) = x { Ok(*x) } else { Err(bad()) }).collect()
+                items
+                    .iter()
+                    .map(|x| {
+                        if let Value::Int(x) = x {
+                            Ok(*x)
+                        } else {
+                            Err(bad())
+                        }
+                    })
+                    .collect()
             }
         }
     }
@@ -265,7 +311,7 @@ impl<'p> Lowerer<'p> {
             return Err(self.err(span, format!("dimension {d} is negative")));
         }
         let shape: Shape = dims.iter().map(|&d| d as usize).collect();
-        if !checked_numel(&shape).is_some_and(|n| n <= MAX_ELEMENTS) {
+        if !shape_fits(&shape) {
             return Err(self.err(span, format!("shape {} is too large", ShapeDisplay(&shape))));
         }
         Ok(shape)
@@ -275,7 +321,10 @@ impl<'p> Lowerer<'p> {
         let r = rank as i64;
         let a = if axis < 0 { axis + r } else { axis };
         if a < 0 || a >= r {
-            return Err(self.err(span, format!("axis {axis} is out of range for a tensor of rank {rank}")));
+            return Err(self.err(
+                span,
+                format!("axis {axis} is out of range for a tensor of rank {rank}"),
+            ));
         }
         Ok(a as usize)
     }
@@ -288,10 +337,25 @@ impl<'p> Lowerer<'p> {
         if self.graph.ty(id).shape.as_slice() == shape {
             return Ok(id);
         }
-        self.emit(sc, span, Op::Reshape { shape: Shape::from_slice(shape) }, &[id])
+        self.emit(
+            sc,
+            span,
+            Op::Reshape {
+                shape: Shape::from_slice(shape),
+            },
+            &[id],
+        )
     }
 
-    fn slice_node(&mut self, sc: &Scope<'p>, span: Span, id: NodeId, axis: usize, start: usize, end: usize) -> R<NodeId> {
+    fn slice_node(
+        &mut self,
+        sc: &Scope<'p>,
+        span: Span,
+        id: NodeId,
+        axis: usize,
+        start: usize,
+        end: usize,
+    ) -> R<NodeId> {
         if start == 0 && end == self.graph.ty(id).shape[axis] {
             return Ok(id);
         }
@@ -300,28 +364,54 @@ impl<'p> Lowerer<'p> {
 
     // ---- dispatch ------------------------------------------------------------------------------
 
-    pub fn call_builtin(&mut self, sc: &mut Scope<'p>, span: Span, b: Builtin, args: CallArgs<'p>) -> R<Value> {
+    pub fn call_builtin(
+        &mut self,
+        sc: &mut Scope<'p>,
+        span: Span,
+        b: Builtin,
+        args: CallArgs<'p>,
+    ) -> R<Value> {
         let a = self.bind_builtin(span, b, args)?;
         use Builtin as B;
         match b {
-            B::Exp | B::Log | B::Sqrt | B::Rsqrt | B::Sin | B::Cos | B::Tanh | B::Sigmoid | B::Abs | B::Recip | B::Neg => {
-                match a.raw(0) {
-                    Value::Int(i) if b == B::Abs => Ok(Value::Int(i.checked_abs().unwrap_or(i64::MAX))),
-                    Value::Int(i) if b == B::Neg => Ok(Value::Int(i.checked_neg().unwrap_or(i64::MAX))),
-                    v @ (Value::Int(_) | Value::Float(_)) => Ok(Value::Float(unary_fold(b, v.as_f64().unwrap_or(0.0)))),
-                    _ => {
-                        let x = self.tensor_at(&a, 0)?;
-                        Ok(Value::Tensor(self.emit(sc, span, Op::Unary(unary_op(b)), &[x])?))
-                    }
+            B::Exp
+            | B::Log
+            | B::Sqrt
+            | B::Rsqrt
+            | B::Sin
+            | B::Cos
+            | B::Tanh
+            | B::Sigmoid
+            | B::Abs
+            | B::Recip
+            | B::Neg => match a.raw(0) {
+                Value::Int(i) if b == B::Abs => Ok(Value::Int(i.checked_abs().unwrap_or(i64::MAX))),
+                Value::Int(i) if b == B::Neg => Ok(Value::Int(i.checked_neg().unwrap_or(i64::MAX))),
+                v @ (Value::Int(_) | Value::Float(_)) => {
+                    Ok(Value::Float(unary_fold(b, v.as_f64().unwrap_or(0.0))))
                 }
-            }
+                _ => {
+                    let x = self.tensor_at(&a, 0)?;
+                    Ok(Value::Tensor(self.emit(
+                        sc,
+                        span,
+                        Op::Unary(unary_op(b)),
+                        &[x],
+                    )?))
+                }
+            },
             B::Pow | B::Maximum | B::Minimum => self.binary_builtin(sc, span, &a),
             B::Where => self.where_(sc, span, &a),
             B::Cast => {
                 let to = self.dtype_at(&a, 1, DType::F32)?;
                 match a.raw(0) {
                     Value::Tensor(id) if self.graph.ty(id).dtype == to => Ok(Value::Tensor(id)),
-                    Value::Tensor(id) => Ok(Value::Tensor(self.emit(sc, span, Op::Cast { to }, &[id])?)),
+                    Value::Tensor(id) => Ok(Value::Tensor(self.emit(
+                        sc,
+                        span,
+                        Op::Cast { to },
+                        &[id],
+                    )?)),
                     v => self.cast_number(&v, to, a.span(0)),
                 }
             }
@@ -336,11 +426,19 @@ impl<'p> Lowerer<'p> {
                 let x = self.tensor_at(&a, 0)?;
                 let r = self.graph.ty(x).rank();
                 let perm = self.ints_at(&a, 1)?;
-                let perm: Shape = perm.iter().map(|&p| self.axis(p, r, a.span(1))).collect::<R<_>>()?;
+                let perm: Shape = perm
+                    .iter()
+                    .map(|&p| self.axis(p, r, a.span(1)))
+                    .collect::<R<_>>()?;
                 if perm.iter().enumerate().all(|(i, &p)| i == p) && perm.len() == r {
                     return Ok(Value::Tensor(x));
                 }
-                Ok(Value::Tensor(self.emit(sc, span, Op::Transpose { perm }, &[x])?))
+                Ok(Value::Tensor(self.emit(
+                    sc,
+                    span,
+                    Op::Transpose { perm },
+                    &[x],
+                )?))
             }
             B::Swapaxes => {
                 let x = self.tensor_at(&a, 0)?;
@@ -352,7 +450,12 @@ impl<'p> Lowerer<'p> {
                 }
                 let mut perm: Shape = (0..r).collect();
                 perm.swap(i, j);
-                Ok(Value::Tensor(self.emit(sc, span, Op::Transpose { perm }, &[x])?))
+                Ok(Value::Tensor(self.emit(
+                    sc,
+                    span,
+                    Op::Transpose { perm },
+                    &[x],
+                )?))
             }
             B::BroadcastTo => {
                 let x = self.tensor_at(&a, 0)?;
@@ -373,16 +476,25 @@ impl<'p> Lowerer<'p> {
                     None => (0..shape.len()).filter(|&i| shape[i] == 1).collect(),
                     Some(_) => {
                         let ax = self.ints_at(&a, 1)?;
-                        ax.iter().map(|&i| self.axis(i, shape.len(), a.span(1))).collect::<R<_>>()?
+                        ax.iter()
+                            .map(|&i| self.axis(i, shape.len(), a.span(1)))
+                            .collect::<R<_>>()?
                     }
                 };
                 if let Some(&i) = axes.iter().find(|&&i| shape[i] != 1) {
                     return Err(self.err(
                         span,
-                        format!("cannot squeeze axis {i} of {}: its size is {}, not 1", self.graph.ty(x), shape[i]),
+                        format!(
+                            "cannot squeeze axis {i} of {}: its size is {}, not 1",
+                            self.graph.ty(x),
+                            shape[i]
+                        ),
                     ));
                 }
-                let out: Shape = (0..shape.len()).filter(|i| !axes.contains(i)).map(|i| shape[i]).collect();
+                let out: Shape = (0..shape.len())
+                    .filter(|i| !axes.contains(i))
+                    .map(|i| shape[i])
+                    .collect();
                 Ok(Value::Tensor(self.reshape(sc, span, x, &out)?))
             }
             B::Flatten => {
@@ -395,7 +507,10 @@ impl<'p> Lowerer<'p> {
                     return Ok(Value::Tensor(self.reshape(sc, span, x, &[1])?));
                 }
                 if s > e {
-                    return Err(self.err(span, format!("flatten: start axis {s} is after end axis {e}")));
+                    return Err(self.err(
+                        span,
+                        format!("flatten: start axis {s} is after end axis {e}"),
+                    ));
                 }
                 let mut out: Shape = shape[..s].iter().copied().collect();
                 out.push(shape[s..=e].iter().product());
@@ -415,7 +530,13 @@ impl<'p> Lowerer<'p> {
             B::Concat => {
                 let v = a.raw(0);
                 let items = v.items().ok_or_else(|| {
-                    self.err(a.span(0), format!("concat expects a list of tensors, got {}", self.describe(&v)))
+                    self.err(
+                        a.span(0),
+                        format!(
+                            "concat expects a list of tensors, got {}",
+                            self.describe(&v)
+                        ),
+                    )
                 })?;
                 let mut ids = Vec::with_capacity(items.len());
                 for it in items.iter() {
@@ -424,7 +545,10 @@ impl<'p> Lowerer<'p> {
                         other => {
                             return Err(self.err(
                                 a.span(0),
-                                format!("concat expects a list of tensors, but it contains {}", self.describe(other)),
+                                format!(
+                                    "concat expects a list of tensors, but it contains {}",
+                                    self.describe(other)
+                                ),
                             ))
                         }
                     }
@@ -432,11 +556,20 @@ impl<'p> Lowerer<'p> {
                 let Some(&first) = ids.first() else {
                     return Err(self.err(a.span(0), "concat of an empty list"));
                 };
-                let ax = self.axis(self.int_at(&a, 1, Some(0))?, self.graph.ty(first).rank(), a.span(1))?;
+                let ax = self.axis(
+                    self.int_at(&a, 1, Some(0))?,
+                    self.graph.ty(first).rank(),
+                    a.span(1),
+                )?;
                 if ids.len() == 1 {
                     return Ok(Value::Tensor(first));
                 }
-                Ok(Value::Tensor(self.emit(sc, span, Op::Concat { axis: ax }, &ids)?))
+                Ok(Value::Tensor(self.emit(
+                    sc,
+                    span,
+                    Op::Concat { axis: ax },
+                    &ids,
+                )?))
             }
             B::Chunk => {
                 let x = self.tensor_at(&a, 0)?;
@@ -445,7 +578,13 @@ impl<'p> Lowerer<'p> {
                 let ax = self.axis(self.int_at(&a, 2, Some(0))?, shape.len(), a.span(2))?;
                 let d = shape[ax];
                 if n <= 0 || d == 0 {
-                    return Err(self.err(span, format!("cannot chunk axis {ax} of {} into {n} parts", self.graph.ty(x))));
+                    return Err(self.err(
+                        span,
+                        format!(
+                            "cannot chunk axis {ax} of {} into {n} parts",
+                            self.graph.ty(x)
+                        ),
+                    ));
                 }
                 let size = d.div_ceil(n as usize);
                 let mut parts = Vec::new();
@@ -463,8 +602,17 @@ impl<'p> Lowerer<'p> {
                     Value::Int(i) => self.scalar(sc, span, i as f64, DType::I32)?,
                     _ => self.tensor_at(&a, 1)?,
                 };
-                let ax = self.axis(self.int_at(&a, 2, Some(0))?, self.graph.ty(table).rank(), a.span(2))?;
-                Ok(Value::Tensor(self.emit(sc, span, Op::Gather { axis: ax }, &[table, index])?))
+                let ax = self.axis(
+                    self.int_at(&a, 2, Some(0))?,
+                    self.graph.ty(table).rank(),
+                    a.span(2),
+                )?;
+                Ok(Value::Tensor(self.emit(
+                    sc,
+                    span,
+                    Op::Gather { axis: ax },
+                    &[table, index],
+                )?))
             }
             B::Iota | B::Arange => {
                 let (shape, axis, dtype) = if b == B::Iota {
@@ -473,9 +621,18 @@ impl<'p> Lowerer<'p> {
                     (shape, ax, self.dtype_at(&a, 2, DType::I32)?)
                 } else {
                     let n = self.int_at(&a, 0, None)?;
-                    (self.check_dims(&[n], a.span(0))?, 0, self.dtype_at(&a, 1, DType::I32)?)
+                    (
+                        self.check_dims(&[n], a.span(0))?,
+                        0,
+                        self.dtype_at(&a, 1, DType::I32)?,
+                    )
                 };
-                Ok(Value::Tensor(self.emit(sc, span, Op::Iota { shape, axis, dtype }, &[])?))
+                Ok(Value::Tensor(self.emit(
+                    sc,
+                    span,
+                    Op::Iota { shape, axis, dtype },
+                    &[],
+                )?))
             }
             B::Full => {
                 let shape = self.dims_at(&a, 0)?;
@@ -507,14 +664,22 @@ impl<'p> Lowerer<'p> {
                         1.0 / (d as f64).sqrt()
                     }
                     Some(v) => v.as_f64().ok_or_else(|| {
-                        self.err(a.span(4), format!("attention scale must be a number, got {}", self.describe(v)))
+                        self.err(
+                            a.span(4),
+                            format!("attention scale must be a number, got {}", self.describe(v)),
+                        )
                     })?,
                 };
                 let mut ops = vec![q, k, v];
                 if a.get(3).is_some() {
                     ops.push(self.tensor_at(&a, 3)?);
                 }
-                Ok(Value::Tensor(self.emit(sc, span, Op::Attention { scale }, &ops)?))
+                Ok(Value::Tensor(self.emit(
+                    sc,
+                    span,
+                    Op::Attention { scale },
+                    &ops,
+                )?))
             }
             B::Conv2d => self.conv2d(sc, span, &a),
             B::Dim => {
@@ -523,19 +688,30 @@ impl<'p> Lowerer<'p> {
                 let ax = self.axis(self.int_at(&a, 1, None)?, shape.len(), a.span(1))?;
                 Ok(Value::Int(shape[ax] as i64))
             }
-            B::Rank => Ok(Value::Int(self.graph.ty(self.tensor_at(&a, 0)?).rank() as i64)),
+            B::Rank => Ok(Value::Int(
+                self.graph.ty(self.tensor_at(&a, 0)?).rank() as i64
+            )),
             B::ShapeOf => {
                 let x = self.tensor_at(&a, 0)?;
-                Ok(Value::list(self.shape_of(x).iter().map(|&d| Value::Int(d as i64)).collect()))
+                Ok(Value::list(
+                    self.shape_of(x)
+                        .iter()
+                        .map(|&d| Value::Int(d as i64))
+                        .collect(),
+                ))
             }
             B::Len => match a.raw(0) {
-                Value::Range(s, e) => Ok(Value::Int((e - s).max(0))),
+                Value::Range(s, e) => Ok(Value::Int(e.saturating_sub(s).max(0))),
                 Value::Str(s) => Ok(Value::Int(s.chars().count() as i64)),
                 Value::Dict(d) => Ok(Value::Int(d.entries.len() as i64)),
                 v => match v.items() {
                     Some(items) => Ok(Value::Int(items.len() as i64)),
                     None => {
-                        let hint = if matches!(v, Value::Tensor(_)) { " (use dim(x, 0) or shape(x))" } else { "" };
+                        let hint = if matches!(v, Value::Tensor(_)) {
+                            " (use dim(x, 0) or shape(x))"
+                        } else {
+                            ""
+                        };
                         Err(self.err(a.span(0), format!("len of {}{hint}", self.describe(&v))))
                     }
                 },
@@ -543,34 +719,43 @@ impl<'p> Lowerer<'p> {
             B::Int => match a.raw(0) {
                 Value::Int(i) => Ok(Value::Int(i)),
                 Value::Bool(v) => Ok(Value::Int(i64::from(v))),
-                Value::Float(f) if f.is_finite() && f.abs() < 9.2e18 => Ok(Value::Int(f.trunc() as i64)),
-                v => Err(self.err(a.span(0), format!("cannot convert {} to int", self.describe(&v)))),
+                Value::Float(f) if f.is_finite() && f.abs() < 9.2e18 => {
+                    Ok(Value::Int(f.trunc() as i64))
+                }
+                v => Err(self.err(
+                    a.span(0),
+                    format!("cannot convert {} to int", self.describe(&v)),
+                )),
             },
             B::Float => match a.raw(0) {
                 Value::Bool(v) => Ok(Value::Float(f64::from(u8::from(v)))),
                 v => match v.as_f64() {
                     Some(f) => Ok(Value::Float(f)),
-                    None => Err(self.err(a.span(0), format!("cannot convert {} to float", self.describe(&v)))),
+                    None => Err(self.err(
+                        a.span(0),
+                        format!("cannot convert {} to float", self.describe(&v)),
+                    )),
                 },
             },
             B::IsNone => Ok(Value::Bool(matches!(a.raw(0), Value::None))),
             B::Enumerate => {
                 let v = a.raw(0);
-                let items = v
-                    .items()
-                    .ok_or_else(|| self.err(a.span(0), format!("cannot enumerate {}", self.describe(&v))))?;
+                let items = v.items().ok_or_else(|| {
+                    self.err(a.span(0), format!("cannot enumerate {}", self.describe(&v)))
+                })?;
                 Ok(Value::list(
-                    items.iter().enumerate().map(|(i, x)| Value::tuple(vec![Value::Int(i as i64), x.clone()])).collect(),
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| Value::tuple(vec![Value::Int(i as i64), x.clone()]))
+                        .collect(),
                 ))
             }
             B::Range => {
                 let first = self.int_at(&a, 0, None)?;
                 match a.get(1) {
-                    None => Ok(Value::Range(0, first.max(0))),
-                    Some(_) => {
-                        let end = self.int_at(&a, 1, None)?;
-                        Ok(Value::Range(first, end.max(first)))
-                    }
+                    None => Ok(Value::Range(0, first)),
+                    Some(_) => Ok(Value::Range(first, self.int_at(&a, 1, None)?)),
                 }
             }
             B::Assert => {
@@ -579,7 +764,10 @@ impl<'p> Lowerer<'p> {
                     v => {
                         return Err(self.err(
                             a.span(0),
-                            format!("assert needs a compile-time bool, got {}", self.describe(&v)),
+                            format!(
+                                "assert needs a compile-time bool, got {}",
+                                self.describe(&v)
+                            ),
                         ))
                     }
                 };
@@ -599,16 +787,18 @@ impl<'p> Lowerer<'p> {
     fn cast_number(&self, v: &Value, to: DType, span: Span) -> R<Value> {
         let f = match v {
             Value::Bool(b) => f64::from(u8::from(*b)),
-            _ => v
-                .as_f64()
-                .ok_or_else(|| self.err(span, format!("cannot cast {} to {to}", self.describe(v))))?,
+            _ => v.as_f64().ok_or_else(|| {
+                self.err(span, format!("cannot cast {} to {to}", self.describe(v)))
+            })?,
         };
         Ok(match to {
             DType::Bool => Value::Bool(f != 0.0),
             d if d.is_int() => match v {
                 Value::Int(i) => Value::Int(*i),
                 _ if f.is_finite() && f.abs() < 9.2e18 => Value::Int(f.trunc() as i64),
-                _ => return Err(self.err(span, format!("cannot cast {} to {to}", self.describe(v)))),
+                _ => {
+                    return Err(self.err(span, format!("cannot cast {} to {to}", self.describe(v))))
+                }
             },
             _ => Value::Float(f),
         })
@@ -642,7 +832,13 @@ impl<'p> Lowerer<'p> {
             Builtin::Minimum => BinaryOp::Min,
             _ => BinaryOp::Pow,
         };
-        let ids = self.unify(sc, span, &[(x, a.span(0)), (y, a.span(1))], None, a.b.name())?;
+        let ids = self.unify(
+            sc,
+            span,
+            &[(x, a.span(0)), (y, a.span(1))],
+            None,
+            a.b.name(),
+        )?;
         Ok(Value::Tensor(self.emit(sc, span, Op::Binary(op), &ids)?))
     }
 
@@ -651,15 +847,28 @@ impl<'p> Lowerer<'p> {
             Value::Bool(c) => return Ok(if c { a.raw(1) } else { a.raw(2) }),
             Value::Tensor(id) if self.graph.ty(id).dtype == DType::Bool => id,
             v => {
-                return Err(self.err(a.span(0), format!("where: condition must be a bool tensor, got {}", self.describe(&v))))
+                return Err(self.err(
+                    a.span(0),
+                    format!(
+                        "where: condition must be a bool tensor, got {}",
+                        self.describe(&v)
+                    ),
+                ))
             }
         };
-        let default = if matches!(a.raw(1), Value::Float(_)) || matches!(a.raw(2), Value::Float(_)) {
+        let default = if matches!(a.raw(1), Value::Float(_)) || matches!(a.raw(2), Value::Float(_))
+        {
             DType::F32
         } else {
             DType::I32
         };
-        let ab = self.unify(sc, span, &[(a.raw(1), a.span(1)), (a.raw(2), a.span(2))], Some(default), "where")?;
+        let ab = self.unify(
+            sc,
+            span,
+            &[(a.raw(1), a.span(1)), (a.raw(2), a.span(2))],
+            Some(default),
+            "where",
+        )?;
         let all = self.broadcast_all(sc, span, &[cond, ab[0], ab[1]], "where")?;
         Ok(Value::Tensor(self.emit(sc, span, Op::Select, &all)?))
     }
@@ -671,7 +880,10 @@ impl<'p> Lowerer<'p> {
         if x.is_number() && matches!(b, Builtin::Max | Builtin::Min) {
             let y = a.raw(1);
             if !y.is_number() {
-                return Err(self.err(span, format!("`{}` of a number needs a second number", b.name())));
+                return Err(self.err(
+                    span,
+                    format!("`{}` of a number needs a second number", b.name()),
+                ));
             }
             let pick_first = match (x.as_f64(), y.as_f64()) {
                 (Some(p), Some(q)) => (p >= q) == (b == Builtin::Max),
@@ -685,14 +897,26 @@ impl<'p> Lowerer<'p> {
         let id = self.tensor_at(a, 0)?;
         let ty = self.graph.ty(id).clone();
         if let Some(Value::Tensor(_)) = a.get(1) {
-            let alt = if b == Builtin::Max { "maximum" } else { "minimum" };
-            return Err(self.err(span, format!("`{}(x, axis)` reduces one tensor; use `{alt}(a, b)` elementwise", b.name())));
+            let alt = if b == Builtin::Max {
+                "maximum"
+            } else {
+                "minimum"
+            };
+            return Err(self.err(
+                span,
+                format!(
+                    "`{}(x, axis)` reduces one tensor; use `{alt}(a, b)` elementwise",
+                    b.name()
+                ),
+            ));
         }
         let mut axes: Vec<usize> = match a.get(1) {
             None => (0..ty.rank()).collect(),
             Some(_) => {
                 let ax = self.ints_at(a, 1)?;
-                ax.iter().map(|&i| self.axis(i, ty.rank(), a.span(1))).collect::<R<_>>()?
+                ax.iter()
+                    .map(|&i| self.axis(i, ty.rank(), a.span(1)))
+                    .collect::<R<_>>()?
             }
         };
         axes.sort_unstable();
@@ -708,7 +932,15 @@ impl<'p> Lowerer<'p> {
         let mut out = if axes.is_empty() {
             id
         } else {
-            self.emit(sc, span, Op::Reduce { op, axes: axes.iter().copied().collect() }, &[id])?
+            self.emit(
+                sc,
+                span,
+                Op::Reduce {
+                    op,
+                    axes: axes.iter().copied().collect(),
+                },
+                &[id],
+            )?
         };
         if b == Builtin::Mean {
             let n: usize = axes.iter().map(|&i| ty.shape[i]).product();
@@ -718,7 +950,9 @@ impl<'p> Lowerer<'p> {
             out = self.emit(sc, span, Op::Binary(BinaryOp::Div), &[out, c])?;
         }
         if keepdim {
-            let kept: Shape = (0..ty.rank()).map(|i| if axes.contains(&i) { 1 } else { ty.shape[i] }).collect();
+            let kept: Shape = (0..ty.rank())
+                .map(|i| if axes.contains(&i) { 1 } else { ty.shape[i] })
+                .collect();
             out = self.reshape(sc, span, out, &kept)?;
         }
         Ok(Value::Tensor(out))
@@ -733,7 +967,16 @@ impl<'p> Lowerer<'p> {
         if fs.is_empty() && matches!(b, Builtin::Max | Builtin::Min | Builtin::Mean) {
             return Err(self.err(span, format!("`{}` of an empty list", b.name())));
         }
-        let ints: Vec<i64> = items.iter().filter_map(|v| if let Value::Int(i) = v { Some(*i) } else { None }).collect();
+        let ints: Vec<i64> = items
+            .iter()
+            .filter_map(|v| {
+                if let Value::Int(i) = v {
+                    Some(*i)
+                } else {
+                    None
+                }
+            })
+            .collect();
         Ok(match b {
             Builtin::Sum if all_int => Value::Int(
                 ints.iter()
@@ -755,7 +998,13 @@ impl<'p> Lowerer<'p> {
         let n = ty.numel();
         let fail = |why: &str| {
             let list: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-            self.err(span, format!("cannot reshape {ty} ({n} elements) to [{}]{why}", list.join(", ")))
+            self.err(
+                span,
+                format!(
+                    "cannot reshape {ty} ({n} elements) to [{}]{why}",
+                    list.join(", ")
+                ),
+            )
         };
         let unknown: Vec<usize> = (0..dims.len()).filter(|&i| dims[i] == -1).collect();
         if unknown.len() > 1 {
@@ -769,7 +1018,7 @@ impl<'p> Lowerer<'p> {
         let k: usize = known.iter().product();
         let mut shape = known;
         if let Some(&i) = unknown.first() {
-            if k == 0 || n % k != 0 {
+            if k == 0 || !n.is_multiple_of(k) {
                 return Err(fail(""));
             }
             shape[i] = n / k;
@@ -790,25 +1039,41 @@ impl<'p> Lowerer<'p> {
             [x, y] if ok(*x) && ok(*y) => Ok([*x as usize, *y as usize]),
             _ => Err(self.err(
                 a.span(i),
-                format!("`{}` of conv2d must be an int or two ints in 0..=1048576", a.b.params()[i]),
+                format!(
+                    "`{}` of conv2d must be an int or two ints in 0..=1048576",
+                    a.b.params()[i]
+                ),
             )),
         }
     }
 
     fn conv2d(&mut self, sc: &Scope<'p>, span: Span, a: &Bound) -> R<Value> {
         let (x, w) = (self.tensor_at(a, 0)?, self.tensor_at(a, 1)?);
-        let (stride, padding, dilation) = (self.pair_at(a, 2, 1)?, self.pair_at(a, 3, 0)?, self.pair_at(a, 4, 1)?);
+        let (stride, padding, dilation) = (
+            self.pair_at(a, 2, 1)?,
+            self.pair_at(a, 3, 0)?,
+            self.pair_at(a, 4, 1)?,
+        );
         let groups = self.int_at(a, 5, Some(1))?;
         let wt = self.graph.ty(w);
         let xt = self.graph.ty(x);
         if wt.shape.iter().chain(xt.shape.iter()).any(|&d| d > 1 << 24) {
-            return Err(self.err(span, format!("conv2d: dimensions of {xt} or {wt} are too large")));
+            return Err(self.err(
+                span,
+                format!("conv2d: dimensions of {xt} or {wt} are too large"),
+            ));
         }
         if wt.rank() == 4 && (wt.shape[2] == 0 || wt.shape[3] == 0) {
-            return Err(self.err(span, format!("conv2d: kernel {wt} has an empty spatial dimension")));
+            return Err(self.err(
+                span,
+                format!("conv2d: kernel {wt} has an empty spatial dimension"),
+            ));
         }
         if !(1..=1 << 20).contains(&groups) {
-            return Err(self.err(a.span(5), format!("conv2d: groups must be positive, got {groups}")));
+            return Err(self.err(
+                a.span(5),
+                format!("conv2d: groups must be positive, got {groups}"),
+            ));
         }
         let op = Op::Conv2d {
             stride,

@@ -56,7 +56,11 @@ impl fmt::Display for DslError {
         if self.line == 0 {
             writeln!(f, "{}: error: {}", self.file, self.message)?;
         } else {
-            writeln!(f, "{}:{}:{}: error: {}", self.file, self.line, self.col, self.message)?;
+            writeln!(
+                f,
+                "{}:{}:{}: error: {}",
+                self.file, self.line, self.col, self.message
+            )?;
             let num = self.line.to_string();
             let pad = " ".repeat(num.len());
             writeln!(f, "{pad} |")?;
@@ -73,7 +77,10 @@ impl fmt::Display for DslError {
         // Runs of identical notes (deep recursion) are shown once with a count.
         let mut i = 0;
         while i < self.notes.len() {
-            let run = self.notes[i..].iter().take_while(|n| **n == self.notes[i]).count();
+            let run = self.notes[i..]
+                .iter()
+                .take_while(|n| **n == self.notes[i])
+                .count();
             if run > 1 {
                 writeln!(f, "  = note: {} ({run} times)", self.notes[i])?;
             } else {
@@ -114,14 +121,23 @@ impl SourceFile {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= offset) - 1;
         let start = self.line_starts[line];
-        let col = self.text.get(start..offset).map_or(offset - start, |s| s.chars().count());
+        let col = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count());
         (line + 1, col + 1)
     }
 
     fn line_text(&self, line: usize) -> &str {
         let start = self.line_starts[line - 1];
-        let end = self.line_starts.get(line).map_or(self.text.len(), |&e| e - 1);
-        self.text.get(start..end).unwrap_or("").trim_end_matches('\r')
+        let end = self
+            .line_starts
+            .get(line)
+            .map_or(self.text.len(), |&e| e - 1);
+        self.text
+            .get(start..end)
+            .unwrap_or("")
+            .trim_end_matches('\r')
     }
 
     /// `name:line:col` of a byte offset.
@@ -136,7 +152,10 @@ impl SourceFile {
         let excerpt = self.line_text(line).to_string();
         let line_chars = excerpt.chars().count();
         let end = end.max(start).min(self.text.len());
-        let span_chars = self.text.get(start..end).map_or(1, |s| s.chars().take_while(|&c| c != '\n').count());
+        let span_chars = self
+            .text
+            .get(start..end)
+            .map_or(1, |s| s.chars().take_while(|&c| c != '\n').count());
         let width = span_chars.clamp(1, (line_chars + 1).saturating_sub(col).max(1));
         let mut err = DslError {
             file: self.name.clone(),
@@ -147,7 +166,11 @@ impl SourceFile {
             width,
             notes: Vec::new(),
         };
-        if let Some(&fd) = self.floordivs.iter().find(|&&fd| fd < start && self.line_col(fd).0 == line) {
+        if let Some(&fd) = self
+            .floordivs
+            .iter()
+            .find(|&&fd| fd < start && self.line_col(fd).0 == line)
+        {
             let (_, c) = self.line_col(fd);
             err.notes.push(format!(
                 "`//` at column {c} was read as floor division because it follows a value; \
@@ -173,7 +196,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[(i - 1) * w + j] + 1).min(d[i * w + j - 1] + 1).min(d[(i - 1) * w + j - 1] + cost);
+            let mut v = (d[(i - 1) * w + j] + 1)
+                .min(d[i * w + j - 1] + 1)
+                .min(d[(i - 1) * w + j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[(i - 2) * w + j - 2] + 1);
             }
@@ -184,14 +209,21 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest candidate to `name`, if close enough to be a plausible typo.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let limit = (name.chars().count() / 3).max(1);
     let lower = name.to_lowercase();
     candidates
         .into_iter()
         .filter(|c| *c != name)
         .map(|c| {
-            let d = if c.to_lowercase() == lower { 0 } else { edit_distance(name, c) };
+            let d = if c.to_lowercase() == lower {
+                0
+            } else {
+                edit_distance(name, c)
+            };
             (d, c)
         })
         .filter(|(d, _)| *d <= limit)

@@ -55,16 +55,23 @@ impl<'p> Scope<'p> {
     }
 
     fn var(&self, name: &str) -> Option<&Value> {
-        self.vars.iter().rev().find(|(n, _)| *n == name).map(|(_, v)| v)
+        self.vars
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
     }
 }
+
+/// Origin strings by (file, offset, prefix address); the prefix is kept alive with its entry.
+type OriginCache = HashMap<(u32, u32, usize), (Arc<str>, Rc<str>)>;
 
 pub(crate) struct Lowerer<'p> {
     pub prog: &'p Program,
     pub graph: Graph,
     config: Value,
     consts: Vec<ConstState>,
-    origins: HashMap<(u32, u32, usize), (Arc<str>, Rc<str>)>,
+    origins: OriginCache,
     pub(crate) constants: HashMap<(u64, DType), NodeId>,
     pub(crate) param_names: HashMap<String, Span>,
     depth: usize,
@@ -111,11 +118,20 @@ impl<'p> Lowerer<'p> {
             Value::Tuple(t) => format!("tuple of {}", t.len()),
             Value::Range(a, b) => format!("range {a}..{b}"),
             Value::Tensor(id) => format!("tensor {}", self.graph.ty(*id)),
-            Value::Instance(i) => format!("instance of `{}` ({})", self.module_name(i.module), path_label(&i.prefix)),
-            Value::Func(Callable::Fn(i)) => format!("fn `{}`", self.prog.items.fns[*i as usize].name.text),
+            Value::Instance(i) => format!(
+                "instance of `{}` ({})",
+                self.module_name(i.module),
+                path_label(&i.prefix)
+            ),
+            Value::Func(Callable::Fn(i)) => {
+                format!("fn `{}`", self.prog.items.fns[*i as usize].name.text)
+            }
             Value::Func(Callable::Method(inst, m)) => {
                 let def = &self.prog.items.modules[inst.module as usize];
-                format!("method `{}.{}`", def.name.text, def.methods[*m as usize].name.text)
+                format!(
+                    "method `{}.{}`",
+                    def.name.text, def.methods[*m as usize].name.text
+                )
             }
             Value::Func(Callable::Builtin(b)) => format!("builtin `{}`", b.name()),
             Value::Module(m) => format!("module `{}`", self.module_name(*m)),
@@ -126,7 +142,11 @@ impl<'p> Lowerer<'p> {
     /// The origin string of nodes emitted at `span`: "file:line:col module.path".
     pub fn origin(&mut self, sc: &Scope<'p>, span: Span) -> Arc<str> {
         let site = sc.site.unwrap_or(span);
-        let key = (site.file, site.start, Rc::as_ptr(&sc.prefix) as *const u8 as usize);
+        let key = (
+            site.file,
+            site.start,
+            Rc::as_ptr(&sc.prefix) as *const u8 as usize,
+        );
         if let Some((o, _)) = self.origins.get(&key) {
             return o.clone();
         }
@@ -147,10 +167,12 @@ impl<'p> Lowerer<'p> {
         match self.graph.add_with_origin(op, args, Some(origin)) {
             Ok(id) => Ok(id),
             Err(e) => {
-                let types: Vec<String> = args.iter().map(|a| self.graph.ty(*a).to_string()).collect();
+                let types: Vec<String> =
+                    args.iter().map(|a| self.graph.ty(*a).to_string()).collect();
                 let mut err = self.err(span, e.message);
                 if !types.is_empty() {
-                    err.notes.push(format!("operand types: {}", types.join(", ")));
+                    err.notes
+                        .push(format!("operand types: {}", types.join(", ")));
                 }
                 Err(err)
             }
@@ -173,7 +195,10 @@ impl<'p> Lowerer<'p> {
         cands.extend(self.prog.items.table.keys().map(|k| k.as_str()));
         cands.extend(Builtin::ALL.iter().map(|b| b.name()));
         cands.extend(["config", "f32", "bf16", "f16", "i32", "i64", "bool"]);
-        Err(self.err(span, format!("unknown name `{name}`{}", suggestion(name, cands))))
+        Err(self.err(
+            span,
+            format!("unknown name `{name}`{}", suggestion(name, cands)),
+        ))
     }
 
     pub fn lookup_opt(&mut self, sc: &Scope<'p>, name: &str, span: Span) -> R<Option<Value>> {
@@ -221,7 +246,11 @@ impl<'p> Lowerer<'p> {
             Ok(v) => v,
             Err(e) => {
                 self.consts[i as usize] = ConstState::Todo;
-                let note = format!("while evaluating const `{}` used at {}", def.name.text, self.pos(use_span));
+                let note = format!(
+                    "while evaluating const `{}` used at {}",
+                    def.name.text,
+                    self.pos(use_span)
+                );
                 return Err(e.with_note(note));
             }
         };
@@ -296,7 +325,14 @@ impl<'p> Lowerer<'p> {
         }
     }
 
-    fn eval_binary(&mut self, sc: &mut Scope<'p>, span: Span, op: BinOp, a: &'p Expr, b: &'p Expr) -> R<Value> {
+    fn eval_binary(
+        &mut self,
+        sc: &mut Scope<'p>,
+        span: Span,
+        op: BinOp,
+        a: &'p Expr,
+        b: &'p Expr,
+    ) -> R<Value> {
         match op {
             BinOp::Coalesce => {
                 let lhs = self.eval_soft(sc, a)?;
@@ -332,7 +368,9 @@ impl<'p> Lowerer<'p> {
     /// error: the left side of `??`.
     fn eval_soft(&mut self, sc: &mut Scope<'p>, e: &'p Expr) -> R<Option<Value>> {
         if let ExprKind::Member(obj, name) = &e.kind {
-            let Some(v) = self.eval_soft(sc, obj)? else { return Ok(None) };
+            let Some(v) = self.eval_soft(sc, obj)? else {
+                return Ok(None);
+            };
             if let Value::Dict(d) = &v {
                 return Ok(d.entries.get(&name.text).cloned());
             }
@@ -354,7 +392,9 @@ impl<'p> Lowerer<'p> {
                     return Ok(Some(x.clone()));
                 }
                 let def = &self.prog.items.modules[inst.module as usize];
-                Ok(def.method(&name.text).map(|m| Value::Func(Callable::Method(inst.clone(), m as u32))))
+                Ok(def
+                    .method(&name.text)
+                    .map(|m| Value::Func(Callable::Method(inst.clone(), m as u32))))
             }
             Value::Dict(d) => Ok(d.entries.get(&name.text).cloned()),
             _ => Err(self.err(
@@ -368,7 +408,11 @@ impl<'p> Lowerer<'p> {
         match v {
             Value::Instance(inst) => {
                 let def = &self.prog.items.modules[inst.module as usize];
-                let cands = inst.env.keys().map(|k| &**k).chain(def.methods.iter().map(|m| m.name.text.as_str()));
+                let cands = inst
+                    .env
+                    .keys()
+                    .map(|k| &**k)
+                    .chain(def.methods.iter().map(|m| m.name.text.as_str()));
                 self.err(
                     name.span,
                     format!(
@@ -381,8 +425,16 @@ impl<'p> Lowerer<'p> {
                 )
             }
             Value::Dict(d) => {
-                let file = if d.path == "config" { "config.json" } else { "config.json at" };
-                let at = if d.path == "config" { String::new() } else { format!(" `{}`", d.path) };
+                let file = if d.path == "config" {
+                    "config.json"
+                } else {
+                    "config.json at"
+                };
+                let at = if d.path == "config" {
+                    String::new()
+                } else {
+                    format!(" `{}`", d.path)
+                };
                 self.err(
                     name.span,
                     format!(
@@ -391,9 +443,15 @@ impl<'p> Lowerer<'p> {
                         suggestion(&name.text, d.entries.keys().map(|k| k.as_str()))
                     ),
                 )
-                .with_note(format!("write `{}.{} ?? default` to make it optional", d.path, name.text))
+                .with_note(format!(
+                    "write `{}.{} ?? default` to make it optional",
+                    d.path, name.text
+                ))
             }
-            _ => self.err(name.span, format!("{} has no member `{}`", self.describe(v), name.text)),
+            _ => self.err(
+                name.span,
+                format!("{} has no member `{}`", self.describe(v), name.text),
+            ),
         }
     }
 
@@ -406,11 +464,29 @@ impl<'p> Lowerer<'p> {
                 .ok_or_else(|| self.err(ispan, format!("`{}` has no key `{k}`", d.path)));
         }
         if let Value::Str(s) = v {
-            let chars: Vec<Value> = s.chars().map(|c| Value::Str(c.to_string().into())).collect();
+            let chars: Vec<Value> = s
+                .chars()
+                .map(|c| Value::Str(c.to_string().into()))
+                .collect();
             return self.index(&Value::list(chars), i, vspan, ispan);
         }
+        if let (Value::Range(a, b), Value::Int(k)) = (v, i) {
+            let n = b.saturating_sub(*a).max(0);
+            let k2 = if *k < 0 { k.saturating_add(n) } else { *k };
+            if k2 < 0 || k2 >= n {
+                return Err(self.err(
+                    ispan,
+                    format!("index {k} out of range for {}", self.describe(v)),
+                ));
+            }
+            return Ok(Value::Int(a + k2));
+        }
         let Some(items) = v.items() else {
-            let hint = if matches!(v, Value::Tensor(_)) { " (use slice(x, axis, start, end) on tensors)" } else { "" };
+            let hint = if matches!(v, Value::Tensor(_)) {
+                " (use slice(x, axis, start, end) on tensors)"
+            } else {
+                ""
+            };
             return Err(self.err(vspan, format!("cannot index {}{hint}", self.describe(v))));
         };
         let n = items.len() as i64;
@@ -418,20 +494,30 @@ impl<'p> Lowerer<'p> {
             Value::Int(k) => {
                 let k2 = if *k < 0 { k + n } else { *k };
                 if k2 < 0 || k2 >= n {
-                    return Err(self.err(ispan, format!("index {k} out of range for {}", self.describe(v))));
+                    return Err(self.err(
+                        ispan,
+                        format!("index {k} out of range for {}", self.describe(v)),
+                    ));
                 }
                 Ok(items[k2 as usize].clone())
             }
             Value::Range(a, b) => {
                 let norm = |x: i64| (if x < 0 { x + n } else { x }).clamp(0, n) as usize;
                 let (a, b) = (norm(*a), norm(*b));
-                let part = if a < b { items[a..b].to_vec() } else { Vec::new() };
+                let part = if a < b {
+                    items[a..b].to_vec()
+                } else {
+                    Vec::new()
+                };
                 Ok(match v {
                     Value::Tuple(_) => Value::tuple(part),
                     _ => Value::list(part),
                 })
             }
-            _ => Err(self.err(ispan, format!("index must be an int or a range, got {}", self.describe(i)))),
+            _ => Err(self.err(
+                ispan,
+                format!("index must be an int or a range, got {}", self.describe(i)),
+            )),
         }
     }
 
@@ -452,17 +538,47 @@ impl<'p> Lowerer<'p> {
         Ok(out)
     }
 
-    fn eval_call(&mut self, sc: &mut Scope<'p>, span: Span, callee: &'p Expr, args: &'p [Arg]) -> R<Value> {
+    fn eval_call(
+        &mut self,
+        sc: &mut Scope<'p>,
+        span: Span,
+        callee: &'p Expr,
+        args: &'p [Arg],
+    ) -> R<Value> {
         let f = match &callee.kind {
-            // Builtins are looked up without evaluating anything (the common case).
-            ExprKind::Ident(name) => self.lookup(sc, name, callee.span)?,
+            ExprKind::Ident(name) => {
+                let v = self.lookup(sc, name, callee.span)?;
+                // In call position a name bound to a plain value (say a constructor argument `dim`)
+                // falls through to the function of that name (the builtin `dim`).
+                if is_callable(&v) {
+                    v
+                } else {
+                    self.function_named(name).unwrap_or(v)
+                }
+            }
             _ => self.eval(sc, callee)?,
         };
         let args = self.eval_args(sc, args)?;
         self.call_value(sc, span, callee.span, f, args)
     }
 
-    pub fn call_value(&mut self, sc: &mut Scope<'p>, span: Span, callee_span: Span, f: Value, args: CallArgs<'p>) -> R<Value> {
+    /// A global function or builtin called `name`, ignoring local values.
+    fn function_named(&self, name: &str) -> Option<Value> {
+        match self.prog.items.table.get(name) {
+            Some(ItemRef::Fn(i)) => Some(Value::Func(Callable::Fn(*i))),
+            Some(ItemRef::Module(i)) => Some(Value::Module(*i)),
+            _ => Builtin::from_name(name).map(|b| Value::Func(Callable::Builtin(b))),
+        }
+    }
+
+    pub fn call_value(
+        &mut self,
+        sc: &mut Scope<'p>,
+        span: Span,
+        callee_span: Span,
+        f: Value,
+        args: CallArgs<'p>,
+    ) -> R<Value> {
         match f {
             Value::Func(Callable::Builtin(b)) => self.call_builtin(sc, span, b, args),
             Value::Func(Callable::Fn(i)) => {
@@ -518,7 +634,11 @@ impl<'p> Lowerer<'p> {
             return Err(self
                 .err(
                     call_span,
-                    format!("{what} takes {max} argument{plural} {} but {} were given", sig(), args.pos.len()),
+                    format!(
+                        "{what} takes {max} argument{plural} {} but {} were given",
+                        sig(),
+                        args.pos.len()
+                    ),
                 )
                 .with_note(defined));
         }
@@ -533,10 +653,16 @@ impl<'p> Lowerer<'p> {
                     "{what} has no parameter `{name}`{}",
                     suggestion(name, params.iter().map(|p| p.name.text.as_str()))
                 );
-                return Err(self.err(kspan, msg).with_note(format!("parameters: {}", sig())).with_note(defined));
+                return Err(self
+                    .err(kspan, msg)
+                    .with_note(format!("parameters: {}", sig()))
+                    .with_note(defined));
             };
             if i < npos {
-                return Err(self.err(kspan, format!("argument `{name}` of {what} is given twice (by position and by name)")));
+                return Err(self.err(
+                    kspan,
+                    format!("argument `{name}` of {what} is given twice (by position and by name)"),
+                ));
             }
             slots[i] = Some(v);
         }
@@ -547,7 +673,14 @@ impl<'p> Lowerer<'p> {
                     Some(d) => self.eval(sc, d)?,
                     None => {
                         return Err(self
-                            .err(call_span, format!("missing argument `{}` in call to {what} {}", p.name.text, sig()))
+                            .err(
+                                call_span,
+                                format!(
+                                    "missing argument `{}` in call to {what} {}",
+                                    p.name.text,
+                                    sig()
+                                ),
+                            )
                             .with_note(defined))
                     }
                 },
@@ -561,7 +694,10 @@ impl<'p> Lowerer<'p> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             self.depth -= 1;
-            return Err(self.err(span, format!("calls nested more than {MAX_DEPTH} deep (unbounded recursion?)")));
+            return Err(self.err(
+                span,
+                format!("calls nested more than {MAX_DEPTH} deep (unbounded recursion?)"),
+            ));
         }
         Ok(())
     }
@@ -583,10 +719,16 @@ impl<'p> Lowerer<'p> {
             None => format!("fn `{}`", def.name.text),
         };
         let in_prelude = def.span.file == 0;
-        let prefix = inst.as_ref().map_or_else(|| caller.prefix.clone(), |i| i.prefix.clone());
+        let prefix = inst
+            .as_ref()
+            .map_or_else(|| caller.prefix.clone(), |i| i.prefix.clone());
         let label = inst.as_ref().map(|i| path_label(&i.prefix));
         let mut sc = Scope::new(inst, prefix);
-        sc.site = if in_prelude { Some(caller.site.unwrap_or(span)) } else { None };
+        sc.site = if in_prelude {
+            Some(caller.site.unwrap_or(span))
+        } else {
+            None
+        };
         self.enter(span)?;
         let mut bound = true;
         let r = self
@@ -599,7 +741,9 @@ impl<'p> Lowerer<'p> {
             let user_call = span.file != 0 || self.prog.files[0].name != PRELUDE_NAME;
             if in_prelude && user_call && e.file == PRELUDE_NAME && e.line > 0 {
                 let mut moved = self.err(span, std::mem::take(&mut e.message));
-                moved.notes.push(format!("raised at {} in the prelude", e.location()));
+                moved
+                    .notes
+                    .push(format!("raised at {} in the prelude", e.location()));
                 moved.notes.append(&mut e.notes);
                 e = moved;
             }
@@ -646,21 +790,41 @@ impl<'p> Lowerer<'p> {
                     slot.1 = v;
                     return Ok(());
                 }
-                let hint = if sc.inst.as_ref().is_some_and(|i| i.env.contains_key(name.text.as_str())) {
-                    format!("`{}` is a module member and cannot be reassigned; use `let {} = ...;`", name.text, name.text)
+                let hint = if sc
+                    .inst
+                    .as_ref()
+                    .is_some_and(|i| i.env.contains_key(name.text.as_str()))
+                {
+                    format!(
+                        "`{}` is a module member and cannot be reassigned; use `let {} = ...;`",
+                        name.text, name.text
+                    )
                 } else {
-                    format!("`{}` is not a local variable; declare it with `let {} = ...;`", name.text, name.text)
+                    format!(
+                        "`{}` is not a local variable; declare it with `let {} = ...;`",
+                        name.text, name.text
+                    )
                 };
                 Err(self.err(name.span, hint))
             }
             Stmt::For(pat, iter, body) => {
                 let v = self.eval(sc, iter)?;
                 let Some(items) = v.items() else {
-                    return Err(self.err(iter.span, format!("cannot iterate over {}", self.describe(&v))));
+                    let why = if matches!(v, Value::Range(..)) {
+                        " (too long to unroll)"
+                    } else {
+                        ""
+                    };
+                    return Err(self.err(
+                        iter.span,
+                        format!("cannot iterate over {}{why}", self.describe(&v)),
+                    ));
                 };
                 for item in items.iter() {
                     let mark = sc.vars.len();
-                    let r = self.bind_pattern(sc, pat, item.clone()).and_then(|()| self.eval_block(sc, body));
+                    let r = self
+                        .bind_pattern(sc, pat, item.clone())
+                        .and_then(|()| self.eval_block(sc, body));
                     sc.vars.truncate(mark);
                     r?;
                 }
@@ -669,13 +833,26 @@ impl<'p> Lowerer<'p> {
             Stmt::Output(name, e) => {
                 let v = self.eval(sc, e)?;
                 if !sc.root {
-                    return Err(self.err(name.span, "`output` is only allowed in the forward of the entry module"));
+                    return Err(self.err(
+                        name.span,
+                        "`output` is only allowed in the forward of the entry module",
+                    ));
                 }
                 let Value::Tensor(id) = v else {
-                    return Err(self.err(e.span, format!("output `{}` must be a tensor, got {}", name.text, self.describe(&v))));
+                    return Err(self.err(
+                        e.span,
+                        format!(
+                            "output `{}` must be a tensor, got {}",
+                            name.text,
+                            self.describe(&v)
+                        ),
+                    ));
                 };
                 if self.graph.output(&name.text).is_some() {
-                    return Err(self.err(name.span, format!("output `{}` is declared twice", name.text)));
+                    return Err(self.err(
+                        name.span,
+                        format!("output `{}` is declared twice", name.text),
+                    ));
                 }
                 self.graph.set_output(&name.text, id);
                 Ok(())
@@ -693,12 +870,25 @@ impl<'p> Lowerer<'p> {
             Pattern::Tuple(pats, span) => {
                 let items = match &v {
                     Value::List(x) | Value::Tuple(x) => x.clone(),
-                    _ => return Err(self.err(*span, format!("cannot unpack {} into {} names", self.describe(&v), pats.len()))),
+                    _ => {
+                        return Err(self.err(
+                            *span,
+                            format!(
+                                "cannot unpack {} into {} names",
+                                self.describe(&v),
+                                pats.len()
+                            ),
+                        ))
+                    }
                 };
                 if items.len() != pats.len() {
                     return Err(self.err(
                         *span,
-                        format!("cannot unpack {} into {} names", self.describe(&v), pats.len()),
+                        format!(
+                            "cannot unpack {} into {} names",
+                            self.describe(&v),
+                            pats.len()
+                        ),
                     ));
                 }
                 for (p, x) in pats.iter().zip(items.iter()) {
@@ -708,6 +898,10 @@ impl<'p> Lowerer<'p> {
             }
         }
     }
+}
+
+fn is_callable(v: &Value) -> bool {
+    matches!(v, Value::Func(_) | Value::Instance(_) | Value::Module(_))
 }
 
 /// "blocks.3", or "root" for the entry module.

@@ -24,13 +24,24 @@ pub(crate) fn join(prefix: &str, path: &str) -> String {
 
 impl<'p> Lowerer<'p> {
     /// Instantiates module `mid` at checkpoint prefix `prefix`; `site` is the `sub` (or entry) span.
-    pub fn instantiate(&mut self, mid: u32, args: CallArgs<'p>, prefix: Rc<str>, site: Span) -> R<Rc<Instance>> {
+    pub fn instantiate(
+        &mut self,
+        mid: u32,
+        args: CallArgs<'p>,
+        prefix: Rc<str>,
+        site: Span,
+    ) -> R<Rc<Instance>> {
         let def = &self.prog.items.modules[mid as usize];
         self.enter(site)?;
         let r = self.instantiate_inner(def, mid, args, prefix.clone(), site);
         self.leave();
         r.map_err(|e| {
-            let note = format!("while instantiating `{}` ({}) at {}", def.name.text, path_label(&prefix), self.pos(site));
+            let note = format!(
+                "while instantiating `{}` ({}) at {}",
+                def.name.text,
+                path_label(&prefix),
+                self.pos(site)
+            );
             e.with_note(note)
         })
     }
@@ -84,7 +95,13 @@ impl<'p> Lowerer<'p> {
     pub fn eval_dim(&mut self, sc: &mut Scope<'p>, e: &'p Expr) -> R<i64> {
         match self.eval(sc, e)? {
             Value::Int(d) if d >= 0 => Ok(d),
-            v => Err(self.err(e.span, format!("a dimension must be a non-negative int, got {}", self.describe(&v)))),
+            v => Err(self.err(
+                e.span,
+                format!(
+                    "a dimension must be a non-negative int, got {}",
+                    self.describe(&v)
+                ),
+            )),
         }
     }
 
@@ -92,11 +109,18 @@ impl<'p> Lowerer<'p> {
         if !self.present(sc, &pm.cond)? {
             return Ok(Value::None);
         }
-        let dims = pm.dims.iter().map(|d| self.eval_dim(sc, d)).collect::<R<Vec<i64>>>()?;
+        let dims = pm
+            .dims
+            .iter()
+            .map(|d| self.eval_dim(sc, d))
+            .collect::<R<Vec<i64>>>()?;
         let shape = self.check_dims(&dims, pm.span)?;
         let name = join(prefix, &pm.name.text);
         if let Some(prev) = self.param_names.get(&name) {
-            let msg = format!("checkpoint name `{name}` is used twice (also by the param at {})", self.pos(*prev));
+            let msg = format!(
+                "checkpoint name `{name}` is used twice (also by the param at {})",
+                self.pos(*prev)
+            );
             return Err(self.err(pm.name.span, msg));
         }
         self.param_names.insert(name.clone(), pm.name.span);
@@ -104,7 +128,12 @@ impl<'p> Lowerer<'p> {
             dtype: pm.dtype,
             shape,
         };
-        Ok(Value::Tensor(self.emit(sc, pm.span, Op::Param { name, ty }, &[])?))
+        Ok(Value::Tensor(self.emit(
+            sc,
+            pm.span,
+            Op::Param { name, ty },
+            &[],
+        )?))
     }
 
     fn sub_member(&mut self, sc: &mut Scope<'p>, sm: &'p SubMember, prefix: &str) -> R<Value> {
@@ -116,11 +145,19 @@ impl<'p> Lowerer<'p> {
             Some(_) => {
                 return Err(self.err(
                     sm.module.span,
-                    format!("`{}` is not a module; `sub` needs a module constructor", sm.module.text),
+                    format!(
+                        "`{}` is not a module; `sub` needs a module constructor",
+                        sm.module.text
+                    ),
                 ))
             }
             None => {
-                let modules = self.prog.items.table.iter().filter(|(_, r)| matches!(r, ItemRef::Module(_)));
+                let modules = self
+                    .prog
+                    .items
+                    .table
+                    .iter()
+                    .filter(|(_, r)| matches!(r, ItemRef::Module(_)));
                 let msg = format!(
                     "unknown module `{}`{}",
                     sm.module.text,
@@ -129,7 +166,10 @@ impl<'p> Lowerer<'p> {
                 return Err(self.err(sm.module.span, msg));
             }
         };
-        let path = sm.path.as_ref().map_or(sm.name.text.as_str(), |(p, _)| p.as_str());
+        let path = sm
+            .path
+            .as_ref()
+            .map_or(sm.name.text.as_str(), |(p, _)| p.as_str());
         let child = join(prefix, path);
         let count = match &sm.count {
             None => None,
@@ -138,7 +178,10 @@ impl<'p> Lowerer<'p> {
                 v => {
                     return Err(self.err(
                         c.span,
-                        format!("repeat count must be an int in 0..={MAX_REPEAT}, got {}", self.describe(&v)),
+                        format!(
+                            "repeat count must be an int in 0..={MAX_REPEAT}, got {}",
+                            self.describe(&v)
+                        ),
                     ))
                 }
             },
@@ -155,12 +198,22 @@ impl<'p> Lowerer<'p> {
             }
         }
         match count {
-            None => Ok(Value::Instance(self.instantiate(mid, args, child.into(), sm.span)?)),
+            None => Ok(Value::Instance(self.instantiate(
+                mid,
+                args,
+                child.into(),
+                sm.span,
+            )?)),
             Some(n) => {
                 let mut out = Vec::with_capacity(n as usize);
                 for i in 0..n {
                     let p = join(&child, &i.to_string());
-                    out.push(Value::Instance(self.instantiate(mid, args.clone(), p.into(), sm.span)?));
+                    out.push(Value::Instance(self.instantiate(
+                        mid,
+                        args.clone(),
+                        p.into(),
+                        sm.span,
+                    )?));
                 }
                 Ok(Value::list(out))
             }

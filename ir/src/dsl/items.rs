@@ -84,7 +84,11 @@ impl Loader<'_> {
 }
 
 /// Loads the prelude, `root` and its imports, and resolves the item table.
-pub(crate) fn load(root: &str, root_text: &str, resolve: Resolver<'_>) -> Result<(Vec<SourceFile>, Items), DslError> {
+pub(crate) fn load(
+    root: &str,
+    root_text: &str,
+    resolve: Resolver<'_>,
+) -> Result<(Vec<SourceFile>, Items), DslError> {
     let mut loader = Loader {
         files: Vec::new(),
         parsed: Vec::new(),
@@ -95,7 +99,10 @@ pub(crate) fn load(root: &str, root_text: &str, resolve: Resolver<'_>) -> Result
     loader.add(PRELUDE_NAME, PRELUDE)?;
     let root_id = loader.add(root, root_text)?;
     let Loader {
-        files, parsed, order, ..
+        files,
+        parsed,
+        order,
+        ..
     } = loader;
     let items = build_table(&files, parsed, &order, root_id)?;
     Ok((files, items))
@@ -116,7 +123,12 @@ fn check_module<'a>(files: &[SourceFile], m: &'a ModuleDef) -> Result<(), DslErr
             return Err(err_at(
                 files,
                 name.span,
-                format!("{what} `{}` is already defined in module `{}` at {}", name.text, m.name.text, pos(files, prev)),
+                format!(
+                    "{what} `{}` is already defined in module `{}` at {}",
+                    name.text,
+                    m.name.text,
+                    pos(files, prev)
+                ),
             ));
         }
         Ok(())
@@ -134,14 +146,21 @@ fn check_module<'a>(files: &[SourceFile], m: &'a ModuleDef) -> Result<(), DslErr
     Ok(())
 }
 
-fn build_table(files: &[SourceFile], parsed: Vec<Vec<Item>>, order: &[u32], root: u32) -> Result<Items, DslError> {
+fn build_table(
+    files: &[SourceFile],
+    parsed: Vec<Vec<Item>>,
+    order: &[u32],
+    root: u32,
+) -> Result<Items, DslError> {
     let mut items = Items::default();
     let mut defined_at: HashMap<String, Span> = HashMap::new();
     let mut entries: Vec<(u32, Name)> = Vec::new();
     let mut last_module: Option<u32> = None;
     let mut parsed: Vec<Option<Vec<Item>>> = parsed.into_iter().map(Some).collect();
     for &fid in order {
-        let Some(file_items) = parsed[fid as usize].take() else { continue };
+        let Some(file_items) = parsed[fid as usize].take() else {
+            continue;
+        };
         for item in file_items {
             let (name, new_ref) = match item.kind {
                 ItemKind::Import(_) => continue,
@@ -166,7 +185,10 @@ fn build_table(files: &[SourceFile], parsed: Vec<Vec<Item>>, order: &[u32], root
                     if fid != 0 {
                         last_module = Some(idx);
                     }
-                    (items.modules.last().map(|m| m.name.clone()), ItemRef::Module(idx))
+                    (
+                        items.modules.last().map(|m| m.name.clone()),
+                        ItemRef::Module(idx),
+                    )
                 }
             };
             let Some(name) = name else { continue };
@@ -217,17 +239,32 @@ fn build_table(files: &[SourceFile], parsed: Vec<Vec<Item>>, order: &[u32], root
     let root_entries: Vec<&(u32, Name)> = entries.iter().filter(|(f, _)| *f == root).collect();
     if root_entries.len() > 1 {
         let second = &root_entries[1].1;
-        return Err(err_at(files, second.span, "a file may declare only one `entry`"));
+        return Err(err_at(
+            files,
+            second.span,
+            "a file may declare only one `entry`",
+        ));
     }
-    let entry_name = root_entries.first().copied().or_else(|| entries.last()).map(|(_, n)| n.clone());
+    let entry_name = root_entries
+        .first()
+        .copied()
+        .or_else(|| entries.last())
+        .map(|(_, n)| n.clone());
     items.entry = match entry_name {
         Some(n) => match items.table.get(&n.text) {
             Some(ItemRef::Module(i)) => *i,
             Some(other) => {
-                return Err(err_at(files, n.span, format!("entry `{}` is a {}, not a module", n.text, other.kind())))
+                return Err(err_at(
+                    files,
+                    n.span,
+                    format!("entry `{}` is a {}, not a module", n.text, other.kind()),
+                ))
             }
             None => {
-                let modules = items.table.iter().filter(|(_, r)| matches!(r, ItemRef::Module(_)));
+                let modules = items
+                    .table
+                    .iter()
+                    .filter(|(_, r)| matches!(r, ItemRef::Module(_)));
                 let msg = format!(
                     "entry names unknown module `{}`{}",
                     n.text,

@@ -32,7 +32,9 @@ fn forward_of(prog: &Program) -> R<(&ModuleDef, &FnDef)> {
 
 fn source_text(prog: &Program, span: Span) -> String {
     let text = &prog.files[span.file as usize].text;
-    text.get(span.start as usize..span.end as usize).unwrap_or("").to_string()
+    text.get(span.start as usize..span.end as usize)
+        .unwrap_or("")
+        .to_string()
 }
 
 fn ann_text(prog: &Program, ann: &TypeAnn) -> String {
@@ -91,13 +93,18 @@ pub(crate) fn lower(
             None => {
                 return Err(lw.err(
                     f.span,
-                    format!("unknown static argument `{name}`: {fwd} has no such parameter{}", suggestion(name, names())),
+                    format!(
+                        "unknown static argument `{name}`: {fwd} has no such parameter{}",
+                        suggestion(name, names())
+                    ),
                 ))
             }
             Some(p) if p.ty.is_some() => {
                 return Err(lw.err(
                     p.name.span,
-                    format!("`{name}` is a tensor input of {fwd}, but it was supplied as a static argument"),
+                    format!(
+                    "`{name}` is a tensor input of {fwd}, but it was supplied as a static argument"
+                ),
                 ))
             }
             _ => {}
@@ -150,7 +157,10 @@ pub(crate) fn lower(
     lw.eval_block(&mut sc, &f.body)
         .map_err(|e| e.with_note(format!("in {fwd} (root)")))?;
     if lw.graph.outputs.is_empty() {
-        return Err(lw.err(f.span, format!("{fwd} declares no outputs; add `output name = value;`")));
+        return Err(lw.err(
+            f.span,
+            format!("{fwd} declares no outputs; add `output name = value;`"),
+        ));
     }
     Ok(lw.graph)
 }
@@ -166,15 +176,24 @@ fn bind_input<'p>(
     let name = p.name.text.as_str();
     let want = ann_text(lw.prog, ann);
     let dims: Vec<i64> = ty.shape.iter().map(|&d| d as i64).collect();
-    lw.check_dims(&dims, ann.span)
-        .map_err(|e| DslError { message: format!("input `{name}`: {}", e.message), ..e })?;
+    lw.check_dims(&dims, ann.span).map_err(|e| DslError {
+        message: format!("input `{name}`: {}", e.message),
+        ..e
+    })?;
     if ty.dtype != ann.dtype {
-        return Err(lw.err(ann.span, format!("input `{name}` is {ty} but the signature requires {want}")));
+        return Err(lw.err(
+            ann.span,
+            format!("input `{name}` is {ty} but the signature requires {want}"),
+        ));
     }
     if ty.rank() != ann.dims.len() {
         return Err(lw.err(
             ann.span,
-            format!("input `{name}` has rank {} ({ty}) but the signature {want} has rank {}", ty.rank(), ann.dims.len()),
+            format!(
+                "input `{name}` has rank {} ({ty}) but the signature {want} has rank {}",
+                ty.rank(),
+                ann.dims.len()
+            ),
         ));
     }
     for (i, (d, &actual)) in ann.dims.iter().zip(&dims).enumerate() {

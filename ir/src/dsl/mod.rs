@@ -75,7 +75,11 @@ fn parent_dir(name: &str) -> &str {
 }
 
 fn join_path(dir: &str, rel: &str) -> String {
-    let mut parts: Vec<&str> = if dir.is_empty() { Vec::new() } else { dir.split('/').collect() };
+    let mut parts: Vec<&str> = if dir.is_empty() {
+        Vec::new()
+    } else {
+        dir.split('/').collect()
+    };
     for seg in rel.split('/') {
         match seg {
             "." | "" => {}
@@ -96,14 +100,19 @@ impl Program {
             .map_err(|e| DslError::bare(&root, format!("cannot read the model source: {e}")))?;
         let resolve = |importer: &str, import: &str| {
             let name = join_path(parent_dir(importer), import);
-            std::fs::read_to_string(PathBuf::from(&name)).ok().map(|t| (name, t))
+            std::fs::read_to_string(PathBuf::from(&name))
+                .ok()
+                .map(|t| (name, t))
         };
         Program::build(&root, &text, &resolve)
     }
 
     /// Loads from a host resolver: `read(name)` returns a file's text. The root is `read(root)`;
     /// an `import "p"` is first asked as `p` (embedded sources), then relative to the importer.
-    pub fn from_sources(root: &str, read: &dyn Fn(&str) -> Option<String>) -> Result<Program, DslError> {
+    pub fn from_sources(
+        root: &str,
+        read: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Program, DslError> {
         let text = read(root).ok_or_else(|| DslError::bare(root, "source not found"))?;
         let resolve = |importer: &str, import: &str| {
             if let Some(t) = read(import) {

@@ -31,12 +31,20 @@ pub(crate) fn broadcast_shapes<'a>(shapes: impl IntoIterator<Item = &'a [usize]>
 
 fn floor_div(a: i64, b: i64) -> Option<i64> {
     let q = a.checked_div(b)?;
-    Some(if (a % b != 0) && ((a < 0) != (b < 0)) { q - 1 } else { q })
+    Some(if (a % b != 0) && ((a < 0) != (b < 0)) {
+        q - 1
+    } else {
+        q
+    })
 }
 
 fn floor_rem(a: i64, b: i64) -> Option<i64> {
     let r = a.checked_rem(b)?;
-    Some(if r != 0 && ((r < 0) != (b < 0)) { r + b } else { r })
+    Some(if r != 0 && ((r < 0) != (b < 0)) {
+        r + b
+    } else {
+        r
+    })
 }
 
 /// Folds `a op b` on numbers. Err is a message; Ok(None) means "not two numbers".
@@ -62,7 +70,9 @@ fn fold_numbers(op: BinOp, a: &Value, b: &Value) -> Result<Option<Value>, String
             _ => return Ok(None),
         }));
     }
-    let (Some(x), Some(y)) = (a.as_f64(), b.as_f64()) else { return Ok(None) };
+    let (Some(x), Some(y)) = (a.as_f64(), b.as_f64()) else {
+        return Ok(None);
+    };
     if matches!(op, BinOp::Div | BinOp::FloorDiv | BinOp::Rem) && y == 0.0 {
         return Err("division by zero".to_string());
     }
@@ -109,23 +119,38 @@ fn tensor_op(op: BinOp) -> Option<TensorOp> {
 impl<'p> Lowerer<'p> {
     pub fn unary(&mut self, sc: &Scope<'p>, span: Span, op: UnOp, v: Value) -> R<Value> {
         match (op, &v) {
-            (UnOp::Neg, Value::Int(i)) => {
-                i.checked_neg().map(Value::Int).ok_or_else(|| self.err(span, "integer overflow in `-`"))
-            }
+            (UnOp::Neg, Value::Int(i)) => i
+                .checked_neg()
+                .map(Value::Int)
+                .ok_or_else(|| self.err(span, "integer overflow in `-`")),
             (UnOp::Neg, Value::Float(f)) => Ok(Value::Float(-f)),
             (UnOp::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
             (_, Value::Tensor(id)) => {
-                let u = if op == UnOp::Neg { UnaryOp::Neg } else { UnaryOp::Not };
+                let u = if op == UnOp::Neg {
+                    UnaryOp::Neg
+                } else {
+                    UnaryOp::Not
+                };
                 Ok(Value::Tensor(self.emit(sc, span, Op::Unary(u), &[*id])?))
             }
             _ => {
                 let sym = if op == UnOp::Neg { "-" } else { "!" };
-                Err(self.err(span, format!("`{sym}` is not defined for {}", self.describe(&v))))
+                Err(self.err(
+                    span,
+                    format!("`{sym}` is not defined for {}", self.describe(&v)),
+                ))
             }
         }
     }
 
-    pub fn binary(&mut self, sc: &Scope<'p>, span: Span, op: BinOp, a: Value, b: Value) -> R<Value> {
+    pub fn binary(
+        &mut self,
+        sc: &Scope<'p>,
+        span: Span,
+        op: BinOp,
+        a: Value,
+        b: Value,
+    ) -> R<Value> {
         let sym = op.symbol();
         let tensors = matches!(a, Value::Tensor(_)) || matches!(b, Value::Tensor(_));
         if !tensors {
@@ -143,16 +168,26 @@ impl<'p> Lowerer<'p> {
                 (BinOp::Add, Value::Tuple(x), Value::Tuple(y)) => {
                     return Ok(Value::tuple(x.iter().chain(y.iter()).cloned().collect()))
                 }
-                (BinOp::Add, Value::Str(x), Value::Str(y)) => return Ok(Value::Str(format!("{x}{y}").into())),
-                (BinOp::Range, Value::Int(x), Value::Int(y)) => return Ok(Value::Range(*x, (*y).max(*x))),
+                (BinOp::Add, Value::Str(x), Value::Str(y)) => {
+                    return Ok(Value::Str(format!("{x}{y}").into()))
+                }
+                (BinOp::Range, Value::Int(x), Value::Int(y)) => return Ok(Value::Range(*x, *y)),
                 (BinOp::And | BinOp::Or, Value::Bool(x), Value::Bool(y)) => {
-                    return Ok(Value::Bool(if op == BinOp::And { *x && *y } else { *x || *y }))
+                    return Ok(Value::Bool(if op == BinOp::And {
+                        *x && *y
+                    } else {
+                        *x || *y
+                    }))
                 }
                 _ => {}
             }
             return Err(self.err(
                 span,
-                format!("`{sym}` is not defined for {} and {}", self.describe(&a), self.describe(&b)),
+                format!(
+                    "`{sym}` is not defined for {} and {}",
+                    self.describe(&a),
+                    self.describe(&b)
+                ),
             ));
         }
         // A tensor compared with a non-number (e.g. `mask == none`) is a compile-time comparison.
@@ -160,7 +195,14 @@ impl<'p> Lowerer<'p> {
             return Ok(Value::Bool(a.same(&b) == (op == BinOp::Eq)));
         }
         let Some(top) = tensor_op(op) else {
-            return Err(self.err(span, format!("`{sym}` is not defined for {} and {}", self.describe(&a), self.describe(&b))));
+            return Err(self.err(
+                span,
+                format!(
+                    "`{sym}` is not defined for {} and {}",
+                    self.describe(&a),
+                    self.describe(&b)
+                ),
+            ));
         };
         let ids = self.unify(sc, span, &[(a, span), (b, span)], None, sym)?;
         let ir = match top {
@@ -191,7 +233,10 @@ impl<'p> Lowerer<'p> {
             _ => {
                 return Err(self.err(
                     span,
-                    format!("{} cannot be used as a {dtype} value (use cast(x, dtype) to convert)", self.describe(v)),
+                    format!(
+                        "{} cannot be used as a {dtype} value (use cast(x, dtype) to convert)",
+                        self.describe(v)
+                    ),
                 ))
             }
         };
@@ -199,16 +244,36 @@ impl<'p> Lowerer<'p> {
     }
 
     /// Broadcasts a tensor to `shape` (no node if it already has it).
-    pub fn broadcast_to(&mut self, sc: &Scope<'p>, span: Span, id: NodeId, shape: &[usize]) -> R<NodeId> {
+    pub fn broadcast_to(
+        &mut self,
+        sc: &Scope<'p>,
+        span: Span,
+        id: NodeId,
+        shape: &[usize],
+    ) -> R<NodeId> {
         if self.graph.ty(id).shape.as_slice() == shape {
             return Ok(id);
         }
-        self.emit(sc, span, Op::Broadcast { shape: Shape::from_slice(shape) }, &[id])
+        self.emit(
+            sc,
+            span,
+            Op::Broadcast {
+                shape: Shape::from_slice(shape),
+            },
+            &[id],
+        )
     }
 
     /// Makes tensors of one dtype and one shape from operands (tensors, numbers, bools). The dtype is
     /// that of the tensor operands (which must agree), else `default`.
-    pub fn unify(&mut self, sc: &Scope<'p>, span: Span, vals: &[(Value, Span)], default: Option<DType>, what: &str) -> R<Vec<NodeId>> {
+    pub fn unify(
+        &mut self,
+        sc: &Scope<'p>,
+        span: Span,
+        vals: &[(Value, Span)],
+        default: Option<DType>,
+        what: &str,
+    ) -> R<Vec<NodeId>> {
         let mut dtype = None;
         for (v, _) in vals {
             if let Value::Tensor(id) = v {
@@ -232,15 +297,25 @@ impl<'p> Lowerer<'p> {
         let dtype = match (dtype, default) {
             (Some((d, _)), _) => d,
             (None, Some(d)) => d,
-            (None, None) => return Err(self.err(span, format!("`{what}` needs at least one tensor operand"))),
+            (None, None) => {
+                return Err(self.err(span, format!("`{what}` needs at least one tensor operand")))
+            }
         };
         let mut ids = Vec::with_capacity(vals.len());
         for (v, vspan) in vals {
             ids.push(match v {
                 Value::Tensor(id) => *id,
-                Value::Int(_) | Value::Float(_) | Value::Bool(_) => self.number_as(sc, *vspan, v, dtype)?,
+                Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                    self.number_as(sc, *vspan, v, dtype)?
+                }
                 _ => {
-                    return Err(self.err(*vspan, format!("`{what}` expects tensors or numbers, got {}", self.describe(v))))
+                    return Err(self.err(
+                        *vspan,
+                        format!(
+                            "`{what}` expects tensors or numbers, got {}",
+                            self.describe(v)
+                        ),
+                    ))
                 }
             });
         }
@@ -248,32 +323,54 @@ impl<'p> Lowerer<'p> {
     }
 
     /// Broadcasts tensors to their common shape.
-    pub fn broadcast_all(&mut self, sc: &Scope<'p>, span: Span, ids: &[NodeId], what: &str) -> R<Vec<NodeId>> {
+    pub fn broadcast_all(
+        &mut self,
+        sc: &Scope<'p>,
+        span: Span,
+        ids: &[NodeId],
+        what: &str,
+    ) -> R<Vec<NodeId>> {
         let shape = {
             let shapes = ids.iter().map(|id| self.graph.ty(*id).shape.as_slice());
             broadcast_shapes(shapes)
         };
         let Some(shape) = shape else {
-            let types: Vec<String> = ids.iter().map(|id| self.graph.ty(*id).to_string()).collect();
+            let types: Vec<String> = ids
+                .iter()
+                .map(|id| self.graph.ty(*id).to_string())
+                .collect();
             return Err(self.err(
                 span,
-                format!("cannot broadcast {} together in `{what}`", types.join(" and ")),
+                format!(
+                    "cannot broadcast {} together in `{what}`",
+                    types.join(" and ")
+                ),
             ));
         };
-        if !checked_numel(&shape).is_some_and(|n| n <= MAX_ELEMENTS) {
+        if !shape_fits(&shape) {
             return Err(self.err(span, format!("shape {} is too large", ShapeDisplay(&shape))));
         }
-        ids.iter().map(|&id| self.broadcast_to(sc, span, id, &shape)).collect()
+        ids.iter()
+            .map(|&id| self.broadcast_to(sc, span, id, &shape))
+            .collect()
     }
 }
 
 /// Values that take part in tensor arithmetic.
 fn is_operand(v: &Value) -> bool {
-    matches!(v, Value::Tensor(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_))
+    matches!(
+        v,
+        Value::Tensor(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_)
+    )
 }
 
 /// Upper bound on the elements of any shape we build (keeps products far from overflow).
 pub(crate) const MAX_ELEMENTS: usize = 1 << 48;
+
+/// True when the element count of `shape` is at most [`MAX_ELEMENTS`].
+pub(crate) fn shape_fits(shape: &[usize]) -> bool {
+    matches!(checked_numel(shape), Some(n) if n <= MAX_ELEMENTS)
+}
 
 pub(crate) fn checked_numel(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))

@@ -55,7 +55,10 @@ pub(crate) fn mask_comments(text: &str) -> (String, Vec<usize>) {
         i += 1;
     }
     // Only ASCII bytes were replaced by spaces, whole comments at a time, so this stays UTF-8.
-    (String::from_utf8(out).unwrap_or_else(|_| text.to_string()), floordivs)
+    (
+        String::from_utf8(out).unwrap_or_else(|_| text.to_string()),
+        floordivs,
+    )
 }
 
 fn is_word(c: u8) -> bool {
@@ -84,8 +87,20 @@ fn ends_value_before(b: &[u8], i: usize) -> bool {
     let word = std::str::from_utf8(&b[k..j]).unwrap_or("");
     !matches!(
         word,
-        "import" | "const" | "fn" | "module" | "param" | "sub" | "let" | "for" | "in" | "if" | "else" | "output"
-            | "override" | "entry"
+        "import"
+            | "const"
+            | "fn"
+            | "module"
+            | "param"
+            | "sub"
+            | "let"
+            | "for"
+            | "in"
+            | "if"
+            | "else"
+            | "output"
+            | "override"
+            | "entry"
     )
 }
 
@@ -133,7 +148,11 @@ fn check_nesting(src: &SourceFile, masked: &str) -> R<()> {
             b'(' | b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_BRACKETS {
-                    return Err(src.error(i, i + 1, format!("brackets are nested more than {MAX_BRACKETS} deep")));
+                    return Err(src.error(
+                        i,
+                        i + 1,
+                        format!("brackets are nested more than {MAX_BRACKETS} deep"),
+                    ));
                 }
             }
             b')' | b']' | b'}' => depth = depth.saturating_sub(1),
@@ -149,10 +168,19 @@ pub(crate) fn parse_file(file: u32, src: &SourceFile, masked: &str) -> R<Vec<Ite
         Ok(p) => p,
         Err(_) => {
             // Parse again with detailed tracking of expected tokens (slower, error path only).
+            // (A process-wide flag: a concurrent parse may briefly see it; that only changes the
+            // detail of its error message.)
             pest::set_error_detail(true);
-            let e = match QieParser::parse(Rule::file, masked) {
+            let reparsed = QieParser::parse(Rule::file, masked);
+            pest::set_error_detail(false);
+            let e = match reparsed {
                 Err(e) => e,
-                Ok(_) => return Err(DslError::bare(&src.name, "internal error: inconsistent parse")),
+                Ok(_) => {
+                    return Err(DslError::bare(
+                        &src.name,
+                        "internal error: inconsistent parse",
+                    ))
+                }
             };
             return Err(syntax_error(src, masked, e));
         }
@@ -174,10 +202,10 @@ fn rule_desc(r: Rule) -> Option<&'static str> {
     use Rule::*;
     Some(match r {
         ident => "a name",
-        int | float | string | lit_true | lit_false | lit_none | neg | not | paren | tuple_lit | list_lit | if_expr
-        | expr => "an expression",
-        call | member_access | index | coalesce | or | and | eq | ne | le | ge | lt | gt | add | sub | floordiv | mul
-        | div | rem | range => "an operator",
+        int | float | string | lit_true | lit_false | lit_none | neg | not | paren | tuple_lit
+        | list_lit | if_expr | expr => "an expression",
+        call | member_access | index | coalesce | or | and | eq | ne | le | ge | lt | gt | add
+        | sub | floordiv | mul | div | rem | range => "an operator",
         dtype => "a dtype (f32, bf16, f16, i32, i64, bool)",
         kw_import => "`import`",
         kw_const => "`const`",
@@ -202,8 +230,8 @@ fn rule_desc(r: Rule) -> Option<&'static str> {
 
 /// Literal tokens that stand for "an operator" or "an expression" (already described by rules).
 const COVERED_TOKENS: &[&str] = &[
-    "??", "||", "&&", "==", "!=", "<=", ">=", "<", ">", "+", "-", "//", "*", "/", "%", "..", ".", "(", "[", "!",
-    "\"", "\\", "_", "true", "false", "none", "if",
+    "??", "||", "&&", "==", "!=", "<=", ">=", "<", ">", "+", "-", "//", "*", "/", "%", "..", ".",
+    "(", "[", "!", "\"", "\\", "_", "true", "false", "none", "if",
 ];
 
 fn found_token(masked: &str, pos: usize) -> String {
@@ -212,7 +240,10 @@ fn found_token(masked: &str, pos: usize) -> String {
         return "end of file".to_string();
     };
     if c.is_ascii_alphanumeric() || c == '_' {
-        let w: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let w: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
         return format!("`{w}`");
     }
     for op in ["??", "||", "&&", "==", "!=", "<=", ">=", "//", ".."] {
@@ -289,7 +320,11 @@ fn syntax_error(src: &SourceFile, masked: &str, e: pest::error::Error<Rule>) -> 
     expected.truncate(7);
     // An error inside a word (`fnn`) is reported at the start of the word.
     let b = masked.as_bytes();
-    while pos > 0 && pos <= b.len() && is_word(b[pos - 1]) && b.get(pos).is_some_and(|c| is_word(*c)) {
+    while pos > 0
+        && pos <= b.len()
+        && is_word(b[pos - 1])
+        && b.get(pos).is_some_and(|c| is_word(*c))
+    {
         pos -= 1;
     }
     let found = found_token(masked, pos);
@@ -306,7 +341,9 @@ fn syntax_error(src: &SourceFile, masked: &str, e: pest::error::Error<Rule>) -> 
     if wants_semi && before[trimmed.len()..].contains('\n') && !trimmed.is_empty() {
         let at = trimmed.len();
         let (l, c) = src.line_col(pos);
-        return src.error(at, at + 1, message).with_note(format!("the next token is at {}:{l}:{c}", src.name));
+        return src
+            .error(at, at + 1, message)
+            .with_note(format!("the next token is at {}:{l}:{c}", src.name));
     }
     let width = found.trim_matches('`').len().max(1);
     src.error(pos, pos + width, message)
@@ -393,14 +430,19 @@ impl Builder<'_> {
         let span = self.span(&p);
         let rule = p.as_rule();
         if rule == Rule::override_item {
-            let inner = kids(p).next().ok_or_else(|| self.err(span, "empty override"))?;
+            let inner = kids(p)
+                .next()
+                .ok_or_else(|| self.err(span, "empty override"))?;
             let mut item = self.item(inner)?;
             item.is_override = true;
             item.span = span;
             return Ok(item);
         }
         let mut it = kids(p);
-        let mut next = || it.next().ok_or_else(|| self.err(span, "internal error: malformed item"));
+        let mut next = || {
+            it.next()
+                .ok_or_else(|| self.err(span, "internal error: malformed item"))
+        };
         let kind = match rule {
             Rule::import_item => ItemKind::Import(self.string(next()?)?),
             Rule::entry_item => ItemKind::Entry(self.name(next()?)),
@@ -459,7 +501,13 @@ impl Builder<'_> {
             let name = self.name(first);
             if let Some(prev) = out.iter().find(|o| o.name.text == name.text) {
                 let (l, c) = self.src.line_col(prev.name.span.start as usize);
-                return Err(self.err(name.span, format!("parameter `{}` is declared twice (first at line {l}:{c})", name.text)));
+                return Err(self.err(
+                    name.span,
+                    format!(
+                        "parameter `{}` is declared twice (first at line {l}:{c})",
+                        name.text
+                    ),
+                ));
             }
             let mut decl = ParamDecl {
                 name,
@@ -488,7 +536,8 @@ impl Builder<'_> {
     }
 
     fn dtype(&self, p: Pair<'_, Rule>) -> R<DType> {
-        DType::parse(p.as_str()).ok_or_else(|| self.err(self.span(&p), format!("unknown dtype `{}`", p.as_str())))
+        DType::parse(p.as_str())
+            .ok_or_else(|| self.err(self.span(&p), format!("unknown dtype `{}`", p.as_str())))
     }
 
     fn expr_list(&self, p: Pair<'_, Rule>) -> R<Vec<Expr>> {
@@ -563,7 +612,11 @@ impl Builder<'_> {
                     }));
                 }
                 Rule::fn_item => methods.push(self.fn_def(mspan, kids(m))?),
-                r => return Err(self.err(mspan, format!("internal error: unexpected {r:?} in module"))),
+                r => {
+                    return Err(
+                        self.err(mspan, format!("internal error: unexpected {r:?} in module"))
+                    )
+                }
             }
         }
         Ok(ModuleDef {
@@ -576,7 +629,9 @@ impl Builder<'_> {
 
     fn cond(&self, p: Pair<'_, Rule>) -> R<Expr> {
         let span = self.span(&p);
-        let e = kids(p).next().ok_or_else(|| self.err(span, "missing condition"))?;
+        let e = kids(p)
+            .next()
+            .ok_or_else(|| self.err(span, "missing condition"))?;
         self.expr(e)
     }
 
@@ -596,7 +651,9 @@ impl Builder<'_> {
                 Some(c @ ('\\' | '"')) => out.push(c),
                 other => {
                     let esc = other.map_or(String::new(), |c| c.to_string());
-                    return Err(self.err(self.span(&p), format!("unknown escape `\\{esc}` in string")));
+                    return Err(
+                        self.err(self.span(&p), format!("unknown escape `\\{esc}` in string"))
+                    );
                 }
             }
         }
@@ -608,7 +665,10 @@ impl Builder<'_> {
             Rule::ident => Ok(Pattern::Name(self.name(p))),
             _ => {
                 let span = self.span(&p);
-                Ok(Pattern::Tuple(kids(p).map(|c| self.pattern(c)).collect::<R<_>>()?, span))
+                Ok(Pattern::Tuple(
+                    kids(p).map(|c| self.pattern(c)).collect::<R<_>>()?,
+                    span,
+                ))
             }
         }
     }
@@ -652,10 +712,18 @@ impl Builder<'_> {
                         stmts.push(Stmt::Expr(e));
                     } else {
                         let end = e.span.end as usize;
-                        return Err(self.src.error(end, end + 1, "syntax error: expected `;` after this expression"));
+                        return Err(self.src.error(
+                            end,
+                            end + 1,
+                            "syntax error: expected `;` after this expression",
+                        ));
                     }
                 }
-                r => return Err(self.err(sspan, format!("internal error: unexpected {r:?} in block"))),
+                r => {
+                    return Err(
+                        self.err(sspan, format!("internal error: unexpected {r:?} in block"))
+                    )
+                }
             }
         }
         Ok(Block::new(stmts, tail))
@@ -667,8 +735,14 @@ impl Builder<'_> {
             let arg = if a.as_rule() == Rule::kwarg {
                 let span = self.span(&a);
                 let mut k = kids(a);
-                let name = self.name(k.next().ok_or_else(|| self.err(span, "bad keyword argument"))?);
-                let value = self.expr(k.next().ok_or_else(|| self.err(span, "bad keyword argument"))?)?;
+                let name = self.name(
+                    k.next()
+                        .ok_or_else(|| self.err(span, "bad keyword argument"))?,
+                );
+                let value = self.expr(
+                    k.next()
+                        .ok_or_else(|| self.err(span, "bad keyword argument"))?,
+                )?;
                 Arg {
                     name: Some(name),
                     value,
@@ -684,8 +758,13 @@ impl Builder<'_> {
                 Arg { name: None, value }
             };
             if let Some(n) = &arg.name {
-                if out.iter().any(|o| o.name.as_ref().is_some_and(|m| m.text == n.text)) {
-                    return Err(self.err(n.span, format!("keyword argument `{}` given twice", n.text)));
+                if out
+                    .iter()
+                    .any(|o| o.name.as_ref().is_some_and(|m| m.text == n.text))
+                {
+                    return Err(
+                        self.err(n.span, format!("keyword argument `{}` given twice", n.text))
+                    );
                 }
             }
             out.push(arg);
@@ -697,7 +776,10 @@ impl Builder<'_> {
         let span = self.span(&p);
         let e = self.expr_inner(p)?;
         if e.depth > MAX_EXPR_DEPTH {
-            return Err(self.err(span, format!("expression is nested more than {MAX_EXPR_DEPTH} levels deep")));
+            return Err(self.err(
+                span,
+                format!("expression is nested more than {MAX_EXPR_DEPTH} levels deep"),
+            ));
         }
         Ok(e)
     }
@@ -710,7 +792,11 @@ impl Builder<'_> {
             .map_primary(|p| self.primary(p))
             .map_prefix(|op, rhs| {
                 let rhs = rhs?;
-                let uop = if op.as_rule() == Rule::neg { UnOp::Neg } else { UnOp::Not };
+                let uop = if op.as_rule() == Rule::neg {
+                    UnOp::Neg
+                } else {
+                    UnOp::Not
+                };
                 let span = self.span(&op).to(rhs.span);
                 Ok(Expr::new(ExprKind::Unary(uop, Box::new(rhs)), span))
             })
@@ -727,11 +813,15 @@ impl Builder<'_> {
                         ExprKind::Call(Box::new(lhs), args)
                     }
                     Rule::member_access => {
-                        let name = kids(op).next().ok_or_else(|| self.err(span, "missing member name"))?;
+                        let name = kids(op)
+                            .next()
+                            .ok_or_else(|| self.err(span, "missing member name"))?;
                         ExprKind::Member(Box::new(lhs), self.name(name))
                     }
                     _ => {
-                        let ix = kids(op).next().ok_or_else(|| self.err(span, "missing index"))?;
+                        let ix = kids(op)
+                            .next()
+                            .ok_or_else(|| self.err(span, "missing index"))?;
                         ExprKind::Index(Box::new(lhs), Box::new(self.expr(ix)?))
                     }
                 };
@@ -759,7 +849,10 @@ impl Builder<'_> {
                     _ => BinOp::Range,
                 };
                 let span = lhs.span.to(rhs.span);
-                Ok(Expr::new(ExprKind::Binary(bop, Box::new(lhs), Box::new(rhs)), span))
+                Ok(Expr::new(
+                    ExprKind::Binary(bop, Box::new(lhs), Box::new(rhs)),
+                    span,
+                ))
             })
             .parse(kids(p))
     }
@@ -769,7 +862,12 @@ impl Builder<'_> {
         let kind = match p.as_rule() {
             Rule::int => match p.as_str().parse::<i64>() {
                 Ok(v) => ExprKind::Int(v),
-                Err(_) => return Err(self.err(span, format!("integer literal `{}` is too large", p.as_str()))),
+                Err(_) => {
+                    return Err(self.err(
+                        span,
+                        format!("integer literal `{}` is too large", p.as_str()),
+                    ))
+                }
             },
             Rule::float => ExprKind::Float(p.as_str().parse::<f64>().unwrap_or(f64::NAN)),
             Rule::string => ExprKind::Str(self.string(p)?),
@@ -778,7 +876,9 @@ impl Builder<'_> {
             Rule::lit_false => ExprKind::Bool(false),
             Rule::lit_none => ExprKind::None,
             Rule::paren => {
-                let inner = kids(p).next().ok_or_else(|| self.err(span, "empty parentheses"))?;
+                let inner = kids(p)
+                    .next()
+                    .ok_or_else(|| self.err(span, "empty parentheses"))?;
                 let mut e = self.expr(inner)?;
                 e.span = span;
                 return Ok(e);
@@ -790,7 +890,10 @@ impl Builder<'_> {
                 let mut arms = Vec::new();
                 let mut i = 0;
                 while i + 1 < parts.len() {
-                    arms.push((self.expr(parts[i].clone())?, self.block(parts[i + 1].clone())?));
+                    arms.push((
+                        self.expr(parts[i].clone())?,
+                        self.block(parts[i + 1].clone())?,
+                    ));
                     i += 2;
                 }
                 let else_block = match parts.get(i) {
@@ -800,7 +903,12 @@ impl Builder<'_> {
                 ExprKind::If(arms, else_block)
             }
             Rule::expr => return self.expr(p),
-            r => return Err(self.err(span, format!("internal error: unexpected {r:?} in expression"))),
+            r => {
+                return Err(self.err(
+                    span,
+                    format!("internal error: unexpected {r:?} in expression"),
+                ))
+            }
         };
         Ok(Expr::new(kind, span))
     }

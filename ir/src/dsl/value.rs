@@ -5,6 +5,9 @@ use crate::{DType, NodeId};
 use std::collections::HashMap;
 use std::rc::Rc;
 
+/// Longest range that may be unrolled or materialised.
+pub(crate) const MAX_RANGE: i64 = 1 << 20;
+
 #[derive(Clone, Debug)]
 pub(crate) enum Value {
     None,
@@ -72,11 +75,13 @@ impl Value {
         }
     }
 
-    /// Items of a list, tuple or range (ranges are materialised).
+    /// Items of a list, tuple or range (ranges are materialised, up to [`MAX_RANGE`] items).
     pub fn items(&self) -> Option<Rc<Vec<Value>>> {
         match self {
             Value::List(v) | Value::Tuple(v) => Some(v.clone()),
-            Value::Range(a, b) => Some(Rc::new((*a..*b).map(Value::Int).collect())),
+            Value::Range(a, b) if b.saturating_sub(*a) <= MAX_RANGE => {
+                Some(Rc::new((*a..*b).map(Value::Int).collect()))
+            }
             _ => None,
         }
     }
@@ -91,9 +96,12 @@ impl Value {
                 None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
             },
             serde_json::Value::String(s) => Value::Str(s.as_str().into()),
-            serde_json::Value::Array(a) => {
-                Value::list(a.iter().enumerate().map(|(i, x)| Value::from_json(x, &format!("{path}[{i}]"))).collect())
-            }
+            serde_json::Value::Array(a) => Value::list(
+                a.iter()
+                    .enumerate()
+                    .map(|(i, x)| Value::from_json(x, &format!("{path}[{i}]")))
+                    .collect(),
+            ),
             serde_json::Value::Object(o) => Value::Dict(Rc::new(Dict {
                 path: path.to_string(),
                 entries: o
@@ -114,7 +122,9 @@ impl Value {
             (Int(_) | Float(_), Int(_) | Float(_)) => self.as_f64() == other.as_f64(),
             (Str(a), Str(b)) => a == b,
             (DType(a), DType(b)) => a == b,
-            (List(a), List(b)) | (Tuple(a), Tuple(b)) => a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.same(y)),
+            (List(a), List(b)) | (Tuple(a), Tuple(b)) => {
+                a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.same(y))
+            }
             (Range(a, b), Range(c, d)) => a == c && b == d,
             (Tensor(a), Tensor(b)) => a == b,
             (Instance(a), Instance(b)) => Rc::ptr_eq(a, b),

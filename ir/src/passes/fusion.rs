@@ -29,7 +29,10 @@
 //!    Layer norm is therefore two Reduction groups (mean; variance) and one Elementwise group
 //!    (normalise, modulate, gate, residual add), the centred `x - mean` being recomputed.
 //! 5. **Library groups.** `MatMul`/`Attention`/`Conv2d` each anchor their own group. Their
-//!    operands are materialised, except `Reshape` views of materialised values (prologue, free).
+//!    operands are materialised values, possibly seen through views (reshape, transpose, slice,
+//!    broadcast) that form the prologue: the library reads them through an index map (strides;
+//!    a backend that needs a dense operand copies it), so e.g. the slice of the attention output
+//!    that feeds `to_out` is never copied by a kernel of its own.
 //!    When `FusionOptions::matmul_epilogue` is set, elementwise consumers that read the library
 //!    result only at the same linear index (bias add, GELU, gate * x + residual) ride in the group
 //!    as its epilogue, with broadcasts of small operands; a backend (cuBLASLt epilogues) inspects
@@ -255,7 +258,7 @@ impl Builder<'_> {
             return false;
         }
         if grp.kind == GroupKind::Library && d.space == Space::Prologue {
-            return matches!(op, Op::Reshape { .. });
+            return op.is_view();
         }
         let anchor_ok = grp.kind == GroupKind::Elementwise
             && grp.anchor.is_none()
@@ -265,12 +268,7 @@ impl Builder<'_> {
             Op::Constant { .. } | Op::Iota { .. } => true,
             op if op.is_view() => true,
             op if op.is_elementwise() => d.access != Access::Indexed || cheap,
-            // Reduction groups keep all outputs in the Reduce's own shape (backends write them
-            // with the reduced index).
-            Op::Reduce { .. } => {
-                let shape = &self.g.ty(p).shape;
-                anchor_ok && grp.outputs.iter().all(|&o| self.g.ty(o).shape == *shape)
-            }
+            Op::Reduce { .. } => anchor_ok,
             op if op.is_library_call() => anchor_ok && self.opts.matmul_epilogue,
             _ => false,
         }
@@ -310,7 +308,7 @@ impl Builder<'_> {
     fn demands(&self, p: NodeId) -> (SmallVec<[Placement; 2]>, bool) {
         let mut demands: SmallVec<[Placement; 2]> = SmallVec::new();
         let mut needs_memory = false;
-        let is_reshape = matches!(self.g.node(p).op, Op::Reshape { .. });
+        let is_view = self.g.node(p).op.is_view();
         let is_constant = matches!(self.g.node(p).op, Op::Constant { .. } | Op::Iota { .. });
         for &u in &self.users[p.index()] {
             let op = &self.g.node(u).op;
@@ -327,7 +325,7 @@ impl Builder<'_> {
                         access: operand_access(self.g, u, pl.access),
                         ..*pl
                     })
-                } else if matches!(op, Op::Reduce { .. }) || (op.is_library_call() && is_reshape) {
+                } else if matches!(op, Op::Reduce { .. }) || (op.is_library_call() && is_view) {
                     Some(Placement {
                         group: pl.group,
                         space: Space::Prologue,
@@ -386,15 +384,7 @@ impl Builder<'_> {
         }
         if demands.len() == 1 {
             let d = demands[0];
-            let same_shape_as_anchor = match self.groups[d.group].anchor {
-                Some(a) if self.groups[d.group].kind == GroupKind::Reduction => {
-                    g.ty(a).shape == g.ty(p).shape
-                }
-                _ => true,
-            };
-            if is_output
-                && !(d.space == Space::Main && d.access == Access::Same && same_shape_as_anchor)
-            {
+            if is_output && !(d.space == Space::Main && d.access == Access::Same) {
                 self.seed(p);
                 return;
             }
@@ -525,7 +515,8 @@ impl Builder<'_> {
 }
 
 /// Partitions every non-leaf node of `g` into kernel groups, in a valid execution order (see the
-/// module docs for the rules). Deterministic.
+/// module docs for the rules). Deterministic. Debug builds check the result with
+/// [`validate_fusion_plan`].
 pub fn fuse(g: &Graph, opts: &FusionOptions) -> FusionPlan {
     let n = g.len();
     let mut is_output = vec![false; n];
@@ -542,10 +533,15 @@ pub fn fuse(g: &Graph, opts: &FusionOptions) -> FusionPlan {
         groups: vec![],
     };
     for i in (0..g.len() as u32).rev() {
-        let id = NodeId(i);
-        b.visit(id);
+        b.visit(NodeId(i));
     }
-    b.finish()
+    let plan = b.finish();
+    if cfg!(debug_assertions) {
+        if let Err(e) = validate_fusion_plan(g, &plan) {
+            panic!("fuse produced an invalid plan: {e}");
+        }
+    }
+    plan
 }
 
 /// How the main index space of `group` reads each of its members and inputs (see [`Access`]).
@@ -698,10 +694,14 @@ pub fn validate_fusion_plan(g: &Graph, plan: &FusionPlan) -> Result<(), String> 
                 grp.kind
             ));
         }
-        if let (GroupKind::Reduction, Some(a)) = (grp.kind, grp.anchor) {
-            if grp.outputs.iter().any(|&o| g.ty(o).shape != g.ty(a).shape) {
+        if let (GroupKind::Reduction | GroupKind::Library, Some(a)) = (grp.kind, grp.anchor) {
+            if grp
+                .outputs
+                .iter()
+                .any(|&o| g.ty(o).numel() != g.ty(a).numel())
+            {
                 return Err(format!(
-                    "group {gi}: reduction output not in the reduce's shape"
+                    "group {gi}: output not in the anchor's index space"
                 ));
             }
         }
@@ -713,13 +713,8 @@ pub fn validate_fusion_plan(g: &Graph, plan: &FusionPlan) -> Result<(), String> 
         {
             return Err(format!("group {gi}: alias group with a non-reshape member"));
         }
-        if grp.kind == GroupKind::Library
-            && !grp
-                .prologue
-                .iter()
-                .all(|&m| matches!(g.node(m).op, Op::Reshape { .. }))
-        {
-            return Err(format!("group {gi}: library prologue must be reshapes"));
+        if grp.kind == GroupKind::Library && !grp.prologue.iter().all(|&m| g.node(m).op.is_view()) {
+            return Err(format!("group {gi}: library prologue must be views"));
         }
     }
     for id in g.ids() {

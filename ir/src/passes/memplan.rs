@@ -20,7 +20,7 @@ use crate::passes::fusion::{main_space_access, Access};
 use crate::plan::{FusionPlan, GroupKind, MemoryPlan, Slot};
 use crate::{Graph, NodeId, Op};
 use std::cmp::Reverse;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Knobs of [`plan_memory`]. `Default` is what the compiler uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,26 +126,71 @@ impl Buffers {
     }
 }
 
-/// For inclusive intervals `(start, end)`: the indices of the intervals overlapping each one.
-/// A sweep over start times, so the cost is proportional to the number of overlapping pairs.
-fn overlapping_pairs(intervals: &[(usize, usize)]) -> Vec<Vec<u32>> {
-    let mut by_start: Vec<usize> = (0..intervals.len()).collect();
-    by_start.sort_by_key(|&i| intervals[i]);
-    let mut neighbours: Vec<Vec<u32>> = vec![Vec::new(); intervals.len()];
-    let mut active: Vec<usize> = Vec::new();
-    for i in by_start {
-        let (start, _) = intervals[i];
-        active.retain(|&a| intervals[a].1 >= start);
-        for &a in &active {
-            neighbours[a].push(i as u32);
-            neighbours[i].push(a as u32);
-        }
-        active.push(i);
-    }
-    neighbours
+/// Static index over inclusive intervals `(start, end)` of group indices, answering "which
+/// intervals overlap `[s, e]`" in time proportional to the answer (plus a logarithm): an interval
+/// overlaps `[s, e]` iff it contains `s` (a stabbing query on a segment tree) or starts in
+/// `(s, e]` (a range of the start-sorted list). Memory O(n log T).
+struct IntervalIndex {
+    leaves: usize,
+    /// Segment tree over time: the intervals whose canonical decomposition contains the node.
+    nodes: Vec<Vec<u32>>,
+    by_start: Vec<(usize, u32)>,
 }
 
-/// Assigns every materialised value of `fusion` a slot (see the module docs).
+impl IntervalIndex {
+    fn new(intervals: &[(usize, usize)]) -> Self {
+        let t_max = intervals.iter().map(|i| i.1).max().unwrap_or(0);
+        let leaves = (t_max + 1).next_power_of_two();
+        let mut nodes: Vec<Vec<u32>> = vec![Vec::new(); 2 * leaves];
+        for (k, &(s, e)) in intervals.iter().enumerate() {
+            let (mut l, mut r) = (s + leaves, e + 1 + leaves);
+            while l < r {
+                if l & 1 == 1 {
+                    nodes[l].push(k as u32);
+                    l += 1;
+                }
+                if r & 1 == 1 {
+                    r -= 1;
+                    nodes[r].push(k as u32);
+                }
+                l >>= 1;
+                r >>= 1;
+            }
+        }
+        let mut by_start: Vec<(usize, u32)> = intervals
+            .iter()
+            .enumerate()
+            .map(|(k, &(s, _))| (s, k as u32))
+            .collect();
+        by_start.sort_unstable();
+        IntervalIndex {
+            leaves,
+            nodes,
+            by_start,
+        }
+    }
+
+    /// Calls `f` once for every interval overlapping `[s, e]` (including the queried one).
+    fn for_each_overlap(&self, s: usize, e: usize, mut f: impl FnMut(usize)) {
+        let mut node = s + self.leaves;
+        while node >= 1 {
+            for &k in &self.nodes[node] {
+                f(k as usize);
+            }
+            node >>= 1;
+        }
+        let first = self.by_start.partition_point(|&(start, _)| start <= s);
+        for &(start, k) in &self.by_start[first..] {
+            if start > e {
+                break;
+            }
+            f(k as usize);
+        }
+    }
+}
+
+/// Assigns every materialised value of `fusion` a slot (see the module docs). Debug builds check
+/// the result with [`validate_memory_plan`].
 pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> MemoryPlan {
     let n = g.len();
     let life = value_lifetimes(g, fusion);
@@ -233,7 +278,7 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
     // Best fit over the interval graph: each buffer, largest first, at the lowest offset that
     // overlaps no already-placed buffer whose lifetime overlaps its own.
     let intervals: Vec<(usize, usize)> = buffers.iter().map(|b| (b.start, b.end)).collect();
-    let neighbours = overlapping_pairs(&intervals);
+    let index = IntervalIndex::new(&intervals);
     let mut order: Vec<usize> = (0..buffers.len()).collect();
     order.sort_by_key(|&b| (Reverse(buffers[b].size), buffers[b].start, buffers[b].first));
     let mut is_placed = vec![false; buffers.len()];
@@ -243,12 +288,12 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
         if size == 0 {
             continue;
         }
-        let mut conflicts: Vec<(usize, usize)> = neighbours[b]
-            .iter()
-            .map(|&p| p as usize)
-            .filter(|&p| is_placed[p])
-            .map(|p| (buffers[p].offset, buffers[p].offset + buffers[p].size))
-            .collect();
+        let mut conflicts: Vec<(usize, usize)> = Vec::new();
+        index.for_each_overlap(buffers[b].start, buffers[b].end, |p| {
+            if is_placed[p] {
+                conflicts.push((buffers[p].offset, buffers[p].offset + buffers[p].size));
+            }
+        });
         conflicts.sort_unstable();
         let mut offset = 0;
         for (lo, hi) in conflicts {
@@ -286,13 +331,19 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
             });
         }
     }
-    MemoryPlan {
+    let plan = MemoryPlan {
         slots,
         arena_bytes,
         peak_live_bytes,
         in_place,
         lifetimes: life,
+    };
+    if cfg!(debug_assertions) {
+        if let Err(e) = validate_memory_plan(g, fusion, &plan) {
+            panic!("plan_memory produced an invalid plan: {e}");
+        }
     }
+    plan
 }
 
 /// Checks a memory plan against its graph and fusion plan: every param has `Slot::Param`, every
@@ -386,49 +437,52 @@ pub fn validate_memory_plan(
 
     let in_place: HashSet<(NodeId, NodeId)> = plan.in_place.iter().copied().collect();
     let intervals: Vec<(usize, usize)> = values.iter().map(|v| (v.3, v.4)).collect();
-    for (i, near) in overlapping_pairs(&intervals).iter().enumerate() {
-        let (a, aoff, asize, astart, aend) = values[i];
-        for &j in near {
-            let (b, boff, bsize, bstart, bend) = values[j as usize];
-            if a >= b || boff >= aoff + asize || aoff >= boff + bsize {
-                continue;
+    let index = IntervalIndex::new(&intervals);
+    for &(a, aoff, asize, astart, aend) in &values {
+        let mut error = None;
+        index.for_each_overlap(astart, aend, |j| {
+            let (b, boff, bsize, bstart, bend) = values[j];
+            if error.is_some() || a >= b || boff >= aoff + asize || aoff >= boff + bsize {
+                return;
             }
             let alias = aliases.find(a.index()) == aliases.find(b.index());
-            if !alias && !in_place.contains(&(a, b)) && !in_place.contains(&(b, a)) {
-                return Err(format!(
+            let shared = alias || in_place.contains(&(a, b)) || in_place.contains(&(b, a));
+            if !shared || aoff != boff || asize != bsize {
+                error = Some(format!(
                     "{a} [{aoff}, +{asize}) live {astart}..={aend} overlaps {b} [{boff}, +{bsize}) live {bstart}..={bend}"
                 ));
             }
+        });
+        if let Some(e) = error {
+            return Err(e);
         }
     }
 
-    // True peak: at each start time, the union of the byte ranges of the live values.
-    let mut by_start: Vec<usize> = (0..values.len()).collect();
-    by_start.sort_by_key(|&i| values[i].3);
-    let mut active: Vec<usize> = Vec::new();
-    let mut peak = 0;
-    let mut k = 0;
-    while k < by_start.len() {
-        let t = values[by_start[k]].3;
-        while k < by_start.len() && values[by_start[k]].3 == t {
-            active.push(by_start[k]);
-            k += 1;
-        }
-        active.retain(|&a| values[a].4 >= t);
-        let mut ranges: Vec<(usize, usize)> = active
-            .iter()
-            .map(|&a| (values[a].1, values[a].1 + values[a].2))
-            .collect();
-        ranges.sort_unstable();
-        let (mut total, mut covered) = (0, 0);
-        for (lo, hi) in ranges {
-            let lo = lo.max(covered);
-            if hi > lo {
-                total += hi - lo;
+    // True peak. Values may overlap only when they share the exact same range (checked above),
+    // so the live bytes at a time are the sizes of the distinct live ranges.
+    let mut events: Vec<(usize, bool, (usize, usize))> = values
+        .iter()
+        .flat_map(|v| [(v.3, true, (v.1, v.2)), (v.4 + 1, false, (v.1, v.2))])
+        .collect();
+    events.sort_unstable();
+    let mut count: HashMap<(usize, usize), usize> = HashMap::new();
+    let (mut live, mut peak) = (0usize, 0usize);
+    for (k, &(t, add, range)) in events.iter().enumerate() {
+        let c = count.entry(range).or_insert(0);
+        if add {
+            *c += 1;
+            if *c == 1 {
+                live += range.1;
             }
-            covered = covered.max(hi);
+        } else {
+            *c -= 1;
+            if *c == 0 {
+                live -= range.1;
+            }
         }
-        peak = peak.max(total);
+        if k + 1 == events.len() || events[k + 1].0 != t {
+            peak = peak.max(live);
+        }
     }
     if plan.peak_live_bytes != peak {
         return Err(format!(

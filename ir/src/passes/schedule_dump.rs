@@ -61,16 +61,27 @@ fn role(grp: &KernelGroup, id: NodeId) -> &'static str {
     }
 }
 
-/// The fusion plan, one block per group in execution order:
+/// The fusion plan, one block per group in execution order (RMS norm `x * rsqrt(mean(x^2)) * w`):
 ///
 /// ```text
-/// fusion: 3 groups, 3 launches (elementwise 1, reduction 2, library 0, data 0, alias 0)
-/// g0 reduction anchor=%6 in: %0 out: %8
-///   anchor    %6: f32[2, 4] = reduce_sum[axes=[2]] %0
-///   epilogue  %7: f32[2, 4] = broadcast[[2, 4]] %5  (recomputed)
+/// fusion: 2 groups, 2 launches (elementwise 1, reduction 1, library 0, data 0, alias 0)
+/// g0 reduction anchor=%3 in: %0 out: %8
+///   prologue  %2: f32[6, 64] = mul %0, %0
+///   anchor    %3: f32[6] = reduce_sum[axes=[1]] %2
+///   epilogue  %4: f32[6, 1] = reshape[[6, 1]] %3
+///   epilogue  %5: f32[] = const[64]  (recomputed)
+///   epilogue  %6: f32[6, 1] = broadcast[[6, 1]] %5
+///   epilogue  %7: f32[6, 1] = div %4, %6
+///   epilogue  %8: f32[6, 1] = rsqrt %7  -> out
+/// g1 elementwise in: %0 %1 %8 out: %12
+///   body      %9: f32[6, 64] = broadcast[[6, 64]] %8
+///   ...
 /// ```
-/// Member lines: role (`prologue`, `anchor`, `epilogue`, `body` for Elementwise/Alias members),
-/// the node as `print_graph` writes it, then `(recomputed)` for copies and `-> out` for outputs.
+/// Header: group count, kernel launches (groups minus aliases), count per kind. Per group:
+/// `g<index> <kind> [anchor=<id>] in: <ids or -> out: <ids>`, then one line per member in id
+/// order: role (`prologue`, `anchor`, `epilogue`, `body` for Elementwise/Alias members),
+/// the node as `print_graph` writes it, `(recomputed)` for members owned by another group (or
+/// constants), `-> out` for outputs.
 pub fn dump_fusion(g: &Graph, plan: &FusionPlan) -> String {
     let mut out = String::new();
     let counts: Vec<String> = plan
@@ -140,17 +151,20 @@ fn bytes_text(b: usize) -> String {
     }
 }
 
-/// The memory plan, one line per materialised value in offset order:
+/// The memory plan, one line per arena value in offset order, then the params:
 ///
 /// ```text
-/// memplan: arena 8704 B (8.5 KiB), peak live 8704 B (8.5 KiB), 5 arena values, 1 params, 1 in-place
-///   offset     bytes  live   value  by     type           note
-///        0      8192  0..3   %0     input  f32[2, 4, 256] "x"
-///        0      8192  2..3   %15    g2     f32[2, 4, 256] in-place of %0, output "y"
-/// params: %3 "w"
+/// memplan: arena 1792 B (1.8 KiB), peak live 1792 B (1.8 KiB), 3 arena values, 1 params, 1 in-place
+///       offset      bytes  live     value  by     type             note
+///            0       1536  0..1     %0     input  f32[6, 64]       "x"
+///            0       1536  1..2     %12    g1     f32[6, 64]       in-place of %0, output "y"
+///         1536         24  0..1     %8     g0     f32[6, 1]
+/// params: %1 "w"
 /// ```
-/// `live a..b` is the inclusive range of group indices (graph outputs end at the group count),
-/// `by` the producing group (`input` for graph inputs).
+/// `live a..b` is the inclusive range of group indices during which the bytes must stay intact
+/// (graph inputs start at 0, graph outputs end at the group count); `by` the producing group
+/// (`input` for graph inputs); notes: input name, `alias of <id>`, `in-place of <id>`,
+/// `output "<name>"`.
 pub fn dump_memplan(g: &Graph, fusion: &FusionPlan, mem: &MemoryPlan) -> String {
     let mut out = String::new();
     let mut producer: Vec<Option<usize>> = vec![None; g.len()];

@@ -94,6 +94,25 @@ enum ExecStep {
     },
 }
 
+/// Wall time of one step of a run ([`CpuExecutable::run_timed`]).
+#[derive(Clone, Debug)]
+pub struct StepTime {
+    pub name: String,
+    pub seconds: f64,
+}
+
+impl ExecStep {
+    fn name(&self) -> String {
+        match self {
+            ExecStep::Kernel { interp, .. } => interp.name.clone(),
+            ExecStep::MatMul { plan, .. } => format!("matmul {}", plan.describe()),
+            ExecStep::Attention { q, k, .. } => format!("attention q{:?} k{:?}", q.1.shape.as_slice(), k.1.shape.as_slice()),
+            ExecStep::Conv2d { x, w, .. } => format!("conv2d x{:?} w{:?}", x.1.shape.as_slice(), w.1.shape.as_slice()),
+            ExecStep::Copy { src, .. } => format!("copy {} elements", src.len()),
+        }
+    }
+}
+
 struct InputSlot {
     name: String,
     ty: TensorType,
@@ -429,7 +448,8 @@ fn check_in_place(p: &KernelProgram, inputs: &[BufRef], outputs: &[BufRef]) -> R
                 .filter(|s| s.output == oi)
                 .map(|s| &s.map)
                 .collect();
-            let same = o == i
+            let same = o.byte_range() == i.byte_range()
+                && o.storage().size_bytes() == i.storage().size_bytes()
                 && p.epilogue.stmts.is_empty()
                 && !p.is_reduction()
                 && stores.len() == 1
@@ -587,17 +607,55 @@ impl CpuExecutable {
         params: &dyn ParamStore,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
         match &self.pool {
-            Some(p) => p.install(|| self.run_inner(inputs, params)),
-            None => self.run_inner(inputs, params),
+            Some(p) => p.install(|| self.run_inner(inputs, params, None)),
+            None => self.run_inner(inputs, params, None),
         }
+    }
+
+    /// Runs the plan and reports the wall time of every step (plus copying inputs in and
+    /// outputs out), in execution order.
+    pub fn run_timed(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        params: &dyn ParamStore,
+    ) -> Result<(HashMap<String, Tensor>, Vec<StepTime>), RuntimeError> {
+        let mut times = vec![];
+        let out = match &self.pool {
+            Some(p) => p.install(|| self.run_inner(inputs, params, Some(&mut times))),
+            None => self.run_inner(inputs, params, Some(&mut times)),
+        }?;
+        Ok((out, times))
     }
 
     fn run_inner(
         &self,
         inputs: &HashMap<String, Tensor>,
         store: &dyn ParamStore,
+        mut times: Option<&mut Vec<StepTime>>,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        let mut clock = std::time::Instant::now();
+        let mut lap = |name: &dyn Fn() -> String, times: &mut Option<&mut Vec<StepTime>>| {
+            if let Some(t) = times.as_deref_mut() {
+                let now = std::time::Instant::now();
+                t.push(StepTime {
+                    name: name(),
+                    seconds: (now - clock).as_secs_f64(),
+                });
+                clock = now;
+            }
+        };
         // Validate everything before touching the arena.
+        for i in &self.inputs {
+            let t = inputs
+                .get(&i.name)
+                .ok_or_else(|| RuntimeError::MissingInput(i.name.clone()))?;
+            if t.shape() != i.ty.shape.as_slice() || t.data().storage() != Storage::of(i.ty.dtype) {
+                return Err(RuntimeError::BadInput {
+                    name: i.name.clone(),
+                    message: format!("expected {}, got {}", i.ty, t.ty()),
+                });
+            }
+        }
         let mut param_bufs = Vec::with_capacity(self.params.len());
         for p in &self.params {
             let data = store
@@ -621,17 +679,6 @@ impl CpuExecutable {
                 storage: data.storage(),
                 writable: false,
             });
-        }
-        for i in &self.inputs {
-            let t = inputs
-                .get(&i.name)
-                .ok_or_else(|| RuntimeError::MissingInput(i.name.clone()))?;
-            if t.shape() != i.ty.shape.as_slice() || t.data().storage() != Storage::of(i.ty.dtype) {
-                return Err(RuntimeError::BadInput {
-                    name: i.name.clone(),
-                    message: format!("expected {}, got {}", i.ty, t.ty()),
-                });
-            }
         }
         let mut guard = self.arena.lock().unwrap_or_else(|e| e.into_inner());
         let total = align(self.stats.arena_bytes) + self.stats.scratch_bytes;
@@ -663,10 +710,12 @@ impl CpuExecutable {
             // SAFETY: the slot holds exactly the input's bytes.
             unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.ptr, bytes.len()) };
         }
+        lap(&|| "copy inputs".into(), &mut times);
         for step in &self.steps {
             // SAFETY: every buffer was resolved and bounds-checked when the plan was built; the
             // arena is exclusively ours while the lock is held.
             unsafe { exec_step(step, &raw) };
+            lap(&|| step.name(), &mut times);
         }
         let mut out = HashMap::new();
         for o in &self.outputs {
@@ -676,6 +725,7 @@ impl CpuExecutable {
             let t = Tensor::new(o.ty.clone(), data).map_err(|e| RuntimeError::Execution(e.to_string()))?;
             out.insert(o.name.clone(), t);
         }
+        lap(&|| "copy outputs".into(), &mut times);
         Ok(out)
     }
 }

@@ -129,6 +129,11 @@ impl MatMulPlan {
         plan
     }
 
+    /// `batch x m x k x n` for reports.
+    pub fn describe(&self) -> String {
+        format!("{:?} x {}x{}x{}", self.batch, self.m, self.k, self.n)
+    }
+
     /// # Safety
     /// Buffers must hold the views the plan was built from; `out` is dense and disjoint from both.
     pub unsafe fn run(&self, a: RawBuf, b: RawBuf, out: RawBuf) {

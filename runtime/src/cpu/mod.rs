@@ -14,7 +14,7 @@ mod interp;
 mod matmul;
 pub(crate) mod simd;
 
-pub use exec::CpuExecutable;
+pub use exec::{CpuExecutable, StepTime};
 
 use crate::backend::{Backend, CompileOptions, Executable, RuntimeError};
 use qie_ir::passes::{fuse, optimize_with, plan_memory, FusionOptions, MemoryOptions, PipelineOptions};

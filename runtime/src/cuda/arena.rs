@@ -54,7 +54,10 @@ impl ArenaLayout {
 
     pub fn allocate(&self, dev: &Arc<CudaDevice>) -> Result<Arena> {
         let buf = dev.alloc(self.size.max(ALIGN))?;
-        Ok(Arena { buf, size: self.size })
+        Ok(Arena {
+            buf,
+            size: self.size,
+        })
     }
 }
 
@@ -83,7 +86,10 @@ impl Arena {
 
     /// The start of `region`.
     pub fn region(&self, region: Region) -> DevPtr {
-        assert!(region.offset + region.bytes <= self.size, "region {region:?} outside the arena");
+        assert!(
+            region.offset + region.bytes <= self.size,
+            "region {region:?} outside the arena"
+        );
         self.buf.ptr().offset(region.offset)
     }
 
@@ -100,7 +106,11 @@ impl Arena {
 
     /// The address of a plan slot: `plan_region` from [`ArenaLayout::reserve_plan`], `slot` from
     /// `MemoryPlan::slot`. `None` for weights (`Slot::Param`), which live in a [`WeightPool`].
-    pub fn plan_slot(&self, plan_region: Region, slot: qie_ir::plan::Slot) -> Result<Option<DevPtr>> {
+    pub fn plan_slot(
+        &self,
+        plan_region: Region,
+        slot: qie_ir::plan::Slot,
+    ) -> Result<Option<DevPtr>> {
         match slot {
             qie_ir::plan::Slot::Param => Ok(None),
             qie_ir::plan::Slot::Arena { offset, bytes } => {
@@ -154,7 +164,12 @@ impl WeightPool {
             self.chunks.push(self.dev.alloc(self.chunk_bytes)?);
             self.used_in_last = 0;
         }
-        let p = self.chunks.last().expect("a chunk").ptr().offset(self.used_in_last);
+        let p = self
+            .chunks
+            .last()
+            .expect("a chunk")
+            .ptr()
+            .offset(self.used_in_last);
         self.used_in_last += need;
         Ok(p)
     }

@@ -27,7 +27,11 @@ pub struct TensorStrides {
 impl TensorStrides {
     /// Contiguous [B, S, H, D].
     pub fn contiguous(seq: usize, heads: usize, head_dim: usize) -> Self {
-        TensorStrides { batch: seq * heads * head_dim, seq: heads * head_dim, head: head_dim }
+        TensorStrides {
+            batch: seq * heads * head_dim,
+            seq: heads * head_dim,
+            head: head_dim,
+        }
     }
 }
 
@@ -147,12 +151,33 @@ pub struct FlashAttention {
 impl FlashAttention {
     /// Compiles (or reads from `cache`) and loads the kernels on `dev`.
     pub fn new(dev: &Arc<CudaDevice>, cache: &KernelCache) -> Result<Self> {
-        let module = cache.load(dev, sources::FLASH_ATTENTION, "flash_attention.cu")?;
+        Self::with_options(dev, cache, &[])
+    }
+
+    /// As [`FlashAttention::new`], with extra NVRTC options: the kernel's tuning switches
+    /// (`-DFA_KS_UNROLL=2`, `-DFA_SKIP_RESCALE=0`, `-DFA_PREFETCH_Q=1`) for benchmarking.
+    pub fn with_options(
+        dev: &Arc<CudaDevice>,
+        cache: &KernelCache,
+        options: &[String],
+    ) -> Result<Self> {
+        let compiled = cache.compile(
+            sources::FLASH_ATTENTION,
+            "flash_attention.cu",
+            &dev.arch(),
+            dev.driver_version(),
+            options,
+        )?;
+        let module = super::Module::load(dev, &compiled)?;
         let d128 = module.function("flash_attn_fwd_d128")?;
         let d64 = module.function("flash_attn_fwd_d64")?;
         d128.set_max_dynamic_shared(shared_bytes(128) as u32)?;
         d64.set_max_dynamic_shared(shared_bytes(64) as u32)?;
-        Ok(FlashAttention { d128, d64, from_cache: module.from_cache })
+        Ok(FlashAttention {
+            d128,
+            d64,
+            from_cache: module.from_cache,
+        })
     }
 
     /// The kernel used for `head_dim` (for resource queries).
@@ -167,7 +192,11 @@ impl FlashAttention {
     /// Queues one forward pass on the device's stream.
     pub fn forward(&self, a: &AttentionArgs) -> Result<()> {
         a.check()?;
-        let grid = (a.seq_q.div_ceil(BLOCK_M) as u32, a.heads as u32, a.batch as u32);
+        let grid = (
+            a.seq_q.div_ceil(BLOCK_M) as u32,
+            a.heads as u32,
+            a.batch as u32,
+        );
         let i = |x: usize| Arg::I64(x as i64);
         let args = [
             Arg::Ptr(a.q),

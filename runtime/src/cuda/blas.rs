@@ -85,7 +85,9 @@ pub struct GemmArgs {
     pub stride_b: usize,
     pub stride_d: usize,
     pub epilogue: Epilogue,
-    /// `d += ...` instead of `d = ...` (a fused residual add; the epilogue applies before it).
+    /// Reads `d` as the C operand: `d = epilogue(op(a) @ op(b) + d [+ bias])`. cuBLASLt applies
+    /// the epilogue after adding C, so with `Gelu`/`GeluBias` the old `d` is inside the GELU;
+    /// as a fused residual add (`d += x @ W^T + bias`) use it with `None`/`Bias`.
     pub accumulate: bool,
 }
 
@@ -212,6 +214,7 @@ pub struct Blas {
     workspace: DevPtr,
     workspace_bytes: usize,
     plans: Mutex<HashMap<Key, Plan>>,
+    autotune: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: the handle is used on the device's stream only, and the plan cache is locked.
@@ -251,11 +254,25 @@ impl Blas {
             workspace,
             workspace_bytes,
             plans: Mutex::new(HashMap::new()),
+            autotune: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     pub fn device(&self) -> &Arc<CudaDevice> {
         &self.dev
+    }
+
+    /// When on, a shape's first GEMM times every algorithm cuBLASLt's heuristic proposes (up
+    /// to 8) on the real operands and caches the fastest; off (the default), the heuristic's
+    /// first choice is used. Plans already cached keep their algorithm.
+    pub fn set_autotune(&self, on: bool) {
+        self.autotune
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Forgets every cached plan (e.g. after changing the autotune setting).
+    pub fn clear_plans(&self) {
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Number of cached plans (distinct shapes seen).
@@ -286,7 +303,11 @@ impl Blas {
             tb: g.transpose_b,
             ld: (g.ld_a, g.ld_b, g.ld_d),
             batch: g.batch,
-            strides: if g.batch > 1 { (g.stride_a, g.stride_b, g.stride_d) } else { (0, 0, 0) },
+            strides: if g.batch > 1 {
+                (g.stride_a, g.stride_b, g.stride_d)
+            } else {
+                (0, 0, 0)
+            },
             epilogue: g.epilogue.kind(),
             accumulate: g.accumulate,
             align: (
@@ -302,10 +323,15 @@ impl Blas {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(self.make_plan(&g, &key)?),
         };
+        self.launch(plan, &g)
+    }
+
+    /// Queues one cublasLtMatmul of `g` with `plan`'s descriptors and algorithm.
+    fn launch(&self, plan: &Plan, g: &GemmArgs) -> Result<()> {
         // SAFETY: descriptors are live (owned by `plan`); pointers are the caller's device
         // memory, sized as the layouts say.
         unsafe {
-            if let Some(b) = bias {
+            if let Some(b) = g.epilogue.bias() {
                 let p = b.0 as *const c_void;
                 check(
                     lt::cublasLtMatmulDescSetAttribute(
@@ -343,6 +369,21 @@ impl Blas {
         }
     }
 
+    /// Mean time of `plan` on `g` over 10 back-to-back runs after 2 warm-up runs, or None if
+    /// it fails.
+    fn time_plan(&self, plan: &Plan, g: &GemmArgs) -> Option<f32> {
+        const RUNS: usize = 10;
+        for _ in 0..2 {
+            self.launch(plan, g).ok()?;
+        }
+        let start = self.dev.record_event().ok()?;
+        for _ in 0..RUNS {
+            self.launch(plan, g).ok()?;
+        }
+        let end = self.dev.record_event().ok()?;
+        Some(start.elapsed_ms(&end).ok()? / RUNS as f32)
+    }
+
     fn make_plan(&self, g: &GemmArgs, key: &Key) -> Result<Plan> {
         use lt::cudaDataType::{CUDA_R_16BF, CUDA_R_32F};
         // SAFETY: every descriptor is created here and owned by the returned Plan (or destroyed
@@ -357,7 +398,11 @@ impl Blas {
                 ),
                 "cublasLtMatmulDescCreate",
             )?;
-            let mut plan = Plan { desc, layouts: [std::ptr::null_mut(); 3], algo: std::mem::zeroed() };
+            let mut plan = Plan {
+                desc,
+                layouts: [std::ptr::null_mut(); 3],
+                algo: std::mem::zeroed(),
+            };
             let set_desc = |attr: DescAttr, v: &i32| {
                 check(
                     lt::cublasLtMatmulDescSetAttribute(
@@ -370,11 +415,23 @@ impl Blas {
                 )
             };
             // Column-major view: A' = b (N x K after op), B' = a (K x M after op), D = d^T (N x M).
-            set_desc(DescAttr::CUBLASLT_MATMUL_DESC_TRANSA, &(g.transpose_b as i32))?;
-            set_desc(DescAttr::CUBLASLT_MATMUL_DESC_TRANSB, &(g.transpose_a as i32))?;
-            set_desc(DescAttr::CUBLASLT_MATMUL_DESC_EPILOGUE, &(g.epilogue.lt() as i32))?;
+            set_desc(
+                DescAttr::CUBLASLT_MATMUL_DESC_TRANSA,
+                &(g.transpose_b as i32),
+            )?;
+            set_desc(
+                DescAttr::CUBLASLT_MATMUL_DESC_TRANSB,
+                &(g.transpose_a as i32),
+            )?;
+            set_desc(
+                DescAttr::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                &(g.epilogue.lt() as i32),
+            )?;
             if g.epilogue.bias().is_some() {
-                set_desc(DescAttr::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &(CUDA_R_16BF as i32))?;
+                set_desc(
+                    DescAttr::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                    &(CUDA_R_16BF as i32),
+                )?;
             }
 
             let (n, m, k) = (g.n as u64, g.m as u64, g.k as u64);
@@ -423,7 +480,10 @@ impl Blas {
             }
 
             let mut pref = std::ptr::null_mut();
-            check(lt::cublasLtMatmulPreferenceCreate(&mut pref), "cublasLtMatmulPreferenceCreate")?;
+            check(
+                lt::cublasLtMatmulPreferenceCreate(&mut pref),
+                "cublasLtMatmulPreferenceCreate",
+            )?;
             struct PrefGuard(lt::cublasLtMatmulPreference_t);
             impl Drop for PrefGuard {
                 fn drop(&mut self) {
@@ -479,13 +539,40 @@ impl Blas {
                 ),
                 "cublasLtMatmulAlgoGetHeuristic",
             )?;
-            let best = results[..count.max(0) as usize]
+            let candidates: Vec<lt::cublasLtMatmulAlgo_t> = results[..count.max(0) as usize]
                 .iter()
-                .find(|r| r.state == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
-                .ok_or_else(|| {
-                    CudaError::Blas(format!("no cuBLASLt algorithm for {g:?}"))
-                })?;
-            plan.algo = best.algo;
+                .filter(|r| r.state == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+                .map(|r| r.algo)
+                .collect();
+            let Some(&first) = candidates.first() else {
+                return Err(CudaError::Blas(format!("no cuBLASLt algorithm for {g:?}")));
+            };
+            plan.algo = first;
+            // Autotune: time the heuristic's candidates on the real buffers and keep the fastest.
+            // Not with `accumulate` (each run would add into d again) nor while capturing a graph.
+            let capturing = self.dev.stream().capture_status()
+                != Ok(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE);
+            if self.autotune.load(std::sync::atomic::Ordering::Relaxed)
+                && !g.accumulate
+                && !capturing
+                && candidates.len() > 1
+            {
+                // The heuristic's first choice stays unless another is clearly (3%) faster.
+                plan.algo = first;
+                let mut best = (
+                    self.time_plan(&plan, g).unwrap_or(f32::INFINITY) * 0.97,
+                    first,
+                );
+                for &algo in &candidates[1..] {
+                    plan.algo = algo;
+                    if let Some(t) = self.time_plan(&plan, g) {
+                        if t < best.0 {
+                            best = (t, algo);
+                        }
+                    }
+                }
+                plan.algo = best.1;
+            }
             Ok(plan)
         }
     }

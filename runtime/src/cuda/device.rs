@@ -23,7 +23,10 @@ pub struct DeviceInfo {
 impl DeviceInfo {
     /// NVRTC architecture name of this device, e.g. `sm_90`.
     pub fn arch(&self) -> String {
-        format!("sm_{}{}", self.compute_capability.0, self.compute_capability.1)
+        format!(
+            "sm_{}{}",
+            self.compute_capability.0, self.compute_capability.1
+        )
     }
 }
 
@@ -91,7 +94,9 @@ pub fn list_devices() -> std::result::Result<Vec<DeviceInfo>, CudaUnavailable> {
     init_driver()?;
     let n = drv::device::get_count().map_err(|e| unavailable("cuDeviceGetCount", e))?;
     if n <= 0 {
-        return Err(CudaUnavailable::new("the NVIDIA driver reports no CUDA device"));
+        return Err(CudaUnavailable::new(
+            "the NVIDIA driver reports no CUDA device",
+        ));
     }
     (0..n as usize).map(query_info).collect()
 }
@@ -115,7 +120,9 @@ impl DeviceSpec {
                     .parse()
                     .map(DeviceSpec::Cuda)
                     .map_err(|_| format!("bad device '{s}': expected cuda:N with N a number")),
-                None => Err(format!("unknown device '{s}': expected cpu, cuda or cuda:N")),
+                None => Err(format!(
+                    "unknown device '{s}': expected cpu, cuda or cuda:N"
+                )),
             },
         }
     }
@@ -265,9 +272,16 @@ impl CudaDevice {
         self.bind()?;
         // SAFETY: plain allocation; freed in DeviceBuffer::drop.
         let ptr = unsafe { drv::malloc_sync(bytes.max(1)) }.map_err(|e| {
-            CudaError::Driver(format!("cuMemAlloc({bytes} bytes): {}", super::driver_error_text(&e)))
+            CudaError::Driver(format!(
+                "cuMemAlloc({bytes} bytes): {}",
+                super::driver_error_text(&e)
+            ))
         })?;
-        Ok(DeviceBuffer { ptr, bytes, ctx: self.ctx.clone() })
+        Ok(DeviceBuffer {
+            ptr,
+            bytes,
+            ctx: self.ctx.clone(),
+        })
     }
 
     /// Copies `src` to device memory at `dst` (queued on the stream; `src` is read before return).
@@ -310,7 +324,9 @@ impl CudaDevice {
 
     /// Records an event on the stream (for timing: [`Event::elapsed_ms`]).
     pub fn record_event(&self) -> Result<Event> {
-        let ev = self.ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+        let ev = self
+            .ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?;
         ev.record(&self.stream)?;
         Ok(Event(ev))
     }
@@ -325,7 +341,8 @@ impl CudaDevice {
         let body = f();
         let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
         body?;
-        let graph = graph?.ok_or_else(|| CudaError::Invalid("graph capture recorded nothing".into()))?;
+        let graph =
+            graph?.ok_or_else(|| CudaError::Invalid("graph capture recorded nothing".into()))?;
         graph.upload()?;
         Ok(Graph(graph))
     }

@@ -190,13 +190,19 @@ pub fn wheel_roots() -> Vec<PathBuf> {
     let mut roots = Vec::new();
     for prefix in prefixes {
         for lib in ["lib", "lib64"] {
-            let Ok(entries) = std::fs::read_dir(prefix.join(lib)) else { continue };
+            let Ok(entries) = std::fs::read_dir(prefix.join(lib)) else {
+                continue;
+            };
             for e in entries.filter_map(|e| e.ok()) {
                 if !e.file_name().to_string_lossy().starts_with("python3") {
                     continue;
                 }
                 for pkgs in ["site-packages", "dist-packages"] {
-                    let root = e.path().join(pkgs).join("nvidia").join(format!("cu{CUDA_MAJOR}"));
+                    let root = e
+                        .path()
+                        .join(pkgs)
+                        .join("nvidia")
+                        .join(format!("cu{CUDA_MAJOR}"));
                     if root.is_dir() {
                         roots.push(root);
                     }
@@ -215,8 +221,13 @@ fn search_dirs(lib: Lib) -> Vec<PathBuf> {
     if lib == Lib::Driver {
         // The driver is normally on the loader path; containers sometimes mount it here.
         dirs.extend(
-            ["/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib/wsl/lib"]
-                .map(PathBuf::from),
+            [
+                "/usr/local/nvidia/lib64",
+                "/usr/lib/x86_64-linux-gnu",
+                "/usr/lib64",
+                "/usr/lib/wsl/lib",
+            ]
+            .map(PathBuf::from),
         );
     } else {
         for root in toolkit_roots() {

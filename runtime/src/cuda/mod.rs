@@ -37,7 +37,9 @@ pub struct CudaUnavailable {
 
 impl CudaUnavailable {
     pub fn new(reason: impl Into<String>) -> Self {
-        CudaUnavailable { reason: reason.into() }
+        CudaUnavailable {
+            reason: reason.into(),
+        }
     }
 }
 
@@ -52,7 +54,10 @@ pub enum CudaError {
     #[error("cuBLASLt: {0}")]
     Blas(String),
     #[error("kernel cache {path}: {source}")]
-    Cache { path: std::path::PathBuf, source: std::io::Error },
+    Cache {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -60,8 +65,14 @@ pub enum CudaError {
 pub type Result<T> = std::result::Result<T, CudaError>;
 
 pub(crate) fn driver_error_text(e: &cudarc::driver::DriverError) -> String {
-    let name = e.error_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let text = e.error_string().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = e
+        .error_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let text = e
+        .error_string()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if name.is_empty() {
         format!("{:?}", e.0)
     } else {
@@ -102,8 +113,10 @@ impl DevPtr {
 /// Opens `cuda:0` for a test, or prints why CUDA tests are skipped on this machine and returns
 /// `None`. `QIE_CUDA_TEST_DEVICE=N` picks another ordinal.
 pub fn test_device() -> Option<Arc<CudaDevice>> {
-    let ordinal =
-        std::env::var("QIE_CUDA_TEST_DEVICE").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let ordinal = std::env::var("QIE_CUDA_TEST_DEVICE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     match CudaDevice::new(ordinal) {
         Ok(d) => Some(d),
         Err(e) => {

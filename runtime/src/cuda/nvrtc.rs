@@ -36,7 +36,9 @@ impl KernelCache {
         } else {
             std::env::temp_dir().join("qie-cache")
         };
-        KernelCache { dir: base.join("kernels") }
+        KernelCache {
+            dir: base.join("kernels"),
+        }
     }
 
     /// A cache in `dir` (tests use a temporary folder).
@@ -67,7 +69,11 @@ impl KernelCache {
         let wants_cubin = arch.starts_with("sm_");
 
         if let Ok(ptx) = std::fs::read_to_string(&ptx_path) {
-            let cubin = if wants_cubin { std::fs::read(&cubin_path).ok() } else { None };
+            let cubin = if wants_cubin {
+                std::fs::read(&cubin_path).ok()
+            } else {
+                None
+            };
             if !wants_cubin || cubin.is_some() {
                 return Ok(CompiledKernel {
                     name: name.to_string(),
@@ -82,8 +88,10 @@ impl KernelCache {
         }
 
         let (ptx, cubin, log) = nvrtc_compile(source, name, &options, wants_cubin)?;
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|source| CudaError::Cache { path: self.dir.clone(), source })?;
+        std::fs::create_dir_all(&self.dir).map_err(|source| CudaError::Cache {
+            path: self.dir.clone(),
+            source,
+        })?;
         // The cubin goes first: a reader that sees the .ptx also finds the .cubin.
         if let Some(c) = &cubin {
             write_atomic(&cubin_path, c)?;
@@ -168,7 +176,10 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
     // SAFETY: plain query into locals.
     unsafe { rtc_sys::nvrtcVersion(&mut major, &mut minor) }
         .result()
-        .map_err(|e| CudaError::Compile { name: "nvrtcVersion".into(), message: format!("{e:?}") })?;
+        .map_err(|e| CudaError::Compile {
+            name: "nvrtcVersion".into(),
+            message: format!("{e:?}"),
+        })?;
     Ok((major, minor))
 }
 
@@ -216,11 +227,16 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",
-        path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let err = |source| CudaError::Cache { path: path.to_path_buf(), source };
+    let err = |source| CudaError::Cache {
+        path: path.to_path_buf(),
+        source,
+    };
     std::fs::write(&tmp, bytes).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -229,7 +245,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn c_chars_to_string(v: &[c_char]) -> String {
-    let bytes: Vec<u8> = v.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = v
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -240,7 +260,10 @@ fn nvrtc_compile(
     options: &[String],
     want_cubin: bool,
 ) -> Result<(String, Option<Vec<u8>>, String)> {
-    let err = |message: String| CudaError::Compile { name: name.to_string(), message };
+    let err = |message: String| CudaError::Compile {
+        name: name.to_string(),
+        message,
+    };
     let src = CString::new(source).map_err(|_| err("source contains a NUL byte".into()))?;
     let cname = CString::new(name).map_err(|_| err("name contains a NUL byte".into()))?;
     let prog = rtc::create_program(&src, Some(&cname)).map_err(|e| err(format!("{e:?}")))?;
@@ -297,14 +320,22 @@ impl Module {
                 .or_else(|_| ctx.load_module(cudarc::nvrtc::Ptx::from_src(k.ptx.clone())))?,
             None => ctx.load_module(cudarc::nvrtc::Ptx::from_src(k.ptx.clone()))?,
         };
-        Ok(Module { module, dev: dev.clone(), from_cache: k.from_cache })
+        Ok(Module {
+            module,
+            dev: dev.clone(),
+            from_cache: k.from_cache,
+        })
     }
 
     pub fn function(&self, name: &str) -> Result<Kernel> {
         let func = self.module.load_function(name).map_err(|e| {
             CudaError::Driver(format!("kernel {name}: {}", super::driver_error_text(&e)))
         })?;
-        Ok(Kernel { func, dev: self.dev.clone(), name: name.to_string() })
+        Ok(Kernel {
+            func,
+            dev: self.dev.clone(),
+            name: name.to_string(),
+        })
     }
 }
 
@@ -342,8 +373,10 @@ impl Kernel {
 
     /// Allows `bytes` of dynamic shared memory per block (needed above 48 KiB).
     pub fn set_max_dynamic_shared(&self, bytes: u32) -> Result<()> {
-        self.func
-            .set_attribute(FuncAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
+        self.func.set_attribute(
+            FuncAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )?;
         Ok(())
     }
 
@@ -358,7 +391,13 @@ impl Kernel {
 
     /// Queues the kernel on the device's stream. Launch errors are returned; faults inside the
     /// kernel surface at the next synchronisation.
-    pub fn launch(&self, grid: (u32, u32, u32), block: (u32, u32, u32), shared: u32, args: &[Arg]) -> Result<()> {
+    pub fn launch(
+        &self,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared: u32,
+        args: &[Arg],
+    ) -> Result<()> {
         // Each argument lives in its own 8-byte slot; the driver reads the parameter's size
         // from the slot's start (little-endian, so 4-byte values sit in the low half).
         let mut slots: Vec<u64> = args
@@ -371,8 +410,10 @@ impl Kernel {
                 Arg::F32(v) => v.to_bits() as u64,
             })
             .collect();
-        let mut params: Vec<*mut c_void> =
-            slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect();
         self.dev.bind()?;
         // SAFETY: argument count and types must match the kernel's signature (callers in this
         // module are written against the .cu sources); `slots` outlives the call.
@@ -387,7 +428,11 @@ impl Kernel {
             )
         }
         .map_err(|e| {
-            CudaError::Driver(format!("launching {}: {}", self.name, super::driver_error_text(&e)))
+            CudaError::Driver(format!(
+                "launching {}: {}",
+                self.name,
+                super::driver_error_text(&e)
+            ))
         })
     }
 }

@@ -207,6 +207,9 @@ pub fn check_values(b: &dyn Backend, g: &Graph, values: &HashMap<String, eval::T
             let out = exe
                 .run(&inputs, &params)
                 .unwrap_or_else(|e| panic!("run ({opts:?}): {e}"));
+            if std::env::var("QIE_TEST_VERBOSE").is_ok() {
+                eprintln!("fuse={}: {}", opts.fuse, exe.stats());
+            }
             for (name, want) in &reference {
                 let got = out.get(name).unwrap_or_else(|| panic!("output {name} missing"));
                 if let Err(e) = compare(name, got, want, tol) {
@@ -691,6 +694,218 @@ pub fn gather_concat(b: &dyn Backend) {
     g.out("cat", cat);
     let values = random_values(&g.g, 1230, 100);
     check_values(b, &g.g, &values, 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sizes that take the parallel paths (several chunks, row blocks, multithreaded GEMM)
+
+pub fn large_shapes(b: &dyn Backend) {
+    let mut g = G::new();
+    let x = g.input("x", f32t(&[3, 200, 129]));
+    let y = g.input("y", f32t(&[129, 200, 3]));
+    let yt = g.transpose(y, &[2, 1, 0]);
+    let s = g.un(UnaryOp::Sigmoid, x);
+    let xs = g.bin(BinaryOp::Mul, x, s);
+    let z = g.bin(BinaryOp::Add, xs, yt);
+    g.out("z", z);
+    // Row and column reductions over [600, 257] with a prologue and an epilogue.
+    let r = g.reshape(z, &[600, 129]);
+    let e = g.un(UnaryOp::Exp, r);
+    let rows = g.reduce(ReduceOp::Sum, e, &[1]);
+    let lr = g.un(UnaryOp::Log, rows);
+    let cols = g.reduce(ReduceOp::Max, r, &[0]);
+    g.out("rows", lr);
+    g.out("cols", cols);
+    // A multithreaded GEMM with a bias epilogue.
+    let a = g.input("a", f32t(&[2, 150, 70]));
+    let w = g.param("w", f32t(&[90, 70]));
+    let bias = g.param("bias", f32t(&[90]));
+    let mm = g.matmul(a, w, false, true);
+    let bb = g.bcast(bias, &[2, 150, 90]);
+    let o = g.bin(BinaryOp::Add, mm, bb);
+    g.out("mm", o);
+    // Batched GEMM with many small batches (parallel over batches).
+    let p = g.input("p", f32t(&[40, 30, 20]));
+    let q = g.input("q", f32t(&[40, 20, 25]));
+    let pq = g.matmul(p, q, false, false);
+    g.out("pq", pq);
+    check(b, &g.g, 1300);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A whole transformer block
+
+/// Layer norm without affine over the last axis, then `x * (1 + scale) + shift`.
+pub fn norm_modulate(g: &mut G, x: NodeId, scale: NodeId, shift: NodeId, n: usize, d: usize) -> NodeId {
+    let sum = g.reduce(ReduceOp::Sum, x, &[1]);
+    let inv = g.splat(1.0 / d as f64, sum);
+    let mean = g.bin(BinaryOp::Mul, sum, inv);
+    let mean2 = g.reshape(mean, &[n, 1]);
+    let mb = g.bcast(mean2, &[n, d]);
+    let xc = g.bin(BinaryOp::Sub, x, mb);
+    let sq = g.bin(BinaryOp::Mul, xc, xc);
+    let vs = g.reduce(ReduceOp::Sum, sq, &[1]);
+    let var = g.bin(BinaryOp::Mul, vs, inv);
+    let eps = g.splat(1e-6, var);
+    let ve = g.bin(BinaryOp::Add, var, eps);
+    let rstd = g.un(UnaryOp::Rsqrt, ve);
+    let r2 = g.reshape(rstd, &[n, 1]);
+    let rb = g.bcast(r2, &[n, d]);
+    let normed = g.bin(BinaryOp::Mul, xc, rb);
+    let one = g.splat(1.0, scale);
+    let s1 = g.bin(BinaryOp::Add, scale, one);
+    let sb = g.bcast(s1, &[n, d]);
+    let hb = g.bcast(shift, &[n, d]);
+    let m = g.bin(BinaryOp::Mul, normed, sb);
+    g.bin(BinaryOp::Add, m, hb)
+}
+
+/// RMS norm over the last axis (head_dim) with a weight.
+pub fn rms_norm(g: &mut G, x: NodeId, w: NodeId, shape: &[usize]) -> NodeId {
+    let r = shape.len() - 1;
+    let d = shape[r];
+    let sq = g.bin(BinaryOp::Mul, x, x);
+    let s = g.reduce(ReduceOp::Sum, sq, &[r]);
+    let inv = g.splat(1.0 / d as f64, s);
+    let ms = g.bin(BinaryOp::Mul, s, inv);
+    let eps = g.splat(1e-6, ms);
+    let me = g.bin(BinaryOp::Add, ms, eps);
+    let rs = g.un(UnaryOp::Rsqrt, me);
+    let mut kshape = shape.to_vec();
+    kshape[r] = 1;
+    let rs2 = g.reshape(rs, &kshape);
+    let rb = g.bcast(rs2, shape);
+    let n = g.bin(BinaryOp::Mul, x, rb);
+    let wb = g.bcast(w, shape);
+    g.bin(BinaryOp::Mul, n, wb)
+}
+
+/// Rotary embedding on [S, H, D] with cos/sin inputs [S, D/2] (interleaved pairs).
+pub fn rope(g: &mut G, x: NodeId, cos: NodeId, sin: NodeId, s: usize, h: usize, d: usize) -> NodeId {
+    let pairs = g.reshape(x, &[s, h, d / 2, 2]);
+    let slice = |g: &mut G, i: usize| {
+        let p = g.op(
+            Op::Slice {
+                axis: 3,
+                start: i,
+                end: i + 1,
+            },
+            &[pairs],
+        );
+        g.reshape(p, &[s, h, d / 2])
+    };
+    let (re, im) = (slice(g, 0), slice(g, 1));
+    let c2 = g.reshape(cos, &[s, 1, d / 2]);
+    let s2 = g.reshape(sin, &[s, 1, d / 2]);
+    let cb = g.bcast(c2, &[s, h, d / 2]);
+    let sb = g.bcast(s2, &[s, h, d / 2]);
+    let a = g.bin(BinaryOp::Mul, re, cb);
+    let b = g.bin(BinaryOp::Mul, im, sb);
+    let out_re = g.bin(BinaryOp::Sub, a, b);
+    let c = g.bin(BinaryOp::Mul, re, sb);
+    let e = g.bin(BinaryOp::Mul, im, cb);
+    let out_im = g.bin(BinaryOp::Add, c, e);
+    let r3 = g.reshape(out_re, &[s, h, d / 2, 1]);
+    let i3 = g.reshape(out_im, &[s, h, d / 2, 1]);
+    let cat = g.op(Op::Concat { axis: 3 }, &[r3, i3]);
+    g.reshape(cat, &[s, h, d])
+}
+
+pub fn linear(g: &mut G, x: NodeId, name: &str, din: usize, dout: usize, n: usize) -> NodeId {
+    let w = g.param(&format!("{name}.weight"), f32t(&[dout, din]));
+    let b = g.param(&format!("{name}.bias"), f32t(&[dout]));
+    let y = g.matmul(x, w, false, true);
+    let bb = g.bcast(b, &[n, dout]);
+    g.bin(BinaryOp::Add, y, bb)
+}
+
+pub fn gelu_tanh(g: &mut G, x: NodeId) -> NodeId {
+    let x2 = g.bin(BinaryOp::Mul, x, x);
+    let x3 = g.bin(BinaryOp::Mul, x2, x);
+    let c1 = g.splat(0.044715, x);
+    let t1 = g.bin(BinaryOp::Mul, x3, c1);
+    let inner = g.bin(BinaryOp::Add, x, t1);
+    let c2 = g.splat(0.797_884_560_802_865_4, x);
+    let t2 = g.bin(BinaryOp::Mul, inner, c2);
+    let th = g.un(UnaryOp::Tanh, t2);
+    let one = g.splat(1.0, x);
+    let t3 = g.bin(BinaryOp::Add, th, one);
+    let half = g.splat(0.5, x);
+    let t4 = g.bin(BinaryOp::Mul, x, half);
+    g.bin(BinaryOp::Mul, t4, t3)
+}
+
+/// One Qwen-Image dual-stream DiT block (real width: d = 3072 = 24 heads x 128, MLP 12288) with
+/// `ni` image and `nt` text tokens. Modulation vectors are inputs (the tiny mod linears omitted).
+pub fn dit_block(ni: usize, nt: usize, d: usize, h: usize, f: usize) -> Graph {
+    let hd = d / h;
+    let n = ni + nt;
+    let mut g = G::new();
+    let img = g.input("img", f32t(&[ni, d]));
+    let txt = g.input("txt", f32t(&[nt, d]));
+    let cos = g.input("rope_cos", f32t(&[n, hd / 2]));
+    let sin = g.input("rope_sin", f32t(&[n, hd / 2]));
+    let mods: Vec<Vec<NodeId>> = ["img", "txt"]
+        .iter()
+        .map(|s| (0..6).map(|i| g.input(&format!("{s}_mod{i}"), f32t(&[d]))).collect())
+        .collect();
+    let streams = [(img, ni, "img", 0usize), (txt, nt, "txt", 1usize)];
+    let mut qkv = vec![];
+    for &(x, len, name, si) in &streams {
+        let m = &mods[si];
+        let xn = norm_modulate(&mut g, x, m[1], m[0], len, d);
+        let mut parts = vec![];
+        for p in ["q", "k", "v"] {
+            let y = linear(&mut g, xn, &format!("{name}.attn.to_{p}"), d, d, len);
+            let y3 = g.reshape(y, &[len, h, hd]);
+            let y3 = if p == "v" {
+                y3
+            } else {
+                let w = g.param(&format!("{name}.attn.norm_{p}.weight"), f32t(&[hd]));
+                rms_norm(&mut g, y3, w, &[len, h, hd])
+            };
+            parts.push(y3);
+        }
+        qkv.push(parts);
+    }
+    // Joint attention over [txt; img].
+    let mut joint = vec![];
+    for p in 0..3 {
+        let cat = g.op(Op::Concat { axis: 0 }, &[qkv[1][p], qkv[0][p]]);
+        let cat = if p < 2 { rope(&mut g, cat, cos, sin, n, h, hd) } else { cat };
+        joint.push(g.reshape(cat, &[1, n, h, hd]));
+    }
+    let att = g.op(
+        Op::Attention {
+            scale: 1.0 / (hd as f64).sqrt(),
+        },
+        &joint,
+    );
+    let att = g.reshape(att, &[n, d]);
+    let txt_att = g.op(Op::Slice { axis: 0, start: 0, end: nt }, &[att]);
+    let img_att = g.op(Op::Slice { axis: 0, start: nt, end: n }, &[att]);
+    for (&(x, len, name, si), a) in streams.iter().zip([img_att, txt_att]) {
+        let m = &mods[si];
+        let o = linear(&mut g, a, &format!("{name}.attn.to_out"), d, d, len);
+        let gb = g.bcast(m[2], &[len, d]);
+        let go = g.bin(BinaryOp::Mul, o, gb);
+        let x1 = g.bin(BinaryOp::Add, x, go);
+        let xn = norm_modulate(&mut g, x1, m[4], m[3], len, d);
+        let h1 = linear(&mut g, xn, &format!("{name}.mlp.0"), d, f, len);
+        let h1 = gelu_tanh(&mut g, h1);
+        let h2 = linear(&mut g, h1, &format!("{name}.mlp.2"), f, d, len);
+        let gb2 = g.bcast(m[5], &[len, d]);
+        let gm = g.bin(BinaryOp::Mul, h2, gb2);
+        let x2 = g.bin(BinaryOp::Add, x1, gm);
+        g.out(name, x2);
+    }
+    g.g
+}
+
+/// A Qwen-Image DiT block at a small width: norms, modulation, QKV, RMS norm, RoPE, joint
+/// attention, gates, GELU MLP, residuals.
+pub fn dit_block_small(b: &dyn Backend) {
+    check(b, &dit_block(40, 9, 32, 2, 64), 1400);
 }
 
 // ---------------------------------------------------------------------------------------------

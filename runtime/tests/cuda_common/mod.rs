@@ -29,7 +29,9 @@ impl Rng {
 
 /// `n` bf16 values drawn from `scale * normal`, and their exact f64 values.
 pub fn random_bf16(rng: &mut Rng, n: usize, scale: f32) -> (Vec<bf16>, Vec<f64>) {
-    let v: Vec<bf16> = (0..n).map(|_| bf16::from_f32(rng.normal() * scale)).collect();
+    let v: Vec<bf16> = (0..n)
+        .map(|_| bf16::from_f32(rng.normal() * scale))
+        .collect();
     let f = v.iter().map(|x| x.to_f64()).collect();
     (v, f)
 }
@@ -44,7 +46,11 @@ pub fn rel_l2(out: &[f64], reference: &[f64]) -> f64 {
     if out.iter().any(|x| !x.is_finite()) {
         return f64::INFINITY;
     }
-    let num: f64 = out.iter().zip(reference).map(|(a, b)| (a - b) * (a - b)).sum();
+    let num: f64 = out
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum();
     let den: f64 = reference.iter().map(|b| b * b).sum();
     (num / den.max(1e-300)).sqrt()
 }

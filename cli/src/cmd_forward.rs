@@ -1,0 +1,145 @@
+//! `qie forward <component>`: one component on tensors from a safetensors file, for parity checks
+//! against PyTorch.
+
+use clap::{Args, Subcommand, ValueEnum};
+use qie_ir::dsl::Program;
+use qie_models::qwen_image::{format_img_shapes, parse_img_shapes, DitInputs, DitOptions, QwenImageDit, WeightPrecision};
+use qie_runtime::weights::{save_safetensors, WeightStore};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum ForwardCommand {
+    /// QwenImageTransformer2DModel: inputs named as diffusers' forward arguments, output `sample`.
+    Dit(DitArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    Bf16,
+}
+
+#[derive(Args)]
+pub struct DitArgs {
+    /// A diffusers `transformer/` folder: config.json + safetensors (sharded or not).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// safetensors with hidden_states, encoder_hidden_states, timestep [, encoder_hidden_states_mask,
+    /// additional_t_cond].
+    #[arg(long)]
+    pub inputs: PathBuf,
+    /// Frames x height x width in patches per image, target first: `1x32x32,1x32x48`.
+    #[arg(long)]
+    pub img_shapes: String,
+    /// Where to write `sample` (safetensors, f32).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Compute device. Only `cpu` exists in this build; `QIE_DEVICE` sets the default.
+    #[arg(long, env = "QIE_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Weight precision: f32, or bf16 (weights rounded to bf16; the CPU still computes in f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DTypeArg,
+    /// A .qie source to use instead of the bundled one (architecture variants).
+    #[arg(long)]
+    pub model_file: Option<PathBuf>,
+    /// A safetensors file with the reference `sample` (and `sample_bf16` for --dtype bf16): prints
+    /// rel-L2 and fails when it exceeds --tolerance.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    /// rel-L2 limit for --compare (default 1e-4 for f32, 2e-2 for bf16).
+    #[arg(long)]
+    pub tolerance: Option<f64>,
+}
+
+pub fn run(cmd: ForwardCommand) -> Result<(), String> {
+    match cmd {
+        ForwardCommand::Dit(args) => run_dit(args),
+    }
+}
+
+fn run_dit(args: DitArgs) -> Result<(), String> {
+    check_device(&args.device)?;
+    let img_shapes = parse_img_shapes(&args.img_shapes).map_err(|e| e.to_string())?;
+    let precision = match args.dtype {
+        DTypeArg::F32 => WeightPrecision::F32,
+        DTypeArg::Bf16 => WeightPrecision::Bf16,
+    };
+    let options = DitOptions {
+        precision,
+        source: args.model_file.clone(),
+        ..DitOptions::default()
+    };
+    let start = Instant::now();
+    let dit = QwenImageDit::load(&args.weights, &options).map_err(|e| e.to_string())?;
+    let loaded = start.elapsed();
+    let inputs = DitInputs::load(&args.inputs, img_shapes).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let sample = dit.forward(&inputs).map_err(|e| e.to_string())?;
+    let ran = start.elapsed();
+    let values = sample.to_f32_vec();
+    save_safetensors(&args.out, &[("sample", sample.shape().to_vec(), values.as_slice())])
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "dit: {} layers, img_shapes {}, batch {}: load {:.2} s, forward {:.3} s; wrote sample {:?} to {}",
+        dit.config.num_layers,
+        format_img_shapes(&inputs.img_shapes),
+        inputs.batch(),
+        loaded.as_secs_f64(),
+        ran.as_secs_f64(),
+        sample.shape(),
+        args.out.display()
+    );
+    if let Some(reference) = &args.compare {
+        let (name, default_tol) = match args.dtype {
+            DTypeArg::F32 => ("sample", 1e-4),
+            DTypeArg::Bf16 => ("sample_bf16", 2e-2),
+        };
+        compare(reference, name, &values, args.tolerance.unwrap_or(default_tol))?;
+    }
+    Ok(())
+}
+
+fn compare(reference: &Path, preferred: &str, values: &[f32], tolerance: f64) -> Result<(), String> {
+    let store = WeightStore::open(reference).map_err(|e| e.to_string())?;
+    let name = if store.contains(preferred) { preferred } else { "sample" };
+    let expected = store.load_f32(name).map_err(|e| e.to_string())?;
+    if expected.len() != values.len() {
+        return Err(format!(
+            "--compare: `{name}` in {} has {} elements, the output has {}",
+            reference.display(),
+            expected.len(),
+            values.len()
+        ));
+    }
+    let (mut diff, mut norm, mut max_abs) = (0.0f64, 0.0f64, 0.0f64);
+    for (&o, &r) in values.iter().zip(&expected) {
+        let d = o as f64 - r as f64;
+        diff += d * d;
+        norm += (r as f64) * (r as f64);
+        max_abs = max_abs.max(d.abs());
+    }
+    let rel = (diff / norm.max(f64::MIN_POSITIVE)).sqrt();
+    let finite = values.iter().all(|v| v.is_finite());
+    println!("compare `{name}`: rel-L2 {rel:.3e}, max |diff| {max_abs:.3e} (tolerance {tolerance:.0e})");
+    if !finite || rel.is_nan() || rel > tolerance {
+        return Err(format!("--compare: rel-L2 {rel:.3e} exceeds {tolerance:.0e}{}", if finite { "" } else { " (output has NaN/inf)" }));
+    }
+    Ok(())
+}
+
+pub fn check_device(device: &str) -> Result<(), String> {
+    match device {
+        "cpu" => Ok(()),
+        d if d == "cuda" || d.starts_with("cuda:") => Err(format!(
+            "--device {d}: the CUDA backend is not wired into `qie forward` yet (issue #3); use --device cpu"
+        )),
+        d => Err(format!("--device {d}: unknown device (expected cpu or cuda[:N])")),
+    }
+}
+
+/// Loads a .qie file for `qie compile`: imports resolve next to it, then among the bundled sources.
+pub fn load_program(path: &Path) -> Result<Program, String> {
+    qie_models::sources::load_program_file(path).map_err(|e| e.to_string())
+}
