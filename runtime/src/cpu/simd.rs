@@ -70,8 +70,13 @@ pub(crate) use multiversion;
 pub fn exp_f32(x: f32) -> f32 {
     const HI: f32 = 88.72283;
     const LO: f32 = -87.33654;
-    let xc = x.clamp(LO, HI);
-    let n = (xc * std::f32::consts::LOG2_E + 0.5).floor();
+    let xc = x.max(LO).min(HI);
+    // floor(y) without a libm call: truncate, then step down for negative non-integers.
+    let y = xc * std::f32::consts::LOG2_E + 0.5;
+    // SAFETY: |y| < 130 after the clamp (NaN was clamped to a bound too).
+    let t = unsafe { y.to_int_unchecked::<i32>() };
+    let ni = if (t as f32) > y { t - 1 } else { t };
+    let n = ni as f32;
     let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -80,7 +85,7 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let pow2 = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    let pow2 = f32::from_bits(((ni + 127) << 23) as u32);
     let v = y * pow2;
     if x > HI {
         f32::INFINITY
