@@ -39,7 +39,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("error: {message}");
+            // DSL errors arrive formatted rustc-style (`file:line:col: error: ...`).
+            let first_line = message.lines().next().unwrap_or("");
+            if first_line.contains(": error: ") {
+                eprintln!("{message}");
+            } else {
+                eprintln!("error: {message}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -177,6 +177,11 @@ impl QwenImageDit {
     }
 }
 
+/// Checkpoint names and shapes the model source expects for this config (without a checkpoint).
+pub fn expected_weights_for(config: &DitConfig, source: Option<&Path>) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
+    param_shapes(&load_program(config, source)?, config)
+}
+
 fn load_program(config: &DitConfig, source: Option<&Path>) -> Result<Program, ModelError> {
     let result = match source {
         Some(path) => sources::load_program_file(path),

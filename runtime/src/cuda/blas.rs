@@ -262,9 +262,13 @@ impl Blas {
         &self.dev
     }
 
-    /// When on, a shape's first GEMM times every algorithm cuBLASLt's heuristic proposes (up
-    /// to 8) on the real operands and caches the fastest; off (the default), the heuristic's
-    /// first choice is used. Plans already cached keep their algorithm.
+    /// Experimental. When on, a shape's first GEMM times every algorithm cuBLASLt's heuristic
+    /// proposes (up to 8) on the real operands and caches the fastest; off (the default), the
+    /// heuristic's first choice is used. Plans already cached keep their algorithm.
+    ///
+    /// Measured on an H200 (docs/cuda.md): at DiT shapes the algorithms it picked mostly ran
+    /// *slower* in the steady state than the heuristic's choice (8 of 10 cases, by 1-17%), so
+    /// leave it off until the in-plan timing is understood.
     pub fn set_autotune(&self, on: bool) {
         self.autotune
             .store(on, std::sync::atomic::Ordering::Relaxed);
