@@ -30,7 +30,10 @@ pub struct View {
 impl View {
     /// The row-major layout of a dense buffer of `shape`.
     pub fn contiguous(shape: &[usize]) -> View {
-        let strides = contiguous_strides(shape).iter().map(|&s| s as i64).collect();
+        let strides = contiguous_strides(shape)
+            .iter()
+            .map(|&s| s as i64)
+            .collect();
         View {
             shape: SmallVec::from_slice(shape),
             strides,
@@ -65,7 +68,12 @@ impl View {
     /// The offset of one multi-index.
     pub fn offset_of(&self, index: &[usize]) -> i64 {
         debug_assert_eq!(index.len(), self.rank());
-        self.offset + index.iter().zip(&self.strides).map(|(&i, &s)| i as i64 * s).sum::<i64>()
+        self.offset
+            + index
+                .iter()
+                .zip(&self.strides)
+                .map(|(&i, &s)| i as i64 * s)
+                .sum::<i64>()
     }
 
     /// Maps a row-major flat index into this view's shape to an offset.
@@ -496,7 +504,9 @@ mod tests {
     #[test]
     fn split_heads_stays_strided() {
         // [B, S, H*D] -> [B, S, H, D] -> transpose to [B, H, S, D]
-        let m = IndexMap::contiguous(&[2, 5, 12]).reshape(&[2, 5, 3, 4]).transpose(&[0, 2, 1, 3]);
+        let m = IndexMap::contiguous(&[2, 5, 12])
+            .reshape(&[2, 5, 3, 4])
+            .transpose(&[0, 2, 1, 3]);
         let v = m.as_strided().expect("strided");
         assert_eq!(v.strides.as_slice(), &[60, 4, 12, 1]);
         check_all(&m, |i| (i[0] * 60 + i[2] * 12 + i[1] * 4 + i[3]) as i64);
@@ -504,9 +514,13 @@ mod tests {
 
     #[test]
     fn broadcast_and_slice() {
-        let m = IndexMap::contiguous(&[3, 1]).broadcast(&[2, 3, 4]).slice(1, 1, 3);
+        let m = IndexMap::contiguous(&[3, 1])
+            .broadcast(&[2, 3, 4])
+            .slice(1, 1, 3);
         check_all(&m, |i| (i[1] + 1) as i64);
-        let m = IndexMap::contiguous(&[6, 8]).slice(1, 2, 6).reshape(&[3, 2, 4]);
+        let m = IndexMap::contiguous(&[6, 8])
+            .slice(1, 2, 6)
+            .reshape(&[3, 2, 4]);
         check_all(&m, |i| ((i[0] * 2 + i[1]) * 8 + 2 + i[2]) as i64);
     }
 

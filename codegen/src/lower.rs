@@ -34,6 +34,7 @@ impl fmt::Display for Operand {
 
 /// One launch (or a no-op alias) of a lowered group, in execution order.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Step {
     Kernel(KernelProgram),
     /// `out = a @ b` (dense row-major output), with the IR's transpose flags and batching rules.
@@ -64,7 +65,10 @@ pub enum Step {
         groups: usize,
     },
     /// `dst` is a reshape of `src`: same bytes. A backend copies only if their buffers differ.
-    Alias { src: Binding, dst: Binding },
+    Alias {
+        src: Binding,
+        dst: Binding,
+    },
 }
 
 impl fmt::Display for Step {
@@ -180,9 +184,21 @@ impl Scope {
 }
 
 /// Lowers one group. `index` is its position in the plan (for names and errors).
-pub fn lower_group(graph: &Graph, group: &KernelGroup, index: usize) -> Result<LoweredGroup, LowerError> {
-    let err = |message: String| LowerError { group: index, message };
-    for &n in group.nodes.iter().chain(&group.inputs).chain(&group.outputs) {
+pub fn lower_group(
+    graph: &Graph,
+    group: &KernelGroup,
+    index: usize,
+) -> Result<LoweredGroup, LowerError> {
+    let err = |message: String| LowerError {
+        group: index,
+        message,
+    };
+    for &n in group
+        .nodes
+        .iter()
+        .chain(&group.inputs)
+        .chain(&group.outputs)
+    {
         if n.index() >= graph.len() {
             return Err(err(format!("refers to missing node {n}")));
         }
@@ -207,7 +223,8 @@ pub fn lower_group(graph: &Graph, group: &KernelGroup, index: usize) -> Result<L
             for &o in &outputs {
                 match view_chain_to_buffer(graph, &scope, o) {
                     Some((src, chain))
-                        if !chain.is_empty() && chain.iter().all(|op| matches!(op, Op::Reshape { .. })) =>
+                        if !chain.is_empty()
+                            && chain.iter().all(|op| matches!(op, Op::Reshape { .. })) =>
                     {
                         lowered.steps.push(Step::Alias {
                             src: binding(graph, src),
@@ -218,7 +235,8 @@ pub fn lower_group(graph: &Graph, group: &KernelGroup, index: usize) -> Result<L
                 }
             }
             if !computed.is_empty() {
-                lower_elementwise_outputs(graph, &scope, &computed, &name, &mut lowered).map_err(err)?;
+                lower_elementwise_outputs(graph, &scope, &computed, &name, &mut lowered)
+                    .map_err(err)?;
             }
         }
         GroupKind::Elementwise => {
@@ -266,23 +284,41 @@ fn lower_elementwise_outputs(
     name: &str,
     lowered: &mut LoweredGroup,
 ) -> Result<(), String> {
-    let mut shapes: Vec<Shape> = vec![];
+    // Outputs are read at the group's linear index, so outputs of equal element count share one
+    // program (over the first one's shape; the others are row-major reinterpretations of it).
+    let mut spaces: Vec<Shape> = vec![];
     for &o in outputs {
         let s = &graph.ty(o).shape;
-        if !shapes.contains(s) {
-            shapes.push(s.clone());
+        let n: usize = s.iter().product();
+        if !spaces.iter().any(|sp| sp.iter().product::<usize>() == n) {
+            spaces.push(s.clone());
         }
     }
-    for (k, s) in shapes.iter().enumerate() {
-        let mut b = ProgramBuilder::new(graph, scope, s.clone());
-        for &o in outputs.iter().filter(|&&o| graph.ty(o).shape == *s) {
-            let r = b.emit(o, Sec::Body, &[])?;
-            b.store(Sec::Body, o, r, IndexMap::contiguous(s));
+    for (k, space) in spaces.iter().enumerate() {
+        let n: usize = space.iter().product();
+        let mut b = ProgramBuilder::new(graph, scope, space.clone());
+        for &o in outputs.iter().filter(|&&o| graph.ty(o).numel() == n) {
+            let chain = reinterpret(&graph.ty(o).shape, space);
+            let r = b.emit(o, Sec::Body, &chain)?;
+            b.store(Sec::Body, o, r, IndexMap::contiguous(space));
         }
-        let pname = if shapes.len() > 1 { format!("{name}_{k}") } else { name.to_string() };
+        let pname = if spaces.len() > 1 {
+            format!("{name}_{k}")
+        } else {
+            name.to_string()
+        };
         lowered.steps.push(Step::Kernel(b.finish(&pname)));
     }
     Ok(())
+}
+
+/// The view chain reading a value of shape `from` at the linear index of the space `to`.
+fn reinterpret(from: &[usize], to: &[usize]) -> Vec<Op> {
+    if from == to {
+        vec![]
+    } else {
+        vec![Op::Reshape { shape: to.into() }]
+    }
 }
 
 fn reduce_perm(arg_rank: usize, axes: &[usize]) -> Shape {
@@ -320,13 +356,20 @@ fn lower_reduction(
     let mut rest = vec![];
     for &o in outputs {
         let s = &graph.ty(o).shape;
-        if *s == kept {
-            let r = b.emit(o, Sec::Epilogue, &[])?;
+        let n: usize = s.iter().product();
+        if n == kept.iter().product::<usize>() {
+            // The reduced value (or its epilogue) at the kept linear index, possibly reshaped.
+            let r = b.emit(o, Sec::Epilogue, &reinterpret(s, &kept))?;
             b.store(Sec::Epilogue, o, r, IndexMap::contiguous(&kept));
         } else if *s == arg_shape {
             let chain = [Op::Transpose { perm: perm.clone() }];
             let r = b.emit(o, Sec::Body, &chain)?;
-            b.store(Sec::Body, o, r, IndexMap::contiguous(&arg_shape).transpose(&perm));
+            b.store(
+                Sec::Body,
+                o,
+                r,
+                IndexMap::contiguous(&arg_shape).transpose(&perm),
+            );
         } else {
             rest.push(o);
         }
@@ -367,7 +410,11 @@ fn lower_anchored(
     let mut materialised: Vec<NodeId> = vec![];
     // Resolves an operand to a strided buffer read, materialising computed values (and, when
     // `strided` is set, non-affine view chains) with a prologue kernel.
-    let mut operand = |scope: &Scope, lowered: &mut LoweredGroup, x: NodeId, strided: bool| -> Result<Operand, String> {
+    let mut operand = |scope: &Scope,
+                       lowered: &mut LoweredGroup,
+                       x: NodeId,
+                       strided: bool|
+     -> Result<Operand, String> {
         if let Some((buf, chain)) = view_chain_to_buffer(graph, scope, x) {
             let map = fold_chain(IndexMap::contiguous(&graph.ty(buf).shape), &chain);
             if !strided || map.as_strided().is_some() {
@@ -382,7 +429,9 @@ fn lower_anchored(
         let r = b.emit(x, Sec::Body, &[])?;
         b.store(Sec::Body, x, r, IndexMap::contiguous(&s));
         let k = lowered.steps.len();
-        lowered.steps.push(Step::Kernel(b.finish(&format!("{name}_pro{k}"))));
+        lowered
+            .steps
+            .push(Step::Kernel(b.finish(&format!("{name}_pro{k}"))));
         materialised.push(x);
         Ok(Operand {
             buffer: binding(graph, x),
@@ -451,7 +500,9 @@ fn lower_anchored(
                     let r = b.emit(a, Sec::Body, &[])?;
                     let map = IndexMap::contiguous(out_shape).slice(*axis, off, off + n);
                     b.store(Sec::Body, anchor, r, map);
-                    lowered.steps.push(Step::Kernel(b.finish(&format!("{name}_concat{i}"))));
+                    lowered
+                        .steps
+                        .push(Step::Kernel(b.finish(&format!("{name}_concat{i}"))));
                 }
                 off += n;
             }
@@ -461,10 +512,14 @@ fn lower_anchored(
             let (table, index) = (args[0], args[1]);
             let t = operand(&scope, lowered, table, true)?;
             let out_shape = node.ty.shape.clone();
-            let tv = t.map.as_strided().expect("materialised tables are strided").clone();
+            let tv = t
+                .map
+                .as_strided()
+                .expect("materialised tables are strided")
+                .clone();
             let r = graph.ty(index).rank();
             let mut strides: SmallVec<[i64; 6]> = tv.strides[..axis].iter().copied().collect();
-            strides.extend(std::iter::repeat(0).take(r));
+            strides.extend(std::iter::repeat_n(0, r));
             strides.extend(tv.strides[axis + 1..].iter().copied());
             let base = IndexMap::strided(crate::index::View {
                 shape: out_shape.clone(),
@@ -475,7 +530,7 @@ fn lower_anchored(
             let mut b = ProgramBuilder::new(graph, &scope, out_shape.clone());
             let mut ones: Shape = shape(&vec![1; axis]);
             ones.extend(graph.ty(index).shape.iter().copied());
-            ones.extend(std::iter::repeat(1).take(out_shape.len() - axis - r));
+            ones.extend(std::iter::repeat_n(1, out_shape.len() - axis - r));
             let chain = [
                 Op::Reshape { shape: ones },
                 Op::Broadcast {
@@ -497,9 +552,16 @@ fn lower_anchored(
                 },
             });
             b.store(Sec::Body, anchor, dst, IndexMap::contiguous(&out_shape));
-            lowered.steps.push(Step::Kernel(b.finish(&format!("{name}_gather"))));
+            lowered
+                .steps
+                .push(Step::Kernel(b.finish(&format!("{name}_gather"))));
         }
-        other => return Err(format!("{} cannot anchor a library or data group", other.mnemonic())),
+        other => {
+            return Err(format!(
+                "{} cannot anchor a library or data group",
+                other.mnemonic()
+            ))
+        }
     }
     // Epilogue: every other output, with the anchor and materialised operands read from buffers.
     scope.bound.insert(anchor);
@@ -523,9 +585,9 @@ fn lower_anchored(
 }
 
 fn fold_chain(start: IndexMap, chain: &[Op]) -> IndexMap {
-    chain
-        .iter()
-        .fold(start, |m, op| m.apply(op).expect("chains hold view ops only"))
+    chain.iter().fold(start, |m, op| {
+        m.apply(op).expect("chains hold view ops only")
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -710,13 +772,19 @@ impl<'a> ProgramBuilder<'a> {
             return Err(format!("{id} (reduce) inside an elementwise kernel"));
         };
         if sec != Sec::Epilogue {
-            return Err(format!("{id} (reduce) feeds another reduction in one kernel"));
+            return Err(format!(
+                "{id} (reduce) feeds another reduction in one kernel"
+            ));
         }
         if red.arg_shape != self.graph.ty(arg).shape || red.axes.as_slice() != axes {
-            return Err(format!("{id} (reduce) reduces a different space than the group's anchor"));
+            return Err(format!(
+                "{id} (reduce) reduces a different space than the group's anchor"
+            ));
         }
         if *map != IndexMap::contiguous(&red.kept) {
-            return Err(format!("{id} (reduce) is read through a view inside its own kernel"));
+            return Err(format!(
+                "{id} (reduce) is read through a view inside its own kernel"
+            ));
         }
         let perm = reduce_perm(red.arg_shape.len(), axes);
         let value = self.emit(arg, Sec::Body, &[Op::Transpose { perm }])?;
@@ -816,4 +884,153 @@ pub fn copy_program(name: &str, src: Binding, map: IndexMap, dst: Binding) -> Ke
     };
     crate::simplify::coalesce_axes(&mut p);
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qie_ir::passes::{fuse, FusionOptions};
+    use qie_ir::{BinaryOp, ReduceOp, TensorType, UnaryOp};
+
+    fn lower(g: &Graph) -> Vec<LoweredGroup> {
+        lower_plan(g, &fuse(g, &FusionOptions::default())).expect("lowering")
+    }
+
+    fn kernels(groups: &[LoweredGroup]) -> Vec<&KernelProgram> {
+        groups
+            .iter()
+            .flat_map(|g| &g.steps)
+            .filter_map(|s| match s {
+                Step::Kernel(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dense_elementwise_becomes_one_axis() {
+        let mut g = Graph::new();
+        let x = g.input("x", TensorType::new(DType::F32, &[4, 8, 16]));
+        let b = g.input("b", TensorType::new(DType::F32, &[16]));
+        let bb = g
+            .add(
+                Op::Broadcast {
+                    shape: shape(&[4, 8, 16]),
+                },
+                &[b],
+            )
+            .unwrap();
+        let y = g.add(Op::Binary(BinaryOp::Add), &[x, bb]).unwrap();
+        let z = g.add(Op::Unary(UnaryOp::Exp), &[y]).unwrap();
+        g.set_output("z", z);
+        let lowered = lower(&g);
+        let ks = kernels(&lowered);
+        assert_eq!(ks.len(), 1);
+        let p = ks[0];
+        // x and the store merge to one axis; the broadcast bias keeps [32, 16] with stride 0.
+        assert_eq!(p.space.as_slice(), &[32, 16], "{p}");
+        let text = p.to_string();
+        assert!(text.contains("[32, 16]:(0,1)+0"), "{text}");
+        assert!(text.contains("exp"), "{text}");
+    }
+
+    #[test]
+    fn transposed_merge_needs_div_mod() {
+        let mut g = Graph::new();
+        let x = g.input("x", TensorType::new(DType::F32, &[3, 4, 5]));
+        let t = g
+            .add(
+                Op::Transpose {
+                    perm: shape(&[2, 0, 1]),
+                },
+                &[x],
+            )
+            .unwrap();
+        let r = g
+            .add(
+                Op::Reshape {
+                    shape: shape(&[60]),
+                },
+                &[t],
+            )
+            .unwrap();
+        let y = g.add(Op::Unary(UnaryOp::Neg), &[r]).unwrap();
+        g.set_output("y", y);
+        let lowered = lower(&g);
+        let p = kernels(&lowered)[0];
+        let load = p.body.stmts.iter().find_map(|s| s.instr.map()).unwrap();
+        assert_eq!(load.views().len(), 2, "{p}");
+        let e = load.to_expr().to_string();
+        assert!(e.contains('%') && e.contains('/'), "{e}");
+    }
+
+    #[test]
+    fn reduction_has_prologue_and_epilogue() {
+        let mut g = Graph::new();
+        let x = g.input("x", TensorType::new(DType::F32, &[6, 10]));
+        let e = g.add(Op::Unary(UnaryOp::Exp), &[x]).unwrap();
+        let s = g
+            .add(
+                Op::Reduce {
+                    op: ReduceOp::Sum,
+                    axes: shape(&[0]),
+                },
+                &[e],
+            )
+            .unwrap();
+        let l = g.add(Op::Unary(UnaryOp::Log), &[s]).unwrap();
+        g.set_output("l", l);
+        let lowered = lower(&g);
+        let p = kernels(&lowered)[0];
+        assert!(p.is_reduction());
+        // Kept axis first, reduced axis last: the load walks the column with stride 10.
+        assert_eq!(p.space.as_slice(), &[10, 6]);
+        assert_eq!(p.reduce_rank, 1);
+        assert!(p.to_string().contains("[10, 6]:(1,10)+0"), "{p}");
+        assert!(p.epilogue.stmts.iter().any(|s| matches!(
+            s.instr,
+            Instr::Unary {
+                op: UnaryOp::Log,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn linear_layer_is_a_library_call_with_strided_operands() {
+        let mut g = Graph::new();
+        let x = g.input("x", TensorType::new(DType::F32, &[2, 5, 8]));
+        let w = g.param("w", TensorType::new(DType::F32, &[12, 8]));
+        let b = g.param("b", TensorType::new(DType::F32, &[12]));
+        let m = g
+            .add(
+                Op::MatMul {
+                    transpose_a: false,
+                    transpose_b: true,
+                },
+                &[x, w],
+            )
+            .unwrap();
+        let bb = g
+            .add(
+                Op::Broadcast {
+                    shape: shape(&[2, 5, 12]),
+                },
+                &[b],
+            )
+            .unwrap();
+        let y = g.add(Op::Binary(BinaryOp::Add), &[m, bb]).unwrap();
+        g.set_output("y", y);
+        let lowered = lower(&g);
+        let steps: Vec<&Step> = lowered.iter().flat_map(|g| &g.steps).collect();
+        assert!(steps.iter().any(|s| matches!(
+            s,
+            Step::MatMul {
+                transpose_b: true,
+                ..
+            }
+        )));
+        let text: String = lowered.iter().map(|g| g.to_string()).collect();
+        assert!(text.contains("matmul"), "{text}");
+    }
 }

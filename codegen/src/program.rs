@@ -34,7 +34,10 @@ impl fmt::Display for Reg {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Instr {
     /// `inputs[input][map(i)]`.
-    Load { input: usize, map: IndexMap },
+    Load {
+        input: usize,
+        map: IndexMap,
+    },
     /// `inputs[input][map(i) + index * stride]` where `index` is an integer register; the index is
     /// clamped into `0..dim` (the reference rejects out-of-range indices).
     LoadGather {
@@ -45,15 +48,38 @@ pub enum Instr {
         dim: usize,
     },
     /// A scalar constant.
-    Const { value: f64 },
+    Const {
+        value: f64,
+    },
     /// `(map(i) / stride) % dim`: the coordinate along one axis of an iota seen through views.
-    Iota { map: IndexMap, stride: i64, dim: usize },
-    Unary { op: UnaryOp, a: Reg },
-    Binary { op: BinaryOp, a: Reg, b: Reg },
-    Compare { op: CmpOp, a: Reg, b: Reg },
-    Select { cond: Reg, a: Reg, b: Reg },
+    Iota {
+        map: IndexMap,
+        stride: i64,
+        dim: usize,
+    },
+    Unary {
+        op: UnaryOp,
+        a: Reg,
+    },
+    Binary {
+        op: BinaryOp,
+        a: Reg,
+        b: Reg,
+    },
+    Compare {
+        op: CmpOp,
+        a: Reg,
+        b: Reg,
+    },
+    Select {
+        cond: Reg,
+        a: Reg,
+        b: Reg,
+    },
     /// Converts `a` to the statement's dtype.
-    Cast { a: Reg },
+    Cast {
+        a: Reg,
+    },
 }
 
 impl Instr {
@@ -71,14 +97,18 @@ impl Instr {
     /// The index maps used by this instruction.
     pub fn map(&self) -> Option<&IndexMap> {
         match self {
-            Instr::Load { map, .. } | Instr::LoadGather { map, .. } | Instr::Iota { map, .. } => Some(map),
+            Instr::Load { map, .. } | Instr::LoadGather { map, .. } | Instr::Iota { map, .. } => {
+                Some(map)
+            }
             _ => None,
         }
     }
 
     pub fn map_mut(&mut self) -> Option<&mut IndexMap> {
         match self {
-            Instr::Load { map, .. } | Instr::LoadGather { map, .. } | Instr::Iota { map, .. } => Some(map),
+            Instr::Load { map, .. } | Instr::LoadGather { map, .. } | Instr::Iota { map, .. } => {
+                Some(map)
+            }
             _ => None,
         }
     }
@@ -163,9 +193,26 @@ impl KernelProgram {
     }
 
     pub fn num_regs(&self) -> usize {
-        let body = self.body.stmts.iter().map(|s| s.dst.index() + 1).max().unwrap_or(0);
-        let epi = self.epilogue.stmts.iter().map(|s| s.dst.index() + 1).max().unwrap_or(0);
-        let red = self.reduces.iter().map(|r| r.dst.index() + 1).max().unwrap_or(0);
+        let body = self
+            .body
+            .stmts
+            .iter()
+            .map(|s| s.dst.index() + 1)
+            .max()
+            .unwrap_or(0);
+        let epi = self
+            .epilogue
+            .stmts
+            .iter()
+            .map(|s| s.dst.index() + 1)
+            .max()
+            .unwrap_or(0);
+        let red = self
+            .reduces
+            .iter()
+            .map(|r| r.dst.index() + 1)
+            .max()
+            .unwrap_or(0);
         body.max(epi).max(red)
     }
 
@@ -225,8 +272,17 @@ fn write_section(f: &mut fmt::Formatter<'_>, sec: &Section) -> fmt::Result {
 
 impl fmt::Display for KernelProgram {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = if self.is_reduction() { "reduction" } else { "elementwise" };
-        write!(f, "kernel {} {kind} space={}", self.name, ShapeDisplay(&self.space))?;
+        let kind = if self.is_reduction() {
+            "reduction"
+        } else {
+            "elementwise"
+        };
+        write!(
+            f,
+            "kernel {} {kind} space={}",
+            self.name,
+            ShapeDisplay(&self.space)
+        )?;
         if self.is_reduction() {
             write!(f, " reduce_rank={}", self.reduce_rank)?;
         }

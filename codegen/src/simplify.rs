@@ -7,13 +7,23 @@ use crate::index::IndexMap;
 use crate::program::KernelProgram;
 
 fn body_maps(p: &mut KernelProgram) -> Vec<&mut IndexMap> {
-    let mut maps: Vec<&mut IndexMap> = p.body.stmts.iter_mut().filter_map(|s| s.instr.map_mut()).collect();
+    let mut maps: Vec<&mut IndexMap> = p
+        .body
+        .stmts
+        .iter_mut()
+        .filter_map(|s| s.instr.map_mut())
+        .collect();
     maps.extend(p.body.stores.iter_mut().map(|s| &mut s.map));
     maps
 }
 
 fn epilogue_maps(p: &mut KernelProgram) -> Vec<&mut IndexMap> {
-    let mut maps: Vec<&mut IndexMap> = p.epilogue.stmts.iter_mut().filter_map(|s| s.instr.map_mut()).collect();
+    let mut maps: Vec<&mut IndexMap> = p
+        .epilogue
+        .stmts
+        .iter_mut()
+        .filter_map(|s| s.instr.map_mut())
+        .collect();
     maps.extend(p.epilogue.stores.iter_mut().map(|s| &mut s.map));
     maps
 }

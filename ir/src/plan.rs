@@ -38,8 +38,10 @@ pub struct KernelGroup {
     /// Values produced here and needed later (by another group or as a graph output), in ascending
     /// id. Owned members (never `recomputed` ones). All outputs of an Elementwise group have the
     /// group's element count; those of a Reduction / Library group are on the anchor's result side:
-    /// the anchor's element count, read at the anchor's linear index, but possibly another shape
-    /// (a row-major reinterpretation, e.g. `rstd: [B, S, 1]` computed from a Reduce to `[B, S]`).
+    /// the anchor's element count, read at the anchor's linear index. Library outputs may have
+    /// another shape (a row-major reinterpretation); Reduction outputs have exactly the Reduce's
+    /// shape unless `FusionOptions::reshaped_reduction_outputs` is set (then e.g. `rstd: [B, S, 1]`
+    /// from a Reduce to `[B, S]`).
     pub outputs: Vec<NodeId>,
     /// For Reduction / Library / Data groups: the op the group is built around.
     pub anchor: Option<NodeId>,
@@ -174,8 +176,9 @@ pub struct MemoryPlan {
     /// alias or an in-place pair count once.
     pub peak_live_bytes: usize,
     /// (output, input) pairs where the output reuses the input's buffer: the output is written by
-    /// an Elementwise group that reads the input only at the index it writes, and the input's last
-    /// reader is that group. Same offset and byte size.
+    /// an Elementwise group whose outputs all have one shape (one pass) and that reads the input
+    /// only at the index it writes, and the input's last reader is that group. Same offset and
+    /// byte size.
     pub in_place: Vec<(NodeId, NodeId)>,
     /// Indexed by node id, for arena values: `(first, last)` group index (inclusive) during which
     /// the value's bytes must stay intact. Graph inputs start at 0; graph outputs end at

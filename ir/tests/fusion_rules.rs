@@ -481,8 +481,12 @@ fn check_invariants(g: &Graph, plan: &FusionPlan) -> Result<(), String> {
     Ok(())
 }
 
-fn all_options() -> [FusionOptions; 4] {
+fn all_options() -> [FusionOptions; 5] {
     [
+        FusionOptions {
+            reshaped_reduction_outputs: true,
+            ..FusionOptions::default()
+        },
         FusionOptions::default(),
         FusionOptions::unfused(),
         FusionOptions {
@@ -538,7 +542,7 @@ fn materialised_reshape_of_a_reduction_is_an_alias() {
 }
 
 #[test]
-fn rms_norm_with_keepdim_epilogue_is_one_reduction_and_one_elementwise() {
+fn rms_norm_with_keepdim_epilogue() {
     // y = x * rsqrt(mean(x^2, keepdim) + eps) * w, as the DSL writes it.
     let (s, d) = (6, 8);
     let mut g = Graph::new();
@@ -557,7 +561,27 @@ fn rms_norm_with_keepdim_epilogue_is_one_reduction_and_one_elementwise() {
     let wb = bcast(&mut g, w, &[s, d]);
     let y = bin(&mut g, BinaryOp::Mul, xn, wb);
     g.set_output("y", y);
+    // Default: Reduction outputs keep the Reduce's shape, so the keepdim tail is its own group.
     let plan = fuse(&g, &FusionOptions::default());
+    validate_fusion_plan(&g, &plan).unwrap();
+    assert_eq!(
+        kinds(&plan),
+        [
+            GroupKind::Reduction,
+            GroupKind::Elementwise,
+            GroupKind::Elementwise
+        ],
+        "{}",
+        dump_fusion(&g, &plan)
+    );
+    assert_eq!(plan.groups[0].outputs, [ss]);
+    assert_eq!(plan.groups[1].outputs, [rstd]);
+    // Opt-in: the reduction writes rstd in its keepdim shape [S, 1] (same linear index as [S]).
+    let opts = FusionOptions {
+        reshaped_reduction_outputs: true,
+        ..FusionOptions::default()
+    };
+    let plan = fuse(&g, &opts);
     validate_fusion_plan(&g, &plan).unwrap();
     assert_eq!(
         kinds(&plan),
@@ -565,7 +589,6 @@ fn rms_norm_with_keepdim_epilogue_is_one_reduction_and_one_elementwise() {
         "{}",
         dump_fusion(&g, &plan)
     );
-    // The reduction writes rstd in its keepdim shape [S, 1] (same linear index as [S]).
     assert_eq!(plan.groups[0].outputs, [rstd]);
     assert_eq!(plan.groups[0].prologue, [sq]);
     assert!(plan.groups[0].epilogue.contains(&keep));

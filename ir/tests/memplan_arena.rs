@@ -119,6 +119,36 @@ fn no_in_place_through_a_transposed_or_broadcast_read() {
 }
 
 #[test]
+fn no_in_place_in_a_group_with_outputs_of_several_shapes() {
+    // e: [6] and z: [2, 3] are outputs of one group; a backend may run one kernel per output
+    // shape, so writing e over x would clobber x before z is computed from it.
+    let mut g = Graph::new();
+    let x = g.input("x", f32t(&[6]));
+    let e = un(&mut g, UnaryOp::Neg, x);
+    let r = g
+        .add(
+            Op::Reshape {
+                shape: shape(&[2, 3]),
+            },
+            &[e],
+        )
+        .unwrap();
+    let z = un(&mut g, UnaryOp::Exp, r);
+    g.set_output("e", e);
+    g.set_output("z", z);
+    let fusion = fuse(&g, &FusionOptions::default());
+    assert_eq!(fusion.groups.len(), 1);
+    assert_eq!(fusion.groups[0].outputs, [e, z]);
+    let plan = plan_memory(&g, &fusion, &MemoryOptions::default());
+    validate_memory_plan(&g, &fusion, &plan).unwrap();
+    assert!(plan.in_place.is_empty());
+    let mut bad = plan.clone();
+    bad.in_place.push((e, x));
+    bad.slots[e.index()] = plan.slots[x.index()];
+    assert!(validate_memory_plan(&g, &fusion, &bad).is_err());
+}
+
+#[test]
 fn in_place_only_at_the_last_use() {
     // x is read by g0 (y = exp x) and g1 (z = x * y): only g1 may write over x.
     let mut g = Graph::new();
@@ -329,9 +359,13 @@ fn simulate(case: &RandomCase, fusion: &FusionPlan, plan: &MemoryPlan) -> Result
     Ok(())
 }
 
-fn fusion_options() -> [FusionOptions; 3] {
+fn fusion_options() -> [FusionOptions; 4] {
     [
         FusionOptions::default(),
+        FusionOptions {
+            reshaped_reduction_outputs: true,
+            ..FusionOptions::default()
+        },
         FusionOptions::unfused(),
         FusionOptions {
             recompute_cheap: false,

@@ -14,9 +14,15 @@ pub enum RuntimeError {
     /// A graph input was not bound at `run`.
     MissingInput(String),
     /// A bound input or param does not match the graph's declaration.
-    BadInput { name: String, message: String },
+    BadInput {
+        name: String,
+        message: String,
+    },
     MissingParam(String),
-    BadParam { name: String, message: String },
+    BadParam {
+        name: String,
+        message: String,
+    },
     /// A compiler pass (optimize, fuse, memory planning, lowering) failed.
     Compile(String),
     /// The plan cannot be executed by this backend.
@@ -30,7 +36,9 @@ impl fmt::Display for RuntimeError {
         match self {
             RuntimeError::MissingInput(n) => write!(f, "input \"{n}\" is not bound"),
             RuntimeError::BadInput { name, message } => write!(f, "input \"{name}\": {message}"),
-            RuntimeError::MissingParam(n) => write!(f, "param \"{n}\" is not in the parameter store"),
+            RuntimeError::MissingParam(n) => {
+                write!(f, "param \"{n}\" is not in the parameter store")
+            }
             RuntimeError::BadParam { name, message } => write!(f, "param \"{name}\": {message}"),
             RuntimeError::Compile(m) => write!(f, "compile error: {m}"),
             RuntimeError::Unsupported(m) => write!(f, "unsupported: {m}"),
@@ -196,5 +204,9 @@ pub trait Executable: Send + Sync {
 pub trait Backend: Send + Sync {
     fn name(&self) -> &str;
 
-    fn compile(&self, graph: &Graph, options: &CompileOptions) -> Result<Box<dyn Executable>, RuntimeError>;
+    fn compile(
+        &self,
+        graph: &Graph,
+        options: &CompileOptions,
+    ) -> Result<Box<dyn Executable>, RuntimeError>;
 }

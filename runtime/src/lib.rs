@@ -12,5 +12,7 @@ pub mod cuda;
 pub mod tensor;
 pub mod weights;
 
-pub use backend::{Backend, CompileOptions, Executable, NoParams, ParamData, ParamStore, PlanStats, RuntimeError};
+pub use backend::{
+    Backend, CompileOptions, Executable, NoParams, ParamData, ParamStore, PlanStats, RuntimeError,
+};
 pub use tensor::{Storage, Tensor, TensorData, TensorError};

@@ -73,7 +73,9 @@ impl TensorData {
             TensorData::I32(v) => bytemuck::cast_slice(v),
             TensorData::I64(v) => bytemuck::cast_slice(v),
             // SAFETY: bool is one byte holding 0 or 1.
-            TensorData::Bool(v) => unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) },
+            TensorData::Bool(v) => unsafe {
+                std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len())
+            },
         }
     }
 }

@@ -28,10 +28,16 @@ fn bind_random(g: &Graph) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) 
     for (i, node) in g.nodes.iter().enumerate() {
         match &node.op {
             Op::Input { name, ty } => {
-                inputs.insert(name.clone(), Tensor::from_f32(&ty.shape, random_f32(ty.numel(), i as u64)).unwrap());
+                inputs.insert(
+                    name.clone(),
+                    Tensor::from_f32(&ty.shape, random_f32(ty.numel(), i as u64)).unwrap(),
+                );
             }
             Op::Param { name, ty } => {
-                params.insert(name.clone(), Tensor::from_f32(&ty.shape, random_f32(ty.numel(), i as u64)).unwrap());
+                params.insert(
+                    name.clone(),
+                    Tensor::from_f32(&ty.shape, random_f32(ty.numel(), i as u64)).unwrap(),
+                );
             }
             _ => {}
         }
@@ -100,7 +106,10 @@ fn bench_attention() {
     let exe = compile(&g.g, &CompileOptions::default()).unwrap();
     let t = time_runs(&exe, &g.g, 1);
     let flops = 4.0 * (s * s * h * d) as f64;
-    println!("attention S={s} H={h} D={d}: {t:.3} s, {:.1} GFLOP/s", flops / t / 1e9);
+    println!(
+        "attention S={s} H={h} D={d}: {t:.3} s, {:.1} GFLOP/s",
+        flops / t / 1e9
+    );
 }
 
 #[test]
@@ -117,7 +126,10 @@ fn bench_elementwise() {
     let exe = compile(&g.g, &CompileOptions::default()).unwrap();
     let t = time_runs(&exe, &g.g, 3);
     let n = (shape[0] * shape[1]) as f64;
-    println!("silu(x) + y over {shape:?}: {t:.4} s, {:.0} M elements/s", n / t / 1e6);
+    println!(
+        "silu(x) + y over {shape:?}: {t:.4} s, {:.0} M elements/s",
+        n / t / 1e6
+    );
     // Row reduction (layer-norm statistics).
     let mut g = G::new();
     let x = g.input("x", f32t(&shape));
@@ -125,7 +137,10 @@ fn bench_elementwise() {
     g.out("s", s);
     let exe = compile(&g.g, &CompileOptions::default()).unwrap();
     let t = time_runs(&exe, &g.g, 3);
-    println!("row sum over {shape:?}: {t:.4} s, {:.0} M elements/s", n / t / 1e6);
+    println!(
+        "row sum over {shape:?}: {t:.4} s, {:.0} M elements/s",
+        n / t / 1e6
+    );
     // A transposing copy (attention head split).
     let mut g = G::new();
     let x = g.input("x", f32t(&[4096, 24, 128]));
@@ -134,7 +149,10 @@ fn bench_elementwise() {
     g.out("e", e);
     let exe = compile(&g.g, &CompileOptions::default()).unwrap();
     let t = time_runs(&exe, &g.g, 3);
-    println!("transpose [4096, 24, 128] -> [24, 4096, 128]: {t:.4} s, {:.0} M elements/s", n / t / 1e6);
+    println!(
+        "transpose [4096, 24, 128] -> [24, 4096, 128]: {t:.4} s, {:.0} M elements/s",
+        n / t / 1e6
+    );
 }
 
 #[test]
@@ -144,7 +162,11 @@ fn bench_dit_block() {
     let g = cpu_suite::dit_block(ni, nt, 3072, 24, 12288);
     let t = Instant::now();
     let exe = compile(&g, &CompileOptions::default()).unwrap();
-    println!("compile: {:.2} s, {}", t.elapsed().as_secs_f64(), exe.stats());
+    println!(
+        "compile: {:.2} s, {}",
+        t.elapsed().as_secs_f64(),
+        exe.stats()
+    );
     let flops = g.matmul_flops();
     let s = time_runs(&exe, &g, 2);
     println!(

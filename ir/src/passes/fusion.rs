@@ -26,6 +26,8 @@
 //! 4. **Reduction groups.** One `Reduce` per group, plus its elementwise prologue (the nodes
 //!    computing the reduced value, in the Reduce's input index space) and an elementwise
 //!    epilogue on the reduced value at the same index (e.g. `mean = sum / n`, `rsqrt(var + eps)`).
+//!    Outputs have the Reduce's shape (`FusionOptions::reshaped_reduction_outputs` also allows
+//!    the same element count in another shape, e.g. a keepdim `[B, S, 1]`).
 //!    Layer norm is therefore two Reduction groups (mean; variance) and one Elementwise group
 //!    (normalise, modulate, gate, residual add), the centred `x - mean` being recomputed.
 //! 5. **Library groups.** `MatMul`/`Attention`/`Conv2d` each anchor their own group. Their
@@ -74,6 +76,11 @@ pub struct FusionOptions {
     /// Let elementwise consumers of a `MatMul`/`Attention`/`Conv2d` result ride in its group as an
     /// epilogue.
     pub matmul_epilogue: bool,
+    /// Let a Reduction group output a value of the Reduce's element count but another shape
+    /// (keepdim: `rstd: [B, S, 1]` from a Reduce to `[B, S]`), which saves one launch per norm
+    /// written with keepdim reshapes (8 per DiT block). Off by default: the codegen lowering
+    /// (`qie_codegen::lower`) currently stores Reduction outputs only in the Reduce's shape.
+    pub reshaped_reduction_outputs: bool,
 }
 
 impl Default for FusionOptions {
@@ -82,6 +89,7 @@ impl Default for FusionOptions {
             fuse: true,
             recompute_cheap: true,
             matmul_epilogue: true,
+            reshaped_reduction_outputs: false,
         }
     }
 }
@@ -268,7 +276,12 @@ impl Builder<'_> {
             Op::Constant { .. } | Op::Iota { .. } => true,
             op if op.is_view() => true,
             op if op.is_elementwise() => d.access != Access::Indexed || cheap,
-            Op::Reduce { .. } => anchor_ok,
+            Op::Reduce { .. } => {
+                let shape = &self.g.ty(p).shape;
+                anchor_ok
+                    && (self.opts.reshaped_reduction_outputs
+                        || grp.outputs.iter().all(|&o| self.g.ty(o).shape == *shape))
+            }
             op if op.is_library_call() => anchor_ok && self.opts.matmul_epilogue,
             _ => false,
         }
@@ -384,7 +397,13 @@ impl Builder<'_> {
         }
         if demands.len() == 1 {
             let d = demands[0];
-            if is_output && !(d.space == Space::Main && d.access == Access::Same) {
+            let anchor_shape = match self.groups[d.group].anchor {
+                Some(a) if self.groups[d.group].kind == GroupKind::Reduction => {
+                    self.opts.reshaped_reduction_outputs || g.ty(a).shape == g.ty(p).shape
+                }
+                _ => true,
+            };
+            if is_output && !(d.space == Space::Main && d.access == Access::Same && anchor_shape) {
                 self.seed(p);
                 return;
             }

@@ -10,7 +10,8 @@
 //!    until the alias's last reader. In-place reuse (when enabled): an Elementwise group's output
 //!    takes the buffer of one of its inputs when that input's buffer is last read by this group,
 //!    the byte size and element count are equal, and the group reads the input only at the index
-//!    it writes ([`Access::Same`]: no broadcast, transposed or sliced view of it). Chains of
+//!    it writes ([`Access::Same`]: no broadcast, transposed or sliced view of it), and all the
+//!    group's outputs have one shape (so any backend runs the group as one pass). Chains of
 //!    elementwise groups thus run in one buffer.
 //! 3. **Offsets**: buffers sorted by size (descending), each placed at the lowest offset where it
 //!    overlaps no already-placed buffer with an overlapping lifetime; sizes rounded up to
@@ -207,7 +208,12 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
     let mut in_place = Vec::new();
     if opts.in_place {
         for (gi, grp) in fusion.groups.iter().enumerate() {
-            if grp.kind != GroupKind::Elementwise {
+            // One output shape = one pass for every backend (codegen emits one kernel per output
+            // shape; a later kernel of the group must not read a buffer an earlier one rewrote).
+            let shape = &g.ty(grp.outputs[0]).shape;
+            if grp.kind != GroupKind::Elementwise
+                || grp.outputs.iter().any(|&o| g.ty(o).shape != *shape)
+            {
                 continue;
             }
             let access = main_space_access(g, grp);
@@ -422,7 +428,12 @@ pub fn validate_memory_plan(
             return Err(format!("in-place {o} <- {x}: {o} is not a group output"));
         };
         let grp = &fusion.groups[gi];
+        let one_shape = grp
+            .outputs
+            .iter()
+            .all(|&v| g.ty(v).shape == g.ty(grp.outputs[0]).shape);
         let legal = grp.kind == GroupKind::Elementwise
+            && one_shape
             && grp.inputs.contains(&x)
             && offset_of(x).is_some()
             && offset_of(x) == offset_of(o)

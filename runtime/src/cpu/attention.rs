@@ -45,7 +45,11 @@ pub unsafe fn attention(args: &AttentionArgs) {
         return;
     }
     let nqb = sq.div_ceil(BQ);
-    let (qp, kp, vp) = (SendPtr(qb.f32_ptr()), SendPtr(kb.f32_ptr()), SendPtr(vb.f32_ptr()));
+    let (qp, kp, vp) = (
+        SendPtr(qb.f32_ptr()),
+        SendPtr(kb.f32_ptr()),
+        SendPtr(vb.f32_ptr()),
+    );
     let mp = args.mask.map(|(m, mv)| (SendPtr(m.ptr), mv));
     let op = SendPtr(args.out.f32_ptr());
     let scale = args.scale;
@@ -75,7 +79,8 @@ pub unsafe fn attention(args: &AttentionArgs) {
             let mut any_masked = false;
             if let Some((m, mv)) = mp {
                 for j in 0..cols {
-                    let off = mv.offset + bi as i64 * mv.strides[0] + (j0 + j) as i64 * mv.strides[1];
+                    let off =
+                        mv.offset + bi as i64 * mv.strides[0] + (j0 + j) as i64 * mv.strides[1];
                     let keep = *(m.get().offset(off as isize)) != 0;
                     st.keep[j] = keep;
                     any_masked |= !keep;

@@ -58,7 +58,10 @@ pub unsafe fn conv2d(a: &ConvArgs) {
             for oi in 0..o {
                 for r in 0..kdim {
                     let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
-                    v.push(*wb.f32_ptr().offset(wv.offset_of(&[oi, ci, ky, kx]) as isize));
+                    v.push(
+                        *wb.f32_ptr()
+                            .offset(wv.offset_of(&[oi, ci, ky, kx]) as isize),
+                    );
                 }
             }
             dense_w = v;
@@ -73,8 +76,16 @@ pub unsafe fn conv2d(a: &ConvArgs) {
         && a.stride == [1, 1]
         && a.padding == [0, 0]
         && (hh == 1 || ww == 1 || xs[2] == xs[3] * ww as i64);
-    let tile = if pointwise { p_total } else { (COL_ELEMS / kdim.max(1)).clamp(1, p_total) };
-    let mut col = if pointwise { vec![] } else { vec![0f32; kdim * tile] };
+    let tile = if pointwise {
+        p_total
+    } else {
+        (COL_ELEMS / kdim.max(1)).clamp(1, p_total)
+    };
+    let mut col = if pointwise {
+        vec![]
+    } else {
+        vec![0f32; kdim * tile]
+    };
     let [sy, sx] = a.stride;
     let [py, px] = a.padding;
     let [dy, dx] = a.dilation;
@@ -89,21 +100,24 @@ pub unsafe fn conv2d(a: &ConvArgs) {
                     (xp.get().offset(x_base as isize) as *const f32, xs[1], inner)
                 } else {
                     // im2col rows in parallel: row r = (ci, ky, kx), column t = output pixel p0 + t.
-                    col[..kdim * cols].par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
-                        let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
-                        let cbase = x_base + ci as i64 * xs[1];
-                        for (t, v) in row.iter_mut().enumerate() {
-                            let p = p0 + t;
-                            let (oy, ox) = (p / ow, p % ow);
-                            let iy = (oy * sy + ky * dy) as i64 - py as i64;
-                            let ix = (ox * sx + kx * dx) as i64 - px as i64;
-                            *v = if iy < 0 || iy >= hh as i64 || ix < 0 || ix >= ww as i64 {
-                                0.0
-                            } else {
-                                *xp.get().offset((cbase + iy * xs[2] + ix * xs[3]) as isize)
-                            };
-                        }
-                    });
+                    col[..kdim * cols]
+                        .par_chunks_mut(cols)
+                        .enumerate()
+                        .for_each(|(r, row)| {
+                            let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
+                            let cbase = x_base + ci as i64 * xs[1];
+                            for (t, v) in row.iter_mut().enumerate() {
+                                let p = p0 + t;
+                                let (oy, ox) = (p / ow, p % ow);
+                                let iy = (oy * sy + ky * dy) as i64 - py as i64;
+                                let ix = (ox * sx + kx * dx) as i64 - px as i64;
+                                *v = if iy < 0 || iy >= hh as i64 || ix < 0 || ix >= ww as i64 {
+                                    0.0
+                                } else {
+                                    *xp.get().offset((cbase + iy * xs[2] + ix * xs[3]) as isize)
+                                };
+                            }
+                        });
                     (col.as_ptr(), cols as i64, 1)
                 };
                 sgemm(

@@ -7,7 +7,9 @@ use super::interp::Interp;
 use super::matmul::MatMulPlan;
 use crate::backend::{CompileOptions, Executable, ParamStore, PlanStats, RuntimeError};
 use crate::tensor::{Storage, Tensor, TensorData};
-use qie_codegen::{copy_program, Binding, IndexMap, KernelProgram, LoweredGroup, Operand, Step, View};
+use qie_codegen::{
+    copy_program, Binding, IndexMap, KernelProgram, LoweredGroup, Operand, Step, View,
+};
 use qie_ir::plan::{FusionPlan, GroupKind, MemoryPlan, Slot};
 use qie_ir::{DType, Graph, NodeId, Op, TensorType};
 use std::collections::HashMap;
@@ -16,8 +18,16 @@ use std::sync::{Arc, Mutex};
 /// Where a value lives at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BufRef {
-    Arena { offset: usize, len: usize, storage: Storage },
-    Param { index: usize, len: usize, storage: Storage },
+    Arena {
+        offset: usize,
+        len: usize,
+        storage: Storage,
+    },
+    Param {
+        index: usize,
+        len: usize,
+        storage: Storage,
+    },
 }
 
 impl BufRef {
@@ -35,7 +45,11 @@ impl BufRef {
 
     fn byte_range(&self) -> Option<(usize, usize)> {
         match self {
-            BufRef::Arena { offset, len, storage } => Some((*offset, offset + len * storage.size_bytes())),
+            BufRef::Arena {
+                offset,
+                len,
+                storage,
+            } => Some((*offset, offset + len * storage.size_bytes())),
             BufRef::Param { .. } => None,
         }
     }
@@ -58,6 +72,7 @@ impl BufRef {
     }
 }
 
+#[allow(clippy::large_enum_variant)]
 enum ExecStep {
     Kernel {
         interp: Box<Interp>,
@@ -106,8 +121,16 @@ impl ExecStep {
         match self {
             ExecStep::Kernel { interp, .. } => interp.name.clone(),
             ExecStep::MatMul { plan, .. } => format!("matmul {}", plan.describe()),
-            ExecStep::Attention { q, k, .. } => format!("attention q{:?} k{:?}", q.1.shape.as_slice(), k.1.shape.as_slice()),
-            ExecStep::Conv2d { x, w, .. } => format!("conv2d x{:?} w{:?}", x.1.shape.as_slice(), w.1.shape.as_slice()),
+            ExecStep::Attention { q, k, .. } => format!(
+                "attention q{:?} k{:?}",
+                q.1.shape.as_slice(),
+                k.1.shape.as_slice()
+            ),
+            ExecStep::Conv2d { x, w, .. } => format!(
+                "conv2d x{:?} w{:?}",
+                x.1.shape.as_slice(),
+                w.1.shape.as_slice()
+            ),
             ExecStep::Copy { src, .. } => format!("copy {} elements", src.len()),
         }
     }
@@ -206,9 +229,15 @@ impl Builder<'_> {
                         b.ty
                     )));
                 }
-                Ok(BufRef::Arena { offset, len, storage })
+                Ok(BufRef::Arena {
+                    offset,
+                    len,
+                    storage,
+                })
             }
-            Some(Slot::Param) => Err(compile_err(format!("memory plan marks non-param {id} as a param"))),
+            Some(Slot::Param) => Err(compile_err(format!(
+                "memory plan marks non-param {id} as a param"
+            ))),
             None => Err(compile_err(format!(
                 "{id} ({}, {}) has no memory slot but is needed across kernels",
                 self.graph.node(id).op.mnemonic(),
@@ -243,7 +272,9 @@ impl Builder<'_> {
         let interp = Interp::new(p);
         let fake_in: Vec<RawBuf> = inputs.iter().map(BufRef::fake).collect();
         let fake_out: Vec<RawBuf> = outputs.iter().map(BufRef::fake).collect();
-        interp.check_buffers(p, &fake_in, &fake_out).map_err(compile_err)?;
+        interp
+            .check_buffers(p, &fake_in, &fake_out)
+            .map_err(compile_err)?;
         check_in_place(p, &inputs, &outputs)?;
         self.steps.push(ExecStep::Kernel {
             interp: Box::new(interp),
@@ -381,7 +412,9 @@ impl Builder<'_> {
                             let d = self.resolve(dst)?;
                             if d != s {
                                 if d.len() != s.len() || d.storage() != s.storage() {
-                                    return Err(compile_err(format!("{name}: alias of different size")));
+                                    return Err(compile_err(format!(
+                                        "{name}: alias of different size"
+                                    )));
                                 }
                                 self.steps.push(ExecStep::Copy { src: s, dst: d });
                             }
@@ -408,7 +441,9 @@ fn check_f32(bufs: &[BufRef], name: &str) -> Result<(), RuntimeError> {
 
 fn check_disjoint(ops: &[BufRef], out: BufRef, name: &str) -> Result<(), RuntimeError> {
     if ops.iter().any(|o| o.overlaps(&out)) {
-        return Err(compile_err(format!("{name}: library output overlaps an operand")));
+        return Err(compile_err(format!(
+            "{name}: library output overlaps an operand"
+        )));
     }
     Ok(())
 }
@@ -427,14 +462,20 @@ fn check_view(v: &View, b: BufRef, name: &str) -> Result<(), RuntimeError> {
         }
     }
     if lo < 0 || hi >= b.len() as i64 {
-        return Err(compile_err(format!("{name}: operand view {v} outside its buffer")));
+        return Err(compile_err(format!(
+            "{name}: operand view {v} outside its buffer"
+        )));
     }
     Ok(())
 }
 
 /// An output may share bytes with an input only if every load of that input uses the output's
 /// store map (same element, read before written).
-fn check_in_place(p: &KernelProgram, inputs: &[BufRef], outputs: &[BufRef]) -> Result<(), RuntimeError> {
+fn check_in_place(
+    p: &KernelProgram,
+    inputs: &[BufRef],
+    outputs: &[BufRef],
+) -> Result<(), RuntimeError> {
     for (oi, o) in outputs.iter().enumerate() {
         for (ii, i) in inputs.iter().enumerate() {
             if !o.overlaps(i) {
@@ -470,7 +511,10 @@ fn check_in_place(p: &KernelProgram, inputs: &[BufRef], outputs: &[BufRef]) -> R
 }
 
 fn storage_mismatch(ty: &TensorType, data: Storage) -> String {
-    format!("a {ty} value needs {:?} data, got {data:?}", Storage::of(ty.dtype))
+    format!(
+        "a {ty} value needs {:?} data, got {data:?}",
+        Storage::of(ty.dtype)
+    )
 }
 
 impl CpuExecutable {
@@ -493,7 +537,8 @@ impl CpuExecutable {
                 n.op.mnemonic()
             )));
         }
-        let lowered = qie_codegen::lower_plan(&graph, &fusion).map_err(|e| compile_err(e.to_string()))?;
+        let lowered =
+            qie_codegen::lower_plan(&graph, &fusion).map_err(|e| compile_err(e.to_string()))?;
         let scratch_base = align(memory.arena_bytes);
         let mut b = Builder {
             graph: &graph,
@@ -597,7 +642,10 @@ impl CpuExecutable {
 
     /// Names and types of the weights the plan reads.
     pub fn param_names(&self) -> Vec<(&str, &TensorType)> {
-        self.params.iter().map(|p| (p.name.as_str(), &p.ty)).collect()
+        self.params
+            .iter()
+            .map(|p| (p.name.as_str(), &p.ty))
+            .collect()
     }
 
     /// Runs the plan (see [`Executable::run`]).
@@ -670,7 +718,12 @@ impl CpuExecutable {
             if data.len() != p.ty.numel() {
                 return Err(RuntimeError::BadParam {
                     name: p.name.clone(),
-                    message: format!("expected {} ({} elements), got {} elements", p.ty, p.ty.numel(), data.len()),
+                    message: format!(
+                        "expected {} ({} elements), got {} elements",
+                        p.ty,
+                        p.ty.numel(),
+                        data.len()
+                    ),
                 });
             }
             param_bufs.push(RawBuf {
@@ -693,7 +746,11 @@ impl CpuExecutable {
         }
         let raw = |r: &BufRef| -> RawBuf {
             match *r {
-                BufRef::Arena { offset, len, storage } => RawBuf {
+                BufRef::Arena {
+                    offset,
+                    len,
+                    storage,
+                } => RawBuf {
                     // SAFETY: offsets were checked to lie inside the arena at compile time.
                     ptr: unsafe { base.add(offset) },
                     len,
@@ -722,7 +779,8 @@ impl CpuExecutable {
             let src = raw(&o.buf);
             // SAFETY: the buffer holds `len` elements of its storage type.
             let data = unsafe { read_data(src) };
-            let t = Tensor::new(o.ty.clone(), data).map_err(|e| RuntimeError::Execution(e.to_string()))?;
+            let t = Tensor::new(o.ty.clone(), data)
+                .map_err(|e| RuntimeError::Execution(e.to_string()))?;
             out.insert(o.name.clone(), t);
         }
         lap(&|| "copy outputs".into(), &mut times);
@@ -732,9 +790,15 @@ impl CpuExecutable {
 
 unsafe fn read_data(b: RawBuf) -> TensorData {
     match b.storage {
-        Storage::F32 => TensorData::F32(std::slice::from_raw_parts(b.ptr as *const f32, b.len).to_vec()),
-        Storage::I32 => TensorData::I32(std::slice::from_raw_parts(b.ptr as *const i32, b.len).to_vec()),
-        Storage::I64 => TensorData::I64(std::slice::from_raw_parts(b.ptr as *const i64, b.len).to_vec()),
+        Storage::F32 => {
+            TensorData::F32(std::slice::from_raw_parts(b.ptr as *const f32, b.len).to_vec())
+        }
+        Storage::I32 => {
+            TensorData::I32(std::slice::from_raw_parts(b.ptr as *const i32, b.len).to_vec())
+        }
+        Storage::I64 => {
+            TensorData::I64(std::slice::from_raw_parts(b.ptr as *const i64, b.len).to_vec())
+        }
         Storage::Bool => TensorData::Bool(
             std::slice::from_raw_parts(b.ptr as *const u8, b.len)
                 .iter()

@@ -53,8 +53,13 @@ struct Slot {
 
 #[derive(Clone, Debug)]
 enum MapPlan {
-    Strided { offset: i64, strides: SmallVec<[i64; 6]> },
-    General { map: IndexMap },
+    Strided {
+        offset: i64,
+        strides: SmallVec<[i64; 6]>,
+    },
+    General {
+        map: IndexMap,
+    },
 }
 
 impl MapPlan {
@@ -209,7 +214,11 @@ fn plan_section(
             last_use.insert(r, i);
         }
     }
-    for r in stores.iter().map(|s| s.value).chain(live_out.iter().copied()) {
+    for r in stores
+        .iter()
+        .map(|s| s.value)
+        .chain(live_out.iter().copied())
+    {
         last_use.insert(r, usize::MAX);
     }
     let mut alloc = Alloc::new();
@@ -263,7 +272,11 @@ fn plan_section(
                 stride: *stride,
                 dim: *dim as i64,
             },
-            Instr::Unary { op, a } => COp::Unary { op: *op, dst, a: g(a) },
+            Instr::Unary { op, a } => COp::Unary {
+                op: *op,
+                dst,
+                a: g(a),
+            },
             Instr::Binary { op, a, b } => COp::Binary {
                 op: *op,
                 dst,
@@ -314,9 +327,20 @@ impl Interp {
     pub fn new(p: &KernelProgram) -> Interp {
         let mut slots = HashMap::new();
         let live_out: Vec<Reg> = p.reduces.iter().map(|r| r.value).collect();
-        let body = plan_section(&p.space, &p.body.stmts, &p.body.stores, &live_out, &[], &mut slots);
+        let body = plan_section(
+            &p.space,
+            &p.body.stmts,
+            &p.body.stores,
+            &live_out,
+            &[],
+            &mut slots,
+        );
         let body_slots = slots.clone();
-        let fixed: Vec<(Reg, Kind)> = p.reduces.iter().map(|r| (r.dst, kind_of(r.dtype))).collect();
+        let fixed: Vec<(Reg, Kind)> = p
+            .reduces
+            .iter()
+            .map(|r| (r.dst, kind_of(r.dtype)))
+            .collect();
         let mut epi_slots = HashMap::new();
         let epi = if p.is_reduction() {
             plan_section(
@@ -353,18 +377,29 @@ impl Interp {
     }
 
     /// Checks that buffers have the right element types and that every map stays in bounds.
-    pub fn check_buffers(&self, p: &KernelProgram, inputs: &[RawBuf], outputs: &[RawBuf]) -> Result<(), String> {
+    pub fn check_buffers(
+        &self,
+        p: &KernelProgram,
+        inputs: &[RawBuf],
+        outputs: &[RawBuf],
+    ) -> Result<(), String> {
         if inputs.len() != self.input_kinds.len() || outputs.len() != self.output_kinds.len() {
             return Err(format!("{}: wrong number of buffers", self.name));
         }
         for (i, (b, k)) in inputs.iter().zip(&self.input_kinds).enumerate() {
             if kind_of_storage(b.storage) != *k {
-                return Err(format!("{}: input {i} has storage {:?}", self.name, b.storage));
+                return Err(format!(
+                    "{}: input {i} has storage {:?}",
+                    self.name, b.storage
+                ));
             }
         }
         for (i, (b, k)) in outputs.iter().zip(&self.output_kinds).enumerate() {
             if kind_of_storage(b.storage) != *k || !b.writable {
-                return Err(format!("{}: output {i} is not a writable {:?} buffer", self.name, k));
+                return Err(format!(
+                    "{}: output {i} is not a writable {:?} buffer",
+                    self.name, k
+                ));
             }
         }
         let check = |map: &IndexMap, buf: &RawBuf, what: &str| -> Result<(), String> {
@@ -401,7 +436,10 @@ impl Interp {
                         check(map, &inputs[*input], "gather")?;
                         let (lo, hi) = view_range(map.top());
                         let span = (*dim as i64 - 1).max(0) * stride;
-                        if map.as_strided().is_none() || lo < 0 || hi + span >= inputs[*input].len as i64 {
+                        if map.as_strided().is_none()
+                            || lo < 0
+                            || hi + span >= inputs[*input].len as i64
+                        {
                             return Err(format!("{}: gather reaches outside its table", self.name));
                         }
                     }
@@ -507,10 +545,38 @@ impl Interp {
             let buf = ctx.outputs[st.output];
             let v = st.value;
             match v.kind {
-                Kind::F => store::<f32>(&regs.f[v.ix][..len], buf, &st.map, &sec.space, start, &mut regs.offs),
-                Kind::I => store::<i32>(&regs.i[v.ix][..len], buf, &st.map, &sec.space, start, &mut regs.offs),
-                Kind::L => store::<i64>(&regs.l[v.ix][..len], buf, &st.map, &sec.space, start, &mut regs.offs),
-                Kind::B => store::<u8>(&regs.b[v.ix][..len], buf, &st.map, &sec.space, start, &mut regs.offs),
+                Kind::F => store::<f32>(
+                    &regs.f[v.ix][..len],
+                    buf,
+                    &st.map,
+                    &sec.space,
+                    start,
+                    &mut regs.offs,
+                ),
+                Kind::I => store::<i32>(
+                    &regs.i[v.ix][..len],
+                    buf,
+                    &st.map,
+                    &sec.space,
+                    start,
+                    &mut regs.offs,
+                ),
+                Kind::L => store::<i64>(
+                    &regs.l[v.ix][..len],
+                    buf,
+                    &st.map,
+                    &sec.space,
+                    start,
+                    &mut regs.offs,
+                ),
+                Kind::B => store::<u8>(
+                    &regs.b[v.ix][..len],
+                    buf,
+                    &st.map,
+                    &sec.space,
+                    start,
+                    &mut regs.offs,
+                ),
             }
         }
     }
@@ -597,7 +663,15 @@ impl Acc {
     }
 
     /// Folds the chunk `[s, s + len)` of the flat body space (rows of length `r`, first row `k0`).
-    fn accumulate(&mut self, red: &CReduce, regs: &Regs, s: usize, len: usize, r: usize, k0: usize) {
+    fn accumulate(
+        &mut self,
+        red: &CReduce,
+        regs: &Regs,
+        s: usize,
+        len: usize,
+        r: usize,
+        k0: usize,
+    ) {
         let mut p = 0;
         while p < len {
             let pos = s + p;
@@ -624,8 +698,12 @@ impl Acc {
                         }
                     };
                     match red.value.kind {
-                        Kind::I => regs.i[red.value.ix][p..p + seg].iter().for_each(|&v| fold(v as i64)),
-                        _ => regs.l[red.value.ix][p..p + seg].iter().for_each(|&v| fold(v)),
+                        Kind::I => regs.i[red.value.ix][p..p + seg]
+                            .iter()
+                            .for_each(|&v| fold(v as i64)),
+                        _ => regs.l[red.value.ix][p..p + seg]
+                            .iter()
+                            .for_each(|&v| fold(v)),
                     }
                     a[i] = acc;
                 }
@@ -674,7 +752,14 @@ impl RedState {
 /// Calls `f(pos, base, seg)` for each run of consecutive elements along the innermost axis in
 /// the chunk `[start, start + len)` of `space`; the run's offsets are `base + j * inner_stride`.
 #[inline]
-fn for_segments(space: &[usize], strides: &[i64], offset: i64, start: usize, len: usize, mut f: impl FnMut(usize, i64, usize)) {
+fn for_segments(
+    space: &[usize],
+    strides: &[i64],
+    offset: i64,
+    start: usize,
+    len: usize,
+    mut f: impl FnMut(usize, i64, usize),
+) {
     let r = space.len();
     if r == 0 {
         f(0, offset, len);
@@ -687,7 +772,12 @@ fn for_segments(space: &[usize], strides: &[i64], offset: i64, start: usize, len
         idx[d] = rem % space[d];
         rem /= space[d];
     }
-    let mut base = offset + idx.iter().zip(strides).map(|(&i, &s)| i as i64 * s).sum::<i64>();
+    let mut base = offset
+        + idx
+            .iter()
+            .zip(strides)
+            .map(|(&i, &s)| i as i64 * s)
+            .sum::<i64>();
     let mut p = 0;
     while p < len {
         let seg = (inner - idx[r - 1]).min(len - p);
@@ -740,7 +830,14 @@ fn offsets(map: &MapPlan, space: &[usize], start: usize, out: &mut [i64]) {
     }
 }
 
-fn load<T: Copy>(dst: &mut [T], buf: RawBuf, map: &MapPlan, space: &[usize], start: usize, offs: &mut [i64]) {
+fn load<T: Copy>(
+    dst: &mut [T],
+    buf: RawBuf,
+    map: &MapPlan,
+    space: &[usize],
+    start: usize,
+    offs: &mut [i64],
+) {
     let len = dst.len();
     let src = buf.ptr as *const T;
     match map {
@@ -751,7 +848,11 @@ fn load<T: Copy>(dst: &mut [T], buf: RawBuf, map: &MapPlan, space: &[usize], sta
                 // SAFETY: maps were checked against the buffer length (check_buffers).
                 unsafe {
                     if s == 1 {
-                        std::ptr::copy_nonoverlapping(src.offset(base as isize), d.as_mut_ptr(), seg);
+                        std::ptr::copy_nonoverlapping(
+                            src.offset(base as isize),
+                            d.as_mut_ptr(),
+                            seg,
+                        );
                     } else if s == 0 {
                         d.fill(*src.offset(base as isize));
                     } else {
@@ -773,7 +874,14 @@ fn load<T: Copy>(dst: &mut [T], buf: RawBuf, map: &MapPlan, space: &[usize], sta
     }
 }
 
-fn store<T: Copy>(val: &[T], buf: RawBuf, map: &MapPlan, space: &[usize], start: usize, offs: &mut [i64]) {
+fn store<T: Copy>(
+    val: &[T],
+    buf: RawBuf,
+    map: &MapPlan,
+    space: &[usize],
+    start: usize,
+    offs: &mut [i64],
+) {
     let len = val.len();
     let dst = buf.ptr as *mut T;
     match map {
@@ -867,7 +975,12 @@ fn exec_op(op: &COp, space: &[usize], regs: &mut Regs, ctx: &Ctx, start: usize, 
             }
             regs.offs = offs;
         }
-        COp::Iota { dst, map, stride, dim } => {
+        COp::Iota {
+            dst,
+            map,
+            stride,
+            dim,
+        } => {
             let mut offs = std::mem::take(&mut regs.offs);
             offsets(map, space, start, &mut offs[..len]);
             let coord = |o: i64| (o / stride) % dim;
@@ -896,17 +1009,29 @@ fn exec_op(op: &COp, space: &[usize], regs: &mut Regs, ctx: &Ctx, start: usize, 
             regs.offs = offs;
         }
         COp::Unary { op, dst, a } => match dst.kind {
-            Kind::F => with_dst!(regs, f, dst, len, |o| unary_f32(*op, o, &regs.f[a.ix][..len])),
+            Kind::F => with_dst!(regs, f, dst, len, |o| unary_f32(
+                *op,
+                o,
+                &regs.f[a.ix][..len]
+            )),
             Kind::I => with_dst!(regs, i, dst, len, |o| {
                 let a = &regs.i[a.ix][..len];
                 for (o, &x) in o.iter_mut().zip(a) {
-                    *o = if *op == UnaryOp::Abs { x.wrapping_abs() } else { x.wrapping_neg() };
+                    *o = if *op == UnaryOp::Abs {
+                        x.wrapping_abs()
+                    } else {
+                        x.wrapping_neg()
+                    };
                 }
             }),
             Kind::L => with_dst!(regs, l, dst, len, |o| {
                 let a = &regs.l[a.ix][..len];
                 for (o, &x) in o.iter_mut().zip(a) {
-                    *o = if *op == UnaryOp::Abs { x.wrapping_abs() } else { x.wrapping_neg() };
+                    *o = if *op == UnaryOp::Abs {
+                        x.wrapping_abs()
+                    } else {
+                        x.wrapping_neg()
+                    };
                 }
             }),
             Kind::B => with_dst!(regs, b, dst, len, |o| {
@@ -954,10 +1079,30 @@ fn exec_op(op: &COp, space: &[usize], regs: &mut Regs, ctx: &Ctx, start: usize, 
             let cond = std::mem::take(&mut regs.b[c.ix]);
             let cond_s = &cond[..len];
             match dst.kind {
-                Kind::F => with_dst!(regs, f, dst, len, |o| select(o, cond_s, &regs.f[a.ix][..len], &regs.f[b.ix][..len])),
-                Kind::I => with_dst!(regs, i, dst, len, |o| select(o, cond_s, &regs.i[a.ix][..len], &regs.i[b.ix][..len])),
-                Kind::L => with_dst!(regs, l, dst, len, |o| select(o, cond_s, &regs.l[a.ix][..len], &regs.l[b.ix][..len])),
-                Kind::B => with_dst!(regs, b, dst, len, |o| select(o, cond_s, &regs.b[a.ix][..len], &regs.b[b.ix][..len])),
+                Kind::F => with_dst!(regs, f, dst, len, |o| select(
+                    o,
+                    cond_s,
+                    &regs.f[a.ix][..len],
+                    &regs.f[b.ix][..len]
+                )),
+                Kind::I => with_dst!(regs, i, dst, len, |o| select(
+                    o,
+                    cond_s,
+                    &regs.i[a.ix][..len],
+                    &regs.i[b.ix][..len]
+                )),
+                Kind::L => with_dst!(regs, l, dst, len, |o| select(
+                    o,
+                    cond_s,
+                    &regs.l[a.ix][..len],
+                    &regs.l[b.ix][..len]
+                )),
+                Kind::B => with_dst!(regs, b, dst, len, |o| select(
+                    o,
+                    cond_s,
+                    &regs.b[a.ix][..len],
+                    &regs.b[b.ix][..len]
+                )),
             }
             regs.b[c.ix] = cond;
         }

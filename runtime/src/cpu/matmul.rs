@@ -52,7 +52,8 @@ pub unsafe fn sgemm(
         Parallelism::None
     };
     gemm::gemm(
-        m, n, k, dst, dst_cs, dst_rs, accumulate, a, a_cs, a_rs, b, b_cs, b_rs, 1.0, 1.0, false, false, false, par,
+        m, n, k, dst, dst_cs, dst_rs, accumulate, a, a_cs, a_rs, b, b_cs, b_rs, 1.0, 1.0, false,
+        false, false, par,
     );
 }
 
@@ -97,7 +98,11 @@ impl MatMulPlan {
         let (sa0, sa1) = (a.strides[ra - 2], a.strides[ra - 1]);
         let (b0, b1) = (b.shape[rb - 2], b.shape[rb - 1]);
         let (sb0, sb1) = (b.strides[rb - 2], b.strides[rb - 1]);
-        let (m, k, a_rs, a_cs) = if ta { (a1, a0, sa1, sa0) } else { (a0, a1, sa0, sa1) };
+        let (m, k, a_rs, a_cs) = if ta {
+            (a1, a0, sa1, sa0)
+        } else {
+            (a0, a1, sa0, sa1)
+        };
         let (n, b_rs, b_cs) = if tb { (b0, sb1, sb0) } else { (b1, sb0, sb1) };
         let mut plan = MatMulPlan {
             batch: a.shape[..ra - 2].to_vec(),

@@ -17,7 +17,9 @@ pub(crate) mod simd;
 pub use exec::{CpuExecutable, StepTime};
 
 use crate::backend::{Backend, CompileOptions, Executable, RuntimeError};
-use qie_ir::passes::{fuse, optimize_with, plan_memory, FusionOptions, MemoryOptions, PipelineOptions};
+use qie_ir::passes::{
+    fuse, optimize_with, plan_memory, FusionOptions, MemoryOptions, PipelineOptions,
+};
 use qie_ir::{DType, Graph, Op, TensorType};
 
 /// The CPU backend as a [`Backend`] (for code generic over backends).
@@ -28,7 +30,11 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn compile(&self, graph: &Graph, options: &CompileOptions) -> Result<Box<dyn Executable>, RuntimeError> {
+    fn compile(
+        &self,
+        graph: &Graph,
+        options: &CompileOptions,
+    ) -> Result<Box<dyn Executable>, RuntimeError> {
         Ok(Box::new(compile(graph, options)?))
     }
 }
@@ -38,7 +44,8 @@ impl Backend for CpuBackend {
 pub fn compile(graph: &Graph, options: &CompileOptions) -> Result<CpuExecutable, RuntimeError> {
     let g = promote_to_f32(graph)?;
     let g = if options.optimize {
-        optimize_with(&g, &PipelineOptions::default()).map_err(|e| RuntimeError::Compile(e.to_string()))?
+        optimize_with(&g, &PipelineOptions::default())
+            .map_err(|e| RuntimeError::Compile(e.to_string()))?
     } else {
         g
     };
@@ -62,7 +69,11 @@ fn half_to_f32(d: DType) -> DType {
 /// The same graph with every bf16/f16 value computed in f32 (inputs, params and outputs keep
 /// their names; their tensors carry f32 data either way).
 pub fn promote_to_f32(graph: &Graph) -> Result<Graph, RuntimeError> {
-    if !graph.nodes.iter().any(|n| matches!(n.ty.dtype, DType::BF16 | DType::F16)) {
+    if !graph
+        .nodes
+        .iter()
+        .any(|n| matches!(n.ty.dtype, DType::BF16 | DType::F16))
+    {
         return Ok(graph.clone());
     }
     let promote_ty = |t: &TensorType| t.with_dtype(half_to_f32(t.dtype));
@@ -86,7 +97,9 @@ pub fn promote_to_f32(graph: &Graph) -> Result<Graph, RuntimeError> {
                 axis: *axis,
                 dtype: half_to_f32(*dtype),
             },
-            Op::Cast { to } => Op::Cast { to: half_to_f32(*to) },
+            Op::Cast { to } => Op::Cast {
+                to: half_to_f32(*to),
+            },
             op => op.clone(),
         };
         g.add_with_origin(op, &node.args, node.origin.clone())

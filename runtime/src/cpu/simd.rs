@@ -23,7 +23,8 @@ pub fn level() -> Level {
                 && std::is_x86_feature_detected!("avx512bw")
                 && std::is_x86_feature_detected!("avx512dq")
                 && std::is_x86_feature_detected!("avx512vl");
-            let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            let avx2 =
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
             if avx512 && cap.is_empty() {
                 return Level::Avx512;
             }
@@ -70,6 +71,8 @@ pub(crate) use multiversion;
 pub fn exp_f32(x: f32) -> f32 {
     const HI: f32 = 88.72283;
     const LO: f32 = -87.33654;
+    // Not `clamp`: NaN must map to a bound here (the result is fixed up below).
+    #[allow(clippy::manual_clamp)]
     let xc = x.max(LO).min(HI);
     // floor(y) without a libm call: truncate, then step down for negative non-integers.
     let y = xc * std::f32::consts::LOG2_E + 0.5;
@@ -111,7 +114,9 @@ pub fn tanh_f32(x: f32) -> f32 {
     let e = exp_f32(2.0 * a.min(20.0));
     let big = (e - 1.0) / (e + 1.0);
     let x2 = x * x;
-    let small = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))));
+    let small = x
+        * (1.0
+            + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))));
     if a < 0.3 {
         small
     } else if x < 0.0 {
@@ -248,7 +253,10 @@ mod tests {
         while x < 10.0 {
             let want = (x as f64).tanh();
             let got = tanh_f32(x) as f64;
-            assert!((got - want).abs() <= 6e-7 * want.abs().max(1e-3), "tanh({x}) = {got}, want {want}");
+            assert!(
+                (got - want).abs() <= 6e-7 * want.abs().max(1e-3),
+                "tanh({x}) = {got}, want {want}"
+            );
             x += 0.00731;
         }
     }

@@ -54,16 +54,32 @@ impl G {
         self.op(Op::Broadcast { shape: ty.shape }, &[c])
     }
     pub fn bcast(&mut self, x: NodeId, shape: &[usize]) -> NodeId {
-        self.op(Op::Broadcast { shape: shape.into() }, &[x])
+        self.op(
+            Op::Broadcast {
+                shape: shape.into(),
+            },
+            &[x],
+        )
     }
     pub fn reshape(&mut self, x: NodeId, shape: &[usize]) -> NodeId {
-        self.op(Op::Reshape { shape: shape.into() }, &[x])
+        self.op(
+            Op::Reshape {
+                shape: shape.into(),
+            },
+            &[x],
+        )
     }
     pub fn transpose(&mut self, x: NodeId, perm: &[usize]) -> NodeId {
         self.op(Op::Transpose { perm: perm.into() }, &[x])
     }
     pub fn reduce(&mut self, op: ReduceOp, x: NodeId, axes: &[usize]) -> NodeId {
-        self.op(Op::Reduce { op, axes: axes.into() }, &[x])
+        self.op(
+            Op::Reduce {
+                op,
+                axes: axes.into(),
+            },
+            &[x],
+        )
     }
     pub fn matmul(&mut self, a: NodeId, b: NodeId, ta: bool, tb: bool) -> NodeId {
         self.op(
@@ -132,7 +148,11 @@ pub fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
 /// Compares one output: exact for ints and bools, rel-L2 for floats.
 pub fn compare(name: &str, got: &Tensor, want: &eval::Tensor, tol: f64) -> Result<(), String> {
     if got.shape() != want.shape() {
-        return Err(format!("{name}: shape {:?}, want {:?}", got.shape(), want.shape()));
+        return Err(format!(
+            "{name}: shape {:?}, want {:?}",
+            got.shape(),
+            want.shape()
+        ));
     }
     let g = got.to_f64_vec();
     if want.ty.dtype.is_float() {
@@ -151,14 +171,22 @@ pub fn compare(name: &str, got: &Tensor, want: &eval::Tensor, tol: f64) -> Resul
                 .unwrap_or_default();
             return Err(format!("{name}: rel-L2 {e:e} > {tol:e} ({worst})"));
         }
-    } else if let Some((i, (x, y))) = g.iter().zip(&want.data).enumerate().find(|(_, (x, y))| x != y) {
+    } else if let Some((i, (x, y))) = g
+        .iter()
+        .zip(&want.data)
+        .enumerate()
+        .find(|(_, (x, y))| x != y)
+    {
         return Err(format!("{name}: element {i}: got {x}, want {y}"));
     }
     Ok(())
 }
 
 /// Splits reference values into runtime inputs and params.
-pub fn bind(g: &Graph, values: &HashMap<String, eval::Tensor>) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+pub fn bind(
+    g: &Graph,
+    values: &HashMap<String, eval::Tensor>,
+) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
     let mut inputs = HashMap::new();
     let mut params = HashMap::new();
     for node in &g.nodes {
@@ -200,9 +228,9 @@ pub fn check_values(b: &dyn Backend, g: &Graph, values: &HashMap<String, eval::T
         .unwrap_or_else(|e| panic!("reference failed: {e}\n{}", qie_ir::print::print_graph(g)));
     let (inputs, params) = bind(g, values);
     for opts in option_sets() {
-        let exe = b
-            .compile(g, &opts)
-            .unwrap_or_else(|e| panic!("compile ({opts:?}): {e}\n{}", qie_ir::print::print_graph(g)));
+        let exe = b.compile(g, &opts).unwrap_or_else(|e| {
+            panic!("compile ({opts:?}): {e}\n{}", qie_ir::print::print_graph(g))
+        });
         for run in 0..2 {
             let out = exe
                 .run(&inputs, &params)
@@ -211,7 +239,9 @@ pub fn check_values(b: &dyn Backend, g: &Graph, values: &HashMap<String, eval::T
                 eprintln!("fuse={}: {}", opts.fuse, exe.stats());
             }
             for (name, want) in &reference {
-                let got = out.get(name).unwrap_or_else(|| panic!("output {name} missing"));
+                let got = out
+                    .get(name)
+                    .unwrap_or_else(|| panic!("output {name} missing"));
                 if let Err(e) = compare(name, got, want, tol) {
                     panic!(
                         "{e}\n(run {run}, optimize={}, fuse={})\n{}",
@@ -236,13 +266,19 @@ pub fn check(b: &dyn Backend, g: &Graph, seed: u64) {
 
 pub fn unary_ops(b: &dyn Backend) {
     use UnaryOp::*;
-    for (i, u) in [Neg, Abs, Exp, Log, Sqrt, Rsqrt, Recip, Sin, Cos, Tanh, Sigmoid]
-        .into_iter()
-        .enumerate()
+    for (i, u) in [
+        Neg, Abs, Exp, Log, Sqrt, Rsqrt, Recip, Sin, Cos, Tanh, Sigmoid,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut g = G::new();
         let x = g.input("x", f32t(&[3, 37]));
-        let arg = if matches!(u, Log | Sqrt | Rsqrt) { g.positive(x) } else { x };
+        let arg = if matches!(u, Log | Sqrt | Rsqrt) {
+            g.positive(x)
+        } else {
+            x
+        };
         let y = g.un(u, arg);
         g.out("y", y);
         check(b, &g.g, 100 + i as u64);
@@ -261,7 +297,11 @@ pub fn binary_ops(b: &dyn Backend) {
         let mut g = G::new();
         let x = g.input("x", f32t(&[4, 33]));
         let y = g.input("y", f32t(&[4, 33]));
-        let (x2, y2) = if op == Pow { (g.positive(x), y) } else { (x, y) };
+        let (x2, y2) = if op == Pow {
+            (g.positive(x), y)
+        } else {
+            (x, y)
+        };
         let z = g.bin(op, x2, y2);
         g.out("z", z);
         check(b, &g.g, 200 + i as u64);
@@ -272,7 +312,10 @@ pub fn binary_ops(b: &dyn Backend) {
 pub fn integer_ops(b: &dyn Backend) {
     use BinaryOp::*;
     for dtype in [DType::I32, DType::I64] {
-        for (i, op) in [Add, Sub, Mul, Div, Max, Min, FloorDiv, Rem].into_iter().enumerate() {
+        for (i, op) in [Add, Sub, Mul, Div, Max, Min, FloorDiv, Rem]
+            .into_iter()
+            .enumerate()
+        {
             let mut g = G::new();
             let x = g.input("x", t(dtype, &[6, 11]));
             let y = g.input("y", t(dtype, &[6, 11]));
@@ -306,9 +349,16 @@ pub fn integer_ops(b: &dyn Backend) {
 }
 
 pub fn compare_select_cast(b: &dyn Backend) {
-    for (i, c) in [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge]
-        .into_iter()
-        .enumerate()
+    for (i, c) in [
+        CmpOp::Eq,
+        CmpOp::Ne,
+        CmpOp::Lt,
+        CmpOp::Le,
+        CmpOp::Gt,
+        CmpOp::Ge,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut g = G::new();
         let x = g.input("x", f32t(&[5, 9]));
@@ -513,7 +563,12 @@ pub fn matmul_forms(b: &dyn Backend) {
                 s
             };
             // plain, batched (same batch), shared rank-2 b with batch dims on a
-            for (batch_a, batch_b) in [(vec![], vec![]), (vec![2, 3], vec![2, 3]), (vec![4], vec![]), (vec![2, 2], vec![])] {
+            for (batch_a, batch_b) in [
+                (vec![], vec![]),
+                (vec![2, 3], vec![2, 3]),
+                (vec![4], vec![]),
+                (vec![2, 2], vec![]),
+            ] {
                 let mut g = G::new();
                 let a = g.input("a", f32t(&a_shape(&batch_a)));
                 let bb = g.input("b", f32t(&b_shape(&batch_b)));
@@ -562,7 +617,15 @@ pub fn linear_with_epilogue(b: &dyn Backend) {
     check(b, &g.g, 900);
 }
 
-fn attention_graph(bsz: usize, sq: usize, sk: usize, h: usize, d: usize, dv: usize, masked: bool) -> Graph {
+fn attention_graph(
+    bsz: usize,
+    sq: usize,
+    sk: usize,
+    h: usize,
+    d: usize,
+    dv: usize,
+    masked: bool,
+) -> Graph {
     let mut g = G::new();
     let q = g.input("q", f32t(&[bsz, sq, h, d]));
     let k = g.input("k", f32t(&[bsz, sk, h, d]));
@@ -608,9 +671,19 @@ pub fn attention(b: &dyn Backend) {
     check(b, &g.g, 1004);
 }
 
+/// (x shape, w shape, stride, padding, dilation, groups)
+type ConvCase = (
+    [usize; 4],
+    [usize; 4],
+    [usize; 2],
+    [usize; 2],
+    [usize; 2],
+    usize,
+);
+
 pub fn conv2d(b: &dyn Backend) {
     // (x shape, w shape, stride, padding, dilation, groups)
-    let cases: [([usize; 4], [usize; 4], [usize; 2], [usize; 2], [usize; 2], usize); 6] = [
+    let cases: [ConvCase; 6] = [
         ([2, 3, 9, 11], [4, 3, 3, 3], [1, 1], [1, 1], [1, 1], 1),
         ([1, 4, 10, 7], [6, 2, 3, 2], [2, 1], [0, 1], [1, 1], 2),
         ([1, 6, 8, 8], [6, 1, 3, 3], [1, 1], [2, 2], [2, 2], 6),
@@ -672,7 +745,7 @@ pub fn gather_concat(b: &dyn Backend) {
 
     for axis in 0..3 {
         let mut g = G::new();
-        let mut shapes = vec![[3, 4, 5]; 3];
+        let mut shapes = [[3, 4, 5]; 3];
         shapes[1][axis] = 2;
         shapes[2][axis] = 1;
         let a = g.input("a", f32t(&shapes[0]));
@@ -736,7 +809,14 @@ pub fn large_shapes(b: &dyn Backend) {
 // A whole transformer block
 
 /// Layer norm without affine over the last axis, then `x * (1 + scale) + shift`.
-pub fn norm_modulate(g: &mut G, x: NodeId, scale: NodeId, shift: NodeId, n: usize, d: usize) -> NodeId {
+pub fn norm_modulate(
+    g: &mut G,
+    x: NodeId,
+    scale: NodeId,
+    shift: NodeId,
+    n: usize,
+    d: usize,
+) -> NodeId {
     let sum = g.reduce(ReduceOp::Sum, x, &[1]);
     let inv = g.splat(1.0 / d as f64, sum);
     let mean = g.bin(BinaryOp::Mul, sum, inv);
@@ -781,7 +861,15 @@ pub fn rms_norm(g: &mut G, x: NodeId, w: NodeId, shape: &[usize]) -> NodeId {
 }
 
 /// Rotary embedding on [S, H, D] with cos/sin inputs [S, D/2] (interleaved pairs).
-pub fn rope(g: &mut G, x: NodeId, cos: NodeId, sin: NodeId, s: usize, h: usize, d: usize) -> NodeId {
+pub fn rope(
+    g: &mut G,
+    x: NodeId,
+    cos: NodeId,
+    sin: NodeId,
+    s: usize,
+    h: usize,
+    d: usize,
+) -> NodeId {
     let pairs = g.reshape(x, &[s, h, d / 2, 2]);
     let slice = |g: &mut G, i: usize| {
         let p = g.op(
@@ -847,7 +935,11 @@ pub fn dit_block(ni: usize, nt: usize, d: usize, h: usize, f: usize) -> Graph {
     let sin = g.input("rope_sin", f32t(&[n, hd / 2]));
     let mods: Vec<Vec<NodeId>> = ["img", "txt"]
         .iter()
-        .map(|s| (0..6).map(|i| g.input(&format!("{s}_mod{i}"), f32t(&[d]))).collect())
+        .map(|s| {
+            (0..6)
+                .map(|i| g.input(&format!("{s}_mod{i}"), f32t(&[d])))
+                .collect()
+        })
         .collect();
     let streams = [(img, ni, "img", 0usize), (txt, nt, "txt", 1usize)];
     let mut qkv = vec![];
@@ -870,9 +962,13 @@ pub fn dit_block(ni: usize, nt: usize, d: usize, h: usize, f: usize) -> Graph {
     }
     // Joint attention over [txt; img].
     let mut joint = vec![];
-    for p in 0..3 {
-        let cat = g.op(Op::Concat { axis: 0 }, &[qkv[1][p], qkv[0][p]]);
-        let cat = if p < 2 { rope(&mut g, cat, cos, sin, n, h, hd) } else { cat };
+    for (p, (img_p, txt_p)) in qkv[0].iter().zip(&qkv[1]).enumerate() {
+        let cat = g.op(Op::Concat { axis: 0 }, &[*txt_p, *img_p]);
+        let cat = if p < 2 {
+            rope(&mut g, cat, cos, sin, n, h, hd)
+        } else {
+            cat
+        };
         joint.push(g.reshape(cat, &[1, n, h, hd]));
     }
     let att = g.op(
@@ -882,8 +978,22 @@ pub fn dit_block(ni: usize, nt: usize, d: usize, h: usize, f: usize) -> Graph {
         &joint,
     );
     let att = g.reshape(att, &[n, d]);
-    let txt_att = g.op(Op::Slice { axis: 0, start: 0, end: nt }, &[att]);
-    let img_att = g.op(Op::Slice { axis: 0, start: nt, end: n }, &[att]);
+    let txt_att = g.op(
+        Op::Slice {
+            axis: 0,
+            start: 0,
+            end: nt,
+        },
+        &[att],
+    );
+    let img_att = g.op(
+        Op::Slice {
+            axis: 0,
+            start: nt,
+            end: n,
+        },
+        &[att],
+    );
     for (&(x, len, name, si), a) in streams.iter().zip([img_att, txt_att]) {
         let m = &mods[si];
         let o = linear(&mut g, a, &format!("{name}.attn.to_out"), d, d, len);
@@ -917,7 +1027,9 @@ pub fn errors_name_the_culprit(b: &dyn Backend) {
     let w = g.param("blocks.0.weight", f32t(&[3, 4]));
     let y = g.matmul(x, w, false, false);
     g.out("y", y);
-    let exe = b.compile(&g.g, &CompileOptions::default()).expect("compile");
+    let exe = b
+        .compile(&g.g, &CompileOptions::default())
+        .expect("compile");
     let good_x = Tensor::from_f32(&[2, 3], vec![1.0; 6]).unwrap();
     let good_w = Tensor::from_f32(&[3, 4], vec![1.0; 12]).unwrap();
     let mut params = HashMap::new();
@@ -927,7 +1039,10 @@ pub fn errors_name_the_culprit(b: &dyn Backend) {
         other => panic!("expected a missing input error, got {other:?}"),
     }
     let mut inputs = HashMap::new();
-    inputs.insert("image".to_string(), Tensor::from_f32(&[3, 2], vec![1.0; 6]).unwrap());
+    inputs.insert(
+        "image".to_string(),
+        Tensor::from_f32(&[3, 2], vec![1.0; 6]).unwrap(),
+    );
     params.insert("blocks.0.weight".to_string(), good_w.clone());
     match exe.run(&inputs, &params) {
         Err(e @ RuntimeError::BadInput { .. }) => assert!(e.to_string().contains("image"), "{e}"),
@@ -939,11 +1054,20 @@ pub fn errors_name_the_culprit(b: &dyn Backend) {
         Err(RuntimeError::MissingParam(n)) => assert_eq!(n, "blocks.0.weight"),
         other => panic!("expected a missing param error, got {other:?}"),
     }
-    params.insert("blocks.0.weight".to_string(), Tensor::from_f32(&[12], vec![1.0; 12]).unwrap());
-    exe.run(&inputs, &params).expect("a param is matched by element count");
-    params.insert("blocks.0.weight".to_string(), Tensor::from_f32(&[2, 4], vec![1.0; 8]).unwrap());
+    params.insert(
+        "blocks.0.weight".to_string(),
+        Tensor::from_f32(&[12], vec![1.0; 12]).unwrap(),
+    );
+    exe.run(&inputs, &params)
+        .expect("a param is matched by element count");
+    params.insert(
+        "blocks.0.weight".to_string(),
+        Tensor::from_f32(&[2, 4], vec![1.0; 8]).unwrap(),
+    );
     match exe.run(&inputs, &params) {
-        Err(e @ RuntimeError::BadParam { .. }) => assert!(e.to_string().contains("blocks.0.weight"), "{e}"),
+        Err(e @ RuntimeError::BadParam { .. }) => {
+            assert!(e.to_string().contains("blocks.0.weight"), "{e}")
+        }
         other => panic!("expected a bad param error, got {other:?}"),
     }
     params.insert("blocks.0.weight".to_string(), good_w);
