@@ -47,8 +47,9 @@ pub struct KernelGroup {
     pub anchor: Option<NodeId>,
     /// Reduction / Library groups: members evaluated on the anchor's operand side, before it.
     /// Reduction: the elementwise/view nodes computing the reduced value, in the Reduce's input
-    /// index space. Library: only views (reshape, transpose, slice, broadcast) of materialised
-    /// operands, to be folded into the operand's index map (strides) or copied by the backend.
+    /// index space. Library: only views of materialised operands, reshapes directly on the
+    /// operand's buffer then slices / transposes / broadcasts, so each operand is a strided view of
+    /// its buffer (a backend that needs dense operands copies it).
     /// Empty for other kinds. Ascending id. Added by the fusion pass (see docs/fusion.md).
     pub prologue: Vec<NodeId>,
     /// Reduction / Library groups: members evaluated on the anchor's result index space, after it:

@@ -626,4 +626,28 @@ fn sliced_matmul_operand_is_read_through_the_prologue() {
     assert_eq!(plan.groups[0].outputs, [e]);
     assert_eq!(plan.groups[1].prologue, [tail, wt]);
     assert_eq!(plan.groups[1].inputs, [w, e]);
+
+    // A reshape of a slice is not a strided view: the slice is materialised first.
+    let mut g = Graph::new();
+    let x = g.input("x", f32t(&[4, 6]));
+    let w = g.param("w", f32t(&[8, 3]));
+    let e = un(&mut g, UnaryOp::Exp, x);
+    let part = g
+        .add(
+            Op::Slice {
+                axis: 1,
+                start: 1,
+                end: 5,
+            },
+            &[e],
+        )
+        .unwrap();
+    let flat = reshape(&mut g, part, &[2, 8]);
+    let m = matmul(&mut g, flat, w);
+    g.set_output("m", m);
+    let plan = fuse(&g, &FusionOptions::default());
+    validate_fusion_plan(&g, &plan).unwrap();
+    assert_eq!(kinds(&plan), [GroupKind::Elementwise, GroupKind::Library]);
+    assert_eq!(plan.groups[0].outputs, [part]);
+    assert_eq!(plan.groups[1].prologue, [flat]);
 }

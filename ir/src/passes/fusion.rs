@@ -32,9 +32,10 @@
 //!    (normalise, modulate, gate, residual add), the centred `x - mean` being recomputed.
 //! 5. **Library groups.** `MatMul`/`Attention`/`Conv2d` each anchor their own group. Their
 //!    operands are materialised values, possibly seen through views (reshape, transpose, slice,
-//!    broadcast) that form the prologue: the library reads them through an index map (strides;
-//!    a backend that needs a dense operand copies it), so e.g. the slice of the attention output
-//!    that feeds `to_out` is never copied by a kernel of its own.
+//!    broadcast) that form the prologue: reshapes directly on the buffer, then any slices,
+//!    transposes and broadcasts, so the operand is always a strided view (a backend that needs a
+//!    dense operand copies it). E.g. the slice of the attention output that feeds `to_out` is
+//!    never copied by a kernel of its own; `reshape(slice(x))` is materialised first.
 //!    When `FusionOptions::matmul_epilogue` is set, elementwise consumers that read the library
 //!    result only at the same linear index (bias add, GELU, gate * x + residual) ride in the group
 //!    as its epilogue, with broadcasts of small operands; a backend (cuBLASLt epilogues) inspects
@@ -201,6 +202,9 @@ struct Placement {
     group: usize,
     space: Space,
     access: Access,
+    /// Some user between this node and the group's anchor is a `Reshape` (Library prologues
+    /// allow reshapes only directly on the operand's buffer, so the view stays strided).
+    below_reshape: bool,
 }
 
 struct GroupState {
@@ -266,7 +270,9 @@ impl Builder<'_> {
             return false;
         }
         if grp.kind == GroupKind::Library && d.space == Space::Prologue {
-            return op.is_view();
+            // Reshapes first (on the buffer), then any slice / transpose / broadcast: the
+            // operand is always a strided view of its buffer.
+            return op.is_view() && (!d.below_reshape || matches!(op, Op::Reshape { .. }));
         }
         let anchor_ok = grp.kind == GroupKind::Elementwise
             && grp.anchor.is_none()
@@ -305,6 +311,7 @@ impl Builder<'_> {
                 group: self.groups.len(),
                 space: Space::Main,
                 access: Access::Same,
+                below_reshape: false,
             },
             1,
         );
@@ -336,6 +343,7 @@ impl Builder<'_> {
                 } else if op.is_elementwise() || op.is_view() {
                     Some(Placement {
                         access: operand_access(self.g, u, pl.access),
+                        below_reshape: pl.below_reshape || matches!(op, Op::Reshape { .. }),
                         ..*pl
                     })
                 } else if matches!(op, Op::Reduce { .. }) || (op.is_library_call() && is_view) {
@@ -343,6 +351,7 @@ impl Builder<'_> {
                         group: pl.group,
                         space: Space::Prologue,
                         access: Access::Same,
+                        below_reshape: false,
                     })
                 } else {
                     None
@@ -354,7 +363,10 @@ impl Builder<'_> {
                             .iter_mut()
                             .find(|e| e.group == d.group && e.space == d.space)
                         {
-                            Some(e) => e.access = e.access.join(d.access),
+                            Some(e) => {
+                                e.access = e.access.join(d.access);
+                                e.below_reshape |= d.below_reshape;
+                            }
                             None => demands.push(d),
                         }
                     }
@@ -732,8 +744,17 @@ pub fn validate_fusion_plan(g: &Graph, plan: &FusionPlan) -> Result<(), String> 
         {
             return Err(format!("group {gi}: alias group with a non-reshape member"));
         }
-        if grp.kind == GroupKind::Library && !grp.prologue.iter().all(|&m| g.node(m).op.is_view()) {
-            return Err(format!("group {gi}: library prologue must be views"));
+        if grp.kind == GroupKind::Library {
+            for &m in &grp.prologue {
+                let node = g.node(m);
+                let strided = node.op.is_view()
+                    && (!matches!(node.op, Op::Reshape { .. })
+                        || grp.inputs.contains(&node.args[0])
+                        || matches!(g.node(node.args[0]).op, Op::Reshape { .. }));
+                if !strided {
+                    return Err(format!("group {gi}: prologue {m} is not a strided view"));
+                }
+            }
         }
     }
     for id in g.ids() {

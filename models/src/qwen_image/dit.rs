@@ -7,9 +7,9 @@ use super::{token_count, DitConfig, ImgShape};
 use crate::{sources, ModelError};
 use qie_ir::dsl::{Program, StaticValue};
 use qie_ir::{DType, Graph, TensorType};
-use qie_runtime::cpu::{self, CpuExecutable};
+use qie_runtime::cpu::CpuBackend;
 use qie_runtime::weights::{CheckMode, WeightStore};
-use qie_runtime::{CompileOptions, ParamData, ParamStore, Tensor};
+use qie_runtime::{Backend, CompileOptions, Executable, ParamData, ParamStore, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,8 +23,10 @@ pub enum WeightPrecision {
     Bf16,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct DitOptions {
+    /// Where plans run; None = the CPU reference backend.
+    pub backend: Option<Arc<dyn Backend>>,
     pub precision: WeightPrecision,
     /// A `.qie` file to use instead of the bundled source the config selects (variants).
     pub source: Option<PathBuf>,
@@ -72,7 +74,8 @@ pub struct QwenImageDit {
     program: Program,
     weights: DitWeights,
     compile: CompileOptions,
-    plans: Mutex<HashMap<PlanKey, Arc<CpuExecutable>>>,
+    backend: Arc<dyn Backend>,
+    plans: Mutex<HashMap<PlanKey, Arc<dyn Executable>>>,
 }
 
 impl QwenImageDit {
@@ -100,7 +103,7 @@ impl QwenImageDit {
             }
             weights.insert(name.clone(), values);
         }
-        Ok(QwenImageDit::from_parts(config, program, weights, &options.compile))
+        Ok(QwenImageDit::from_parts(config, program, weights, options))
     }
 
     /// Builds a DiT from weights already in memory (benchmarks, random-weight runs).
@@ -120,17 +123,23 @@ impl QwenImageDit {
                 None => return Err(ModelError::new(format!("missing weight `{name}`"))),
             }
         }
-        Ok(QwenImageDit::from_parts(config, program, weights, &options.compile))
+        Ok(QwenImageDit::from_parts(config, program, weights, options))
     }
 
-    fn from_parts(config: DitConfig, program: Program, weights: DitWeights, compile: &CompileOptions) -> QwenImageDit {
+    fn from_parts(config: DitConfig, program: Program, weights: DitWeights, options: &DitOptions) -> QwenImageDit {
         QwenImageDit {
             config,
             program,
             weights,
-            compile: compile.clone(),
+            compile: options.compile.clone(),
+            backend: options.backend.clone().unwrap_or_else(|| Arc::new(CpuBackend)),
             plans: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Name of the backend plans run on (`cpu`, `cuda:0`, ...).
+    pub fn backend_name(&self) -> &str {
+        self.backend.name()
     }
 
     /// Checkpoint names and shapes of every weight the model reads.
@@ -156,7 +165,7 @@ impl QwenImageDit {
             .ok_or_else(|| ModelError::new("the model source declared no `sample` output"))
     }
 
-    fn plan(&self, inputs: &DitInputs) -> Result<Arc<CpuExecutable>, ModelError> {
+    fn plan(&self, inputs: &DitInputs) -> Result<Arc<dyn Executable>, ModelError> {
         let key = PlanKey {
             batch: inputs.batch(),
             img_tokens: inputs.img_tokens(),
@@ -169,8 +178,10 @@ impl QwenImageDit {
             return Ok(exe.clone());
         }
         let graph = lower_for(&self.program, &self.config, &inputs.key_types(), &inputs.img_shapes)?;
-        let exe = Arc::new(
-            cpu::compile(&graph, &self.compile).map_err(|e| ModelError::new(format!("compiling the DiT: {e}")))?,
+        let exe: Arc<dyn Executable> = Arc::from(
+            self.backend
+                .compile(&graph, &self.compile)
+                .map_err(|e| ModelError::new(format!("compiling the DiT for {}: {e}", self.backend.name())))?,
         );
         self.plans.lock().expect("plan cache poisoned").insert(key, exe.clone());
         Ok(exe)

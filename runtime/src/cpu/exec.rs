@@ -213,11 +213,11 @@ impl Builder<'_> {
 
     fn resolve(&mut self, b: &Binding) -> Result<BufRef, RuntimeError> {
         let id = b.node;
-        if matches!(self.graph.node(id).op, Op::Param { .. }) {
-            return Ok(self.param(id));
-        }
         if let Some(r) = self.extra.get(&id) {
             return Ok(*r);
+        }
+        if matches!(self.graph.node(id).op, Op::Param { .. }) {
+            return Ok(self.param(id));
         }
         let storage = Storage::of(b.ty.dtype);
         match self.memory.slot(id) {
