@@ -65,16 +65,15 @@ fn role(grp: &KernelGroup, id: NodeId) -> &'static str {
 ///
 /// ```text
 /// fusion: 2 groups, 2 launches (elementwise 1, reduction 1, library 0, data 0, alias 0)
-/// g0 reduction anchor=%3 in: %0 out: %8
+/// g0 reduction anchor=%3 in: %0 out: %7
 ///   prologue  %2: f32[6, 64] = mul %0, %0
 ///   anchor    %3: f32[6] = reduce_sum[axes=[1]] %2
-///   epilogue  %4: f32[6, 1] = reshape[[6, 1]] %3
-///   epilogue  %5: f32[] = const[64]  (recomputed)
-///   epilogue  %6: f32[6, 1] = broadcast[[6, 1]] %5
-///   epilogue  %7: f32[6, 1] = div %4, %6
-///   epilogue  %8: f32[6, 1] = rsqrt %7  -> out
-/// g1 elementwise in: %0 %1 %8 out: %12
-///   body      %9: f32[6, 64] = broadcast[[6, 64]] %8
+///   epilogue  %4: f32[] = const[64]  (recomputed)
+///   epilogue  %5: f32[6] = broadcast[[6]] %4
+///   epilogue  %6: f32[6] = div %3, %5
+///   epilogue  %7: f32[6] = rsqrt %6  -> out
+/// g1 elementwise in: %0 %1 %7 out: %12
+///   body      %8: f32[6, 1] = reshape[[6, 1]] %7
 ///   ...
 /// ```
 /// Header: group count, kernel launches (groups minus aliases), count per kind. Per group:
@@ -158,7 +157,7 @@ fn bytes_text(b: usize) -> String {
 ///       offset      bytes  live     value  by     type             note
 ///            0       1536  0..1     %0     input  f32[6, 64]       "x"
 ///            0       1536  1..2     %12    g1     f32[6, 64]       in-place of %0, output "y"
-///         1536         24  0..1     %8     g0     f32[6, 1]
+///         1536         24  0..1     %7     g0     f32[6]
 /// params: %1 "w"
 /// ```
 /// `live a..b` is the inclusive range of group indices during which the bytes must stay intact

@@ -160,6 +160,10 @@ pub struct Interp {
     red_len: usize,
     input_kinds: Vec<Kind>,
     output_kinds: Vec<Kind>,
+    /// For reductions whose loads are contiguous along the kept axes but strided along the
+    /// reduced ones (column sums): the body over the permuted space `reduced ++ kept`, with the
+    /// reduce values' slots in it. Chunks then run along kept elements, one reduced index at a time.
+    column: Option<(SectionPlan, Vec<Slot>)>,
 }
 
 fn kix(k: Kind) -> usize {
@@ -364,7 +368,9 @@ impl Interp {
                 dst: epi_slots[&r.dst],
             })
             .collect();
+        let column = column_body(p, &live_out);
         Interp {
+            column,
             name: p.name.clone(),
             body,
             epi,
@@ -495,6 +501,9 @@ impl Interp {
         if k == 0 {
             return;
         }
+        if let Some((col, values)) = &self.column {
+            return self.run_columns(col, values, inputs, outputs);
+        }
         let rows_per_block = (16384 / r.max(1)).clamp(1, CHUNK);
         let blocks = k.div_ceil(rows_per_block);
         let ctx = Ctx { inputs, outputs };
@@ -512,6 +521,44 @@ impl Interp {
             (0..blocks)
                 .into_par_iter()
                 .for_each_init(|| RedState::new(self), |state, b| run_block(state, b));
+        }
+    }
+
+    fn run_columns(&self, col: &SectionPlan, values: &[Slot], inputs: &[RawBuf], outputs: &[RawBuf]) {
+        let (k, r) = (self.kept_len, self.red_len);
+        let tile = (k / (rayon::current_num_threads() * 4)).clamp(64, CHUNK).min(k);
+        let tiles = k.div_ceil(tile);
+        let ctx = Ctx { inputs, outputs };
+        let run_tile = |st: &mut RedState, t: usize| {
+            let k0 = t * tile;
+            let k1 = (k0 + tile).min(k);
+            let rows = k1 - k0;
+            for (acc, red) in st.accs.iter_mut().zip(&self.reduces) {
+                acc.reset(red, rows);
+            }
+            for ri in 0..r {
+                self.exec(col, &mut st.body, &ctx, ri * k + k0, rows);
+                for ((acc, red), &v) in st.accs.iter_mut().zip(&self.reduces).zip(values) {
+                    acc.accumulate_columns(red, v, &st.body, rows);
+                }
+            }
+            for (acc, red) in st.accs.iter().zip(&self.reduces) {
+                acc.write(red, &mut st.epi, rows);
+            }
+            self.exec(&self.epi, &mut st.epi, &ctx, k0, rows);
+        };
+        let new_state = || RedState {
+            body: Regs::new(col),
+            epi: Regs::new(&self.epi),
+            accs: self.reduces.iter().map(Acc::new).collect(),
+        };
+        if k * r < PARALLEL_MIN || tiles == 1 {
+            let mut st = new_state();
+            for t in 0..tiles {
+                run_tile(&mut st, t);
+            }
+        } else {
+            (0..tiles).into_par_iter().for_each_init(new_state, run_tile);
         }
     }
 
@@ -580,6 +627,44 @@ impl Interp {
             }
         }
     }
+}
+
+/// The body planned over `reduced ++ kept` when that makes the loads contiguous: more strided
+/// loads have unit stride along the innermost kept axis than along the innermost reduced axis.
+fn column_body(p: &KernelProgram, live_out: &[Reg]) -> Option<(SectionPlan, Vec<Slot>)> {
+    let n = p.space.len();
+    let kr = n - p.reduce_rank;
+    if !p.is_reduction() || kr == 0 || p.reduce_rank == 0 || p.space[kr - 1] < 16 {
+        return None;
+    }
+    let (mut kept_unit, mut red_unit) = (0, 0);
+    for s in &p.body.stmts {
+        if let Instr::Load { map, .. } = &s.instr {
+            if let Some(v) = map.as_strided() {
+                kept_unit += (v.strides[kr - 1] == 1) as usize;
+                red_unit += (v.strides[n - 1] == 1) as usize;
+            }
+        }
+    }
+    if kept_unit <= red_unit {
+        return None;
+    }
+    let perm: Vec<usize> = (kr..n).chain(0..kr).collect();
+    let mut stmts = p.body.stmts.clone();
+    for s in &mut stmts {
+        if let Some(m) = s.instr.map_mut() {
+            *m = m.transpose(&perm);
+        }
+    }
+    let mut stores = p.body.stores.clone();
+    for st in &mut stores {
+        st.map = st.map.transpose(&perm);
+    }
+    let space: Vec<usize> = perm.iter().map(|&d| p.space[d]).collect();
+    let mut slots = HashMap::new();
+    let plan = plan_section(&space, &stmts, &stores, live_out, &[], &mut slots);
+    let values = p.reduces.iter().map(|r| slots[&r.value]).collect();
+    Some((plan, values))
 }
 
 /// Lowest and highest offset a view produces over its shape.
@@ -709,6 +794,42 @@ impl Acc {
                 }
             }
             p += seg;
+        }
+    }
+
+    /// Folds one value per kept element (`values[i]` into accumulator `i`).
+    fn accumulate_columns(&mut self, red: &CReduce, value: Slot, regs: &Regs, rows: usize) {
+        match self {
+            Acc::SumF(a) => {
+                for (a, &v) in a[..rows].iter_mut().zip(&regs.f[value.ix][..rows]) {
+                    *a += v as f64;
+                }
+            }
+            Acc::MaxMinF(a) => {
+                let x = &regs.f[value.ix][..rows];
+                if red.op == ReduceOp::Max {
+                    a[..rows].iter_mut().zip(x).for_each(|(a, &v)| *a = simd::max_f32(*a, v));
+                } else {
+                    a[..rows].iter_mut().zip(x).for_each(|(a, &v)| *a = simd::min_f32(*a, v));
+                }
+            }
+            Acc::Int(a) => {
+                let fold = |acc: i64, v: i64| match red.op {
+                    ReduceOp::Sum => acc.wrapping_add(v),
+                    ReduceOp::Max => acc.max(v),
+                    ReduceOp::Min => acc.min(v),
+                };
+                match value.kind {
+                    Kind::I => a[..rows]
+                        .iter_mut()
+                        .zip(&regs.i[value.ix][..rows])
+                        .for_each(|(a, &v)| *a = fold(*a, v as i64)),
+                    _ => a[..rows]
+                        .iter_mut()
+                        .zip(&regs.l[value.ix][..rows])
+                        .for_each(|(a, &v)| *a = fold(*a, v)),
+                }
+            }
         }
     }
 
