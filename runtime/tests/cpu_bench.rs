@@ -148,7 +148,10 @@ fn bench_elementwise() {
     g.out("s", s);
     let exe = compile(&g.g, &CompileOptions::default()).unwrap();
     let t = time_runs(&exe, &g.g, 3);
-    println!("column sum over {shape:?}: {t:.4} s, {:.0} M elements/s", n / t / 1e6);
+    println!(
+        "column sum over {shape:?}: {t:.4} s, {:.0} M elements/s",
+        n / t / 1e6
+    );
     // A transposing copy (attention head split).
     let mut g = G::new();
     let x = g.input("x", f32t(&[4096, 24, 128]));

@@ -524,9 +524,17 @@ impl Interp {
         }
     }
 
-    fn run_columns(&self, col: &SectionPlan, values: &[Slot], inputs: &[RawBuf], outputs: &[RawBuf]) {
+    fn run_columns(
+        &self,
+        col: &SectionPlan,
+        values: &[Slot],
+        inputs: &[RawBuf],
+        outputs: &[RawBuf],
+    ) {
         let (k, r) = (self.kept_len, self.red_len);
-        let tile = (k / (rayon::current_num_threads() * 4)).clamp(64, CHUNK).min(k);
+        let tile = (k / (rayon::current_num_threads() * 4))
+            .clamp(64, CHUNK)
+            .min(k);
         let tiles = k.div_ceil(tile);
         let ctx = Ctx { inputs, outputs };
         let run_tile = |st: &mut RedState, t: usize| {
@@ -558,7 +566,9 @@ impl Interp {
                 run_tile(&mut st, t);
             }
         } else {
-            (0..tiles).into_par_iter().for_each_init(new_state, run_tile);
+            (0..tiles)
+                .into_par_iter()
+                .for_each_init(new_state, run_tile);
         }
     }
 
@@ -808,9 +818,15 @@ impl Acc {
             Acc::MaxMinF(a) => {
                 let x = &regs.f[value.ix][..rows];
                 if red.op == ReduceOp::Max {
-                    a[..rows].iter_mut().zip(x).for_each(|(a, &v)| *a = simd::max_f32(*a, v));
+                    a[..rows]
+                        .iter_mut()
+                        .zip(x)
+                        .for_each(|(a, &v)| *a = simd::max_f32(*a, v));
                 } else {
-                    a[..rows].iter_mut().zip(x).for_each(|(a, &v)| *a = simd::min_f32(*a, v));
+                    a[..rows]
+                        .iter_mut()
+                        .zip(x)
+                        .for_each(|(a, &v)| *a = simd::min_f32(*a, v));
                 }
             }
             Acc::Int(a) => {
