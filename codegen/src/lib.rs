@@ -5,6 +5,7 @@
 //! stores) and library calls (`MatMul`, `Attention`, `Conv2d`) with strided operands. The CPU
 //! backend interprets programs; GPU backends render them to source.
 
+pub mod cuda;
 pub mod index;
 pub mod lower;
 pub mod program;

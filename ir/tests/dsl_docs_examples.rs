@@ -116,7 +116,7 @@ fn tiny_transformer_lowers() {
     assert_eq!(find("blocks.0.norm2.weight"), Some(vec![64]));
     assert_eq!(find("norm_out.weight"), Some(vec![64]));
     assert!(find("blocks.0.norm1.weight").is_none(), "elementwise_affine = false");
-    assert_eq!(p.len(), 2 + 2 * 11 + 1 + 2);
+    assert_eq!(p.len(), 2 + 2 * 10 + 1 + 2);
 
     // The static argument removes a block at compile time; without the optional mask and with
     // final_norm = false the graph has neither.
@@ -222,4 +222,43 @@ fn ref_rope_shift_places_references_side_by_side() {
     assert_eq!(extent(&img, 2), (vec![0], -1, 0, 7, 8));
     // Text starts after the last column, on all three axes.
     assert_eq!((txt.get(&[0, 0]), txt.get(&[0, 2]), txt.get(&[1, 1])), (9.0, 9.0, 10.0));
+}
+
+// ---- section 5: the error messages shown in the document are the real ones ----------------------
+
+fn error_text(root: &str, text: &str, config: &serde_json::Value, inputs: &[(String, TensorType)]) -> String {
+    let read = |name: &str| (name == root).then(|| text.to_string());
+    let e = Program::from_sources(root, &read)
+        .and_then(|p| p.lower(config, inputs, &[]))
+        .expect_err("the example must fail");
+    e.to_string()
+}
+
+#[test]
+fn docs_show_real_error_messages() {
+    let doc = std::fs::read_to_string(repo().join("docs/dsl.md")).unwrap();
+    let tiny = std::fs::read_to_string(example("tiny_transformer.qie")).unwrap();
+    let x = vec![("x".to_string(), f32t(&[1, 32, 16]))];
+
+    let comment = "module M() {\n    fn forward(x: f32[B, 8]) {\n        let y = x * 2    // scale by two\n        output y = y;\n    }\n}\n";
+    let bad_proj = tiny.replace(
+        "sub proj_out = Linear(width, config.out_channels);",
+        "sub proj_out = Linear(config.out_channels, width);",
+    );
+    assert_ne!(bad_proj, tiny);
+    let mut typo = tiny_config();
+    typo["num_head"] = typo["num_heads"].take();
+    typo.as_object_mut().unwrap().remove("num_heads");
+
+    let errors = [
+        error_text("comment.qie", comment, &json!({}), &[("x".to_string(), f32t(&[2, 8]))]),
+        error_text("tiny_bad.qie", &bad_proj, &tiny_config(), &x),
+        error_text("docs/examples/tiny_transformer.qie", &tiny, &typo, &x),
+    ];
+    for e in errors {
+        assert!(
+            doc.contains(e.trim_end()),
+            "docs/dsl.md section 5 must show this error exactly as qie prints it:\n{e}"
+        );
+    }
 }
