@@ -43,7 +43,10 @@ pub fn random_weights(expected: &[(String, Vec<usize>)]) -> DitWeights {
         let values = if shape.len() == 2 {
             random_values(n, i as u64 + 1, 1.0 / (shape[1] as f32).sqrt())
         } else if name.contains("norm") {
-            random_values(n, i as u64 + 1, 0.1).into_iter().map(|v| 1.0 + v).collect()
+            random_values(n, i as u64 + 1, 0.1)
+                .into_iter()
+                .map(|v| 1.0 + v)
+                .collect()
         } else {
             random_values(n, i as u64 + 1, 0.02)
         };

@@ -5,14 +5,21 @@ use qie_runtime::weights::WeightStore;
 use qie_tests::{fixture, rel_l2};
 
 fn img_shapes(case: &str) -> Vec<ImgShape> {
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(&format!("dit/{case}/meta.json"))).unwrap()).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(&format!("dit/{case}/meta.json"))).unwrap(),
+    )
+    .unwrap();
     meta["img_shapes"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| {
-            let v: Vec<usize> = s.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            let v: Vec<usize> = s
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
             [v[0], v[1], v[2]]
         })
         .collect()
@@ -32,11 +39,20 @@ fn run_case(case: &str, precision: WeightPrecision) -> Vec<f32> {
     };
     let dit = QwenImageDit::load(&fixture(&format!("dit/{case}/transformer")), &options)
         .unwrap_or_else(|e| panic!("{case}: load: {e}"));
-    let inputs = DitInputs::load(&fixture(&format!("dit/{case}/inputs.safetensors")), img_shapes(case))
-        .unwrap_or_else(|e| panic!("{case}: inputs: {e}"));
-    let sample = dit.forward(&inputs).unwrap_or_else(|e| panic!("{case}: forward: {e}"));
+    let inputs = DitInputs::load(
+        &fixture(&format!("dit/{case}/inputs.safetensors")),
+        img_shapes(case),
+    )
+    .unwrap_or_else(|e| panic!("{case}: inputs: {e}"));
+    let sample = dit
+        .forward(&inputs)
+        .unwrap_or_else(|e| panic!("{case}: forward: {e}"));
     let hs = inputs.hidden_states.shape();
-    assert_eq!(sample.shape(), &[hs[0], hs[1], 4 * dit.config.out_channels], "{case}: sample shape");
+    assert_eq!(
+        sample.shape(),
+        &[hs[0], hs[1], 4 * dit.config.out_channels],
+        "{case}: sample shape"
+    );
     sample.to_f32_vec()
 }
 

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 /// `tests/fixtures/<rel>` in this checkout.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel)
 }
 
 /// ||out - ref|| / ||ref|| in f64; NaN or a length mismatch gives infinity so it never passes.

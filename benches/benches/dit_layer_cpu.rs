@@ -9,7 +9,10 @@ use qie_runtime::Tensor;
 use std::time::Instant;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -23,14 +26,17 @@ fn main() {
     let start = Instant::now();
     let expected = expected_weights_for(&config, None).expect("lower the model");
     let weights = random_weights(&expected);
-    let dit = QwenImageDit::from_weights(config.clone(), weights, &DitOptions::default()).expect("model");
+    let dit =
+        QwenImageDit::from_weights(config.clone(), weights, &DitOptions::default()).expect("model");
     let setup = start.elapsed();
 
     let img_shapes = vec![[1, side, side]];
     let s_img = side * side;
     let inputs = DitInputs {
-        hidden_states: Tensor::from_f32(&[1, s_img, 64], random_values(s_img * 64, 7, 1.0)).unwrap(),
-        encoder_hidden_states: Tensor::from_f32(&[1, txt, 3584], random_values(txt * 3584, 8, 1.0)).unwrap(),
+        hidden_states: Tensor::from_f32(&[1, s_img, 64], random_values(s_img * 64, 7, 1.0))
+            .unwrap(),
+        encoder_hidden_states: Tensor::from_f32(&[1, txt, 3584], random_values(txt * 3584, 8, 1.0))
+            .unwrap(),
         encoder_hidden_states_mask: Some(Tensor::from_bool(&[1, txt], vec![true; txt]).unwrap()),
         timestep: Tensor::from_f32(&[1], vec![0.7]).unwrap(),
         additional_t_cond: None,
@@ -40,7 +46,10 @@ fn main() {
     let start = Instant::now();
     let first = dit.forward(&inputs).expect("forward");
     let first_time = start.elapsed();
-    assert!(first.to_f32_vec().iter().all(|v| v.is_finite()), "non-finite output");
+    assert!(
+        first.to_f32_vec().iter().all(|v| v.is_finite()),
+        "non-finite output"
+    );
     let times = time_runs(runs, || {
         dit.forward(&inputs).expect("forward");
     });

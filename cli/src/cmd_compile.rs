@@ -35,8 +35,10 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
     let program = crate::cmd_forward::load_program(&args.file)?;
     let config = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-            serde_json::from_str(&text).map_err(|e| format!("{}: invalid JSON: {e}", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+            serde_json::from_str(&text)
+                .map_err(|e| format!("{}: invalid JSON: {e}", path.display()))?
         }
         None => serde_json::json!({}),
     };
@@ -44,14 +46,24 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
     let specs = parse_shapes(&args.shapes)?;
     let mut inputs = Vec::new();
     for spec in &specs {
-        let declared = signature.iter().find(|d| d.name == spec.name).ok_or_else(|| {
-            let names: Vec<&str> = signature.iter().map(|d| d.name.as_str()).collect();
-            format!("--shapes: the model has no input `{}` (inputs: {})", spec.name, names.join(", "))
-        })?;
+        let declared = signature
+            .iter()
+            .find(|d| d.name == spec.name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = signature.iter().map(|d| d.name.as_str()).collect();
+                format!(
+                    "--shapes: the model has no input `{}` (inputs: {})",
+                    spec.name,
+                    names.join(", ")
+                )
+            })?;
         let dtype = match &declared.kind {
             InputKind::Tensor { dtype, .. } => Some(*dtype),
             InputKind::Static => {
-                return Err(format!("--shapes: `{}` is a static argument; pass it with --static", spec.name))
+                return Err(format!(
+                    "--shapes: `{}` is a static argument; pass it with --static",
+                    spec.name
+                ))
             }
         };
         inputs.push((spec.name.clone(), tensor_type(spec, dtype)));
@@ -62,7 +74,9 @@ pub fn run(args: CompileArgs) -> Result<(), String> {
         .map(|s| parse_static(s))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let graph = program.lower(&config, &inputs, &statics).map_err(|e| e.to_string())?;
+    let graph = program
+        .lower(&config, &inputs, &statics)
+        .map_err(|e| e.to_string())?;
     let optimized = optimize(&graph);
     let plan = fusion::fuse(&optimized, &fusion::FusionOptions::default());
     let memory = memplan::plan_memory(&optimized, &plan, &memplan::MemPlanOptions::default());

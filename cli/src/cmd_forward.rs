@@ -3,7 +3,9 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use qie_ir::dsl::Program;
-use qie_models::qwen_image::{format_img_shapes, parse_img_shapes, DitInputs, DitOptions, QwenImageDit, WeightPrecision};
+use qie_models::qwen_image::{
+    format_img_shapes, parse_img_shapes, DitInputs, DitOptions, QwenImageDit, WeightPrecision,
+};
 use qie_runtime::weights::{save_safetensors, WeightStore};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -79,8 +81,11 @@ fn run_dit(args: DitArgs) -> Result<(), String> {
     let sample = dit.forward(&inputs).map_err(|e| e.to_string())?;
     let ran = start.elapsed();
     let values = sample.to_f32_vec();
-    save_safetensors(&args.out, &[("sample", sample.shape().to_vec(), values.as_slice())])
-        .map_err(|e| e.to_string())?;
+    save_safetensors(
+        &args.out,
+        &[("sample", sample.shape().to_vec(), values.as_slice())],
+    )
+    .map_err(|e| e.to_string())?;
     eprintln!(
         "dit: {} layers, img_shapes {}, batch {}: load {:.2} s, forward {:.3} s; wrote sample {:?} to {}",
         dit.config.num_layers,
@@ -96,14 +101,28 @@ fn run_dit(args: DitArgs) -> Result<(), String> {
             DTypeArg::F32 => ("sample", 1e-4),
             DTypeArg::Bf16 => ("sample_bf16", 2e-2),
         };
-        compare(reference, name, &values, args.tolerance.unwrap_or(default_tol))?;
+        compare(
+            reference,
+            name,
+            &values,
+            args.tolerance.unwrap_or(default_tol),
+        )?;
     }
     Ok(())
 }
 
-fn compare(reference: &Path, preferred: &str, values: &[f32], tolerance: f64) -> Result<(), String> {
+fn compare(
+    reference: &Path,
+    preferred: &str,
+    values: &[f32],
+    tolerance: f64,
+) -> Result<(), String> {
     let store = WeightStore::open(reference).map_err(|e| e.to_string())?;
-    let name = if store.contains(preferred) { preferred } else { "sample" };
+    let name = if store.contains(preferred) {
+        preferred
+    } else {
+        "sample"
+    };
     let expected = store.load_f32(name).map_err(|e| e.to_string())?;
     if expected.len() != values.len() {
         return Err(format!(
@@ -122,9 +141,14 @@ fn compare(reference: &Path, preferred: &str, values: &[f32], tolerance: f64) ->
     }
     let rel = (diff / norm.max(f64::MIN_POSITIVE)).sqrt();
     let finite = values.iter().all(|v| v.is_finite());
-    println!("compare `{name}`: rel-L2 {rel:.3e}, max |diff| {max_abs:.3e} (tolerance {tolerance:.0e})");
+    println!(
+        "compare `{name}`: rel-L2 {rel:.3e}, max |diff| {max_abs:.3e} (tolerance {tolerance:.0e})"
+    );
     if !finite || rel.is_nan() || rel > tolerance {
-        return Err(format!("--compare: rel-L2 {rel:.3e} exceeds {tolerance:.0e}{}", if finite { "" } else { " (output has NaN/inf)" }));
+        return Err(format!(
+            "--compare: rel-L2 {rel:.3e} exceeds {tolerance:.0e}{}",
+            if finite { "" } else { " (output has NaN/inf)" }
+        ));
     }
     Ok(())
 }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "qie", version, about = "Qwen-Image-Edit runtime: model DSL, compiler and CPU/GPU execution")]
+#[command(
+    name = "qie",
+    version,
+    about = "Qwen-Image-Edit runtime: model DSL, compiler and CPU/GPU execution"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

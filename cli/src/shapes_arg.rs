@@ -14,9 +14,9 @@ pub struct ShapeSpec {
 pub fn parse_shapes(text: &str) -> Result<Vec<ShapeSpec>, String> {
     let mut specs = Vec::new();
     for item in split_top_level(text) {
-        let (name, rest) = item
-            .split_once('=')
-            .ok_or_else(|| format!("--shapes: `{item}` is not NAME=DIMS (e.g. hidden_states=1x24x64)"))?;
+        let (name, rest) = item.split_once('=').ok_or_else(|| {
+            format!("--shapes: `{item}` is not NAME=DIMS (e.g. hidden_states=1x24x64)")
+        })?;
         let (dtype, dims_text) = match rest.split_once(':') {
             Some((d, dims)) => {
                 let dtype = DType::parse(d.trim())
@@ -36,7 +36,10 @@ pub fn parse_shapes(text: &str) -> Result<Vec<ShapeSpec>, String> {
 }
 
 fn split_top_level(text: &str) -> Vec<&str> {
-    text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn parse_dims(text: &str) -> Result<Vec<usize>, String> {
@@ -59,12 +62,15 @@ pub fn tensor_type(spec: &ShapeSpec, declared: Option<DType>) -> TensorType {
 
 /// `name=<json>`: ints, floats, bools and nested lists.
 pub fn parse_static(text: &str) -> Result<(String, StaticValue), String> {
-    let (name, json) = text
-        .split_once('=')
-        .ok_or_else(|| format!("--static: `{text}` is not NAME=JSON (e.g. img_shapes=[[1,4,6]])"))?;
+    let (name, json) = text.split_once('=').ok_or_else(|| {
+        format!("--static: `{text}` is not NAME=JSON (e.g. img_shapes=[[1,4,6]])")
+    })?;
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|e| format!("--static {name}: invalid JSON: {e}"))?;
-    Ok((name.trim().to_string(), json_to_static(&value).map_err(|e| format!("--static {name}: {e}"))?))
+    Ok((
+        name.trim().to_string(),
+        json_to_static(&value).map_err(|e| format!("--static {name}: {e}"))?,
+    ))
 }
 
 pub fn json_to_static(v: &serde_json::Value) -> Result<StaticValue, String> {
@@ -77,6 +83,8 @@ pub fn json_to_static(v: &serde_json::Value) -> Result<StaticValue, String> {
         serde_json::Value::Array(items) => Ok(StaticValue::List(
             items.iter().map(json_to_static).collect::<Result<_, _>>()?,
         )),
-        other => Err(format!("unsupported value {other} (use numbers, booleans and lists)")),
+        other => Err(format!(
+            "unsupported value {other} (use numbers, booleans and lists)"
+        )),
     }
 }

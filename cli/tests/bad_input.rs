@@ -6,14 +6,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(rel)
 }
 
 const SHAPES: &str = "1x4x6,1x6x4,1x2x2";
 
 /// Runs qie; returns (exit code, stderr). Asserts it did not panic.
 fn qie(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qie")).args(args).output().expect("run qie");
+    let out = Command::new(env!("CARGO_BIN_EXE_qie"))
+        .args(args)
+        .output()
+        .expect("run qie");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!stderr.contains("panicked"), "qie panicked: {stderr}");
     (out.status.code().unwrap_or(-1), stderr)
@@ -35,19 +40,35 @@ fn forward(weights: &Path, inputs: &Path, shapes: &str, out: &Path) -> (i32, Str
 }
 
 /// The multi_ref inputs with `edit` applied to the list of (name, shape, values).
-fn write_inputs(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> PathBuf {
+fn write_inputs(
+    dir: &Path,
+    edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>),
+) -> PathBuf {
     let store = WeightStore::open(fixture("dit/multi_ref/inputs.safetensors")).unwrap();
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = store
         .names()
         .into_iter()
-        .map(|n| (n.to_string(), store.info(n).unwrap().shape.clone(), store.load_f32(n).unwrap_or_else(|_| {
-            store.load_i64(n).unwrap().into_iter().map(|v| v as f32).collect()
-        })))
+        .map(|n| {
+            (
+                n.to_string(),
+                store.info(n).unwrap().shape.clone(),
+                store.load_f32(n).unwrap_or_else(|_| {
+                    store
+                        .load_i64(n)
+                        .unwrap()
+                        .into_iter()
+                        .map(|v| v as f32)
+                        .collect()
+                }),
+            )
+        })
         .collect();
     edit(&mut tensors);
     let path = dir.join("inputs.safetensors");
-    let refs: Vec<(String, Vec<usize>, &[f32])> =
-        tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice())).collect();
+    let refs: Vec<(String, Vec<usize>, &[f32])> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
+        .collect();
     save_safetensors(&path, &refs).unwrap();
     path
 }
@@ -64,7 +85,12 @@ fn copy_dir(from: &Path, to: &Path) {
 fn missing_input_tensor_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let inputs = write_inputs(dir.path(), |t| t.retain(|(n, _, _)| n != "timestep"));
-    let (code, err) = forward(&fixture("dit/multi_ref/transformer"), &inputs, SHAPES, &dir.path().join("o.safetensors"));
+    let (code, err) = forward(
+        &fixture("dit/multi_ref/transformer"),
+        &inputs,
+        SHAPES,
+        &dir.path().join("o.safetensors"),
+    );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("missing input tensor `timestep`"), "{err}");
 }
@@ -73,23 +99,47 @@ fn missing_input_tensor_is_named() {
 fn wrong_input_shape_is_named_with_the_expected_shape() {
     let dir = tempfile::tempdir().unwrap();
     let inputs = write_inputs(dir.path(), |t| {
-        let ehs = t.iter_mut().find(|(n, _, _)| n == "encoder_hidden_states").unwrap();
+        let ehs = t
+            .iter_mut()
+            .find(|(n, _, _)| n == "encoder_hidden_states")
+            .unwrap();
         ehs.1 = vec![1, 9, 12];
         ehs.2.truncate(9 * 12);
     });
-    let (code, err) = forward(&fixture("dit/multi_ref/transformer"), &inputs, SHAPES, &dir.path().join("o.safetensors"));
+    let (code, err) = forward(
+        &fixture("dit/multi_ref/transformer"),
+        &inputs,
+        SHAPES,
+        &dir.path().join("o.safetensors"),
+    );
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("`encoder_hidden_states` has shape [1, 9, 12], expected [1, S_txt, 24]"), "{err}");
+    assert!(
+        err.contains("`encoder_hidden_states` has shape [1, 9, 12], expected [1, S_txt, 24]"),
+        "{err}"
+    );
 }
 
 #[test]
 fn img_shapes_that_do_not_cover_the_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let inputs = fixture("dit/multi_ref/inputs.safetensors");
-    let (code, err) = forward(&fixture("dit/multi_ref/transformer"), &inputs, "1x4x6,1x6x4", &dir.path().join("o.safetensors"));
+    let (code, err) = forward(
+        &fixture("dit/multi_ref/transformer"),
+        &inputs,
+        "1x4x6,1x6x4",
+        &dir.path().join("o.safetensors"),
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("cover 48 tokens but `hidden_states` has 52"), "{err}");
-    let (code, err) = forward(&fixture("dit/multi_ref/transformer"), &inputs, "1x4", &dir.path().join("o.safetensors"));
+    assert!(
+        err.contains("cover 48 tokens but `hidden_states` has 52"),
+        "{err}"
+    );
+    let (code, err) = forward(
+        &fixture("dit/multi_ref/transformer"),
+        &inputs,
+        "1x4",
+        &dir.path().join("o.safetensors"),
+    );
     assert_eq!(code, 1);
     assert!(err.contains("--img-shapes: `1x4` is not FxHxW"), "{err}");
 }
@@ -102,9 +152,19 @@ fn truncated_checkpoint_names_file_and_tensor() {
     let file = weights.join("diffusion_pytorch_model.safetensors");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() - 100]).unwrap();
-    let (code, err) = forward(&weights, &fixture("dit/multi_ref/inputs.safetensors"), SHAPES, &dir.path().join("o.safetensors"));
+    let (code, err) = forward(
+        &weights,
+        &fixture("dit/multi_ref/inputs.safetensors"),
+        SHAPES,
+        &dir.path().join("o.safetensors"),
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("diffusion_pytorch_model.safetensors") && err.contains("truncated") && err.contains("tensor '"), "{err}");
+    assert!(
+        err.contains("diffusion_pytorch_model.safetensors")
+            && err.contains("truncated")
+            && err.contains("tensor '"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -112,7 +172,11 @@ fn missing_and_misshaped_weights_are_listed() {
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("transformer");
     std::fs::create_dir_all(&weights).unwrap();
-    std::fs::copy(fixture("dit/multi_ref/transformer/config.json"), weights.join("config.json")).unwrap();
+    std::fs::copy(
+        fixture("dit/multi_ref/transformer/config.json"),
+        weights.join("config.json"),
+    )
+    .unwrap();
     let store = WeightStore::open(fixture("dit/multi_ref/transformer")).unwrap();
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for name in store.names() {
@@ -127,13 +191,23 @@ fn missing_and_misshaped_weights_are_listed() {
         }
         tensors.push((name.to_string(), shape, values));
     }
-    let refs: Vec<(String, Vec<usize>, &[f32])> =
-        tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice())).collect();
+    let refs: Vec<(String, Vec<usize>, &[f32])> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
+        .collect();
     save_safetensors(weights.join("diffusion_pytorch_model.safetensors"), &refs).unwrap();
-    let (code, err) = forward(&weights, &fixture("dit/multi_ref/inputs.safetensors"), SHAPES, &dir.path().join("o.safetensors"));
+    let (code, err) = forward(
+        &weights,
+        &fixture("dit/multi_ref/inputs.safetensors"),
+        SHAPES,
+        &dir.path().join("o.safetensors"),
+    );
     assert_eq!(code, 1);
     assert!(err.contains("proj_out.bias"), "{err}");
-    assert!(err.contains("img_in.weight") && err.contains("[32, 16]") && err.contains("[32, 17]"), "{err}");
+    assert!(
+        err.contains("img_in.weight") && err.contains("[32, 16]") && err.contains("[32, 17]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -157,13 +231,17 @@ fn a_good_run_matches_the_reference() {
         "--weights",
         fixture("dit/multi_ref/transformer").to_str().unwrap(),
         "--inputs",
-        fixture("dit/multi_ref/inputs.safetensors").to_str().unwrap(),
+        fixture("dit/multi_ref/inputs.safetensors")
+            .to_str()
+            .unwrap(),
         "--img-shapes",
         SHAPES,
         "--out",
         out.to_str().unwrap(),
         "--compare",
-        fixture("dit/multi_ref/expected.safetensors").to_str().unwrap(),
+        fixture("dit/multi_ref/expected.safetensors")
+            .to_str()
+            .unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
     let sample = WeightStore::open(&out).unwrap();
@@ -174,7 +252,11 @@ fn a_good_run_matches_the_reference() {
 fn malformed_dsl_reports_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("bad.qie");
-    std::fs::write(&src, "module M() {\n    fn forward(x: f32[N]) {\n        output y = x +* 2;\n    }\n}\n").unwrap();
+    std::fs::write(
+        &src,
+        "module M() {\n    fn forward(x: f32[N]) {\n        output y = x +* 2;\n    }\n}\n",
+    )
+    .unwrap();
     let (code, err) = qie(&["compile", src.to_str().unwrap(), "--shapes", "x=4"]);
     assert_eq!(code, 1);
     assert!(err.contains("bad.qie:3:"), "{err}");
@@ -185,14 +267,22 @@ fn malformed_dsl_reports_file_line_and_column() {
 fn unknown_input_in_compile_shapes_lists_the_inputs() {
     let (code, err) = qie(&[
         "compile",
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/qie/qwen_image_dit.qie").to_str().unwrap(),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/qie/qwen_image_dit.qie")
+            .to_str()
+            .unwrap(),
         "--config",
-        fixture("dit/single/transformer/config.json").to_str().unwrap(),
+        fixture("dit/single/transformer/config.json")
+            .to_str()
+            .unwrap(),
         "--shapes",
         "latents=1x24x16",
     ]);
     assert_eq!(code, 1);
-    assert!(err.contains("no input `latents`") && err.contains("hidden_states"), "{err}");
+    assert!(
+        err.contains("no input `latents`") && err.contains("hidden_states"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -200,9 +290,14 @@ fn compile_prints_every_stage() {
     let out = Command::new(env!("CARGO_BIN_EXE_qie"))
         .args([
             "compile",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/qie/qwen_image_dit.qie").to_str().unwrap(),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../models/qie/qwen_image_dit.qie")
+                .to_str()
+                .unwrap(),
             "--config",
-            fixture("dit/single/transformer/config.json").to_str().unwrap(),
+            fixture("dit/single/transformer/config.json")
+                .to_str()
+                .unwrap(),
             "--shapes",
             "hidden_states=1x24x16,encoder_hidden_states=1x7x24,timestep=1",
             "--static",
@@ -214,8 +309,18 @@ fn compile_prints_every_stage() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for needle in ["== IR after lowering", "= matmul", "== fusion", "== memory plan", "compiled:"] {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "== IR after lowering",
+        "= matmul",
+        "== fusion",
+        "== memory plan",
+        "compiled:",
+    ] {
         assert!(stdout.contains(needle), "missing `{needle}` in output");
     }
 }

@@ -6,7 +6,11 @@ pub fn flops(graph: &Graph, node: &Node) -> f64 {
     match &node.op {
         Op::MatMul { transpose_a, .. } => {
             let a = graph.ty(node.args[0]);
-            let k = if *transpose_a { a.shape[a.rank() - 2] } else { a.shape[a.rank() - 1] };
+            let k = if *transpose_a {
+                a.shape[a.rank() - 2]
+            } else {
+                a.shape[a.rank() - 1]
+            };
             2.0 * node.ty.numel() as f64 * k as f64
         }
         Op::Attention { .. } => {

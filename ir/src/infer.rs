@@ -32,7 +32,11 @@ fn err<T>(op: &Op, msg: impl fmt::Display) -> Result<T, TypeError> {
     Err(TypeError::new(format!("{}: {msg}", op.mnemonic())))
 }
 
-fn expect_arity(op: &Op, args: &[&TensorType], n: std::ops::RangeInclusive<usize>) -> Result<(), TypeError> {
+fn expect_arity(
+    op: &Op,
+    args: &[&TensorType],
+    n: std::ops::RangeInclusive<usize>,
+) -> Result<(), TypeError> {
     if !n.contains(&args.len()) {
         let want = if n.start() == n.end() {
             format!("{}", n.start())
@@ -67,7 +71,10 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
         Op::Iota { shape, axis, dtype } => {
             expect_arity(op, args, 0..=0)?;
             if *axis >= shape.len() {
-                return err(op, format!("axis {axis} out of range for shape {}", ShapeDisplay(shape)));
+                return err(
+                    op,
+                    format!("axis {axis} out of range for shape {}", ShapeDisplay(shape)),
+                );
             }
             if *dtype == DType::Bool {
                 return err(op, "bool iota is not supported");
@@ -120,7 +127,14 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
                 return err(op, format!("branch types differ: {a} vs {b}"));
             }
             if c.shape != a.shape {
-                return err(op, format!("condition shape {} differs from {}", ShapeDisplay(&c.shape), a));
+                return err(
+                    op,
+                    format!(
+                        "condition shape {} differs from {}",
+                        ShapeDisplay(&c.shape),
+                        a
+                    ),
+                );
             }
             Ok(a.clone())
         }
@@ -146,7 +160,10 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
                 .filter(|i| !axes.contains(i))
                 .map(|i| t.shape[i])
                 .collect();
-            Ok(TensorType { dtype: t.dtype, shape })
+            Ok(TensorType {
+                dtype: t.dtype,
+                shape,
+            })
         }
         Op::Reshape { shape } => {
             expect_arity(op, args, 1..=1)?;
@@ -154,7 +171,12 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
             if n != args[0].numel() {
                 return err(
                     op,
-                    format!("cannot reshape {} ({} elements) to {}", args[0], args[0].numel(), ShapeDisplay(shape)),
+                    format!(
+                        "cannot reshape {} ({} elements) to {}",
+                        args[0],
+                        args[0].numel(),
+                        ShapeDisplay(shape)
+                    ),
                 );
             }
             Ok(TensorType {
@@ -166,12 +188,18 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
             expect_arity(op, args, 1..=1)?;
             let t = args[0];
             if t.rank() > shape.len() {
-                return err(op, format!("cannot broadcast {t} to lower rank {}", ShapeDisplay(shape)));
+                return err(
+                    op,
+                    format!("cannot broadcast {t} to lower rank {}", ShapeDisplay(shape)),
+                );
             }
             let off = shape.len() - t.rank();
             for (i, &d) in t.shape.iter().enumerate() {
                 if d != 1 && d != shape[off + i] {
-                    return err(op, format!("cannot broadcast {t} to {}", ShapeDisplay(shape)));
+                    return err(
+                        op,
+                        format!("cannot broadcast {t} to {}", ShapeDisplay(shape)),
+                    );
                 }
             }
             Ok(TensorType {
@@ -188,7 +216,10 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
             }
             for &p in perm {
                 if p >= t.rank() || seen[p] {
-                    return err(op, format!("{perm:?} is not a permutation of 0..{}", t.rank()));
+                    return err(
+                        op,
+                        format!("{perm:?} is not a permutation of 0..{}", t.rank()),
+                    );
                 }
                 seen[p] = true;
             }
@@ -201,11 +232,17 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
             expect_arity(op, args, 1..=1)?;
             let t = args[0];
             if *axis >= t.rank() || start > end || *end > t.shape[*axis] {
-                return err(op, format!("slice {start}..{end} on axis {axis} out of range for {t}"));
+                return err(
+                    op,
+                    format!("slice {start}..{end} on axis {axis} out of range for {t}"),
+                );
             }
             let mut shape = t.shape.clone();
             shape[*axis] = end - start;
-            Ok(TensorType { dtype: t.dtype, shape })
+            Ok(TensorType {
+                dtype: t.dtype,
+                shape,
+            })
         }
         Op::Concat { axis } => {
             if args.is_empty() {
@@ -220,13 +257,19 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
                 let same_rest = t.rank() == first.rank()
                     && (0..t.rank()).all(|i| i == *axis || t.shape[i] == first.shape[i]);
                 if t.dtype != first.dtype || !same_rest {
-                    return err(op, format!("operands {first} and {t} do not match outside axis {axis}"));
+                    return err(
+                        op,
+                        format!("operands {first} and {t} do not match outside axis {axis}"),
+                    );
                 }
                 total += t.shape[*axis];
             }
             let mut shape = first.shape.clone();
             shape[*axis] = total;
-            Ok(TensorType { dtype: first.dtype, shape })
+            Ok(TensorType {
+                dtype: first.dtype,
+                shape,
+            })
         }
         Op::Gather { axis } => {
             expect_arity(op, args, 2..=2)?;
@@ -240,9 +283,15 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
             let mut shape: Shape = table.shape[..*axis].iter().copied().collect();
             shape.extend(index.shape.iter().copied());
             shape.extend(table.shape[axis + 1..].iter().copied());
-            Ok(TensorType { dtype: table.dtype, shape })
+            Ok(TensorType {
+                dtype: table.dtype,
+                shape,
+            })
         }
-        Op::MatMul { transpose_a, transpose_b } => {
+        Op::MatMul {
+            transpose_a,
+            transpose_b,
+        } => {
             expect_arity(op, args, 2..=2)?;
             let (a, b) = (args[0], args[1]);
             if a.rank() < 2 || b.rank() < 2 {
@@ -252,8 +301,16 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
                 return err(op, format!("operands must share a float dtype: {a} x {b}"));
             }
             let (ra, rb) = (a.rank(), b.rank());
-            let (m, ka) = if *transpose_a { (a.shape[ra - 1], a.shape[ra - 2]) } else { (a.shape[ra - 2], a.shape[ra - 1]) };
-            let (kb, n) = if *transpose_b { (b.shape[rb - 1], b.shape[rb - 2]) } else { (b.shape[rb - 2], b.shape[rb - 1]) };
+            let (m, ka) = if *transpose_a {
+                (a.shape[ra - 1], a.shape[ra - 2])
+            } else {
+                (a.shape[ra - 2], a.shape[ra - 1])
+            };
+            let (kb, n) = if *transpose_b {
+                (b.shape[rb - 1], b.shape[rb - 2])
+            } else {
+                (b.shape[rb - 2], b.shape[rb - 1])
+            };
             if ka != kb {
                 return err(op, format!("inner dimensions differ: {a} x {b} (transpose_a={transpose_a}, transpose_b={transpose_b})"));
             }
@@ -263,7 +320,10 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
             let mut shape: Shape = a.shape[..ra - 2].iter().copied().collect();
             shape.push(m);
             shape.push(n);
-            Ok(TensorType { dtype: a.dtype, shape })
+            Ok(TensorType {
+                dtype: a.dtype,
+                shape,
+            })
         }
         Op::Attention { .. } => {
             expect_arity(op, args, 3..=4)?;
@@ -272,7 +332,10 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
                 return err(op, format!("q, k, v must be [B, S, H, D]: {q}, {k}, {v}"));
             }
             if q.dtype != k.dtype || q.dtype != v.dtype || !q.dtype.is_float() {
-                return err(op, format!("q, k, v must share a float dtype: {q}, {k}, {v}"));
+                return err(
+                    op,
+                    format!("q, k, v must share a float dtype: {q}, {k}, {v}"),
+                );
             }
             let (b, sq, h, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
             let sk = k.shape[1];
@@ -289,14 +352,23 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
             }
             Ok(TensorType::new(q.dtype, &[b, sq, h, v.shape[3]]))
         }
-        Op::Conv2d { stride, padding, dilation, groups } => {
+        Op::Conv2d {
+            stride,
+            padding,
+            dilation,
+            groups,
+        } => {
             expect_arity(op, args, 2..=2)?;
             let (x, w) = (args[0], args[1]);
             if x.rank() != 4 || w.rank() != 4 || x.dtype != w.dtype || !x.dtype.is_float() {
-                return err(op, format!("expects float x [N, C, H, W] and w [O, C/g, KH, KW]: {x}, {w}"));
+                return err(
+                    op,
+                    format!("expects float x [N, C, H, W] and w [O, C/g, KH, KW]: {x}, {w}"),
+                );
             }
             let g = *groups;
-            if g == 0 || x.shape[1] % g != 0 || w.shape[0] % g != 0 || w.shape[1] * g != x.shape[1] {
+            if g == 0 || x.shape[1] % g != 0 || w.shape[0] % g != 0 || w.shape[1] * g != x.shape[1]
+            {
                 return err(op, format!("channels do not match groups={g}: {x}, {w}"));
             }
             if stride.contains(&0) || dilation.contains(&0) {
@@ -311,7 +383,10 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
                 }
                 out[i] = (padded - span) / stride[i] + 1;
             }
-            Ok(TensorType::new(x.dtype, &[x.shape[0], w.shape[0], out[0], out[1]]))
+            Ok(TensorType::new(
+                x.dtype,
+                &[x.shape[0], w.shape[0], out[0], out[1]],
+            ))
         }
     }
 }

@@ -61,11 +61,20 @@ pub enum ReduceOp {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A runtime input of the graph, bound by name at each call.
-    Input { name: String, ty: TensorType },
+    Input {
+        name: String,
+        ty: TensorType,
+    },
     /// A weight, bound by checkpoint tensor name (e.g. `transformer_blocks.3.attn.to_q.weight`).
-    Param { name: String, ty: TensorType },
+    Param {
+        name: String,
+        ty: TensorType,
+    },
     /// A scalar constant (shape []); broadcast explicitly to use it with tensors.
-    Constant { value: f64, dtype: DType },
+    Constant {
+        value: f64,
+        dtype: DType,
+    },
     /// `out[i0, .., in] = i_axis` for the given shape.
     Iota {
         shape: Shape,
@@ -79,15 +88,26 @@ pub enum Op {
     Compare(CmpOp),
     /// `select(cond: bool, a, b)`, all three the same shape.
     Select,
-    Cast { to: DType },
+    Cast {
+        to: DType,
+    },
     /// Reduces over `axes` (sorted, unique), removing them from the shape.
-    Reduce { op: ReduceOp, axes: Shape },
+    Reduce {
+        op: ReduceOp,
+        axes: Shape,
+    },
     /// Same number of elements, row-major reinterpretation.
-    Reshape { shape: Shape },
+    Reshape {
+        shape: Shape,
+    },
     /// Numpy broadcasting: operand dims are right-aligned with `shape`; each is 1 or equal.
-    Broadcast { shape: Shape },
+    Broadcast {
+        shape: Shape,
+    },
     /// `out.shape[i] = in.shape[perm[i]]`.
-    Transpose { perm: Shape },
+    Transpose {
+        perm: Shape,
+    },
     /// `out = in[.., start..end, ..]` on one axis.
     Slice {
         axis: usize,
@@ -95,10 +115,14 @@ pub enum Op {
         end: usize,
     },
     /// Concatenation of all operands (same dtype, equal dims except `axis`).
-    Concat { axis: usize },
+    Concat {
+        axis: usize,
+    },
     /// `gather(table, index)`: picks entries of `table` along `axis` with integer `index`;
     /// out.shape = table.shape[..axis] ++ index.shape ++ table.shape[axis+1..].
-    Gather { axis: usize },
+    Gather {
+        axis: usize,
+    },
     /// Batched matmul: a [.., M, K] (or [.., K, M] if transpose_a), b [.., K, N] (or [.., N, K]).
     /// b is either rank 2 (shared by every batch) or has the same batch dims as a.
     MatMul {
@@ -108,7 +132,9 @@ pub enum Op {
     /// softmax(q k^T * scale + mask) v over layout [B, S, H, D] for q/k/v.
     /// Operands: q [B, Sq, H, D], k [B, Sk, H, D], v [B, Sk, H, Dv], optional key mask [B, Sk] bool
     /// (true = attend). Output [B, Sq, H, Dv].
-    Attention { scale: f64 },
+    Attention {
+        scale: f64,
+    },
     /// 2D convolution, NCHW: x [N, C, H, W], w [O, C/groups, KH, KW]. No bias (add it explicitly).
     Conv2d {
         stride: [usize; 2],

@@ -39,10 +39,20 @@ fn attributes(op: &Op) -> String {
         Op::Transpose { perm } => format!("perm={perm:?}"),
         Op::Slice { axis, start, end } => format!("axis={axis}, {start}..{end}"),
         Op::Concat { axis } | Op::Gather { axis } => format!("axis={axis}"),
-        Op::MatMul { transpose_a, transpose_b } => format!("ta={transpose_a}, tb={transpose_b}"),
+        Op::MatMul {
+            transpose_a,
+            transpose_b,
+        } => format!("ta={transpose_a}, tb={transpose_b}"),
         Op::Attention { scale } => format!("scale={scale}"),
-        Op::Conv2d { stride, padding, dilation, groups } => {
-            format!("stride={stride:?}, padding={padding:?}, dilation={dilation:?}, groups={groups}")
+        Op::Conv2d {
+            stride,
+            padding,
+            dilation,
+            groups,
+        } => {
+            format!(
+                "stride={stride:?}, padding={padding:?}, dilation={dilation:?}, groups={groups}"
+            )
         }
         _ => String::new(),
     }

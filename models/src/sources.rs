@@ -6,13 +6,22 @@ use std::path::Path;
 
 /// (file name, text) of every bundled `.qie` source.
 pub const BUNDLED: &[(&str, &str)] = &[
-    ("qwen_image_dit.qie", include_str!("../qie/qwen_image_dit.qie")),
-    ("qwen_image_layered.qie", include_str!("../qie/qwen_image_layered.qie")),
+    (
+        "qwen_image_dit.qie",
+        include_str!("../qie/qwen_image_dit.qie"),
+    ),
+    (
+        "qwen_image_layered.qie",
+        include_str!("../qie/qwen_image_layered.qie"),
+    ),
 ];
 
 pub fn bundled(name: &str) -> Option<&'static str> {
     let file = name.rsplit('/').next().unwrap_or(name);
-    BUNDLED.iter().find(|(n, _)| *n == file).map(|(_, text)| *text)
+    BUNDLED
+        .iter()
+        .find(|(n, _)| *n == file)
+        .map(|(_, text)| *text)
 }
 
 /// Compiles a bundled source by file name.

@@ -30,5 +30,6 @@ cpu_tests!(
     gather_concat,
     large_shapes,
     dit_block_small,
+    plan_reuse,
     errors_name_the_culprit,
 );

@@ -38,18 +38,25 @@ impl DitConfig {
                     .as_u64()
                     .filter(|&v| v > 0)
                     .map(|v| v as usize)
-                    .ok_or_else(|| ModelError::new(format!("config key `{key}` must be a positive integer, got {n}"))),
-                Some(serde_json::Value::Null) | None => {
-                    default.ok_or_else(|| ModelError::new(format!("config.json has no key `{key}`")))
-                }
-                Some(v) => Err(ModelError::new(format!("config key `{key}` must be a positive integer, got {v}"))),
+                    .ok_or_else(|| {
+                        ModelError::new(format!(
+                            "config key `{key}` must be a positive integer, got {n}"
+                        ))
+                    }),
+                Some(serde_json::Value::Null) | None => default
+                    .ok_or_else(|| ModelError::new(format!("config.json has no key `{key}`"))),
+                Some(v) => Err(ModelError::new(format!(
+                    "config key `{key}` must be a positive integer, got {v}"
+                ))),
             }
         };
         let get_bool = |key: &str| -> Result<bool, ModelError> {
             match raw.get(key) {
                 None | Some(serde_json::Value::Null) => Ok(false),
                 Some(serde_json::Value::Bool(b)) => Ok(*b),
-                Some(v) => Err(ModelError::new(format!("config key `{key}` must be true or false, got {v}"))),
+                Some(v) => Err(ModelError::new(format!(
+                    "config key `{key}` must be true or false, got {v}"
+                ))),
             }
         };
         let in_channels = get_usize("in_channels", Some(64))?;
@@ -59,7 +66,11 @@ impl DitConfig {
                 .as_array()
                 .filter(|a| a.len() == 3)
                 .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect())
-                .ok_or_else(|| ModelError::new(format!("config key `axes_dims_rope` must be 3 integers, got {v}")))?,
+                .ok_or_else(|| {
+                    ModelError::new(format!(
+                        "config key `axes_dims_rope` must be 3 integers, got {v}"
+                    ))
+                })?,
         };
         let use_layer3d_rope = get_bool("use_layer3d_rope")?;
         let guidance_embeds = get_bool("guidance_embeds")?;
@@ -79,7 +90,8 @@ impl DitConfig {
         };
         if guidance_embeds {
             return Err(ModelError::new(
-                "guidance_embeds=true is not supported (no released Qwen-Image checkpoint uses it)".to_string(),
+                "guidance_embeds=true is not supported (no released Qwen-Image checkpoint uses it)"
+                    .to_string(),
             ));
         }
         let rope: usize = cfg.axes_dims_rope.iter().sum();
@@ -97,7 +109,9 @@ impl DitConfig {
     pub fn for_dsl(&self) -> serde_json::Value {
         let mut v = self.raw.clone();
         if let Some(obj) = v.as_object_mut() {
-            let fill = |obj: &mut serde_json::Map<String, serde_json::Value>, k: &str, val: serde_json::Value| {
+            let fill = |obj: &mut serde_json::Map<String, serde_json::Value>,
+                        k: &str,
+                        val: serde_json::Value| {
                 if obj.get(k).is_none_or(|x| x.is_null()) {
                     obj.insert(k.to_string(), val);
                 }
@@ -109,9 +123,17 @@ impl DitConfig {
             fill(obj, "out_channels", self.out_channels.into());
             fill(obj, "joint_attention_dim", self.joint_attention_dim.into());
             fill(obj, "patch_size", self.patch_size.into());
-            fill(obj, "axes_dims_rope", serde_json::json!(self.axes_dims_rope));
+            fill(
+                obj,
+                "axes_dims_rope",
+                serde_json::json!(self.axes_dims_rope),
+            );
             fill(obj, "zero_cond_t", self.zero_cond_t.into());
-            fill(obj, "use_additional_t_cond", self.use_additional_t_cond.into());
+            fill(
+                obj,
+                "use_additional_t_cond",
+                self.use_additional_t_cond.into(),
+            );
         }
         v
     }

@@ -97,7 +97,9 @@ impl QwenImageDit {
             .map_err(|e| ModelError::new(e.to_string()))?;
         let mut weights = DitWeights::default();
         for (name, _) in &expected {
-            let mut values = store.load_f32(name).map_err(|e| ModelError::new(e.to_string()))?;
+            let mut values = store
+                .load_f32(name)
+                .map_err(|e| ModelError::new(e.to_string()))?;
             if options.precision == WeightPrecision::Bf16 {
                 round_to_bf16(&mut values);
             }
@@ -107,7 +109,11 @@ impl QwenImageDit {
     }
 
     /// Builds a DiT from weights already in memory (benchmarks, random-weight runs).
-    pub fn from_weights(config: DitConfig, weights: DitWeights, options: &DitOptions) -> Result<QwenImageDit, ModelError> {
+    pub fn from_weights(
+        config: DitConfig,
+        weights: DitWeights,
+        options: &DitOptions,
+    ) -> Result<QwenImageDit, ModelError> {
         let program = load_program(&config, options.source.as_deref())?;
         let expected = param_shapes(&program, &config)?;
         for (name, shape) in &expected {
@@ -126,13 +132,21 @@ impl QwenImageDit {
         Ok(QwenImageDit::from_parts(config, program, weights, options))
     }
 
-    fn from_parts(config: DitConfig, program: Program, weights: DitWeights, options: &DitOptions) -> QwenImageDit {
+    fn from_parts(
+        config: DitConfig,
+        program: Program,
+        weights: DitWeights,
+        options: &DitOptions,
+    ) -> QwenImageDit {
         QwenImageDit {
             config,
             program,
             weights,
             compile: options.compile.clone(),
-            backend: options.backend.clone().unwrap_or_else(|| Arc::new(CpuBackend)),
+            backend: options
+                .backend
+                .clone()
+                .unwrap_or_else(|| Arc::new(CpuBackend)),
             plans: Mutex::new(HashMap::new()),
         }
     }
@@ -150,7 +164,12 @@ impl QwenImageDit {
     /// Lowers the model for these inputs (the IR before optimisation), e.g. for dumps and FLOP counts.
     pub fn lower(&self, inputs: &DitInputs) -> Result<Graph, ModelError> {
         inputs.validate(&self.config)?;
-        lower_for(&self.program, &self.config, &inputs.key_types(), &inputs.img_shapes)
+        lower_for(
+            &self.program,
+            &self.config,
+            &inputs.key_types(),
+            &inputs.img_shapes,
+        )
     }
 
     /// Runs the transformer; returns `sample` [B, S_img, patch² · out_channels].
@@ -177,19 +196,32 @@ impl QwenImageDit {
         if let Some(exe) = self.plans.lock().expect("plan cache poisoned").get(&key) {
             return Ok(exe.clone());
         }
-        let graph = lower_for(&self.program, &self.config, &inputs.key_types(), &inputs.img_shapes)?;
-        let exe: Arc<dyn Executable> = Arc::from(
-            self.backend
-                .compile(&graph, &self.compile)
-                .map_err(|e| ModelError::new(format!("compiling the DiT for {}: {e}", self.backend.name())))?,
-        );
-        self.plans.lock().expect("plan cache poisoned").insert(key, exe.clone());
+        let graph = lower_for(
+            &self.program,
+            &self.config,
+            &inputs.key_types(),
+            &inputs.img_shapes,
+        )?;
+        let exe: Arc<dyn Executable> =
+            Arc::from(self.backend.compile(&graph, &self.compile).map_err(|e| {
+                ModelError::new(format!(
+                    "compiling the DiT for {}: {e}",
+                    self.backend.name()
+                ))
+            })?);
+        self.plans
+            .lock()
+            .expect("plan cache poisoned")
+            .insert(key, exe.clone());
         Ok(exe)
     }
 }
 
 /// Checkpoint names and shapes the model source expects for this config (without a checkpoint).
-pub fn expected_weights_for(config: &DitConfig, source: Option<&Path>) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
+pub fn expected_weights_for(
+    config: &DitConfig,
+    source: Option<&Path>,
+) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
     param_shapes(&load_program(config, source)?, config)
 }
 
@@ -224,15 +256,30 @@ fn img_shapes_value(shapes: &[ImgShape]) -> StaticValue {
 
 /// Weight names and shapes, from lowering the model once at a tiny probe shape (the weights do
 /// not depend on the input shapes).
-fn param_shapes(program: &Program, config: &DitConfig) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
+fn param_shapes(
+    program: &Program,
+    config: &DitConfig,
+) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
     let img_shapes: Vec<ImgShape> = vec![[1, 2, 2]];
     let mut inputs = vec![
-        ("hidden_states".to_string(), TensorType::new(DType::F32, &[1, token_count(&img_shapes), config.in_channels])),
-        ("encoder_hidden_states".to_string(), TensorType::new(DType::F32, &[1, 1, config.joint_attention_dim])),
+        (
+            "hidden_states".to_string(),
+            TensorType::new(
+                DType::F32,
+                &[1, token_count(&img_shapes), config.in_channels],
+            ),
+        ),
+        (
+            "encoder_hidden_states".to_string(),
+            TensorType::new(DType::F32, &[1, 1, config.joint_attention_dim]),
+        ),
         ("timestep".to_string(), TensorType::new(DType::F32, &[1])),
     ];
     if config.use_additional_t_cond {
-        inputs.push(("additional_t_cond".to_string(), TensorType::new(DType::I64, &[1])));
+        inputs.push((
+            "additional_t_cond".to_string(),
+            TensorType::new(DType::I64, &[1]),
+        ));
     }
     let graph = lower_for(program, config, &inputs, &img_shapes)?;
     Ok(graph

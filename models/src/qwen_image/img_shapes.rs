@@ -40,7 +40,10 @@ mod tests {
 
     #[test]
     fn parses_several_images() {
-        assert_eq!(parse_img_shapes("1x4x6, 1x6x4").unwrap(), vec![[1, 4, 6], [1, 6, 4]]);
+        assert_eq!(
+            parse_img_shapes("1x4x6, 1x6x4").unwrap(),
+            vec![[1, 4, 6], [1, 6, 4]]
+        );
         assert_eq!(token_count(&[[1, 4, 6], [1, 6, 4]]), 48);
     }
 

@@ -38,7 +38,11 @@ impl DitInputs {
     pub fn load(path: &Path, img_shapes: Vec<ImgShape>) -> Result<DitInputs, ModelError> {
         let at = |e: String| ModelError::new(format!("{}: {e}", path.display()));
         let store = WeightStore::open(path).map_err(|e| ModelError::new(e.to_string()))?;
-        let unknown: Vec<&str> = store.names().into_iter().filter(|n| !INPUT_NAMES.contains(n)).collect();
+        let unknown: Vec<&str> = store
+            .names()
+            .into_iter()
+            .filter(|n| !INPUT_NAMES.contains(n))
+            .collect();
         if !unknown.is_empty() {
             return Err(at(format!(
                 "unknown input tensor(s) {} (expected names: {})",
@@ -47,33 +51,61 @@ impl DitInputs {
             )));
         }
         let float = |name: &str| -> Result<Option<Tensor>, ModelError> {
-            let Some(info) = store.info(name) else { return Ok(None) };
-            let values = store.load_f32(name).map_err(|e| at(format!("input `{name}`: {e}")))?;
-            Tensor::from_f32(&info.shape, values).map(Some).map_err(|e| at(format!("input `{name}`: {e}")))
+            let Some(info) = store.info(name) else {
+                return Ok(None);
+            };
+            let values = store
+                .load_f32(name)
+                .map_err(|e| at(format!("input `{name}`: {e}")))?;
+            Tensor::from_f32(&info.shape, values)
+                .map(Some)
+                .map_err(|e| at(format!("input `{name}`: {e}")))
         };
         let required = |name: &str, t: Option<Tensor>| {
             t.ok_or_else(|| at(format!("missing input tensor `{name}`")))
         };
         let hidden_states = required("hidden_states", float("hidden_states")?)?;
-        let encoder_hidden_states = required("encoder_hidden_states", float("encoder_hidden_states")?)?;
+        let encoder_hidden_states =
+            required("encoder_hidden_states", float("encoder_hidden_states")?)?;
         let timestep = required("timestep", float("timestep")?)?;
         let encoder_hidden_states_mask = match store.info("encoder_hidden_states_mask") {
             None => None,
             Some(info) => {
                 let name = "encoder_hidden_states_mask";
-                let valid: Vec<bool> = if matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) {
-                    store.load_f32(name).map_err(|e| at(e.to_string()))?.iter().map(|&v| v != 0.0).collect()
+                let valid: Vec<bool> = if matches!(
+                    info.dtype,
+                    Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64
+                ) {
+                    store
+                        .load_f32(name)
+                        .map_err(|e| at(e.to_string()))?
+                        .iter()
+                        .map(|&v| v != 0.0)
+                        .collect()
                 } else {
-                    store.load_i64(name).map_err(|e| at(e.to_string()))?.iter().map(|&v| v != 0).collect()
+                    store
+                        .load_i64(name)
+                        .map_err(|e| at(e.to_string()))?
+                        .iter()
+                        .map(|&v| v != 0)
+                        .collect()
                 };
-                Some(Tensor::from_bool(&info.shape, valid).map_err(|e| at(format!("input `{name}`: {e}")))?)
+                Some(
+                    Tensor::from_bool(&info.shape, valid)
+                        .map_err(|e| at(format!("input `{name}`: {e}")))?,
+                )
             }
         };
         let additional_t_cond = match store.info("additional_t_cond") {
             None => None,
             Some(info) => {
-                let ids = store.load_i64("additional_t_cond").map_err(|e| at(e.to_string()))?;
-                Some(Tensor::from_i64(&info.shape, ids).map_err(|e| at(format!("input `additional_t_cond`: {e}")))?)
+                let ids = store
+                    .load_i64("additional_t_cond")
+                    .map_err(|e| at(e.to_string()))?;
+                Some(
+                    Tensor::from_i64(&info.shape, ids)
+                        .map_err(|e| at(format!("input `additional_t_cond`: {e}")))?,
+                )
             }
         };
         Ok(DitInputs {
@@ -95,7 +127,11 @@ impl DitInputs {
     }
 
     pub fn txt_tokens(&self) -> usize {
-        self.encoder_hidden_states.shape().get(1).copied().unwrap_or(0)
+        self.encoder_hidden_states
+            .shape()
+            .get(1)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Checks every input against the config and each other; the message names the input.
@@ -116,7 +152,9 @@ impl DitInputs {
             )));
         }
         if ehs[1] == 0 {
-            return Err(ModelError::new("input `encoder_hidden_states` has no tokens (S_txt = 0)"));
+            return Err(ModelError::new(
+                "input `encoder_hidden_states` has no tokens (S_txt = 0)",
+            ));
         }
         if let Some(mask) = &self.encoder_hidden_states_mask {
             if mask.shape() != [b, ehs[1]] {
@@ -169,14 +207,23 @@ impl DitInputs {
     pub fn key_types(&self) -> Vec<(String, TensorType)> {
         let mut v = vec![
             ("hidden_states".to_string(), self.hidden_states.ty().clone()),
-            ("encoder_hidden_states".to_string(), self.encoder_hidden_states.ty().clone()),
+            (
+                "encoder_hidden_states".to_string(),
+                self.encoder_hidden_states.ty().clone(),
+            ),
             ("timestep".to_string(), self.timestep.ty().clone()),
         ];
         if let Some(m) = &self.encoder_hidden_states_mask {
-            v.push(("encoder_hidden_states_mask".to_string(), m.ty().with_dtype(DType::Bool)));
+            v.push((
+                "encoder_hidden_states_mask".to_string(),
+                m.ty().with_dtype(DType::Bool),
+            ));
         }
         if let Some(t) = &self.additional_t_cond {
-            v.push(("additional_t_cond".to_string(), t.ty().with_dtype(DType::I64)));
+            v.push((
+                "additional_t_cond".to_string(),
+                t.ty().with_dtype(DType::I64),
+            ));
         }
         v
     }
@@ -184,7 +231,10 @@ impl DitInputs {
     pub fn bindings(&self) -> HashMap<String, Tensor> {
         let mut m = HashMap::new();
         m.insert("hidden_states".to_string(), self.hidden_states.clone());
-        m.insert("encoder_hidden_states".to_string(), self.encoder_hidden_states.clone());
+        m.insert(
+            "encoder_hidden_states".to_string(),
+            self.encoder_hidden_states.clone(),
+        );
         m.insert("timestep".to_string(), self.timestep.clone());
         if let Some(t) = &self.encoder_hidden_states_mask {
             m.insert("encoder_hidden_states_mask".to_string(), t.clone());

@@ -1031,6 +1031,37 @@ pub fn dit_block_small(b: &dyn Backend) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Plan reuse
+
+/// One compiled plan run on several input sets (as the denoising loop does), on a dedicated
+/// one-thread pool, each result checked against the reference.
+pub fn plan_reuse(b: &dyn Backend) {
+    let g = dit_block(24, 8, 32, 2, 64);
+    let opts = CompileOptions {
+        threads: Some(1),
+        poison: true,
+        ..Default::default()
+    };
+    let exe = b.compile(&g, &opts).expect("compile");
+    assert!(exe.stats().arena_bytes > 0);
+    for seed in 0..3 {
+        let values: HashMap<String, eval::Tensor> = random_values(&g, 1500 + seed, 8)
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.data.iter_mut().for_each(|x| *x = *x as f32 as f64);
+                (k, v)
+            })
+            .collect();
+        let reference = eval::eval(&g, &values, &|n: &str| values.get(n).cloned()).expect("reference");
+        let (inputs, params) = bind(&g, &values);
+        let out = exe.run(&inputs, &params).expect("run");
+        for (name, want) in &reference {
+            compare(name, &out[name], want, REL_L2).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Errors
 
 pub fn errors_name_the_culprit(b: &dyn Backend) {
