@@ -14,7 +14,11 @@ fn repo() -> PathBuf {
 }
 
 fn example(name: &str) -> String {
-    repo().join("docs/examples").join(name).to_string_lossy().into_owned()
+    repo()
+        .join("docs/examples")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Resolves like `qie compile` / `qie forward --model-file`: a file on disk, else a bundled model
@@ -115,7 +119,10 @@ fn tiny_transformer_lowers() {
     assert_eq!(find("blocks.1.ff.net.2.weight"), Some(vec![64, 256]));
     assert_eq!(find("blocks.0.norm2.weight"), Some(vec![64]));
     assert_eq!(find("norm_out.weight"), Some(vec![64]));
-    assert!(find("blocks.0.norm1.weight").is_none(), "elementwise_affine = false");
+    assert!(
+        find("blocks.0.norm1.weight").is_none(),
+        "elementwise_affine = false"
+    );
     assert_eq!(p.len(), 2 + 2 * 10 + 1 + 2);
 
     // The static argument removes a block at compile time; without the optional mask and with
@@ -123,7 +130,11 @@ fn tiny_transformer_lowers() {
     let mut cfg = tiny_config();
     cfg["final_norm"] = json!(false);
     let g = prog
-        .lower(&cfg, &inputs[..1], &[("skip_layers".to_string(), ints(&[1]))])
+        .lower(
+            &cfg,
+            &inputs[..1],
+            &[("skip_layers".to_string(), ints(&[1]))],
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     qie_ir::verify(&g).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(count(&g, |op| matches!(op, Op::Attention { .. })), 1);
@@ -149,7 +160,10 @@ fn lower_dit(prog: &Program) -> Graph {
         ("hidden_states".to_string(), f32t(&[1, 52, 16])),
         ("encoder_hidden_states".to_string(), f32t(&[1, 9, 24])),
         ("timestep".to_string(), f32t(&[1])),
-        ("encoder_hidden_states_mask".to_string(), TensorType::new(DType::Bool, &[1, 9])),
+        (
+            "encoder_hidden_states_mask".to_string(),
+            TensorType::new(DType::Bool, &[1, 9]),
+        ),
     ];
     let statics = vec![("img_shapes".to_string(), img_shapes(&SHAPES))];
     let g = prog
@@ -161,7 +175,11 @@ fn lower_dit(prog: &Program) -> Graph {
 
 #[test]
 fn ref_rope_shift_lowers_against_the_dit() {
-    let base = lower_dit(&load(&repo().join("models/qie/qwen_image_dit.qie").to_string_lossy()));
+    let base = lower_dit(&load(
+        &repo()
+            .join("models/qie/qwen_image_dit.qie")
+            .to_string_lossy(),
+    ));
     let variant_prog = load(&example("ref_rope_shift.qie"));
     assert_eq!(variant_prog.entry(), "QwenImageTransformer2DModel");
     let variant = lower_dit(&variant_prog);
@@ -171,7 +189,10 @@ fn ref_rope_shift_lowers_against_the_dit() {
         variant.ty(variant.output("sample").unwrap()),
         &f32t(&[1, 52, 16])
     );
-    assert_ne!(qie_ir::print::print_graph(&base), qie_ir::print::print_graph(&variant));
+    assert_ne!(
+        qie_ir::print::print_graph(&base),
+        qie_ir::print::print_graph(&variant)
+    );
 }
 
 /// Evaluates the (constant) image and text positions a model source computes for SHAPES.
@@ -188,20 +209,30 @@ fn positions(source: &str) -> (Tensor, Tensor) {
     let g = prog
         .lower(&dit_config(), &[], &statics)
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut out = qie_ir::eval::eval(&g, &HashMap::new(), &|_: &str| None)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut out =
+        qie_ir::eval::eval(&g, &HashMap::new(), &|_: &str| None).unwrap_or_else(|e| panic!("{e}"));
     (out.remove("img").unwrap(), out.remove("txt").unwrap())
 }
 
 /// (frames, min row, max row, min col, max col) of the tokens of image `i` in SHAPES.
 fn extent(pos: &Tensor, i: usize) -> (Vec<i64>, i64, i64, i64, i64) {
-    let start: usize = SHAPES[..i].iter().map(|s| (s[0] * s[1] * s[2]) as usize).sum();
+    let start: usize = SHAPES[..i]
+        .iter()
+        .map(|s| (s[0] * s[1] * s[2]) as usize)
+        .sum();
     let n = (SHAPES[i][0] * SHAPES[i][1] * SHAPES[i][2]) as usize;
-    let col = |a: usize| -> Vec<i64> { (start..start + n).map(|t| pos.get(&[t, a]) as i64).collect() };
+    let col = |a: usize| -> Vec<i64> {
+        (start..start + n)
+            .map(|t| pos.get(&[t, a]) as i64)
+            .collect()
+    };
     let mut frames = col(0);
     frames.dedup();
     let (rows, cols) = (col(1), col(2));
-    let (min, max) = (|v: &Vec<i64>| *v.iter().min().unwrap(), |v: &Vec<i64>| *v.iter().max().unwrap());
+    let (min, max) = (
+        |v: &Vec<i64>| *v.iter().min().unwrap(),
+        |v: &Vec<i64>| *v.iter().max().unwrap(),
+    );
     (frames, min(&rows), max(&rows), min(&cols), max(&cols))
 }
 
@@ -221,12 +252,20 @@ fn ref_rope_shift_places_references_side_by_side() {
     assert_eq!(extent(&img, 1), (vec![0], -3, 2, 3, 6));
     assert_eq!(extent(&img, 2), (vec![0], -1, 0, 7, 8));
     // Text starts after the last column, on all three axes.
-    assert_eq!((txt.get(&[0, 0]), txt.get(&[0, 2]), txt.get(&[1, 1])), (9.0, 9.0, 10.0));
+    assert_eq!(
+        (txt.get(&[0, 0]), txt.get(&[0, 2]), txt.get(&[1, 1])),
+        (9.0, 9.0, 10.0)
+    );
 }
 
 // ---- section 5: the error messages shown in the document are the real ones ----------------------
 
-fn error_text(root: &str, text: &str, config: &serde_json::Value, inputs: &[(String, TensorType)]) -> String {
+fn error_text(
+    root: &str,
+    text: &str,
+    config: &serde_json::Value,
+    inputs: &[(String, TensorType)],
+) -> String {
     let read = |name: &str| (name == root).then(|| text.to_string());
     let e = Program::from_sources(root, &read)
         .and_then(|p| p.lower(config, inputs, &[]))
@@ -251,7 +290,12 @@ fn docs_show_real_error_messages() {
     typo.as_object_mut().unwrap().remove("num_heads");
 
     let errors = [
-        error_text("comment.qie", comment, &json!({}), &[("x".to_string(), f32t(&[2, 8]))]),
+        error_text(
+            "comment.qie",
+            comment,
+            &json!({}),
+            &[("x".to_string(), f32t(&[2, 8]))],
+        ),
         error_text("tiny_bad.qie", &bad_proj, &tiny_config(), &x),
         error_text("docs/examples/tiny_transformer.qie", &tiny, &typo, &x),
     ];
