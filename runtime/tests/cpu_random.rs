@@ -33,3 +33,23 @@ fn fixed_seeds() {
         run_case(seed, &RandomGraphOptions::default());
     }
 }
+
+/// Many more and larger graphs; not part of the normal run
+/// (`cargo test -p qie-runtime --test cpu_random -- --ignored`).
+#[test]
+#[ignore]
+fn stress_random_graphs() {
+    let opts = RandomGraphOptions {
+        num_ops: 96,
+        max_rank: 4,
+        max_dim: 8,
+        num_outputs: 4,
+        ..RandomGraphOptions::default()
+    };
+    for seed in 1000..1600 {
+        let result = std::panic::catch_unwind(|| run_case(seed, &opts));
+        if result.is_err() {
+            panic!("seed {seed} failed");
+        }
+    }
+}

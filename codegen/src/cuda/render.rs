@@ -270,11 +270,7 @@ impl<'a> Renderer<'a> {
                     Instr::Load { map, .. } | Instr::Iota { map, .. } => check(map, 0, false),
                     Instr::LoadGather {
                         map, stride, dim, ..
-                    } => check(
-                        map,
-                        (*dim as i64 - 1).max(0) * stride.abs(),
-                        *stride < 0,
-                    ),
+                    } => check(map, (*dim as i64 - 1).max(0) * stride.abs(), *stride < 0),
                     _ => {}
                 }
             }
@@ -517,7 +513,11 @@ impl<'a> Renderer<'a> {
             "    const {it} row = ({it})blockIdx.x * {rpb} + threadIdx.x / {tpr};"
         );
         let _ = writeln!(out, "    const unsigned lane = threadIdx.x % {tpr};");
-        let _ = writeln!(out, "    const bool active = row < {};", self.it.lit(rows as i64));
+        let _ = writeln!(
+            out,
+            "    const bool active = row < {};",
+            self.it.lit(rows as i64)
+        );
         self.unravel(&mut out, "    ", "row", kept, 0);
         for r in &p.reduces {
             let _ = writeln!(
@@ -593,7 +593,10 @@ impl<'a> Renderer<'a> {
                     "    __shared__ {} s_{acc}[{warps}];",
                     reg_type(r.dtype)
                 );
-                let _ = writeln!(out, "    if ((lane & 31u) == 0) s_{acc}[lane >> 5] = {acc};");
+                let _ = writeln!(
+                    out,
+                    "    if ((lane & 31u) == 0) s_{acc}[lane >> 5] = {acc};"
+                );
             }
             out.push_str("    __syncthreads();\n");
             out.push_str("    if (lane < 32) {\n");
@@ -643,7 +646,13 @@ mod tests {
         assert!(k.source.contains("const bf16_t* in0"), "{}", k.source);
         assert!(k.source.contains("to_bf16(r1)"), "{}", k.source);
         assert!(k.source.contains("expf(r0)"), "{}", k.source);
-        assert_eq!(k.launch, KernelLaunch { grid: 1, block: 256 });
+        assert_eq!(
+            k.launch,
+            KernelLaunch {
+                grid: 1,
+                block: 256
+            }
+        );
         // Deterministic and content-addressed.
         assert_eq!(kernels(&g)[0], ks[0]);
         assert!(k.source.contains(&k.name));
@@ -666,7 +675,13 @@ mod tests {
         let k = &kernels(&g)[0];
         assert!(k.source.contains("__shfl_xor_sync"), "{}", k.source);
         assert!(k.source.contains("qmaxf"), "{}", k.source);
-        assert_eq!(k.launch, KernelLaunch { grid: 1, block: 256 });
+        assert_eq!(
+            k.launch,
+            KernelLaunch {
+                grid: 1,
+                block: 256
+            }
+        );
     }
 
     #[test]

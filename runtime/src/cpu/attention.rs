@@ -9,9 +9,9 @@ use qie_codegen::View;
 use rayon::prelude::*;
 
 /// Query rows per task.
-const BQ: usize = 64;
+const BQ: usize = 128;
 /// Keys per block.
-const BK: usize = 512;
+const BK: usize = 256;
 
 pub struct AttentionArgs<'a> {
     pub q: (RawBuf, &'a View),

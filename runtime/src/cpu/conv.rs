@@ -39,7 +39,7 @@ pub unsafe fn conv2d(a: &ConvArgs) {
     let (xb, xv) = a.x;
     let (wb, wv) = a.w;
     let [n, o, oh, ow] = a.out_shape;
-    let (c, hh, ww) = (xv.shape[1], xv.shape[2], xv.shape[3]);
+    let (hh, ww) = (xv.shape[2], xv.shape[3]);
     let (cg, kh, kw) = (wv.shape[1], wv.shape[2], wv.shape[3]);
     let g = a.groups;
     let og = o / g;
@@ -48,7 +48,6 @@ pub unsafe fn conv2d(a: &ConvArgs) {
     if n * o * p_total == 0 {
         return;
     }
-    let _ = c;
     // Weight rows as a strided matrix [O, Cg*KH*KW]; copy to dense if the axes do not merge.
     let dense_w: Vec<f32>;
     let (w_ptr, w_off, w_rs, w_cs) = match weight_row_stride(wv) {

@@ -1052,7 +1052,8 @@ pub fn plan_reuse(b: &dyn Backend) {
                 (k, v)
             })
             .collect();
-        let reference = eval::eval(&g, &values, &|n: &str| values.get(n).cloned()).expect("reference");
+        let reference =
+            eval::eval(&g, &values, &|n: &str| values.get(n).cloned()).expect("reference");
         let (inputs, params) = bind(&g, &values);
         let out = exe.run(&inputs, &params).expect("run");
         for (name, want) in &reference {
