@@ -6,8 +6,11 @@ use qie_ir::dsl::Program;
 use qie_models::qwen_image::{
     format_img_shapes, parse_img_shapes, DitInputs, DitOptions, QwenImageDit, WeightPrecision,
 };
+use qie_runtime::cuda::{CudaBackend, DeviceSpec, StorageMode};
 use qie_runtime::weights::{save_safetensors, WeightStore};
+use qie_runtime::Backend;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Subcommand)]
@@ -37,10 +40,12 @@ pub struct DitArgs {
     /// Where to write `sample` (safetensors, f32).
     #[arg(long)]
     pub out: PathBuf,
-    /// Compute device. Only `cpu` exists in this build; `QIE_DEVICE` sets the default.
+    /// Compute device: cpu, cuda or cuda:N; `QIE_DEVICE` sets the default.
     #[arg(long, env = "QIE_DEVICE", default_value = "cpu")]
     pub device: String,
-    /// Weight precision: f32, or bf16 (weights rounded to bf16; the CPU still computes in f32).
+    /// Precision. CPU: weights rounded to bf16 or not, f32 compute either way. CUDA: storage
+    /// dtype of weights and activations (bf16: cuBLASLt and flash attention; f32: generic
+    /// kernels, for exact checks), f32 compute either way.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DTypeArg,
     /// A .qie source to use instead of the bundled one (architecture variants).
@@ -62,7 +67,7 @@ pub fn run(cmd: ForwardCommand) -> Result<(), String> {
 }
 
 fn run_dit(args: DitArgs) -> Result<(), String> {
-    check_device(&args.device)?;
+    let backend = make_backend(&args.device, args.dtype)?;
     let img_shapes = parse_img_shapes(&args.img_shapes).map_err(|e| e.to_string())?;
     let precision = match args.dtype {
         DTypeArg::F32 => WeightPrecision::F32,
@@ -71,6 +76,7 @@ fn run_dit(args: DitArgs) -> Result<(), String> {
     let options = DitOptions {
         precision,
         source: args.model_file.clone(),
+        backend,
         ..DitOptions::default()
     };
     let start = Instant::now();
@@ -87,7 +93,8 @@ fn run_dit(args: DitArgs) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     eprintln!(
-        "dit: {} layers, img_shapes {}, batch {}: load {:.2} s, forward {:.3} s; wrote sample {:?} to {}",
+        "dit on {}: {} layers, img_shapes {}, batch {}: load {:.2} s, forward {:.3} s; wrote sample {:?} to {}",
+        dit.backend_name(),
         dit.config.num_layers,
         format_img_shapes(&inputs.img_shapes),
         inputs.batch(),
@@ -153,13 +160,25 @@ fn compare(
     Ok(())
 }
 
-pub fn check_device(device: &str) -> Result<(), String> {
-    match device {
-        "cpu" => Ok(()),
-        d if d == "cuda" || d.starts_with("cuda:") => Err(format!(
-            "--device {d}: the CUDA backend is not wired into `qie forward` yet (issue #3); use --device cpu"
-        )),
-        d => Err(format!("--device {d}: unknown device (expected cpu or cuda[:N])")),
+/// Checks a `--device` value (cpu, cuda, cuda:N).
+pub fn check_device(device: &str) -> Result<DeviceSpec, String> {
+    DeviceSpec::parse(device).map_err(|e| format!("--device: {e}"))
+}
+
+/// The backend `--device` names: None for the CPU (the driver's default), a CUDA backend with
+/// the storage dtype of `--dtype` otherwise, or why CUDA cannot be used here.
+fn make_backend(device: &str, dtype: DTypeArg) -> Result<Option<Arc<dyn Backend>>, String> {
+    match check_device(device)? {
+        DeviceSpec::Cpu => Ok(None),
+        DeviceSpec::Cuda(ordinal) => {
+            let mode = match dtype {
+                DTypeArg::F32 => StorageMode::F32,
+                DTypeArg::Bf16 => StorageMode::Bf16,
+            };
+            let b =
+                CudaBackend::new(ordinal, mode).map_err(|e| format!("--device {device}: {e}"))?;
+            Ok(Some(Arc::new(b)))
+        }
     }
 }
 

@@ -35,8 +35,7 @@ fn main() -> ExitCode {
         Command::Compile(args) => cmd_compile::run(args),
         Command::Forward(cmd) => cmd_forward::run(cmd),
         Command::Devices => {
-            println!("backends: cpu");
-            println!("cpu: {} threads", rayon_threads());
+            devices();
             Ok(())
         }
     };
@@ -52,6 +51,20 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `qie devices`: the backends compiled in, then the devices found (or why there is none).
+fn devices() {
+    println!("backends: cpu, cuda");
+    println!("cpu: {} threads", rayon_threads());
+    match qie_runtime::cuda::list_devices() {
+        Ok(devs) => {
+            for d in devs {
+                println!("{d}");
+            }
+        }
+        Err(e) => println!("cuda: no device ({})", e.reason),
     }
 }
 

@@ -193,6 +193,19 @@ fn reduce_combine(op: ReduceOp, d: DType, a: &str, b: &str) -> String {
     }
 }
 
+/// The accumulator of a reduce stage: float sums accumulate in f64 (as the CPU reference does;
+/// a long sum that cancels keeps its digits), everything else in the register type.
+fn acc_type(r: &ReduceStage) -> &'static str {
+    match (r.op, cat(r.dtype)) {
+        (ReduceOp::Sum, Cat::Float) => "double",
+        _ => reg_type(r.dtype),
+    }
+}
+
+fn acc_name(r: &ReduceStage) -> String {
+    format!("a{}", r.dst.0)
+}
+
 /// The integer type of index arithmetic: 32-bit unsigned when every offset fits (and none is
 /// negative), else 64-bit signed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -523,8 +536,8 @@ impl<'a> Renderer<'a> {
             let _ = writeln!(
                 out,
                 "    {} {} = {};",
-                reg_type(r.dtype),
-                self.reg(r.dst),
+                acc_type(r),
+                acc_name(r),
                 reduce_identity(r.op, r.dtype)
             );
         }
@@ -538,7 +551,7 @@ impl<'a> Renderer<'a> {
         self.section(&mut out, "            ", &p.body)?;
         for r in &p.reduces {
             let v = cast(self.dtype_of(r.value), r.dtype, &self.reg(r.value));
-            let acc = self.reg(r.dst);
+            let acc = acc_name(r);
             let _ = writeln!(
                 out,
                 "            {acc} = {};",
@@ -550,6 +563,10 @@ impl<'a> Renderer<'a> {
             self.combine_threads(&mut out, tpr);
         }
         let _ = writeln!(out, "    if (active && lane == 0) {{");
+        for r in &p.reduces {
+            let t = reg_type(r.dtype);
+            let _ = writeln!(out, "        const {t} {} = ({t}){};", self.reg(r.dst), acc_name(r));
+        }
         self.section(&mut out, "        ", &p.epilogue)?;
         out.push_str("    }\n}\n");
         let grid = rows.div_ceil(rpb as u64);
@@ -569,7 +586,7 @@ impl<'a> Renderer<'a> {
     /// across the warps of a block-wide row); afterwards lane 0 holds the row's value.
     fn combine_threads(&self, out: &mut String, tpr: u32) {
         let warp_reduce = |out: &mut String, indent: &str, r: &ReduceStage| {
-            let acc = self.reg(r.dst);
+            let acc = acc_name(r);
             let _ = writeln!(
                 out,
                 "{indent}for (int o = 16; o > 0; o >>= 1) {acc} = {};",
@@ -587,12 +604,8 @@ impl<'a> Renderer<'a> {
         if tpr > 32 {
             let warps = tpr / 32;
             for r in &self.p.reduces {
-                let acc = self.reg(r.dst);
-                let _ = writeln!(
-                    out,
-                    "    __shared__ {} s_{acc}[{warps}];",
-                    reg_type(r.dtype)
-                );
+                let acc = acc_name(r);
+                let _ = writeln!(out, "    __shared__ {} s_{acc}[{warps}];", acc_type(r));
                 let _ = writeln!(
                     out,
                     "    if ((lane & 31u) == 0) s_{acc}[lane >> 5] = {acc};"
@@ -601,7 +614,7 @@ impl<'a> Renderer<'a> {
             out.push_str("    __syncthreads();\n");
             out.push_str("    if (lane < 32) {\n");
             for r in &self.p.reduces {
-                let acc = self.reg(r.dst);
+                let acc = acc_name(r);
                 let _ = writeln!(
                     out,
                     "        {acc} = lane < {warps} ? s_{acc}[lane] : {};",

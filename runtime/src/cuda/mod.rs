@@ -9,22 +9,34 @@
 //! caller keeps alive while work using it is in flight. All work of a [`CudaDevice`] is queued
 //! on its one stream, in order.
 //!
+//! [`CudaBackend`] puts it together as a [`crate::Backend`]: generated kernels
+//! (`qie_codegen::cuda`), cuBLASLt and flash attention run a whole plan in one arena, with float
+//! values stored in bf16 ([`storage`]).
+//!
 //! Design notes and measured numbers: `docs/cuda.md`.
 
 pub mod arena;
 pub mod attention;
+pub mod backend;
 pub mod blas;
 pub mod device;
+pub mod exec;
 pub mod libs;
 pub mod nvrtc;
+pub mod plan;
+pub mod storage;
 
 pub use arena::{Arena, ArenaLayout, Region, WeightPool};
 pub use attention::{AttentionArgs, FlashAttention, TensorStrides};
+pub use backend::{build_plan, CudaBackend};
 pub use blas::{Blas, Epilogue, GemmArgs};
 pub use device::{
     driver_version, list_devices, CudaDevice, DeviceBuffer, DeviceInfo, DeviceSpec, Event, Graph,
 };
+pub use exec::CudaExecutable;
 pub use nvrtc::{CompiledKernel, KernelCache, Module};
+pub use plan::CudaPlan;
+pub use storage::StorageMode;
 
 use std::sync::Arc;
 

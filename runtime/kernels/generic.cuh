@@ -1,0 +1,152 @@
+// Generic library kernels of the CUDA backend: any strides, any float storage type (f32, bf16,
+// f16), f32 arithmetic. They back the cases the fast paths (cuBLASLt bf16 GEMMs, the tensor-core
+// flash attention) do not take: f32 storage, head dims other than 64 / 128, odd strides, conv.
+// Compiled after the generated-kernel prelude (storage types, to_f / from_f); the exec module
+// instantiates them through small extern "C" wrappers per dtype combination.
+
+// ---------------------------------------------------------------------------------------------
+// GEMM: c[b, m, n] = sum_k a(b, m, k) * b(b, k, n); c dense [batch, M, N]. 16x16 tiles, one
+// output element per thread (256 threads), shared-memory staged operands.
+
+#define QG_TILE 16
+
+template <typename TA, typename TB, typename TC>
+__device__ __forceinline__ void qie_gemm(const TA* a, const TB* b, TC* c, int batch, int M, int N,
+                                         int K, long long sab, long long sam, long long sak,
+                                         long long sbb, long long sbk, long long sbn) {
+    __shared__ float As[QG_TILE][QG_TILE + 1];
+    __shared__ float Bs[QG_TILE][QG_TILE + 1];
+    const int tx = threadIdx.x % QG_TILE, ty = threadIdx.x / QG_TILE;
+    const int m = blockIdx.y * QG_TILE + ty, n = blockIdx.x * QG_TILE + tx;
+    for (long long bz = blockIdx.z; bz < batch; bz += gridDim.z) {
+        float acc = 0.0f;
+        for (int k0 = 0; k0 < K; k0 += QG_TILE) {
+            // As[r][kk] = a(tile row r, k0 + kk), Bs[kk][cc] = b(k0 + kk, tile column cc).
+            const int ka = k0 + tx;
+            As[ty][tx] = (m < M && ka < K) ? to_f(a[bz * sab + m * sam + ka * sak]) : 0.0f;
+            const int kb = k0 + ty;
+            Bs[ty][tx] = (kb < K && n < N) ? to_f(b[bz * sbb + kb * sbk + n * sbn]) : 0.0f;
+            __syncthreads();
+#pragma unroll
+            for (int kk = 0; kk < QG_TILE; ++kk) acc += As[ty][kk] * Bs[kk][tx];
+            __syncthreads();
+        }
+        if (m < M && n < N) c[bz * M * (long long)N + (long long)m * N + n] = from_f<TC>(acc);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention: o[b, i, h, :] = softmax_j(scale * q[b, i, h, :] . k[b, j, h, :], masked keys -inf)
+// v[b, j, h, :]. One block of 128 threads per (query row, head, batch); two passes over the keys
+// (max, then exp-sum and the weighted sum of v in chunks of 128 keys). A row whose keys are all
+// masked gets zeros. o dense [B, Sq, H, Dv]. D, Dv <= QA_MAX_D.
+
+#define QA_THREADS 128
+#define QA_MAX_D 512
+
+__device__ __forceinline__ float qa_block_reduce(float v, bool is_max, float* red) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = is_max ? fmaxf(v, w) : v + w;
+    }
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float r = red[0];
+    for (int i = 1; i < QA_THREADS / 32; ++i) r = is_max ? fmaxf(r, red[i]) : r + red[i];
+    return r;
+}
+
+template <typename TQ, typename TK, typename TV, typename TO>
+__device__ __forceinline__ void qie_attention(
+    const TQ* q, const TK* k, const TV* v, const u8_t* mask, TO* o, int Sq, int Sk, int H, int D,
+    int Dv, float scale, long long qb, long long qs, long long qh, long long qd, long long kb,
+    long long ks, long long kh, long long kd, long long vb, long long vs, long long vh,
+    long long vd, long long mb, long long ms) {
+    __shared__ float qrow[QA_MAX_D];
+    __shared__ float p[QA_THREADS];
+    __shared__ float red[QA_THREADS / 32];
+    const int i = blockIdx.x, h = blockIdx.y, t = threadIdx.x;
+    const long long bz = blockIdx.z;
+    for (int d = t; d < D; d += QA_THREADS) qrow[d] = to_f(q[bz * qb + i * qs + h * qh + d * qd]);
+    __syncthreads();
+    const TK* kbase = k + bz * kb + h * kh;
+    const TV* vbase = v + bz * vb + h * vh;
+    float mx = -QINF;
+    for (int j = t; j < Sk; j += QA_THREADS) {
+        if (mask && !mask[bz * mb + j * ms]) continue;
+        float s = 0.0f;
+        for (int d = 0; d < D; ++d) s += qrow[d] * to_f(kbase[j * ks + d * kd]);
+        mx = fmaxf(mx, s * scale);
+    }
+    mx = qa_block_reduce(mx, true, red);
+    float acc[QA_MAX_D / QA_THREADS];
+#pragma unroll
+    for (int c = 0; c < QA_MAX_D / QA_THREADS; ++c) acc[c] = 0.0f;
+    float l = 0.0f;
+    for (int j0 = 0; j0 < Sk; j0 += QA_THREADS) {
+        const int j = j0 + t;
+        float pj = 0.0f;
+        if (j < Sk && mx != -QINF && !(mask && !mask[bz * mb + j * ms])) {
+            float s = 0.0f;
+            for (int d = 0; d < D; ++d) s += qrow[d] * to_f(kbase[j * ks + d * kd]);
+            pj = expf(s * scale - mx);
+        }
+        l += pj;
+        __syncthreads();
+        p[t] = pj;
+        __syncthreads();
+        const int cnt = min(QA_THREADS, Sk - j0);
+#pragma unroll
+        for (int c = 0; c < QA_MAX_D / QA_THREADS; ++c) {
+            const int d = t + c * QA_THREADS;
+            if (d < Dv)
+                for (int jj = 0; jj < cnt; ++jj)
+                    acc[c] += p[jj] * to_f(vbase[(long long)(j0 + jj) * vs + d * vd]);
+        }
+    }
+    l = qa_block_reduce(l, false, red);
+    const float inv = (mx == -QINF || l == 0.0f) ? 0.0f : 1.0f / l;
+    TO* orow = o + ((bz * Sq + i) * (long long)H + h) * Dv;
+#pragma unroll
+    for (int c = 0; c < QA_MAX_D / QA_THREADS; ++c) {
+        const int d = t + c * QA_THREADS;
+        if (d < Dv) orow[d] = from_f<TO>(acc[c] * inv);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Direct 2D convolution, NCHW: o[n, oc, y, x] = sum_{c, ky, kx} x[n, g*Cg + c, ..] w[oc, c, ky, kx].
+// Grid-stride over the output elements; o dense.
+
+template <typename TX, typename TW, typename TO>
+__device__ __forceinline__ void qie_conv2d(const TX* x, const TW* w, TO* o, int N, int C, int H,
+                                           int W, int O, int KH, int KW, int OH, int OW, int sh,
+                                           int sw, int ph, int pw, int dh, int dw, int groups,
+                                           long long xn, long long xc, long long xh, long long xw,
+                                           long long wo, long long wc, long long wh, long long ww) {
+    const long long total = (long long)N * O * OH * OW;
+    const int cg = C / groups, og = O / groups;
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        long long t = idx;
+        const int ox = t % OW; t /= OW;
+        const int oy = t % OH; t /= OH;
+        const int oc = t % O; t /= O;
+        const int n = (int)t;
+        const int g = oc / og;
+        float acc = 0.0f;
+        for (int c = 0; c < cg; ++c)
+            for (int ky = 0; ky < KH; ++ky) {
+                const int iy = oy * sh - ph + ky * dh;
+                if (iy < 0 || iy >= H) continue;
+                for (int kx = 0; kx < KW; ++kx) {
+                    const int ix = ox * sw - pw + kx * dw;
+                    if (ix < 0 || ix >= W) continue;
+                    acc += to_f(x[n * xn + (g * cg + c) * xc + iy * xh + ix * xw]) *
+                           to_f(w[oc * wo + c * wc + ky * wh + kx * ww]);
+                }
+            }
+        o[idx] = from_f<TO>(acc);
+    }
+}

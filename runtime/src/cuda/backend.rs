@@ -1,0 +1,353 @@
+//! [`CudaBackend`]: the CUDA implementation of [`Backend`].
+//!
+//! Compiling a graph: promote bf16/f16 to f32 (as the CPU backend does), optimise, fuse, assign
+//! storage dtypes ([`super::storage`]), plan memory on the storage-typed graph, lower, bind
+//! ([`super::plan::CudaPlan`]), then compile the plan's kernels with NVRTC (grouped into a few
+//! modules compiled in parallel, cached on disk, and kept loaded by the backend so a kernel shared
+//! by several plans is compiled once) and wrap it in a [`CudaExecutable`].
+//!
+//! The backend owns what outlives plans: the device and its stream, the cuBLASLt handle and its
+//! workspace, the flash-attention module (loaded when a plan first needs it), the loaded kernels,
+//! and the weights, uploaded once in their storage dtype and looked up by name (see
+//! [`WeightCache`]).
+
+use super::exec::CudaExecutable;
+use super::nvrtc::{Kernel, Module};
+use super::plan::{CudaPlan, GENERIC};
+use super::storage::{assign_storage, StorageMode};
+use super::{
+    Blas, CudaDevice, CudaError, DevPtr, DeviceBuffer, FlashAttention, KernelCache, WeightPool,
+};
+use crate::backend::{Backend, CompileOptions, Executable, ParamData, RuntimeError};
+use qie_ir::passes::{
+    fuse, optimize_with, plan_memory, FusionOptions, MemoryOptions, PipelineOptions,
+};
+use qie_ir::{DType, Graph};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// Kernels per NVRTC module: small enough that a plan's modules compile in parallel, large
+/// enough that the per-compile overhead stays small.
+const KERNELS_PER_MODULE: usize = 24;
+
+pub(crate) fn cuda_err(e: CudaError) -> RuntimeError {
+    RuntimeError::Execution(e.to_string())
+}
+
+/// The CUDA backend on one device.
+pub struct CudaBackend {
+    pub(crate) shared: Arc<Shared>,
+    name: String,
+}
+
+/// State shared by the backend and its executables.
+pub(crate) struct Shared {
+    pub dev: Arc<CudaDevice>,
+    pub mode: StorageMode,
+    pub cache: KernelCache,
+    /// Declared before its workspace so that it is destroyed first.
+    pub blas: Blas,
+    _workspace: DeviceBuffer,
+    flash: Mutex<Option<Arc<FlashAttention>>>,
+    kernels: Mutex<HashMap<String, Kernel>>,
+    pub weights: Mutex<WeightCache>,
+}
+
+impl CudaBackend {
+    /// Opens `cuda:ordinal`; float values are stored as `mode` says.
+    pub fn new(ordinal: usize, mode: StorageMode) -> Result<CudaBackend, CudaError> {
+        let dev = CudaDevice::new(ordinal)?;
+        Self::on_device(dev, mode)
+    }
+
+    /// A backend on an already opened device.
+    pub fn on_device(dev: Arc<CudaDevice>, mode: StorageMode) -> Result<CudaBackend, CudaError> {
+        let workspace = dev.alloc(super::blas::WORKSPACE_BYTES)?;
+        let blas = Blas::new(&dev, workspace.ptr(), super::blas::WORKSPACE_BYTES)?;
+        let name = format!("cuda:{}", dev.info().ordinal);
+        Ok(CudaBackend {
+            shared: Arc::new(Shared {
+                weights: Mutex::new(WeightCache::new(&dev)),
+                dev,
+                mode,
+                cache: KernelCache::default_location(),
+                blas,
+                _workspace: workspace,
+                flash: Mutex::new(None),
+                kernels: Mutex::new(HashMap::new()),
+            }),
+            name,
+        })
+    }
+
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        &self.shared.dev
+    }
+
+    pub fn mode(&self) -> StorageMode {
+        self.shared.mode
+    }
+
+    /// Bytes of device memory the cached weights take.
+    pub fn weight_bytes(&self) -> usize {
+        self.shared
+            .weights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pool
+            .allocated_bytes()
+    }
+
+    /// Forgets the cached weights (the memory is released when the backend is dropped); the
+    /// next run uploads them again. For callers that change weights in place.
+    pub fn invalidate_weights(&self) {
+        self.shared
+            .weights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries
+            .clear();
+    }
+
+    /// Compiles `graph` into a [`CudaExecutable`] (see the module docs).
+    pub fn compile_plan(
+        &self,
+        graph: &Graph,
+        options: &CompileOptions,
+    ) -> Result<CudaExecutable, RuntimeError> {
+        let plan = build_plan(graph, options, self.shared.mode)?;
+        let kernels = self.shared.load_kernels(&plan.kernels)?;
+        let flash = if plan.uses_flash() {
+            Some(self.shared.flash()?)
+        } else {
+            None
+        };
+        CudaExecutable::new(self.shared.clone(), plan, kernels, flash, options)
+    }
+}
+
+/// Everything short of the device: passes, storage dtypes, memory plan, lowering, binding and
+/// kernel sources. Needs no GPU.
+pub fn build_plan(
+    graph: &Graph,
+    options: &CompileOptions,
+    mode: StorageMode,
+) -> Result<CudaPlan, RuntimeError> {
+    let g = crate::cpu::promote_to_f32(graph)?;
+    let g = if options.optimize {
+        optimize_with(&g, &PipelineOptions::default())
+            .map_err(|e| RuntimeError::Compile(e.to_string()))?
+    } else {
+        g
+    };
+    let fusion_options = if options.fuse {
+        FusionOptions::default()
+    } else {
+        FusionOptions::unfused()
+    };
+    let fusion = fuse(&g, &fusion_options);
+    let sg = assign_storage(&g, &fusion, mode)?;
+    let memory = plan_memory(&sg, &fusion, &MemoryOptions::default());
+    CudaPlan::new(sg, &g, fusion, memory, mode)
+}
+
+/// The text of one NVRTC module holding `kernels` (symbol, source).
+pub fn module_source(kernels: &[(&String, &String)]) -> String {
+    let mut s = String::with_capacity(
+        qie_codegen::cuda::PRELUDE.len()
+            + GENERIC.len()
+            + kernels.iter().map(|(_, k)| k.len()).sum::<usize>(),
+    );
+    s.push_str(qie_codegen::cuda::PRELUDE);
+    s.push_str(GENERIC);
+    for (_, k) in kernels {
+        s.push('\n');
+        s.push_str(k);
+    }
+    s
+}
+
+/// Groups a plan's kernels into the module texts they are compiled as (deterministic).
+pub fn module_sources(kernels: &BTreeMap<String, String>) -> Vec<(Vec<String>, String)> {
+    let all: Vec<(&String, &String)> = kernels.iter().collect();
+    all.chunks(KERNELS_PER_MODULE)
+        .map(|chunk| {
+            (
+                chunk.iter().map(|(n, _)| (*n).clone()).collect(),
+                module_source(chunk),
+            )
+        })
+        .collect()
+}
+
+impl Shared {
+    /// Loads (compiling or reading the cache as needed) every kernel of `wanted` not loaded yet;
+    /// returns handles to all of them by symbol.
+    fn load_kernels(
+        &self,
+        wanted: &BTreeMap<String, String>,
+    ) -> Result<HashMap<String, Kernel>, RuntimeError> {
+        let missing: BTreeMap<String, String> = {
+            let loaded = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
+            wanted
+                .iter()
+                .filter(|(n, _)| !loaded.contains_key(*n))
+                .map(|(n, s)| (n.clone(), s.clone()))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let arch = self.dev.arch();
+            let driver = self.dev.driver_version();
+            let compiled = module_sources(&missing)
+                .into_par_iter()
+                .map(|(names, source)| {
+                    self.cache
+                        .compile(&source, "qie_kernels.cu", &arch, driver, &[])
+                        .map(|c| (names, c))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| RuntimeError::Compile(e.to_string()))?;
+            let mut loaded = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
+            for (names, c) in compiled {
+                let module = Module::load(&self.dev, &c).map_err(cuda_err)?;
+                for n in names {
+                    let k = module.function(&n).map_err(cuda_err)?;
+                    loaded.insert(n, k);
+                }
+            }
+        }
+        let loaded = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(wanted
+            .keys()
+            .map(|n| (n.clone(), loaded[n].clone()))
+            .collect())
+    }
+
+    fn flash(&self) -> Result<Arc<FlashAttention>, RuntimeError> {
+        let mut f = self.flash.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fa) = f.as_ref() {
+            return Ok(fa.clone());
+        }
+        let fa = Arc::new(FlashAttention::new(&self.dev, &self.cache).map_err(cuda_err)?);
+        *f = Some(fa.clone());
+        Ok(fa)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn compile(
+        &self,
+        graph: &Graph,
+        options: &CompileOptions,
+    ) -> Result<Box<dyn Executable>, RuntimeError> {
+        Ok(Box::new(self.compile_plan(graph, options)?))
+    }
+}
+
+/// Weights on the device, uploaded once in their storage dtype and found again by name.
+///
+/// An entry is reused while the caller's data looks the same: same host address, length and a
+/// fingerprint of up to 64 evenly spaced elements. A different tensor under the same name (tests
+/// reuse names like `w`) is uploaded afresh. Weights changed in place at the same address can
+/// go unnoticed: call [`CudaBackend::invalidate_weights`] after such a change.
+pub(crate) struct WeightCache {
+    pub pool: WeightPool,
+    pub entries: HashMap<(String, DType), WeightEntry>,
+}
+
+pub(crate) struct WeightEntry {
+    host: usize,
+    len: usize,
+    fingerprint: u64,
+    ptr: DevPtr,
+}
+
+impl WeightCache {
+    fn new(dev: &Arc<CudaDevice>) -> Self {
+        WeightCache {
+            pool: WeightPool::new(dev, 256 << 20),
+            entries: HashMap::new(),
+        }
+    }
+
+    /// The device copy of `data` in `dtype`, uploading it when needed.
+    pub fn get(
+        &mut self,
+        name: &str,
+        data: ParamData<'_>,
+        dtype: DType,
+    ) -> Result<DevPtr, RuntimeError> {
+        let host = data.as_ptr() as usize;
+        let len = data.len();
+        let fingerprint = fingerprint(&data);
+        let key = (name.to_string(), dtype);
+        if let Some(e) = self.entries.get(&key) {
+            if e.host == host && e.len == len && e.fingerprint == fingerprint {
+                return Ok(e.ptr);
+            }
+        }
+        let bytes = to_storage_bytes(&data, dtype).map_err(|m| RuntimeError::BadParam {
+            name: name.to_string(),
+            message: m,
+        })?;
+        let ptr = self.pool.upload(&bytes).map_err(cuda_err)?;
+        self.entries.insert(
+            key,
+            WeightEntry {
+                host,
+                len,
+                fingerprint,
+                ptr,
+            },
+        );
+        Ok(ptr)
+    }
+}
+
+fn fingerprint(data: &ParamData<'_>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ data.len() as u64;
+    let mut mix = |bits: u64| {
+        h ^= bits;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3).rotate_left(17);
+    };
+    let n = data.len();
+    let samples = n.min(64);
+    for s in 0..samples {
+        let i = if samples <= 1 {
+            0
+        } else {
+            s * (n - 1) / (samples - 1)
+        };
+        mix(match data {
+            ParamData::F32(v) => v[i].to_bits() as u64,
+            ParamData::I32(v) => v[i] as u32 as u64,
+            ParamData::I64(v) => v[i] as u64,
+            ParamData::Bool(v) => v[i] as u64,
+        });
+    }
+    h
+}
+
+/// Host data converted to the bytes of its device storage dtype.
+pub(crate) fn to_storage_bytes(data: &ParamData<'_>, dtype: DType) -> Result<Vec<u8>, String> {
+    Ok(match (data, dtype) {
+        (ParamData::F32(v), DType::F32) => bytemuck::cast_slice(v).to_vec(),
+        (ParamData::F32(v), DType::BF16) => v
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
+            .collect(),
+        (ParamData::F32(v), DType::F16) => v
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
+            .collect(),
+        (ParamData::I32(v), DType::I32) => bytemuck::cast_slice(v).to_vec(),
+        (ParamData::I64(v), DType::I64) => bytemuck::cast_slice(v).to_vec(),
+        (ParamData::Bool(v), DType::Bool) => v.iter().map(|&b| b as u8).collect(),
+        (d, t) => return Err(format!("{:?} data cannot be stored as {t}", d.storage())),
+    })
+}

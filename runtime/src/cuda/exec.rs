@@ -1,0 +1,420 @@
+//! [`CudaExecutable`]: a [`CudaPlan`] with its kernels loaded, run on the device.
+//!
+//! One arena per executable (the memory plan's region, then scratch for temporaries), allocated
+//! on the first run and kept: a run allocates no device memory, except that weights not seen
+//! before are uploaded into the backend's weight pool. A run validates its inputs and weights,
+//! copies the inputs in (converted to their storage dtype), queues every step on the device's
+//! stream, checking each launch, waits, and copies the outputs out as f32 host tensors.
+//! `QIE_CUDA_SYNC=1` waits after every step, so a fault is reported with the step that caused it.
+//!
+//! CUDA graphs: after the first successful run, the plan's steps are captured once into a CUDA
+//! graph (pointers are fixed: one arena, cached weights), and later runs replay it with a single
+//! launch between the input and output copies. The graph is captured again if a weight was
+//! re-uploaded elsewhere. If capturing fails, the executable says so once and stays eager.
+//! `QIE_CUDA_GRAPHS=0` turns graphs off.
+
+use super::backend::{cuda_err, to_storage_bytes, Shared};
+use super::nvrtc::{Arg, Kernel};
+use super::plan::{BufRef, CudaPlan, FlashStep, GemmStep, KArg, PlanStep};
+use super::{Arena, AttentionArgs, DevPtr, Epilogue, FlashAttention, GemmArgs, TensorStrides};
+use crate::backend::{CompileOptions, Executable, ParamStore, PlanStats, RuntimeError};
+use crate::tensor::{Storage, Tensor, TensorData};
+use qie_ir::{DType, Graph};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Device time of each step of a run: (step label, milliseconds).
+pub type StepTimes = Vec<(String, f32)>;
+
+pub struct CudaExecutable {
+    shared: Arc<Shared>,
+    plan: CudaPlan,
+    /// One entry per plan step (`None` for steps that launch no generated kernel).
+    kernels: Vec<Option<Kernel>>,
+    flash: Option<Arc<FlashAttention>>,
+    poison: bool,
+    sync_each_step: bool,
+    graphs: bool,
+    state: Mutex<Option<RunState>>,
+}
+
+/// The device memory of an executable and its captured graph.
+struct RunState {
+    arena: Arena,
+    graph: Option<Captured>,
+    capture_failed: bool,
+}
+
+/// A captured run and the weight addresses it was captured with.
+struct Captured {
+    graph: super::Graph,
+    params: Vec<DevPtr>,
+}
+
+// SAFETY: the graph handles are used only while the executable's state lock is held, and CUDA
+// graph objects may be used from any thread of the process.
+unsafe impl Send for Captured {}
+
+impl CudaExecutable {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        plan: CudaPlan,
+        loaded: HashMap<String, Kernel>,
+        flash: Option<Arc<FlashAttention>>,
+        options: &CompileOptions,
+    ) -> Result<CudaExecutable, RuntimeError> {
+        let kernels = plan
+            .steps
+            .iter()
+            .map(|s| match s {
+                PlanStep::Kernel { name, .. } => {
+                    loaded.get(name).cloned().map(Some).ok_or_else(|| {
+                        RuntimeError::Compile(format!("kernel {name} was not loaded"))
+                    })
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let sync_each_step = std::env::var("QIE_CUDA_SYNC").is_ok_and(|v| v == "1");
+        let graphs = !std::env::var("QIE_CUDA_GRAPHS").is_ok_and(|v| v == "0");
+        Ok(CudaExecutable {
+            shared,
+            plan,
+            kernels,
+            flash,
+            poison: options.poison,
+            sync_each_step,
+            graphs,
+            state: Mutex::new(None),
+        })
+    }
+
+    /// The plan: storage-typed graph, fusion, memory plan, steps and kernel sources.
+    pub fn plan(&self) -> &CudaPlan {
+        &self.plan
+    }
+
+    /// The graph the plan executes (storage dtypes; see `cuda::storage`).
+    pub fn graph(&self) -> &Graph {
+        &self.plan.graph
+    }
+
+    /// Runs the plan and returns the device time of every step (milliseconds, CUDA events), for
+    /// profiling. Slower than [`Executable::run`]: one event pair per step.
+    pub fn run_timed(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        params: &dyn ParamStore,
+    ) -> Result<(HashMap<String, Tensor>, StepTimes), RuntimeError> {
+        let mut times = vec![];
+        let out = self.run_inner(inputs, params, Some(&mut times))?;
+        Ok((out, times))
+    }
+
+    fn run_inner(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        store: &dyn ParamStore,
+        mut times: Option<&mut StepTimes>,
+    ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        let dev = &self.shared.dev;
+        let plan = &self.plan;
+        // Validate everything before touching the device.
+        for i in &plan.inputs {
+            let t = inputs
+                .get(&i.name)
+                .ok_or_else(|| RuntimeError::MissingInput(i.name.clone()))?;
+            if t.shape() != i.ty.shape.as_slice() || t.data().storage() != Storage::of(i.ty.dtype) {
+                return Err(RuntimeError::BadInput {
+                    name: i.name.clone(),
+                    message: format!("expected {}, got {}", i.ty, t.ty()),
+                });
+            }
+        }
+        let mut param_data = Vec::with_capacity(plan.params.len());
+        for p in &plan.params {
+            let data = store
+                .param(&p.name)
+                .ok_or_else(|| RuntimeError::MissingParam(p.name.clone()))?;
+            if data.storage() != Storage::of(p.ty.dtype) {
+                return Err(RuntimeError::BadParam {
+                    name: p.name.clone(),
+                    message: format!(
+                        "a {} value needs {:?} data, got {:?}",
+                        p.ty,
+                        Storage::of(p.ty.dtype),
+                        data.storage()
+                    ),
+                });
+            }
+            if data.len() != p.ty.numel() {
+                return Err(RuntimeError::BadParam {
+                    name: p.name.clone(),
+                    message: format!(
+                        "expected {} ({} elements), got {} elements",
+                        p.ty,
+                        p.ty.numel(),
+                        data.len()
+                    ),
+                });
+            }
+            param_data.push(data);
+        }
+        dev.bind().map_err(cuda_err)?;
+        let param_ptrs: Vec<DevPtr> = {
+            let mut w = self
+                .shared
+                .weights
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            plan.params
+                .iter()
+                .zip(&param_data)
+                .map(|(p, d)| w.get(&p.name, *d, p.storage))
+                .collect::<Result<_, _>>()?
+        };
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(RunState {
+                arena: Arena::new(dev, plan.arena_bytes.max(256)).map_err(cuda_err)?,
+                graph: None,
+                capture_failed: false,
+            });
+        }
+        let state = guard.as_mut().expect("allocated");
+        let base = state.arena.base();
+        let ptr = |r: &BufRef| -> DevPtr {
+            match *r {
+                BufRef::Arena { offset, .. } => base.offset(offset),
+                BufRef::Param { index, .. } => param_ptrs[index],
+            }
+        };
+        if self.poison {
+            dev.memset(base, 0xFF, state.arena.size())
+                .map_err(cuda_err)?;
+        }
+        for i in &plan.inputs {
+            let t = &inputs[&i.name];
+            let bytes = host_to_storage(t.data(), i.buf.dtype()).map_err(|m| {
+                RuntimeError::BadInput {
+                    name: i.name.clone(),
+                    message: m,
+                }
+            })?;
+            dev.htod(ptr(&i.buf), &bytes).map_err(cuda_err)?;
+        }
+        let use_graph = self.graphs && !self.sync_each_step && times.is_none();
+        let replay = use_graph
+            && state
+                .graph
+                .as_ref()
+                .is_some_and(|c| c.params == param_ptrs);
+        if replay {
+            let c = state.graph.as_ref().expect("checked");
+            c.graph
+                .replay()
+                .map_err(|e| RuntimeError::Execution(format!("replaying the plan: {e}")))?;
+        } else {
+            for (si, step) in plan.steps.iter().enumerate() {
+                let start = if times.is_some() {
+                    Some(dev.record_event().map_err(cuda_err)?)
+                } else {
+                    None
+                };
+                self.exec_step(si, step, &ptr)
+                    .map_err(|e| RuntimeError::Execution(format!("{}: {e}", step.label())))?;
+                if self.sync_each_step {
+                    dev.synchronize().map_err(|e| {
+                        RuntimeError::Execution(format!("{} failed: {e}", step.label()))
+                    })?;
+                }
+                if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
+                    let end = dev.record_event().map_err(cuda_err)?;
+                    let ms = start.elapsed_ms(&end).map_err(cuda_err)?;
+                    t.push((step.label(), ms));
+                }
+            }
+        }
+        dev.synchronize()
+            .map_err(|e| RuntimeError::Execution(format!("running the plan: {e}")))?;
+        if use_graph && !replay && !state.capture_failed && !plan.steps.is_empty() {
+            // Record the steps (nothing runs) for the next calls.
+            let captured = dev.capture(|| {
+                for (si, step) in plan.steps.iter().enumerate() {
+                    self.exec_step(si, step, &ptr)?;
+                }
+                Ok(())
+            });
+            match captured {
+                Ok(graph) => {
+                    state.graph = Some(Captured {
+                        graph,
+                        params: param_ptrs.clone(),
+                    })
+                }
+                Err(e) => {
+                    eprintln!("qie: CUDA graph capture failed ({e}); this plan runs eagerly");
+                    state.capture_failed = true;
+                    state.graph = None;
+                }
+            }
+        }
+        let mut out = HashMap::new();
+        for o in &plan.outputs {
+            let mut bytes = vec![0u8; o.buf.bytes()];
+            dev.dtoh(&mut bytes, ptr(&o.buf)).map_err(cuda_err)?;
+            let data = storage_to_host(&bytes, o.buf.dtype(), o.ty.dtype);
+            let t = Tensor::new(o.ty.clone(), data)
+                .map_err(|e| RuntimeError::Execution(e.to_string()))?;
+            out.insert(o.name.clone(), t);
+        }
+        Ok(out)
+    }
+
+    fn exec_step(
+        &self,
+        si: usize,
+        step: &PlanStep,
+        ptr: &dyn Fn(&BufRef) -> DevPtr,
+    ) -> Result<(), super::CudaError> {
+        let dev = &self.shared.dev;
+        match step {
+            PlanStep::Kernel {
+                grid, block, args, ..
+            } => {
+                let kernel = self.kernels[si].as_ref().expect("kernel steps are loaded");
+                let args: Vec<Arg> = args
+                    .iter()
+                    .map(|a| match *a {
+                        KArg::Ptr(r, off) => Arg::Ptr(ptr(&r).offset(off)),
+                        KArg::Null => Arg::Ptr(DevPtr::NULL),
+                        KArg::I32(v) => Arg::I32(v),
+                        KArg::I64(v) => Arg::I64(v),
+                        KArg::F32(v) => Arg::F32(v),
+                    })
+                    .collect();
+                kernel.launch(*grid, (*block, 1, 1), 0, &args)
+            }
+            PlanStep::Gemm { gemm, .. } => self.shared.blas.gemm(&gemm_args(gemm, ptr)),
+            PlanStep::Flash { flash, .. } => self
+                .flash
+                .as_ref()
+                .expect("flash plans load the kernel")
+                .forward(&flash_args(flash, ptr)),
+            PlanStep::Copy { src, dst } => dev.dtod(ptr(dst), ptr(src), src.bytes()),
+            PlanStep::Zero { dst } => dev.memset(ptr(dst), 0, dst.bytes()),
+        }
+    }
+}
+
+fn gemm_args(g: &GemmStep, ptr: &dyn Fn(&BufRef) -> DevPtr) -> GemmArgs {
+    GemmArgs {
+        m: g.m,
+        n: g.n,
+        k: g.k,
+        transpose_a: g.transpose_a,
+        transpose_b: g.transpose_b,
+        a: ptr(&g.a.0).offset(g.a.1),
+        b: ptr(&g.b.0).offset(g.b.1),
+        d: ptr(&g.d),
+        ld_a: g.ld_a,
+        ld_b: g.ld_b,
+        ld_d: g.n,
+        batch: g.batch,
+        stride_a: g.stride_a,
+        stride_b: g.stride_b,
+        stride_d: g.m * g.n,
+        epilogue: Epilogue::None,
+        accumulate: false,
+    }
+}
+
+fn flash_args(f: &FlashStep, ptr: &dyn Fn(&BufRef) -> DevPtr) -> AttentionArgs {
+    let ts = |s: [usize; 3]| TensorStrides {
+        batch: s[0],
+        seq: s[1],
+        head: s[2],
+    };
+    AttentionArgs {
+        batch: f.batch,
+        seq_q: f.seq_q,
+        seq_k: f.seq_k,
+        heads: f.heads,
+        head_dim: f.head_dim,
+        scale: f.scale,
+        q: ptr(&f.q.0).offset(f.q.1),
+        k: ptr(&f.k.0).offset(f.k.1),
+        v: ptr(&f.v.0).offset(f.v.1),
+        q_strides: ts(f.q_strides),
+        k_strides: ts(f.k_strides),
+        v_strides: ts(f.v_strides),
+        mask: f.mask.map_or(DevPtr::NULL, |(b, off)| ptr(&b).offset(off)),
+        mask_batch_stride: f.mask_batch_stride,
+        out: ptr(&f.out),
+        out_strides: TensorStrides::contiguous(f.seq_q, f.heads, f.head_dim),
+        lse: ptr(&f.lse),
+    }
+}
+
+/// A host tensor's elements as the bytes of `dtype` storage.
+fn host_to_storage(data: &TensorData, dtype: DType) -> Result<Vec<u8>, String> {
+    let pd = match data {
+        TensorData::F32(v) => crate::ParamData::F32(v),
+        TensorData::I32(v) => crate::ParamData::I32(v),
+        TensorData::I64(v) => crate::ParamData::I64(v),
+        TensorData::Bool(v) => crate::ParamData::Bool(v),
+    };
+    to_storage_bytes(&pd, dtype)
+}
+
+/// Device bytes of `storage` dtype as host data of the visible dtype `visible`.
+fn storage_to_host(bytes: &[u8], storage: DType, visible: DType) -> TensorData {
+    let f32s = |v: Vec<f32>| TensorData::F32(v);
+    match (storage, Storage::of(visible)) {
+        (DType::BF16, _) => f32s(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        ),
+        (DType::F16, _) => f32s(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        ),
+        (DType::F32, _) => f32s(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        (DType::I32, _) => TensorData::I32(
+            bytes
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        (DType::I64, _) => TensorData::I64(
+            bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        ),
+        (DType::Bool, _) => TensorData::Bool(bytes.iter().map(|&b| b != 0).collect()),
+    }
+}
+
+impl Executable for CudaExecutable {
+    fn run(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        params: &dyn ParamStore,
+    ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        self.run_inner(inputs, params, None)
+    }
+
+    fn stats(&self) -> PlanStats {
+        self.plan.stats.clone()
+    }
+}

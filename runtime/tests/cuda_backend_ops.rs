@@ -1,0 +1,270 @@
+//! The CUDA backend against the f64 reference interpreter, on the same test bodies as the CPU
+//! backend (`cpu_suite`): every op kind and typical fused groups, unfused and fused, outputs
+//! poisoned, fresh random inputs.
+//!
+//! - f32 storage: the suite's own tolerance (rel-L2 1e-5); generic GEMM / attention kernels.
+//! - bf16 storage: graphs checked at rel-L2 2e-2 (bf16 rounding of every stored value), with
+//!   shapes that take the fast paths (cuBLASLt, flash attention) and shapes that do not.
+//!
+//! Without a GPU every test prints why it skips and passes.
+
+mod cpu_suite;
+
+use cpu_suite::{check_values, f32t, random_values, t, G};
+use qie_ir::{BinaryOp, DType, Graph, Op, ReduceOp, UnaryOp};
+use qie_runtime::cuda::{CudaBackend, StorageMode};
+use std::sync::OnceLock;
+
+const BF16_TOL: f64 = 2e-2;
+
+fn backend(mode: StorageMode) -> Option<&'static CudaBackend> {
+    static F32: OnceLock<Option<CudaBackend>> = OnceLock::new();
+    static BF16: OnceLock<Option<CudaBackend>> = OnceLock::new();
+    let cell = match mode {
+        StorageMode::F32 => &F32,
+        StorageMode::Bf16 => &BF16,
+    };
+    let b = cell.get_or_init(|| match CudaBackend::new(0, mode) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("skipping CUDA backend tests: {e}");
+            None
+        }
+    });
+    b.as_ref()
+}
+
+macro_rules! f32_suite {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                if let Some(b) = backend(StorageMode::F32) {
+                    cpu_suite::$name(b);
+                }
+            }
+        )*
+    };
+}
+
+f32_suite!(
+    unary_ops,
+    binary_ops,
+    integer_ops,
+    compare_select_cast,
+    views,
+    reductions,
+    norms_and_softmax,
+    matmul_forms,
+    linear_with_epilogue,
+    attention,
+    conv2d,
+    gather_concat,
+    large_shapes,
+    dit_block_small,
+    plan_reuse,
+    errors_name_the_culprit,
+);
+
+fn check_bf16(g: &Graph, seed: u64) {
+    if let Some(b) = backend(StorageMode::Bf16) {
+        let values = random_values(g, seed, 8);
+        check_values(b, g, &values, BF16_TOL);
+    }
+}
+
+#[test]
+fn bf16_dit_block_small_generic_attention() {
+    // head_dim 16: the generic attention kernel on bf16 storage.
+    check_bf16(&cpu_suite::dit_block(40, 9, 32, 2, 64), 2000);
+}
+
+#[test]
+fn bf16_dit_block_fast_paths() {
+    // head_dim 128: cuBLASLt GEMMs and the flash kernel.
+    check_bf16(&cpu_suite::dit_block(200, 24, 256, 2, 512), 2001);
+}
+
+#[test]
+fn bf16_matmul_layouts() {
+    let (m, k, n) = (37, 64, 48);
+    let mut seed = 2100;
+    for ta in [false, true] {
+        for tb in [false, true] {
+            for (batch_a, batch_b) in [(vec![], vec![]), (vec![3], vec![3]), (vec![2, 2], vec![])] {
+                let shape = |batch: &Vec<usize>, r: usize, c: usize, tr: bool| {
+                    let mut s = batch.clone();
+                    s.extend(if tr { [c, r] } else { [r, c] });
+                    s
+                };
+                let mut g = G::new();
+                let a = g.input("a", f32t(&shape(&batch_a, m, k, ta)));
+                let b = g.param("b", f32t(&shape(&batch_b, k, n, tb)));
+                let c = g.matmul(a, b, ta, tb);
+                g.out("c", c);
+                seed += 1;
+                check_bf16(&g.g, seed);
+            }
+        }
+    }
+    // A column slice (ld > cols) and a transposed-then-sliced operand.
+    let mut g = G::new();
+    let x = g.input("x", f32t(&[50, 96]));
+    let w = g.param("w", f32t(&[40, 32]));
+    let xs = g.op(
+        Op::Slice {
+            axis: 1,
+            start: 16,
+            end: 48,
+        },
+        &[x],
+    );
+    let y = g.matmul(xs, w, false, true);
+    g.out("y", y);
+    let xt = g.transpose(x, &[1, 0]);
+    let xts = g.op(
+        Op::Slice {
+            axis: 0,
+            start: 8,
+            end: 40,
+        },
+        &[xt],
+    ); // [32, 50]
+    let z = g.matmul(xts, x, false, false); // [32, 96]
+    g.out("z", z);
+    check_bf16(&g.g, 2150);
+}
+
+fn attention_graph(b: usize, sq: usize, sk: usize, h: usize, d: usize, masked: bool) -> Graph {
+    let mut g = G::new();
+    let q = g.input("q", f32t(&[b, sq, h, d]));
+    let k = g.input("k", f32t(&[b, sk, h, d]));
+    let v = g.input("v", f32t(&[b, sk, h, d]));
+    let mut args = vec![q, k, v];
+    if masked {
+        args.push(g.input("mask", t(DType::Bool, &[b, sk])));
+    }
+    let o = g.op(
+        Op::Attention {
+            scale: 1.0 / (d as f64).sqrt(),
+        },
+        &args,
+    );
+    g.out("o", o);
+    g.g
+}
+
+#[test]
+fn bf16_attention_flash_and_generic() {
+    check_bf16(&attention_graph(2, 200, 130, 3, 128, true), 2200);
+    check_bf16(&attention_graph(1, 77, 300, 2, 64, false), 2201);
+    check_bf16(&attention_graph(2, 33, 45, 2, 40, true), 2202);
+    // Packed qkv [B, S, 3, H, D] sliced into q, k, v (strided operands of the flash kernel).
+    let mut g = G::new();
+    let qkv = g.input("qkv", f32t(&[1, 150, 3, 2, 128]));
+    let part = |g: &mut G, i: usize| {
+        let s = g.op(
+            Op::Slice {
+                axis: 2,
+                start: i,
+                end: i + 1,
+            },
+            &[qkv],
+        );
+        g.reshape(s, &[1, 150, 2, 128])
+    };
+    let (q, k, v) = (part(&mut g, 0), part(&mut g, 1), part(&mut g, 2));
+    let o = g.op(Op::Attention { scale: 0.08 }, &[q, k, v]);
+    g.out("o", o);
+    check_bf16(&g.g, 2203);
+}
+
+#[test]
+fn bf16_norms_reductions_and_gather() {
+    let mut g = G::new();
+    let x = g.input("x", f32t(&[3, 70, 3072]));
+    let w = g.param("w", f32t(&[3072]));
+    let sq = g.bin(BinaryOp::Mul, x, x);
+    let s = g.reduce(ReduceOp::Sum, sq, &[2]);
+    let inv = g.splat(1.0 / 3072.0, s);
+    let ms = g.bin(BinaryOp::Mul, s, inv);
+    let eps = g.splat(1e-6, ms);
+    let me = g.bin(BinaryOp::Add, ms, eps);
+    let rs = g.un(UnaryOp::Rsqrt, me);
+    let r2 = g.reshape(rs, &[3, 70, 1]);
+    let rb = g.bcast(r2, &[3, 70, 3072]);
+    let n = g.bin(BinaryOp::Mul, x, rb);
+    let wb = g.bcast(w, &[3, 70, 3072]);
+    let y = g.bin(BinaryOp::Mul, n, wb);
+    g.out("y", y);
+    let mx = g.reduce(ReduceOp::Max, x, &[0, 1]);
+    g.out("mx", mx);
+    let table = g.param("table", f32t(&[10, 64]));
+    let ids = g.input("ids", t(DType::I64, &[2, 5]));
+    let emb = g.op(Op::Gather { axis: 0 }, &[table, ids]);
+    g.out("emb", emb);
+    // Angles stay f32 in storage: sin of large arguments must still be right.
+    let pos = g.input("pos", f32t(&[300]));
+    let big = g.splat(900.0, pos);
+    let ang = g.bin(BinaryOp::Mul, pos, big);
+    let s1 = g.un(UnaryOp::Sin, ang);
+    let c1 = g.un(UnaryOp::Cos, ang);
+    let cat = g.op(Op::Concat { axis: 0 }, &[s1, c1]);
+    g.out("sincos", cat);
+    check_bf16(&g.g, 2300);
+}
+
+/// One real-width Qwen-Image DiT block (d = 3072, 24 heads of 128, MLP 12288, 4096 image + 512
+/// text tokens) in bf16: device time per run and the most expensive steps. Run with --ignored.
+#[test]
+#[ignore]
+fn bench_real_width_block() {
+    let Some(b) = backend(StorageMode::Bf16) else {
+        return;
+    };
+    let g = cpu_suite::dit_block(4096, 512, 3072, 24, 12288);
+    let values = random_values(&g, 3000, 8);
+    let (inputs, params) = cpu_suite::bind(&g, &values);
+    let exe = b
+        .compile_plan(&g, &qie_runtime::CompileOptions::default())
+        .expect("compile");
+    println!("plan: {}", qie_runtime::Executable::stats(&exe));
+    for _ in 0..2 {
+        qie_runtime::Executable::run(&exe, &inputs, &params).expect("warm-up run");
+    }
+    let runs = 5;
+    let start = std::time::Instant::now();
+    for _ in 0..runs {
+        qie_runtime::Executable::run(&exe, &inputs, &params).expect("run");
+    }
+    let wall = start.elapsed().as_secs_f64() / runs as f64;
+    let (_, times) = exe.run_timed(&inputs, &params).expect("timed run");
+    let total: f32 = times.iter().map(|(_, t)| t).sum();
+    let flops = g.matmul_flops();
+    println!(
+        "real-width DiT block: wall {:.2} ms per run (with copies), steps {:.2} ms, {:.0} TFLOP/s on matmul+attention FLOPs",
+        wall * 1e3,
+        total,
+        flops / (total as f64 * 1e-3) / 1e12
+    );
+    let mut by_kind: std::collections::BTreeMap<String, (usize, f32)> = Default::default();
+    for (label, t) in &times {
+        let kind = label.split_whitespace().next().unwrap_or("").to_string();
+        let kind = if kind.starts_with('g') {
+            "kernel".to_string()
+        } else {
+            kind
+        };
+        let e = by_kind.entry(kind).or_default();
+        e.0 += 1;
+        e.1 += t;
+    }
+    for (k, (n, t)) in &by_kind {
+        println!("  {k:10} {n:4} steps {t:8.3} ms");
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (label, t) in sorted.iter().take(12) {
+        println!("  {t:8.3} ms  {label}");
+    }
+}
