@@ -9,11 +9,7 @@ pub fn print_graph(graph: &Graph) -> String {
     let mut out = String::new();
     for id in graph.ids() {
         let node = graph.node(id);
-        let _ = write!(out, "{id}: {} = {}", node.ty, node.op.mnemonic());
-        let attrs = attributes(&node.op);
-        if !attrs.is_empty() {
-            let _ = write!(out, "[{attrs}]");
-        }
+        let _ = write!(out, "{id}: {} = {}", node.ty, op_text(&node.op));
         for (i, a) in node.args.iter().enumerate() {
             let _ = write!(out, "{}{a}", if i == 0 { " " } else { ", " });
         }
@@ -26,6 +22,16 @@ pub fn print_graph(graph: &Graph) -> String {
         let _ = writeln!(out, "output {name} = {id}");
     }
     out
+}
+
+/// `mnemonic[attrs]` of an op, as every dump prints it.
+pub fn op_text(op: &Op) -> String {
+    let attrs = attributes(op);
+    if attrs.is_empty() {
+        op.mnemonic()
+    } else {
+        format!("{}[{attrs}]", op.mnemonic())
+    }
 }
 
 fn attributes(op: &Op) -> String {

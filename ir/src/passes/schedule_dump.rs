@@ -3,7 +3,7 @@
 //! them, so change them together.
 
 use crate::plan::{FusionPlan, GroupKind, KernelGroup, MemoryPlan, Slot};
-use crate::types::ShapeDisplay;
+use crate::print::op_text;
 use crate::{Graph, NodeId, Op};
 use std::fmt::Write;
 
@@ -15,38 +15,6 @@ fn id_list(ids: &[NodeId]) -> String {
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// `mnemonic[attrs]` of a node, compact.
-fn op_text(op: &Op) -> String {
-    let attrs = match op {
-        Op::Input { name, .. } | Op::Param { name, .. } => format!("\"{name}\""),
-        Op::Constant { value, .. } => format!("{value}"),
-        Op::Iota { axis, .. } => format!("axis={axis}"),
-        Op::Cast { to } => format!("{to}"),
-        Op::Reduce { axes, .. } => format!("axes={axes:?}"),
-        Op::Reshape { shape } | Op::Broadcast { shape } => format!("{}", ShapeDisplay(shape)),
-        Op::Transpose { perm } => format!("perm={perm:?}"),
-        Op::Slice { axis, start, end } => format!("axis={axis}, {start}..{end}"),
-        Op::Concat { axis } | Op::Gather { axis } => format!("axis={axis}"),
-        Op::MatMul {
-            transpose_a,
-            transpose_b,
-        } => format!("ta={transpose_a}, tb={transpose_b}"),
-        Op::Attention { scale } => format!("scale={scale}"),
-        Op::Conv2d {
-            stride,
-            padding,
-            groups,
-            ..
-        } => format!("stride={stride:?}, padding={padding:?}, groups={groups}"),
-        _ => String::new(),
-    };
-    if attrs.is_empty() {
-        op.mnemonic()
-    } else {
-        format!("{}[{attrs}]", op.mnemonic())
-    }
 }
 
 fn role(grp: &KernelGroup, id: NodeId) -> &'static str {
