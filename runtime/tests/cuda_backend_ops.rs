@@ -214,15 +214,16 @@ fn bf16_norms_reductions_and_gather() {
     check_bf16(&g.g, 2300);
 }
 
-/// One real-width Qwen-Image DiT block (d = 3072, 24 heads of 128, MLP 12288, 4096 image + 512
-/// text tokens) in bf16: device time per run and the most expensive steps. Run with --ignored.
+/// One real-width Qwen-Image DiT block (d = 3072, 24 heads of 128, MLP 12288) at the 1024² edit
+/// length (8192 image tokens: target + one reference, 256 text tokens; N = 8448) in bf16: time
+/// per run and the most expensive steps. Run with --ignored.
 #[test]
 #[ignore]
 fn bench_real_width_block() {
     let Some(b) = backend(StorageMode::Bf16) else {
         return;
     };
-    let g = cpu_suite::dit_block(4096, 512, 3072, 24, 12288);
+    let g = cpu_suite::dit_block(8192, 256, 3072, 24, 12288);
     let values = random_values(&g, 3000, 8);
     let (inputs, params) = cpu_suite::bind(&g, &values);
     let exe = b
@@ -264,7 +265,7 @@ fn bench_real_width_block() {
     }
     let mut sorted = times.clone();
     sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
-    for (label, t) in sorted.iter().take(12) {
+    for (label, t) in sorted.iter().take(24) {
         println!("  {t:8.3} ms  {label}");
     }
 }

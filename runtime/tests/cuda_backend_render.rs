@@ -8,7 +8,7 @@ mod cpu_suite;
 use qie_ir::Graph;
 use qie_runtime::cpu::CpuBackend;
 use qie_runtime::cuda::backend::module_sources;
-use qie_runtime::cuda::plan::PlanStep;
+use qie_runtime::cuda::plan::{GemmEpilogue, PlanStep};
 use qie_runtime::cuda::{build_plan, KernelCache, StorageMode};
 use qie_runtime::{Backend, CompileOptions, Executable, RuntimeError};
 use std::collections::BTreeMap;
@@ -80,7 +80,13 @@ macro_rules! planned {
             let b = PlanningBackend { kernels: Mutex::new(BTreeMap::new()), plans: Mutex::new(0) };
             $( cpu_suite::$name(&b); )*
             let kernels = b.kernels.lock().unwrap().clone();
-            println!("{} plans, {} distinct kernels", b.plans.lock().unwrap(), kernels.len());
+            let vectorised = kernels.values().filter(|k| k.contains("vst") || k.contains("vld")).count();
+            println!(
+                "{} plans, {} distinct kernels ({vectorised} vectorised)",
+                b.plans.lock().unwrap(),
+                kernels.len()
+            );
+            assert!(vectorised > 0, "the suite exercises vectorised kernels");
             nvrtc_compile_all(&kernels);
         }
     };
@@ -120,6 +126,30 @@ fn real_width_block_uses_the_fast_paths() {
         .filter(|s| matches!(s, PlanStep::Flash { .. }))
         .count();
     assert_eq!(flash, 1, "one joint attention");
+    let epilogues: Vec<GemmEpilogue> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            PlanStep::Gemm { gemm, .. } => Some(gemm.epilogue),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        epilogues
+            .iter()
+            .filter(|e| **e == GemmEpilogue::GeluBias)
+            .count(),
+        2,
+        "MLP up-projections with bias + GELU in cuBLASLt: {epilogues:?}"
+    );
+    assert!(
+        epilogues
+            .iter()
+            .filter(|e| **e == GemmEpilogue::Bias)
+            .count()
+            >= 2,
+        "plain bias epilogues (V projections) in cuBLASLt: {epilogues:?}"
+    );
     assert!(
         gemms >= 12,
         "QKV, out and MLP projections on cuBLASLt, got {gemms}"

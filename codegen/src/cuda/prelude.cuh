@@ -77,3 +77,49 @@ template <typename T> __device__ __forceinline__ long long qclamp(T i, long long
     long long v = (long long)i;
     return v < 0 ? 0 : (v >= dim ? dim - 1 : v);
 }
+
+// Vector access for vectorised elementwise kernels: V consecutive elements (16 or 8 bytes,
+// aligned) to / from V floats.
+struct __align__(16) qv16_t { unsigned x, y, z, w; };
+struct __align__(8) qv8_t { unsigned x, y; };
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ void unpack_bf16x2(unsigned w, float* o) {
+    o[0] = __uint_as_float(w << 16);
+    o[1] = __uint_as_float(w & 0xffff0000u);
+}
+__device__ __forceinline__ void vld8(const bf16_t* p, float* o) {
+    const qv16_t u = *reinterpret_cast<const qv16_t*>(p);
+    unpack_bf16x2(u.x, o); unpack_bf16x2(u.y, o + 2); unpack_bf16x2(u.z, o + 4); unpack_bf16x2(u.w, o + 6);
+}
+__device__ __forceinline__ void vld4(const bf16_t* p, float* o) {
+    const qv8_t u = *reinterpret_cast<const qv8_t*>(p);
+    unpack_bf16x2(u.x, o); unpack_bf16x2(u.y, o + 2);
+}
+__device__ __forceinline__ void vld4(const float* p, float* o) {
+    const qv16_t u = *reinterpret_cast<const qv16_t*>(p);
+    o[0] = __uint_as_float(u.x); o[1] = __uint_as_float(u.y);
+    o[2] = __uint_as_float(u.z); o[3] = __uint_as_float(u.w);
+}
+__device__ __forceinline__ void vld8(const float* p, float* o) { vld4(p, o); vld4(p + 4, o + 4); }
+__device__ __forceinline__ void vst8(bf16_t* p, const float* s) {
+    qv16_t u;
+    u.x = pack_bf16x2(s[0], s[1]); u.y = pack_bf16x2(s[2], s[3]);
+    u.z = pack_bf16x2(s[4], s[5]); u.w = pack_bf16x2(s[6], s[7]);
+    *reinterpret_cast<qv16_t*>(p) = u;
+}
+__device__ __forceinline__ void vst4(bf16_t* p, const float* s) {
+    qv8_t u;
+    u.x = pack_bf16x2(s[0], s[1]); u.y = pack_bf16x2(s[2], s[3]);
+    *reinterpret_cast<qv8_t*>(p) = u;
+}
+__device__ __forceinline__ void vst4(float* p, const float* s) {
+    qv16_t u;
+    u.x = __float_as_uint(s[0]); u.y = __float_as_uint(s[1]);
+    u.z = __float_as_uint(s[2]); u.w = __float_as_uint(s[3]);
+    *reinterpret_cast<qv16_t*>(p) = u;
+}
+__device__ __forceinline__ void vst8(float* p, const float* s) { vst4(p, s); vst4(p + 4, s + 4); }

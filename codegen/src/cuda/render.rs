@@ -257,6 +257,13 @@ fn paren(e: &IndexExpr, it: IndexType) -> String {
     }
 }
 
+/// See [`Renderer::plan_vector`].
+struct VectorPlan {
+    width: usize,
+    loads: Vec<crate::Reg>,
+    stores: Vec<usize>,
+}
+
 struct Renderer<'a> {
     p: &'a KernelProgram,
     opts: RenderOptions,
@@ -483,7 +490,94 @@ impl<'a> Renderer<'a> {
         Ok(())
     }
 
+    /// Whether this elementwise kernel can handle `width` consecutive elements of the innermost
+    /// axis per thread, and which loads (by destination register) and stores (by index) then
+    /// move as one aligned vector: bf16 / f32 buffers read with unit stride along the innermost
+    /// axis, every other stride and the offset multiples of the width. The rest are read and
+    /// written per element.
+    fn plan_vector(&self) -> Option<VectorPlan> {
+        let p = self.p;
+        let r = p.space.len();
+        if r == 0 || p.is_reduction() {
+            return None;
+        }
+        let unit = |map: &IndexMap| map.as_strided().is_some_and(|v| v.strides[r - 1] == 1);
+        let loads: Vec<(crate::Reg, &IndexMap, DType)> = p
+            .body
+            .stmts
+            .iter()
+            .filter_map(|s| match &s.instr {
+                Instr::Load { input, map } => Some((s.dst, map, p.inputs[*input].ty.dtype)),
+                _ => None,
+            })
+            .collect();
+        let stores: Vec<(usize, &IndexMap, DType)> = p
+            .body
+            .stores
+            .iter()
+            .enumerate()
+            .map(|(i, st)| (i, &st.map, p.outputs[st.output].ty.dtype))
+            .collect();
+        let candidates = || {
+            loads
+                .iter()
+                .map(|(_, m, d)| (*m, *d))
+                .chain(stores.iter().map(|(_, m, d)| (*m, *d)))
+                .filter(|(m, d)| matches!(d, DType::BF16 | DType::F32) && unit(m))
+        };
+        let width = if candidates().any(|(_, d)| d == DType::F32) {
+            4
+        } else {
+            8
+        };
+        let last = p.space[r - 1];
+        if !last.is_multiple_of(width) {
+            return None;
+        }
+        let aligned = |map: &IndexMap, d: DType| {
+            matches!(d, DType::BF16 | DType::F32)
+                && map.as_strided().is_some_and(|v| {
+                    let w = width as i64;
+                    v.strides[r - 1] == 1
+                        && v.offset % w == 0
+                        && v.strides[..r - 1].iter().all(|s| s % w == 0)
+                })
+        };
+        // Every access that moves along the innermost axis must be a vector access: mixing
+        // vectors with strided per-element accesses (an interleaving concat) uncoalesces them.
+        let invariant = |map: &IndexMap| map.as_strided().is_some_and(|v| v.strides[r - 1] == 0);
+        let all_vector = p.body.stmts.iter().all(|s| match &s.instr {
+            Instr::Load { input, map } => invariant(map) || aligned(map, p.inputs[*input].ty.dtype),
+            Instr::LoadGather { map, stride, .. } => invariant(map) && *stride == 0,
+            _ => true,
+        }) && p
+            .body
+            .stores
+            .iter()
+            .all(|st| aligned(&st.map, p.outputs[st.output].ty.dtype));
+        if !all_vector {
+            return None;
+        }
+        let plan = VectorPlan {
+            width,
+            loads: loads
+                .iter()
+                .filter(|(_, m, d)| aligned(m, *d))
+                .map(|(reg, _, _)| *reg)
+                .collect(),
+            stores: stores
+                .iter()
+                .filter(|(_, m, d)| aligned(m, *d))
+                .map(|(i, _, _)| *i)
+                .collect(),
+        };
+        (!plan.loads.is_empty() || !plan.stores.is_empty()).then_some(plan)
+    }
+
     fn elementwise(&mut self) -> Result<(String, KernelLaunch), String> {
+        if let Some(vp) = self.plan_vector() {
+            return self.elementwise_vectorised(&vp);
+        }
         let n = self.p.space.iter().product::<usize>() as u64;
         let block = ELEMENTWISE_THREADS;
         let mut out = String::new();
@@ -497,6 +591,133 @@ impl<'a> Renderer<'a> {
         self.unravel(&mut out, "        ", "idx", &self.p.space, 0);
         self.section(&mut out, "        ", &self.p.body)?;
         out.push_str("    }\n}\n");
+        let grid = n.div_ceil(block as u64).min(MAX_BLOCKS) as u32;
+        Ok((out, KernelLaunch { grid, block }))
+    }
+
+    /// `width` consecutive elements per thread: vector loads first, then the body once per
+    /// element (unrolled; `i<last>` is the element's own index there), then vector stores.
+    fn elementwise_vectorised(
+        &mut self,
+        vp: &VectorPlan,
+    ) -> Result<(String, KernelLaunch), String> {
+        let p = self.p;
+        let w = vp.width;
+        let r = p.space.len();
+        let last = r - 1;
+        let n = (p.space.iter().product::<usize>() / w) as u64;
+        let block = ELEMENTWISE_THREADS;
+        let it = self.it.name();
+        let mut out = String::new();
+        self.signature(&mut out, block);
+        let _ = writeln!(
+            out,
+            "    for ({it} idx = ({it})blockIdx.x * {block} + threadIdx.x; idx < {}; idx += ({it})gridDim.x * {block}) {{",
+            self.it.lit(n as i64)
+        );
+        let mut dims: Vec<usize> = p.space.to_vec();
+        dims[last] /= w;
+        self.unravel(&mut out, "        ", "idx", &dims, 0);
+        let _ = writeln!(
+            out,
+            "        const {it} base = i{last} * {};",
+            self.it.lit(w as i64)
+        );
+        // Vector loads.
+        for s in &p.body.stmts {
+            if vp.loads.contains(&s.dst) {
+                let _ = writeln!(out, "        float l{}[{w}];", s.dst.0);
+            }
+        }
+        for (k, _) in p.body.stores.iter().enumerate() {
+            if vp.stores.contains(&k) {
+                let _ = writeln!(out, "        float s{k}[{w}];");
+            }
+        }
+        out.push_str(
+            "        {
+",
+        );
+        let _ = writeln!(out, "            const {it} i{last} = base;");
+        for s in &p.body.stmts {
+            if let Instr::Load { input, map } = &s.instr {
+                if vp.loads.contains(&s.dst) {
+                    let off = render_expr(&map.to_expr(), self.it);
+                    let _ = writeln!(
+                        out,
+                        "            vld{w}(in{input} + ({off}), l{});",
+                        s.dst.0
+                    );
+                }
+            }
+        }
+        out.push_str(
+            "        }
+",
+        );
+        out.push_str(
+            "#pragma unroll
+",
+        );
+        let _ = writeln!(out, "        for (int v = 0; v < {w}; ++v) {{");
+        let _ = writeln!(out, "            const {it} i{last} = base + v;");
+        let indent = "            ";
+        for s in &p.body.stmts {
+            match &s.instr {
+                Instr::Load { input, .. } if vp.loads.contains(&s.dst) => {
+                    let b = p.inputs[*input].ty.dtype;
+                    let _ = writeln!(
+                        out,
+                        "{indent}const {} {} = {};",
+                        reg_type(s.dtype),
+                        self.reg(s.dst),
+                        cast(b, s.dtype, &format!("l{}[v]", s.dst.0))
+                    );
+                }
+                _ => self.stmt(&mut out, indent, s)?,
+            }
+        }
+        for (k, st) in p.body.stores.iter().enumerate() {
+            let b = &p.outputs[st.output];
+            let v = cast(self.dtype_of(st.value), b.ty.dtype, &self.reg(st.value));
+            if vp.stores.contains(&k) {
+                let _ = writeln!(out, "{indent}s{k}[v] = {v};");
+            } else {
+                let off = render_expr(&st.map.to_expr(), self.it);
+                let _ = writeln!(
+                    out,
+                    "{indent}out{}[{off}] = {};",
+                    st.output,
+                    store_conv(b.ty.dtype, &v)
+                );
+            }
+        }
+        out.push_str(
+            "        }
+",
+        );
+        if !vp.stores.is_empty() {
+            out.push_str(
+                "        {
+",
+            );
+            let _ = writeln!(out, "            const {it} i{last} = base;");
+            for (k, st) in p.body.stores.iter().enumerate() {
+                if vp.stores.contains(&k) {
+                    let off = render_expr(&st.map.to_expr(), self.it);
+                    let _ = writeln!(out, "            vst{w}(out{} + ({off}), s{k});", st.output);
+                }
+            }
+            out.push_str(
+                "        }
+",
+            );
+        }
+        out.push_str(
+            "    }
+}
+",
+        );
         let grid = n.div_ceil(block as u64).min(MAX_BLOCKS) as u32;
         Ok((out, KernelLaunch { grid, block }))
     }
@@ -565,7 +786,12 @@ impl<'a> Renderer<'a> {
         let _ = writeln!(out, "    if (active && lane == 0) {{");
         for r in &p.reduces {
             let t = reg_type(r.dtype);
-            let _ = writeln!(out, "        const {t} {} = ({t}){};", self.reg(r.dst), acc_name(r));
+            let _ = writeln!(
+                out,
+                "        const {t} {} = ({t}){};",
+                self.reg(r.dst),
+                acc_name(r)
+            );
         }
         self.section(&mut out, "        ", &p.epilogue)?;
         out.push_str("    }\n}\n");
@@ -632,7 +858,7 @@ mod tests {
     use super::*;
     use crate::lower::{lower_plan, Step};
     use qie_ir::passes::{fuse, FusionOptions};
-    use qie_ir::{Graph, Op, TensorType};
+    use qie_ir::{BinaryOp, Graph, Op, TensorType};
 
     fn kernels(g: &Graph) -> Vec<RenderedKernel> {
         let plan = fuse(g, &FusionOptions::default());
@@ -650,7 +876,7 @@ mod tests {
     #[test]
     fn elementwise_kernel_text() {
         let mut g = Graph::new();
-        let x = g.input("x", TensorType::new(DType::BF16, &[4, 8]));
+        let x = g.input("x", TensorType::new(DType::BF16, &[4, 5]));
         let e = g.add(Op::Unary(UnaryOp::Exp), &[x]).unwrap();
         g.set_output("e", e);
         let ks = kernels(&g);
@@ -669,6 +895,41 @@ mod tests {
         // Deterministic and content-addressed.
         assert_eq!(kernels(&g)[0], ks[0]);
         assert!(k.source.contains(&k.name));
+    }
+
+    #[test]
+    fn contiguous_bf16_kernels_move_16_bytes_per_access() {
+        let mut g = Graph::new();
+        let x = g.input("x", TensorType::new(DType::BF16, &[4, 64]));
+        let b = g.input("b", TensorType::new(DType::BF16, &[64]));
+        let bb = g
+            .add(
+                Op::Broadcast {
+                    shape: qie_ir::shape(&[4, 64]),
+                },
+                &[b],
+            )
+            .unwrap();
+        let y = g.add(Op::Binary(BinaryOp::Add), &[x, bb]).unwrap();
+        g.set_output("y", y);
+        let k = &kernels(&g)[0];
+        assert!(k.source.contains("vld8(in0"), "{}", k.source);
+        assert!(k.source.contains("vld8(in1"), "{}", k.source);
+        assert!(k.source.contains("vst8(out0"), "{}", k.source);
+        // 256 elements, 8 per thread.
+        assert_eq!(
+            k.launch,
+            KernelLaunch {
+                grid: 1,
+                block: 256
+            }
+        );
+        // An odd innermost size stays scalar.
+        let mut g = Graph::new();
+        let x = g.input("x", TensorType::new(DType::BF16, &[4, 7]));
+        let e = g.add(Op::Unary(UnaryOp::Exp), &[x]).unwrap();
+        g.set_output("e", e);
+        assert!(!kernels(&g)[0].source.contains("vld"));
     }
 
     #[test]

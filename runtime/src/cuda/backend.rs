@@ -333,21 +333,52 @@ fn fingerprint(data: &ParamData<'_>) -> u64 {
     h
 }
 
+/// Elements per parallel conversion task.
+const CHUNK: usize = 1 << 16;
+
+/// `v` encoded element by element into `N` bytes each, in parallel.
+pub(crate) fn par_encode<T: Sync, const N: usize>(
+    v: &[T],
+    f: impl Fn(&T) -> [u8; N] + Sync,
+) -> Vec<u8> {
+    let mut out = vec![0u8; v.len() * N];
+    out.par_chunks_mut(CHUNK * N)
+        .zip(v.par_chunks(CHUNK))
+        .for_each(|(o, i)| {
+            for (d, x) in o.chunks_exact_mut(N).zip(i) {
+                d.copy_from_slice(&f(x));
+            }
+        });
+    out
+}
+
+/// Bytes decoded `N` at a time into elements, in parallel.
+pub(crate) fn par_decode<T: Send + Copy + Default, const N: usize>(
+    bytes: &[u8],
+    f: impl Fn([u8; N]) -> T + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::default(); bytes.len() / N];
+    out.par_chunks_mut(CHUNK)
+        .zip(bytes.par_chunks(CHUNK * N))
+        .for_each(|(o, i)| {
+            for (d, x) in o.iter_mut().zip(i.chunks_exact(N)) {
+                *d = f(x.try_into().expect("N bytes"));
+            }
+        });
+    out
+}
+
 /// Host data converted to the bytes of its device storage dtype.
 pub(crate) fn to_storage_bytes(data: &ParamData<'_>, dtype: DType) -> Result<Vec<u8>, String> {
     Ok(match (data, dtype) {
-        (ParamData::F32(v), DType::F32) => bytemuck::cast_slice(v).to_vec(),
-        (ParamData::F32(v), DType::BF16) => v
-            .iter()
-            .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
-            .collect(),
-        (ParamData::F32(v), DType::F16) => v
-            .iter()
-            .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
-            .collect(),
-        (ParamData::I32(v), DType::I32) => bytemuck::cast_slice(v).to_vec(),
-        (ParamData::I64(v), DType::I64) => bytemuck::cast_slice(v).to_vec(),
-        (ParamData::Bool(v), DType::Bool) => v.iter().map(|&b| b as u8).collect(),
+        (ParamData::F32(v), DType::F32) => par_encode(v, |x| x.to_le_bytes()),
+        (ParamData::F32(v), DType::BF16) => {
+            par_encode(v, |&x| half::bf16::from_f32(x).to_le_bytes())
+        }
+        (ParamData::F32(v), DType::F16) => par_encode(v, |&x| half::f16::from_f32(x).to_le_bytes()),
+        (ParamData::I32(v), DType::I32) => par_encode(v, |x| x.to_le_bytes()),
+        (ParamData::I64(v), DType::I64) => par_encode(v, |x| x.to_le_bytes()),
+        (ParamData::Bool(v), DType::Bool) => par_encode(v, |&b| [b as u8]),
         (d, t) => return Err(format!("{:?} data cannot be stored as {t}", d.storage())),
     })
 }

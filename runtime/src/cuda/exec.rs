@@ -13,9 +13,9 @@
 //! re-uploaded elsewhere. If capturing fails, the executable says so once and stays eager.
 //! `QIE_CUDA_GRAPHS=0` turns graphs off.
 
-use super::backend::{cuda_err, to_storage_bytes, Shared};
+use super::backend::{cuda_err, par_decode, to_storage_bytes, Shared};
 use super::nvrtc::{Arg, Kernel};
-use super::plan::{BufRef, CudaPlan, FlashStep, GemmStep, KArg, PlanStep};
+use super::plan::{BufRef, CudaPlan, FlashStep, GemmEpilogue, GemmStep, KArg, PlanStep};
 use super::{Arena, AttentionArgs, DevPtr, Epilogue, FlashAttention, GemmArgs, TensorStrides};
 use crate::backend::{CompileOptions, Executable, ParamStore, PlanStats, RuntimeError};
 use crate::tensor::{Storage, Tensor, TensorData};
@@ -195,20 +195,15 @@ impl CudaExecutable {
         }
         for i in &plan.inputs {
             let t = &inputs[&i.name];
-            let bytes = host_to_storage(t.data(), i.buf.dtype()).map_err(|m| {
-                RuntimeError::BadInput {
+            let bytes =
+                host_to_storage(t.data(), i.buf.dtype()).map_err(|m| RuntimeError::BadInput {
                     name: i.name.clone(),
                     message: m,
-                }
-            })?;
+                })?;
             dev.htod(ptr(&i.buf), &bytes).map_err(cuda_err)?;
         }
         let use_graph = self.graphs && !self.sync_each_step && times.is_none();
-        let replay = use_graph
-            && state
-                .graph
-                .as_ref()
-                .is_some_and(|c| c.params == param_ptrs);
+        let replay = use_graph && state.graph.as_ref().is_some_and(|c| c.params == param_ptrs);
         if replay {
             let c = state.graph.as_ref().expect("checked");
             c.graph
@@ -263,7 +258,7 @@ impl CudaExecutable {
         for o in &plan.outputs {
             let mut bytes = vec![0u8; o.buf.bytes()];
             dev.dtoh(&mut bytes, ptr(&o.buf)).map_err(cuda_err)?;
-            let data = storage_to_host(&bytes, o.buf.dtype(), o.ty.dtype);
+            let data = storage_to_host(&bytes, o.buf.dtype());
             let t = Tensor::new(o.ty.clone(), data)
                 .map_err(|e| RuntimeError::Execution(e.to_string()))?;
             out.insert(o.name.clone(), t);
@@ -324,7 +319,18 @@ fn gemm_args(g: &GemmStep, ptr: &dyn Fn(&BufRef) -> DevPtr) -> GemmArgs {
         stride_a: g.stride_a,
         stride_b: g.stride_b,
         stride_d: g.m * g.n,
-        epilogue: Epilogue::None,
+        epilogue: {
+            let bias = || {
+                let (b, off) = g.bias.expect("bias epilogues carry a bias");
+                ptr(&b).offset(off)
+            };
+            match g.epilogue {
+                GemmEpilogue::None => Epilogue::None,
+                GemmEpilogue::Bias => Epilogue::Bias(bias()),
+                GemmEpilogue::Gelu => Epilogue::Gelu,
+                GemmEpilogue::GeluBias => Epilogue::GeluBias(bias()),
+            }
+        },
         accumulate: false,
     }
 }
@@ -367,41 +373,17 @@ fn host_to_storage(data: &TensorData, dtype: DType) -> Result<Vec<u8>, String> {
     to_storage_bytes(&pd, dtype)
 }
 
-/// Device bytes of `storage` dtype as host data of the visible dtype `visible`.
-fn storage_to_host(bytes: &[u8], storage: DType, visible: DType) -> TensorData {
-    let f32s = |v: Vec<f32>| TensorData::F32(v);
-    match (storage, Storage::of(visible)) {
-        (DType::BF16, _) => f32s(
-            bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-        ),
-        (DType::F16, _) => f32s(
-            bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-        ),
-        (DType::F32, _) => f32s(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
-        (DType::I32, _) => TensorData::I32(
-            bytes
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
-        (DType::I64, _) => TensorData::I64(
-            bytes
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-        ),
-        (DType::Bool, _) => TensorData::Bool(bytes.iter().map(|&b| b != 0).collect()),
+/// Device bytes of `storage` dtype as host data (f32 for every float dtype).
+fn storage_to_host(bytes: &[u8], storage: DType) -> TensorData {
+    match storage {
+        DType::BF16 => {
+            TensorData::F32(par_decode(bytes, |b| half::bf16::from_le_bytes(b).to_f32()))
+        }
+        DType::F16 => TensorData::F32(par_decode(bytes, |b| half::f16::from_le_bytes(b).to_f32())),
+        DType::F32 => TensorData::F32(par_decode(bytes, f32::from_le_bytes)),
+        DType::I32 => TensorData::I32(par_decode(bytes, i32::from_le_bytes)),
+        DType::I64 => TensorData::I64(par_decode(bytes, i64::from_le_bytes)),
+        DType::Bool => TensorData::Bool(par_decode(bytes, |b: [u8; 1]| b[0] != 0)),
     }
 }
 
