@@ -1,36 +1,7 @@
 //! The Qwen-Image DiT against diffusers 0.42.1 golden fixtures (tools/golden/make_dit_fixtures.py).
 
-use qie_models::qwen_image::{DitInputs, DitOptions, ImgShape, QwenImageDit, WeightPrecision};
-use qie_runtime::weights::WeightStore;
-use qie_tests::{fixture, rel_l2};
-
-fn img_shapes(case: &str) -> Vec<ImgShape> {
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture(&format!("dit/{case}/meta.json"))).unwrap(),
-    )
-    .unwrap();
-    meta["img_shapes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let v: Vec<usize> = s
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
-            [v[0], v[1], v[2]]
-        })
-        .collect()
-}
-
-fn expected(case: &str, name: &str) -> Vec<f32> {
-    WeightStore::open(fixture(&format!("dit/{case}/expected.safetensors")))
-        .unwrap()
-        .load_f32(name)
-        .unwrap()
-}
+use qie_models::qwen_image::{DitInputs, DitOptions, QwenImageDit, WeightPrecision};
+use qie_tests::{dit_expected as expected, dit_img_shapes as img_shapes, fixture, rel_l2};
 
 fn run_case(case: &str, precision: WeightPrecision) -> Vec<f32> {
     let options = DitOptions {

@@ -9,11 +9,10 @@
 //! Without a GPU the tests print why they skip; `dit_kernels_compile` still plans the DiT and
 //! compiles its kernels when NVRTC is installed.
 
-use qie_models::qwen_image::{DitInputs, DitOptions, ImgShape, QwenImageDit};
+use qie_models::qwen_image::{DitInputs, DitOptions, QwenImageDit};
 use qie_runtime::cuda::{build_plan, CudaBackend, KernelCache, StorageMode};
-use qie_runtime::weights::WeightStore;
 use qie_runtime::{Backend, CompileOptions};
-use qie_tests::{fixture, rel_l2};
+use qie_tests::{dit_expected as expected, dit_img_shapes as img_shapes, fixture, rel_l2};
 use std::sync::{Arc, OnceLock};
 
 const CASES: [&str; 8] = [
@@ -26,34 +25,6 @@ const CASES: [&str; 8] = [
     "layer3d_rope",
     "bf16",
 ];
-
-fn img_shapes(case: &str) -> Vec<ImgShape> {
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture(&format!("dit/{case}/meta.json"))).unwrap(),
-    )
-    .unwrap();
-    meta["img_shapes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let v: Vec<usize> = s
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
-            [v[0], v[1], v[2]]
-        })
-        .collect()
-}
-
-fn expected(case: &str, name: &str) -> Vec<f32> {
-    WeightStore::open(fixture(&format!("dit/{case}/expected.safetensors")))
-        .unwrap()
-        .load_f32(name)
-        .unwrap()
-}
 
 fn backend(mode: StorageMode) -> Option<Arc<dyn Backend>> {
     static F32: OnceLock<Option<Arc<dyn Backend>>> = OnceLock::new();

@@ -1,5 +1,7 @@
 //! Shared helpers for cross-crate tests: fixture paths and tolerance checks.
 
+use qie_models::qwen_image::ImgShape;
+use qie_runtime::weights::WeightStore;
 use std::path::PathBuf;
 
 /// `tests/fixtures/<rel>` in this checkout.
@@ -24,4 +26,33 @@ pub fn rel_l2(out: &[f32], reference: &[f32]) -> f64 {
         norm += (r as f64).powi(2);
     }
     (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// `img_shapes` of a DiT golden case (from its meta.json).
+pub fn dit_img_shapes(case: &str) -> Vec<ImgShape> {
+    let path = fixture(&format!("dit/{case}/meta.json"));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    meta["img_shapes"]
+        .as_array()
+        .expect("meta.json: img_shapes")
+        .iter()
+        .map(|s| {
+            let v: Vec<usize> = s
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            [v[0], v[1], v[2]]
+        })
+        .collect()
+}
+
+/// A reference tensor of a DiT golden case (`sample`, `sample_bf16`, intermediates).
+pub fn dit_expected(case: &str, name: &str) -> Vec<f32> {
+    WeightStore::open(fixture(&format!("dit/{case}/expected.safetensors")))
+        .unwrap()
+        .load_f32(name)
+        .unwrap()
 }
