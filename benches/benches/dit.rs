@@ -5,11 +5,12 @@
 //! QIE_BENCH_RUNS (3). CPU target: one block at 4096 + 256 tokens in under 30 s on 2 cores.
 //! PyTorch on the same inputs: benches/torch/dit.py.
 
-use qie_benches::{median, random_values, random_weights, real_dit_config, time_runs};
+use qie_benches::{median, time_runs};
 use qie_models::qwen_image::dit::expected_weights_for;
-use qie_models::qwen_image::{DitInputs, DitOptions, QwenImageDit};
+use qie_models::qwen_image::random::{random_inputs, random_weights, real_dit_config};
+use qie_models::qwen_image::{DitOptions, QwenImageDit};
 use qie_runtime::cuda::{CudaBackend, StorageMode};
-use qie_runtime::{Backend, Tensor};
+use qie_runtime::Backend;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -52,18 +53,8 @@ fn main() {
     let dit = QwenImageDit::from_weights(config.clone(), weights, &options).expect("model");
     let setup = start.elapsed();
 
-    let img_shapes = vec![[1, side, side]; 1 + refs];
-    let s_img = (1 + refs) * side * side;
-    let inputs = DitInputs {
-        hidden_states: Tensor::from_f32(&[1, s_img, 64], random_values(s_img * 64, 7, 1.0))
-            .unwrap(),
-        encoder_hidden_states: Tensor::from_f32(&[1, txt, 3584], random_values(txt * 3584, 8, 1.0))
-            .unwrap(),
-        encoder_hidden_states_mask: Some(Tensor::from_bool(&[1, txt], vec![true; txt]).unwrap()),
-        timestep: Tensor::from_f32(&[1], vec![0.7]).unwrap(),
-        additional_t_cond: None,
-        img_shapes,
-    };
+    let inputs = random_inputs(&config, side, refs, txt);
+    let s_img = inputs.img_tokens();
     let flops = dit.lower(&inputs).expect("lower").matmul_flops();
     let start = Instant::now();
     let first = dit.forward(&inputs).expect("forward");

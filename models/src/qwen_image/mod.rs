@@ -4,6 +4,7 @@ pub mod config;
 pub mod dit;
 pub mod img_shapes;
 pub mod inputs;
+pub mod random;
 
 pub use config::DitConfig;
 pub use dit::{DitOptions, DitWeights, QwenImageDit, WeightPrecision};

@@ -1,0 +1,76 @@
+//! A Qwen-Image DiT with random weights at the real shapes (benchmarks, full-size GPU checks) and
+//! random inputs for it; no checkpoint needed.
+
+use super::{DitConfig, DitInputs, DitWeights};
+use qie_runtime::Tensor;
+
+/// The real Qwen-Image-Edit DiT config with `layers` blocks.
+pub fn real_dit_config(layers: usize, zero_cond_t: bool) -> DitConfig {
+    DitConfig::from_json(serde_json::json!({
+        "_class_name": "QwenImageTransformer2DModel",
+        "patch_size": 2,
+        "in_channels": 64,
+        "out_channels": 16,
+        "num_layers": layers,
+        "attention_head_dim": 128,
+        "num_attention_heads": 24,
+        "joint_attention_dim": 3584,
+        "guidance_embeds": false,
+        "axes_dims_rope": [16, 56, 56],
+        "zero_cond_t": zero_cond_t,
+    }))
+    .expect("valid config")
+}
+
+/// Deterministic pseudo-random values in [-scale, scale) (xorshift; fast enough for GBs of weights).
+pub fn random_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Random weights for every tensor the model expects: matrices ~ U(-1/sqrt(fan_in), ..), vectors
+/// near 1 for norms, small elsewhere.
+pub fn random_weights(expected: &[(String, Vec<usize>)]) -> DitWeights {
+    let mut weights = DitWeights::default();
+    for (i, (name, shape)) in expected.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let values = if shape.len() == 2 {
+            random_values(n, i as u64 + 1, 1.0 / (shape[1] as f32).sqrt())
+        } else if name.contains("norm") {
+            random_values(n, i as u64 + 1, 0.1)
+                .into_iter()
+                .map(|v| 1.0 + v)
+                .collect()
+        } else {
+            random_values(n, i as u64 + 1, 0.02)
+        };
+        weights.insert(name.clone(), values);
+    }
+    weights
+}
+
+/// Random inputs for one edit: a target image of `side` x `side` patches, `refs` reference images
+/// of the same size, `txt` text tokens (all valid), timestep 0.7.
+pub fn random_inputs(config: &DitConfig, side: usize, refs: usize, txt: usize) -> DitInputs {
+    let s_img = (1 + refs) * side * side;
+    let (c, d) = (config.in_channels, config.joint_attention_dim);
+    DitInputs {
+        hidden_states: Tensor::from_f32(&[1, s_img, c], random_values(s_img * c, 7, 1.0))
+            .expect("shape"),
+        encoder_hidden_states: Tensor::from_f32(&[1, txt, d], random_values(txt * d, 8, 1.0))
+            .expect("shape"),
+        encoder_hidden_states_mask: Some(
+            Tensor::from_bool(&[1, txt], vec![true; txt]).expect("shape"),
+        ),
+        timestep: Tensor::from_f32(&[1], vec![0.7]).expect("shape"),
+        additional_t_cond: None,
+        img_shapes: vec![[1, side, side]; 1 + refs],
+    }
+}
