@@ -167,7 +167,7 @@ pub fn check_device(device: &str) -> Result<DeviceSpec, String> {
 
 /// The backend `--device` names: None for the CPU (the driver's default), a CUDA backend with
 /// the storage dtype of `--dtype` otherwise, or why CUDA cannot be used here.
-fn make_backend(device: &str, dtype: DTypeArg) -> Result<Option<Arc<dyn Backend>>, String> {
+pub fn make_backend(device: &str, dtype: DTypeArg) -> Result<Option<Arc<dyn Backend>>, String> {
     match check_device(device)? {
         DeviceSpec::Cpu => Ok(None),
         DeviceSpec::Cuda(ordinal) => {

@@ -1,5 +1,6 @@
 //! `qie`: compile, run and (later) train Qwen-Image-Edit models from one binary.
 
+mod cmd_bench;
 mod cmd_compile;
 mod cmd_forward;
 mod shapes_arg;
@@ -25,6 +26,9 @@ enum Command {
     /// Run one model component on tensors from a safetensors file (for parity checks with PyTorch).
     #[command(subcommand)]
     Forward(cmd_forward::ForwardCommand),
+    /// Time a model at real size with random weights.
+    #[command(subcommand)]
+    Bench(cmd_bench::BenchCommand),
     /// List the compute backends compiled in and the devices found.
     Devices,
 }
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Compile(args) => cmd_compile::run(args),
         Command::Forward(cmd) => cmd_forward::run(cmd),
+        Command::Bench(cmd) => cmd_bench::run(cmd),
         Command::Devices => {
             devices();
             Ok(())

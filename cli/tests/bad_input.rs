@@ -324,3 +324,31 @@ fn compile_prints_every_stage() {
         assert!(stdout.contains(needle), "missing `{needle}` in output");
     }
 }
+
+#[test]
+fn bench_dit_runs_a_real_width_block_and_rejects_bad_sizes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_qie"))
+        .args([
+            "bench", "dit", "--device", "cpu", "--size", "128", "--layers", "1", "--txt", "8",
+            "--runs", "1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("bench dit on cpu: 1 layers")
+            && stdout.contains("(128 image + 8 text tokens)"),
+        "{stdout}"
+    );
+    let (code, err) = qie(&["bench", "dit", "--size", "100"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--size must be a positive multiple of 16"),
+        "{err}"
+    );
+}
