@@ -46,7 +46,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
 }
 
 fn run_dit(args: BenchDitArgs) -> Result<(), String> {
-    if args.size == 0 || args.size % 16 != 0 || args.layers == 0 || args.runs == 0 {
+    if args.size == 0 || !args.size.is_multiple_of(16) || args.layers == 0 || args.runs == 0 {
         return Err(
             "--size must be a positive multiple of 16; --layers and --runs must be positive".into(),
         );
