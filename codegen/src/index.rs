@@ -28,6 +28,24 @@ pub struct View {
 }
 
 impl View {
+    /// Lowest and highest element offsets the view touches (inclusive); None when it is empty.
+    /// Backends check these against their buffers when they bind a plan.
+    pub fn extent(&self) -> Option<(i64, i64)> {
+        if self.shape.contains(&0) {
+            return None;
+        }
+        let (mut lo, mut hi) = (self.offset, self.offset);
+        for (&n, &s) in self.shape.iter().zip(&self.strides) {
+            let span = (n as i64 - 1) * s;
+            if span < 0 {
+                lo += span;
+            } else {
+                hi += span;
+            }
+        }
+        Some((lo, hi))
+    }
+
     /// The row-major layout of a dense buffer of `shape`.
     pub fn contiguous(shape: &[usize]) -> View {
         let strides = contiguous_strides(shape)

@@ -449,18 +449,9 @@ fn check_disjoint(ops: &[BufRef], out: BufRef, name: &str) -> Result<(), Runtime
 }
 
 fn check_view(v: &View, b: BufRef, name: &str) -> Result<(), RuntimeError> {
-    if v.numel() == 0 {
+    let Some((lo, hi)) = v.extent() else {
         return Ok(());
-    }
-    let (mut lo, mut hi) = (v.offset, v.offset);
-    for (&n, &s) in v.shape.iter().zip(&v.strides) {
-        let span = (n as i64 - 1) * s;
-        if span < 0 {
-            lo += span
-        } else {
-            hi += span
-        }
-    }
+    };
     if lo < 0 || hi >= b.len() as i64 {
         return Err(compile_err(format!(
             "{name}: operand view {v} outside its buffer"
