@@ -4,7 +4,7 @@
 
 It is a second, readable spec of the semantics: if it agrees with the diffusers-generated
 expected.safetensors to ~1e-6, NOTES.md describes the forward correctly. Needs only torch +
-safetensors:  /work/venv-golden/bin/python tools/golden/check_dit_reference.py
+safetensors:  python tools/golden/check_dit_reference.py
 """
 import glob
 import json

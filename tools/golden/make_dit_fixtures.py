@@ -14,7 +14,7 @@ Expected outputs are computed by reloading the *saved* transformer with from_pre
 fixture checks exactly what is on disk) and calling the real diffusers forward.
 
 Usage (see README.md for the environment):
-    /work/venv-golden/bin/python tools/golden/make_dit_fixtures.py [--out DIR] [--only CASE ...]
+    python tools/golden/make_dit_fixtures.py [--out DIR] [--only CASE ...]
 """
 
 from __future__ import annotations
