@@ -79,8 +79,12 @@ fn run_dit(args: BenchDitArgs) -> Result<(), String> {
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
+    let memory = dit
+        .device_memory()
+        .map(|m| format!("  device memory: {m}\n"))
+        .unwrap_or_default();
     crate::write_stdout(&format!(
-        "bench dit on {}: {} layers, {}x{} px + {} reference image(s) ({} image + {} text tokens), {:.3} TFLOP\n  setup {:.1} s, first run {:.3} s, median of {} {:.4} s ({:.3} TFLOP/s), min {:.4} s, max {:.4} s\n",
+        "bench dit on {}: {} layers, {}x{} px + {} reference image(s) ({} image + {} text tokens), {:.3} TFLOP\n  setup {:.1} s, first run {:.3} s, median of {} {:.4} s ({:.3} TFLOP/s), min {:.4} s, max {:.4} s\n{memory}",
         dit.backend_name(),
         args.layers,
         args.size,

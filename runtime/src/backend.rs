@@ -209,4 +209,37 @@ pub trait Backend: Send + Sync {
         graph: &Graph,
         options: &CompileOptions,
     ) -> Result<Box<dyn Executable>, RuntimeError>;
+
+    /// Device memory in use, for backends with their own memory (`None` on the CPU).
+    fn memory(&self) -> Option<MemoryReport> {
+        None
+    }
+}
+
+/// Where a device backend's memory goes, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Weights resident on the device (after alignment).
+    pub weights: usize,
+    /// Everything qie allocated now (weights, plan arenas, library workspaces).
+    pub allocated: usize,
+    /// The most qie has had allocated at once.
+    pub peak_allocated: usize,
+    /// Used on the whole device (total - free): adds the CUDA context, loaded modules, library
+    /// handles, and other processes.
+    pub device_used: usize,
+}
+
+impl fmt::Display for MemoryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        write!(
+            f,
+            "weights {:.2} GiB, allocated {:.2} GiB (peak {:.2} GiB), device used {:.2} GiB",
+            gib(self.weights),
+            gib(self.allocated),
+            gib(self.peak_allocated),
+            gib(self.device_used)
+        )
+    }
 }

@@ -13,6 +13,7 @@ pub mod tensor;
 pub mod weights;
 
 pub use backend::{
-    Backend, CompileOptions, Executable, NoParams, ParamData, ParamStore, PlanStats, RuntimeError,
+    Backend, CompileOptions, Executable, MemoryReport, NoParams, ParamData, ParamStore, PlanStats,
+    RuntimeError,
 };
 pub use tensor::{Storage, Tensor, TensorData, TensorError};

@@ -46,3 +46,30 @@ fn device_spec_parsing() {
     );
     assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
 }
+
+#[test]
+fn weight_pool_reserve_packs_without_waste() {
+    use qie_runtime::cuda::WeightPool;
+    let Ok(dev) = CudaDevice::new(0) else {
+        println!("skipped: no CUDA device");
+        return;
+    };
+    let before = dev.allocations().current();
+    let mut pool = WeightPool::new(&dev, 64 << 20);
+    // Three 40 MiB tensors: one 64 MiB chunk each without a reservation (72 MiB wasted).
+    let sizes = [40usize << 20; 3];
+    pool.reserve(sizes.iter().sum()).unwrap();
+    let ptrs: Vec<_> = sizes.iter().map(|&b| pool.alloc(b).unwrap()).collect();
+    assert_eq!(dev.allocations().current() - before, 120 << 20);
+    assert_eq!(ptrs[1].0 - ptrs[0].0, 40 << 20);
+    assert_eq!(ptrs[2].0 - ptrs[1].0, 40 << 20);
+    // Small allocations after the reservation get a normal chunk.
+    pool.alloc(1 << 20).unwrap();
+    assert_eq!(
+        dev.allocations().current() - before,
+        (120 << 20) + (64 << 20)
+    );
+    assert!(dev.allocations().peak() >= dev.allocations().current());
+    drop(pool);
+    assert_eq!(dev.allocations().current(), before);
+}

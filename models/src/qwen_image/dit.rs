@@ -151,6 +151,11 @@ impl QwenImageDit {
         }
     }
 
+    /// The backend's device memory (`None` on the CPU).
+    pub fn device_memory(&self) -> Option<qie_runtime::MemoryReport> {
+        self.backend.memory()
+    }
+
     /// Name of the backend plans run on (`cpu`, `cuda:0`, ...).
     pub fn backend_name(&self) -> &str {
         self.backend.name()
@@ -223,6 +228,17 @@ pub fn expected_weights_for(
     source: Option<&Path>,
 ) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
     param_shapes(&load_program(config, source)?, config)
+}
+
+/// Lowers the model for `inputs` without weights (plan inspection, memory estimates).
+pub fn lower_without_weights(
+    config: &DitConfig,
+    source: Option<&Path>,
+    inputs: &DitInputs,
+) -> Result<Graph, ModelError> {
+    inputs.validate(config)?;
+    let program = load_program(config, source)?;
+    lower_for(&program, config, &inputs.key_types(), &inputs.img_shapes)
 }
 
 fn load_program(config: &DitConfig, source: Option<&Path>) -> Result<Program, ModelError> {

@@ -135,6 +135,8 @@ pub struct WeightPool {
     /// Tensors larger than a chunk, one allocation each.
     large: Vec<DeviceBuffer>,
     used_in_last: usize,
+    /// Size of the last chunk (`chunk_bytes`, or more when [`WeightPool::reserve`] asked).
+    last_capacity: usize,
     total: usize,
 }
 
@@ -146,22 +148,42 @@ impl WeightPool {
             chunks: Vec::new(),
             large: Vec::new(),
             used_in_last: 0,
+            last_capacity: 0,
             total: 0,
         }
+    }
+
+    /// Makes the next `bytes` of [`WeightPool::alloc`] calls (each rounded up to [`ALIGN`])
+    /// land in one chunk, sized to fit when they exceed `chunk_bytes`. Callers that know a
+    /// plan's weights up front reserve them together, so chunk tails are not wasted: bump
+    /// allocation of the real DiT's weights into fixed 256 MiB chunks wasted 19% (45 GiB of
+    /// chunks for 37.9 GiB of weights).
+    pub fn reserve(&mut self, bytes: usize) -> Result<()> {
+        let need = align_up(bytes, ALIGN);
+        if need == 0 || (!self.chunks.is_empty() && self.used_in_last + need <= self.last_capacity)
+        {
+            return Ok(());
+        }
+        let size = need.max(self.chunk_bytes);
+        self.chunks.push(self.dev.alloc(size)?);
+        self.last_capacity = size;
+        self.used_in_last = 0;
+        Ok(())
     }
 
     /// Uninitialised space for `bytes`, [`ALIGN`]-aligned.
     pub fn alloc(&mut self, bytes: usize) -> Result<DevPtr> {
         let need = align_up(bytes.max(1), ALIGN);
         self.total += need;
-        if need > self.chunk_bytes {
-            let buf = self.dev.alloc(need)?;
-            let p = buf.ptr();
-            self.large.push(buf);
-            return Ok(p);
-        }
-        if self.chunks.is_empty() || self.used_in_last + need > self.chunk_bytes {
+        if self.chunks.is_empty() || self.used_in_last + need > self.last_capacity {
+            if need > self.chunk_bytes {
+                let buf = self.dev.alloc(need)?;
+                let p = buf.ptr();
+                self.large.push(buf);
+                return Ok(p);
+            }
             self.chunks.push(self.dev.alloc(self.chunk_bytes)?);
+            self.last_capacity = self.chunk_bytes;
             self.used_in_last = 0;
         }
         let p = self

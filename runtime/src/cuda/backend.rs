@@ -18,7 +18,7 @@ use super::storage::{assign_storage, StorageMode};
 use super::{
     Blas, CudaDevice, CudaError, DevPtr, DeviceBuffer, FlashAttention, KernelCache, WeightPool,
 };
-use crate::backend::{Backend, CompileOptions, Executable, ParamData, RuntimeError};
+use crate::backend::{Backend, CompileOptions, Executable, MemoryReport, ParamData, RuntimeError};
 use qie_ir::passes::{
     fuse, optimize_with, plan_memory, FusionOptions, MemoryOptions, PipelineOptions,
 };
@@ -247,6 +247,20 @@ impl Backend for CudaBackend {
     ) -> Result<Box<dyn Executable>, RuntimeError> {
         Ok(Box::new(self.compile_plan(graph, options)?))
     }
+
+    fn memory(&self) -> Option<MemoryReport> {
+        let dev = &self.shared.dev;
+        let used = dev
+            .mem_info()
+            .map(|(free, total)| total - free)
+            .unwrap_or(0);
+        Some(MemoryReport {
+            weights: self.weight_bytes(),
+            allocated: dev.allocations().current(),
+            peak_allocated: dev.allocations().peak(),
+            device_used: used,
+        })
+    }
 }
 
 /// Weights on the device, uploaded once in their storage dtype and found again by name.
@@ -273,6 +287,31 @@ impl WeightCache {
             pool: WeightPool::new(dev, 256 << 20),
             entries: HashMap::new(),
         }
+    }
+
+    /// Reserves one pool chunk for every weight in `params` that [`WeightCache::get`] would
+    /// upload, so a plan's weights are packed without chunk-tail waste.
+    pub fn reserve_for(
+        &mut self,
+        params: &[(&str, ParamData<'_>, DType)],
+    ) -> Result<(), RuntimeError> {
+        let align = |b: usize| b.max(1).div_ceil(super::arena::ALIGN) * super::arena::ALIGN;
+        let missing: usize = params
+            .iter()
+            .filter(|(name, data, dtype)| !self.is_cached(name, data, *dtype))
+            .map(|(_, data, dtype)| align(data.len() * dtype.size_bytes()))
+            .sum();
+        self.pool.reserve(missing).map_err(cuda_err)
+    }
+
+    fn is_cached(&self, name: &str, data: &ParamData<'_>, dtype: DType) -> bool {
+        self.entries
+            .get(&(name.to_string(), dtype))
+            .is_some_and(|e| {
+                e.host == data.as_ptr() as usize
+                    && e.len == data.len()
+                    && e.fingerprint == fingerprint(data)
+            })
     }
 
     /// The device copy of `data` in `dtype`, uploading it when needed.

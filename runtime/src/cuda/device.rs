@@ -156,6 +156,33 @@ pub struct DeviceBuffer {
     ptr: u64,
     bytes: usize,
     ctx: Arc<CudaContext>,
+    counter: Arc<AllocCounter>,
+}
+
+/// Bytes this process holds through [`CudaDevice::alloc`] (now and at most), so that memory
+/// reports can separate qie's own allocations from the CUDA context and libraries.
+#[derive(Debug, Default)]
+pub struct AllocCounter {
+    current: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl AllocCounter {
+    fn add(&self, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.current.fetch_add(bytes, Relaxed) + bytes;
+        self.peak.fetch_max(now, Relaxed);
+    }
+    fn sub(&self, bytes: usize) {
+        self.current
+            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn current(&self) -> usize {
+        self.current.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl DeviceBuffer {
@@ -172,7 +199,9 @@ impl Drop for DeviceBuffer {
         if self.ptr != 0 && self.ctx.bind_to_thread().is_ok() {
             // Frees are synchronous with respect to the device: pending work finishes first.
             // SAFETY: allocated by cuMemAlloc in this context and freed once.
-            let _ = unsafe { drv::free_sync(self.ptr) };
+            if unsafe { drv::free_sync(self.ptr) }.is_ok() {
+                self.counter.sub(self.bytes.max(1));
+            }
         }
     }
 }
@@ -191,6 +220,7 @@ pub struct CudaDevice {
     driver_version: i32,
     sm_count: u32,
     max_shared_per_block_optin: u32,
+    allocs: Arc<AllocCounter>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -226,6 +256,7 @@ impl CudaDevice {
             driver_version: driver_version()?,
             sm_count,
             max_shared_per_block_optin,
+            allocs: Arc::new(AllocCounter::default()),
         }))
     }
 
@@ -261,6 +292,11 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// This device's allocations made through [`CudaDevice::alloc`].
+    pub fn allocations(&self) -> &AllocCounter {
+        &self.allocs
+    }
+
     /// (free, total) device memory in bytes.
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         Ok(self.ctx.mem_get_info()?)
@@ -277,10 +313,12 @@ impl CudaDevice {
                 super::driver_error_text(&e)
             ))
         })?;
+        self.allocs.add(bytes.max(1));
         Ok(DeviceBuffer {
             ptr,
             bytes,
             ctx: self.ctx.clone(),
+            counter: self.allocs.clone(),
         })
     }
 

@@ -167,6 +167,13 @@ impl CudaExecutable {
                 .weights
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
+            let wanted: Vec<_> = plan
+                .params
+                .iter()
+                .zip(&param_data)
+                .map(|(p, d)| (p.name.as_str(), *d, p.storage))
+                .collect();
+            w.reserve_for(&wanted)?;
             plan.params
                 .iter()
                 .zip(&param_data)
