@@ -1,14 +1,17 @@
 //! Microbenchmarks of the CUDA backend at DiT sizes (Qwen-Image: 24 heads x 128, N = 8448):
 //! cuBLASLt GEMMs as linear layers (`x @ W^T`, W in nn.Linear layout) and the flash-attention
-//! kernel. Timed with CUDA events after warm-up; prints the median of `--iters` runs.
+//! kernels (FA2 on `mma.sync`, and on compute capability 9.x the wgmma kernel, each checked
+//! against an f64 reference first). Timed with CUDA events after warm-up; prints the median of
+//! `--iters` runs.
 //!
-//!     cargo run --release -p qie-runtime --example cuda_bench -- [--iters 30] [--only gemm|attn]
+//!     cargo run --release -p qie-runtime --example cuda_bench -- [--iters 30] [--only gemm|attn|variants]
 //!
 //! The PyTorch counterpart is benches/torch/attention.py (same shapes, same card).
 
 use std::sync::Arc;
 
 use half::bf16;
+use qie_runtime::cuda::attention::AttentionKernel;
 use qie_runtime::cuda::blas::WORKSPACE_BYTES;
 use qie_runtime::cuda::{
     ArenaLayout, AttentionArgs, Blas, CudaDevice, DevPtr, Epilogue, FlashAttention, GemmArgs,
@@ -195,37 +198,82 @@ fn run() -> Result<()> {
         let mask: Vec<u8> = (0..n).map(|j| u8::from(!(236..256).contains(&j))).collect();
         dev.htod(pm, &mask)?;
         let cache = KernelCache::default_location();
-        let fa = FlashAttention::new(&dev, &cache)?;
-        println!(
-            "flash attention kernel: {:?} (module from cache: {})",
-            fa.kernel(d).attributes()?,
-            fa.from_cache
-        );
+        let kinds: Vec<AttentionKernel> = [AttentionKernel::Fa2, AttentionKernel::Wgmma]
+            .into_iter()
+            .filter(|k| k.supported(&dev))
+            .collect();
         let plain = AttentionArgs::contiguous(b, n, n, h, d, pq, pk, pv, DevPtr::NULL, po, pl);
         let masked = AttentionArgs { mask: pm, ..plain };
-        let t = time(&dev, warmup, iters, &|| fa.forward(&plain))?;
-        report(
-            "attention fwd B1 N8448 H24 D128 (no mask)",
-            plain.flops(),
-            &t,
-        );
-        let t = time(&dev, warmup, iters, &|| fa.forward(&masked))?;
-        report(
-            "attention fwd B1 N8448 H24 D128 (key padding mask)",
-            masked.flops(),
-            &t,
-        );
-        let d64 = AttentionArgs::contiguous(b, n, n, 2 * h, 64, pq, pk, pv, DevPtr::NULL, po, pl);
-        let t = time(&dev, warmup, iters, &|| fa.forward(&d64))?;
-        report("attention fwd B1 N8448 H48 D64 (no mask)", d64.flops(), &t);
-        // One launch per replay: the graph path a captured denoising step uses.
-        let graph = dev.capture(|| fa.forward(&masked))?;
-        let t = time(&dev, warmup, iters, &|| graph.replay())?;
-        report(
-            "attention fwd (masked) replayed from a CUDA graph",
-            masked.flops(),
-            &t,
-        );
+        // Output of the first kernel on the masked DiT-size problem, to compare the others with.
+        let mut first_out: Option<Vec<bf16>> = None;
+        for kind in kinds {
+            let fa = FlashAttention::with_kernel(&dev, &cache, kind, &[])?;
+            let err = check_attention(&dev, &fa, [pq, pk, pv, pm, po, pl])?;
+            println!(
+                "attention kernel {}: {:?} (modules from cache: {}), rel-L2 vs f64 reference {err:.2e}{}",
+                kind.name(),
+                fa.kernel(d).attributes()?,
+                fa.from_cache,
+                if err < 1e-2 { "" } else { "  ** WRONG **" }
+            );
+            // the check overwrote the inputs: refill them (same data for every kernel)
+            fill_random(&dev, pq, elems, 1.0, 5)?;
+            fill_random(&dev, pk, elems, 1.0, 6)?;
+            fill_random(&dev, pv, elems, 1.0, 7)?;
+            dev.htod(pm, &mask)?;
+            let k = kind.name();
+            let t = time(&dev, warmup, iters, &|| fa.forward(&plain))?;
+            report(
+                &format!("[{k}] attention fwd B1 N8448 H24 D128 (no mask)"),
+                plain.flops(),
+                &t,
+            );
+            let t = time(&dev, warmup, iters, &|| fa.forward(&masked))?;
+            report(
+                &format!("[{k}] attention fwd B1 N8448 H24 D128 (key padding mask)"),
+                masked.flops(),
+                &t,
+            );
+            let mut out = vec![bf16::ZERO; elems];
+            dev.dtoh(&mut out, po)?;
+            match &first_out {
+                None => first_out = Some(out),
+                Some(f) => {
+                    let (mut num, mut den) = (0f64, 0f64);
+                    for (a, r) in out.iter().zip(f) {
+                        let (a, r) = (a.to_f64(), r.to_f64());
+                        num += if a.is_finite() {
+                            (a - r) * (a - r)
+                        } else {
+                            f64::INFINITY
+                        };
+                        den += r * r;
+                    }
+                    println!(
+                        "[{k}] DiT-size masked output vs the first kernel's: rel-L2 {:.2e}",
+                        (num / den).sqrt()
+                    );
+                }
+            }
+            if kind == AttentionKernel::Fa2 {
+                let d64 =
+                    AttentionArgs::contiguous(b, n, n, 2 * h, 64, pq, pk, pv, DevPtr::NULL, po, pl);
+                let t = time(&dev, warmup, iters, &|| fa.forward(&d64))?;
+                report(
+                    &format!("[{k}] attention fwd B1 N8448 H48 D64 (no mask)"),
+                    d64.flops(),
+                    &t,
+                );
+            }
+            // One launch per replay: the graph path a captured denoising step uses.
+            let graph = dev.capture(|| fa.forward(&masked))?;
+            let t = time(&dev, warmup, iters, &|| graph.replay())?;
+            report(
+                &format!("[{k}] attention fwd (masked) replayed from a CUDA graph"),
+                masked.flops(),
+                &t,
+            );
+        }
     }
     Ok(())
 }
@@ -269,37 +317,12 @@ fn reference_attention(
     out
 }
 
-/// Times the flash-attention kernel's tuning variants (NVRTC -D switches) at DiT size, after
-/// checking each against an f64 reference on a small masked problem.
-fn attention_variants(dev: &Arc<CudaDevice>, warmup: usize, iters: usize) -> Result<()> {
-    let variants: [(&str, &[&str]); 4] = [
-        ("default (unroll 8, skip, mask pipe)", &[]),
-        ("unroll 8, no skip-rescale", &["-DFA_SKIP_RESCALE=0"]),
-        (
-            "unroll 2 + prefetch Q",
-            &["-DFA_KS_UNROLL=2", "-DFA_PREFETCH_Q=1"],
-        ),
-        ("unroll 1", &["-DFA_KS_UNROLL=1"]),
-    ];
-
+/// Runs `fa` on a small masked problem (S = 300, H = 2, D = 128, keys 280.. masked) in the
+/// buffers `[q, k, v, mask, out, lse]` (each at least that big) and returns the rel-L2 error of
+/// the output against an f64 reference (non-finite outputs count as infinite error).
+fn check_attention(dev: &Arc<CudaDevice>, fa: &FlashAttention, bufs: [DevPtr; 6]) -> Result<f64> {
+    let [pq, pk, pv, pm, po, pl] = bufs;
     let (sn, sh, d) = (300usize, 2usize, 128usize);
-    let (n, h) = (8448usize, 24usize);
-    let big = n * h * d;
-    let mut layout = ArenaLayout::new();
-    let r: Vec<_> = (0..4).map(|_| layout.reserve(big * 2)).collect();
-    let rl = layout.reserve(2 * h * n * 4);
-    let rm = layout.reserve(n);
-    let arena = layout.allocate(dev)?;
-    let (pq, pk, pv, po, pl, pm) = (
-        arena.region(r[0]),
-        arena.region(r[1]),
-        arena.region(r[2]),
-        arena.region(r[3]),
-        arena.region(rl),
-        arena.region(rm),
-    );
-
-    // Small check problem (keys 280.. masked).
     let host = |seed: u64| -> Vec<bf16> {
         let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
         (0..sn * sh * d)
@@ -317,6 +340,58 @@ fn attention_variants(dev: &Arc<CudaDevice>, warmup: usize, iters: usize) -> Res
     let (q, k, v) = (host(11), host(12), host(13));
     let mask: Vec<u8> = (0..sn).map(|j| u8::from(j < 280)).collect();
     let reference = reference_attention(&q, &k, &v, &mask, sn, sh, d);
+    dev.htod(pq, &q)?;
+    dev.htod(pk, &k)?;
+    dev.htod(pv, &v)?;
+    dev.htod(pm, &mask)?;
+    dev.htod(po, &vec![0x7fc0u16; sn * sh * d])?;
+    fa.forward(&AttentionArgs::contiguous(
+        1, sn, sn, sh, d, pq, pk, pv, pm, po, pl,
+    ))?;
+    let mut out = vec![bf16::ZERO; sn * sh * d];
+    dev.dtoh(&mut out, po)?;
+    let (mut num, mut den) = (0f64, 0f64);
+    for (o, r) in out.iter().zip(&reference) {
+        let o = o.to_f64();
+        num += if o.is_finite() {
+            (o - r) * (o - r)
+        } else {
+            f64::INFINITY
+        };
+        den += r * r;
+    }
+    Ok((num / den).sqrt())
+}
+
+/// Times the flash-attention kernel's tuning variants (NVRTC -D switches) at DiT size, after
+/// checking each against an f64 reference on a small masked problem.
+fn attention_variants(dev: &Arc<CudaDevice>, warmup: usize, iters: usize) -> Result<()> {
+    let variants: [(&str, &[&str]); 4] = [
+        ("default (unroll 8, skip, mask pipe)", &[]),
+        ("unroll 8, no skip-rescale", &["-DFA_SKIP_RESCALE=0"]),
+        (
+            "unroll 2 + prefetch Q",
+            &["-DFA_KS_UNROLL=2", "-DFA_PREFETCH_Q=1"],
+        ),
+        ("unroll 1", &["-DFA_KS_UNROLL=1"]),
+    ];
+
+    let d = 128usize;
+    let (n, h) = (8448usize, 24usize);
+    let big = n * h * d;
+    let mut layout = ArenaLayout::new();
+    let r: Vec<_> = (0..4).map(|_| layout.reserve(big * 2)).collect();
+    let rl = layout.reserve(2 * h * n * 4);
+    let rm = layout.reserve(n);
+    let arena = layout.allocate(dev)?;
+    let (pq, pk, pv, po, pl, pm) = (
+        arena.region(r[0]),
+        arena.region(r[1]),
+        arena.region(r[2]),
+        arena.region(r[3]),
+        arena.region(rl),
+        arena.region(rm),
+    );
     let cache = KernelCache::default_location();
     println!(
         "{:<36} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9}",
@@ -327,27 +402,7 @@ fn attention_variants(dev: &Arc<CudaDevice>, warmup: usize, iters: usize) -> Res
         let fa = FlashAttention::with_options(dev, &cache, &opts)?;
         let attr = fa.kernel(d).attributes()?;
         // correctness on the small problem
-        dev.htod(pq, &q)?;
-        dev.htod(pk, &k)?;
-        dev.htod(pv, &v)?;
-        dev.htod(pm, &mask)?;
-        dev.htod(po, &vec![0x7fc0u16; sn * sh * d])?;
-        fa.forward(&AttentionArgs::contiguous(
-            1, sn, sn, sh, d, pq, pk, pv, pm, po, pl,
-        ))?;
-        let mut out = vec![bf16::ZERO; sn * sh * d];
-        dev.dtoh(&mut out, po)?;
-        let (mut num, mut den) = (0f64, 0f64);
-        for (o, r) in out.iter().zip(&reference) {
-            let o = o.to_f64();
-            num += if o.is_finite() {
-                (o - r) * (o - r)
-            } else {
-                f64::INFINITY
-            };
-            den += r * r;
-        }
-        let err = (num / den).sqrt();
+        let err = check_attention(dev, &fa, [pq, pk, pv, pm, po, pl])?;
         // timing at DiT size
         fill_random(dev, pq, big, 1.0, 5)?;
         fill_random(dev, pk, big, 1.0, 6)?;

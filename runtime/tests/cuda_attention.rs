@@ -1,6 +1,8 @@
-//! Flash-attention kernel against a naive f64 softmax attention on the CPU: masks, ragged
+//! Flash-attention kernels against a naive f64 softmax attention on the CPU: masks, ragged
 //! lengths, fully masked rows, strided (packed qkv) inputs, head_dim 64 and 128, and the
-//! log-sum-exp output. Skips (printing why) on machines without a CUDA device.
+//! log-sum-exp output. Every test runs each kernel the device supports: the FA2 (`mma.sync`)
+//! kernel everywhere and the wgmma (sm_90a) kernel on compute capability 9.x. Skips (printing
+//! why) on machines without a CUDA device.
 
 mod cuda_common;
 
@@ -8,6 +10,7 @@ use std::sync::Arc;
 
 use cuda_common::*;
 use half::bf16;
+use qie_runtime::cuda::attention::AttentionKernel;
 use qie_runtime::cuda::{
     Arena, ArenaLayout, AttentionArgs, CudaDevice, DevPtr, FlashAttention, KernelCache,
     TensorStrides,
@@ -212,20 +215,39 @@ fn run(dev: &Arc<CudaDevice>, fa: &FlashAttention, p: &Problem, seed: u64) -> (f
     (err, lse_err, inf_ok)
 }
 
-fn setup() -> Option<(Arc<CudaDevice>, FlashAttention)> {
+/// The device and every attention kernel it can run (FA2; wgmma on compute capability 9.x).
+fn setup() -> Option<(Arc<CudaDevice>, Vec<FlashAttention>)> {
     let dev = qie_runtime::cuda::test_device()?;
-    let fa = FlashAttention::new(&dev, &KernelCache::default_location()).unwrap();
-    let attr = fa.kernel(128).attributes().unwrap();
-    println!("flash_attn_fwd_d128: {attr:?}");
-    Some((dev, fa))
+    let cache = KernelCache::default_location();
+    let mut kernels = Vec::new();
+    for kind in [AttentionKernel::Fa2, AttentionKernel::Wgmma] {
+        if !kind.supported(&dev) {
+            println!(
+                "attention kernel {}: not supported on this device",
+                kind.name()
+            );
+            continue;
+        }
+        let fa = FlashAttention::with_kernel(&dev, &cache, kind, &[]).unwrap();
+        assert_eq!(fa.kind(), kind);
+        let attr = fa.kernel(128).attributes().unwrap();
+        println!("attention kernel {} (head_dim 128): {attr:?}", kind.name());
+        kernels.push(fa);
+    }
+    Some((dev, kernels))
 }
 
-fn check(name: &str, dev: &Arc<CudaDevice>, fa: &FlashAttention, p: &Problem, seed: u64) {
-    let (err, lse_err, inf_ok) = run(dev, fa, p, seed);
-    println!("{name}: out rel-L2 {err:.2e}, lse max abs err {lse_err:.2e}, inf rows ok {inf_ok}");
-    assert!(err <= 2e-2, "{name}: out rel-L2 {err}");
-    assert!(lse_err <= 1e-2, "{name}: lse error {lse_err}");
-    assert!(inf_ok, "{name}: fully masked rows must have lse = +inf");
+fn check(name: &str, dev: &Arc<CudaDevice>, kernels: &[FlashAttention], p: &Problem, seed: u64) {
+    for fa in kernels {
+        let name = format!("[{}] {name}", fa.kind().name());
+        let (err, lse_err, inf_ok) = run(dev, fa, p, seed);
+        println!(
+            "{name}: out rel-L2 {err:.2e}, lse max abs err {lse_err:.2e}, inf rows ok {inf_ok}"
+        );
+        assert!(err <= 2e-2, "{name}: out rel-L2 {err}");
+        assert!(lse_err <= 1e-2, "{name}: lse error {lse_err}");
+        assert!(inf_ok, "{name}: fully masked rows must have lse = +inf");
+    }
 }
 
 /// Keys kept: batch 0 the first `sk - 23`, batch 1 a random ~70%.
@@ -291,6 +313,24 @@ fn attention_unmasked_and_ragged_lengths() {
     }
 }
 
+/// Many K/V tiles: the wgmma kernel's K/V rings (3 stages) and mask-flag ring (8 slots) wrap
+/// several times; ragged Sq and Sk, random mask.
+#[test]
+fn attention_long_masked() {
+    let Some((dev, fa)) = setup() else { return };
+    let mut rng = Rng::new(14);
+    let p = Problem {
+        b: 2,
+        sq: 390,
+        sk: 1250,
+        h: 1,
+        d: 128,
+        mask: Some(padding_mask(&mut rng, 2, 1250)),
+        packed_qkv: false,
+    };
+    check("d128 B2 Sq390 Sk1250 masked", &dev, &fa, &p, 5);
+}
+
 #[test]
 fn attention_d64() {
     let Some((dev, fa)) = setup() else { return };
@@ -347,8 +387,41 @@ fn attention_rejects_bad_arguments() {
     let Some((dev, fa)) = setup() else { return };
     let arena = Arena::new(&dev, 1 << 20).unwrap();
     let p = arena.base();
-    let args = AttentionArgs::contiguous(1, 16, 16, 1, 96, p, p, p, DevPtr::NULL, p, p);
-    assert!(fa.forward(&args).is_err(), "head_dim 96 is not supported");
-    let args = AttentionArgs::contiguous(1, 16, 16, 1, 128, p.offset(2), p, p, DevPtr::NULL, p, p);
-    assert!(fa.forward(&args).is_err(), "misaligned q");
+    for fa in &fa {
+        let args = AttentionArgs::contiguous(1, 16, 16, 1, 96, p, p, p, DevPtr::NULL, p, p);
+        assert!(fa.forward(&args).is_err(), "head_dim 96 is not supported");
+        let args =
+            AttentionArgs::contiguous(1, 16, 16, 1, 128, p.offset(2), p, p, DevPtr::NULL, p, p);
+        assert!(fa.forward(&args).is_err(), "misaligned q");
+    }
+}
+
+#[test]
+fn attention_kernel_choice() {
+    assert_eq!(
+        "fa2".parse::<AttentionKernel>().unwrap(),
+        AttentionKernel::Fa2
+    );
+    assert_eq!(
+        "WGMMA".parse::<AttentionKernel>().unwrap(),
+        AttentionKernel::Wgmma
+    );
+    assert!("fa4".parse::<AttentionKernel>().is_err());
+    let Some((dev, _)) = setup() else { return };
+    let cc = dev.info().compute_capability;
+    let wgmma = AttentionKernel::Wgmma.supported(&dev);
+    assert_eq!(wgmma, cc.0 == 9, "wgmma on compute capability 9.x only");
+    if std::env::var_os("QIE_ATTN_KERNEL").is_none() {
+        let fa = FlashAttention::new(&dev, &KernelCache::default_location()).unwrap();
+        let expect = if wgmma {
+            AttentionKernel::Wgmma
+        } else {
+            AttentionKernel::Fa2
+        };
+        assert_eq!(
+            fa.kind(),
+            expect,
+            "default kernel on compute capability {cc:?}"
+        );
+    }
 }

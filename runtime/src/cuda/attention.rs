@@ -5,6 +5,11 @@
 //! of the DiT is one sequence here: its projections write into the rows of shared q/k/v
 //! buffers (or any strided views, see [`TensorStrides`]) and the key padding mask marks the
 //! padded text tokens. The per-row log-sum-exp is written for the backward pass.
+//!
+//! Two kernels: the FlashAttention-2 schedule on `mma.sync` (`flash_attention.cu`, any device,
+//! head_dim 64 and 128) and, on compute capability 9.x, the FlashAttention-3 schedule on `wgmma`
+//! (`flash_attention_wgmma.cu`, compiled for `sm_90a`, head_dim 128), about 1.8x faster there.
+//! [`AttentionKernel::auto`] picks one; `QIE_ATTN_KERNEL=fa2|wgmma` forces it.
 
 use std::sync::Arc;
 
@@ -15,6 +20,67 @@ use super::{sources, CudaDevice, CudaError, DevPtr, KernelCache, Result};
 pub const BLOCK_M: usize = 128;
 pub const BLOCK_N: usize = 64;
 const THREADS: u32 = 128;
+
+/// The wgmma kernel: query rows per block (as [`BLOCK_M`]), keys per tile, threads per block
+/// (a producer warpgroup and two consumer warpgroups) and K/V ring depth (`FA3_STAGES`).
+pub const WGMMA_BLOCK_N: usize = 128;
+const WGMMA_THREADS: u32 = 384;
+const WGMMA_STAGES: usize = 3;
+
+/// Source of the wgmma (sm_90a) kernel.
+pub const WGMMA_SOURCE: &str = include_str!("../../kernels/flash_attention_wgmma.cu");
+
+/// Which kernel runs head_dim 128 (head_dim 64 always runs the FA2 kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// FlashAttention-2 schedule on `mma.sync` (any supported device).
+    Fa2,
+    /// FlashAttention-3 schedule on `wgmma`: compute capability 9.x only (built for `sm_90a`).
+    Wgmma,
+}
+
+impl AttentionKernel {
+    /// `QIE_ATTN_KERNEL` (`fa2` or `wgmma`) when set, else `Wgmma` on compute capability 9.x
+    /// and `Fa2` elsewhere.
+    pub fn auto(dev: &CudaDevice) -> Result<Self> {
+        match std::env::var("QIE_ATTN_KERNEL") {
+            Ok(v) if !v.is_empty() => v.parse(),
+            _ => Ok(if Self::Wgmma.supported(dev) {
+                Self::Wgmma
+            } else {
+                Self::Fa2
+            }),
+        }
+    }
+
+    /// Whether `dev` can run this kernel.
+    pub fn supported(self, dev: &CudaDevice) -> bool {
+        match self {
+            Self::Fa2 => true,
+            Self::Wgmma => dev.info().compute_capability.0 == 9,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fa2 => "fa2",
+            Self::Wgmma => "wgmma",
+        }
+    }
+}
+
+impl std::str::FromStr for AttentionKernel {
+    type Err = CudaError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fa2" => Ok(Self::Fa2),
+            "wgmma" | "fa3" => Ok(Self::Wgmma),
+            other => Err(CudaError::Invalid(format!(
+                "attention kernel {other:?}: expected fa2 or wgmma (QIE_ATTN_KERNEL)"
+            ))),
+        }
+    }
+}
 
 /// Element strides of a [B, S, H, D] tensor whose last dimension is contiguous.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,40 +210,92 @@ impl AttentionArgs {
 pub struct FlashAttention {
     d128: Kernel,
     d64: Kernel,
-    /// Whether the module came from the kernel cache (nothing compiled).
+    /// The wgmma head_dim-128 kernel, when [`AttentionKernel::Wgmma`] was chosen.
+    wgmma: Option<Kernel>,
+    /// Whether the modules came from the kernel cache (nothing compiled).
     pub from_cache: bool,
 }
 
 impl FlashAttention {
-    /// Compiles (or reads from `cache`) and loads the kernels on `dev`.
+    /// Compiles (or reads from `cache`) and loads the kernels on `dev`; the head_dim-128 kernel
+    /// is [`AttentionKernel::auto`]'s choice.
     pub fn new(dev: &Arc<CudaDevice>, cache: &KernelCache) -> Result<Self> {
-        Self::with_options(dev, cache, &[])
+        Self::with_kernel(dev, cache, AttentionKernel::auto(dev)?, &[])
     }
 
-    /// As [`FlashAttention::new`], with extra NVRTC options: the kernel's tuning switches
-    /// (`-DFA_KS_UNROLL=2`, `-DFA_SKIP_RESCALE=0`, `-DFA_PREFETCH_Q=1`) for benchmarking.
+    /// As [`FlashAttention::new`], with extra NVRTC options for the FA2 kernel: its tuning
+    /// switches (`-DFA_KS_UNROLL=2`, `-DFA_SKIP_RESCALE=0`, `-DFA_PREFETCH_Q=1`) for
+    /// benchmarking. Head_dim 128 runs the FA2 kernel too.
     pub fn with_options(
         dev: &Arc<CudaDevice>,
         cache: &KernelCache,
         options: &[String],
     ) -> Result<Self> {
+        Self::with_kernel(dev, cache, AttentionKernel::Fa2, options)
+    }
+
+    /// Loads the FA2 kernels (with `fa2_options`) and, for `kind == Wgmma`, the wgmma kernel,
+    /// which then runs head_dim 128. Fails when `dev` cannot run `kind`.
+    pub fn with_kernel(
+        dev: &Arc<CudaDevice>,
+        cache: &KernelCache,
+        kind: AttentionKernel,
+        fa2_options: &[String],
+    ) -> Result<Self> {
+        if !kind.supported(dev) {
+            return Err(CudaError::Invalid(format!(
+                "attention kernel {} needs compute capability 9.x; {} is {}.{}",
+                kind.name(),
+                dev.info().name,
+                dev.info().compute_capability.0,
+                dev.info().compute_capability.1
+            )));
+        }
         let compiled = cache.compile(
             sources::FLASH_ATTENTION,
             "flash_attention.cu",
             &dev.arch(),
             dev.driver_version(),
-            options,
+            fa2_options,
         )?;
         let module = super::Module::load(dev, &compiled)?;
         let d128 = module.function("flash_attn_fwd_d128")?;
         let d64 = module.function("flash_attn_fwd_d64")?;
         d128.set_max_dynamic_shared(shared_bytes(128) as u32)?;
         d64.set_max_dynamic_shared(shared_bytes(64) as u32)?;
+        let mut from_cache = module.from_cache;
+        let wgmma = if kind == AttentionKernel::Wgmma {
+            // wgmma and setmaxnreg exist only in the arch-specific sm_90a target.
+            let compiled = cache.compile(
+                WGMMA_SOURCE,
+                "flash_attention_wgmma.cu",
+                "sm_90a",
+                dev.driver_version(),
+                &[],
+            )?;
+            let module = super::Module::load(dev, &compiled)?;
+            from_cache &= module.from_cache;
+            let k = module.function("flash_attn_wgmma_fwd_d128")?;
+            k.set_max_dynamic_shared(wgmma_shared_bytes() as u32)?;
+            Some(k)
+        } else {
+            None
+        };
         Ok(FlashAttention {
             d128,
             d64,
-            from_cache: module.from_cache,
+            wgmma,
+            from_cache,
         })
+    }
+
+    /// The kernel that runs head_dim 128.
+    pub fn kind(&self) -> AttentionKernel {
+        if self.wgmma.is_some() {
+            AttentionKernel::Wgmma
+        } else {
+            AttentionKernel::Fa2
+        }
     }
 
     /// The kernel used for `head_dim` (for resource queries).
@@ -185,7 +303,7 @@ impl FlashAttention {
         if head_dim == 64 {
             &self.d64
         } else {
-            &self.d128
+            self.wgmma.as_ref().unwrap_or(&self.d128)
         }
     }
 
@@ -223,16 +341,36 @@ impl FlashAttention {
             i(a.mask_batch_stride),
             Arg::F32(a.scale * std::f32::consts::LOG2_E),
         ];
-        self.kernel(a.head_dim).launch(
-            grid,
-            (THREADS, 1, 1),
-            shared_bytes(a.head_dim) as u32,
-            &args,
-        )
+        match (&self.wgmma, a.head_dim) {
+            (Some(k), 128) => k.launch(
+                grid,
+                (WGMMA_THREADS, 1, 1),
+                wgmma_shared_bytes() as u32,
+                &args,
+            ),
+            _ => self.kernel(a.head_dim).launch(
+                grid,
+                (THREADS, 1, 1),
+                shared_bytes(a.head_dim) as u32,
+                &args,
+            ),
+        }
     }
 }
 
 /// Dynamic shared memory of one block: Q tile, two K and two V tiles, two bias rows, flags.
 pub fn shared_bytes(head_dim: usize) -> usize {
     BLOCK_M * head_dim * 2 + 4 * BLOCK_N * head_dim * 2 + 2 * BLOCK_N * 4 + 4 * 4
+}
+
+/// Dynamic shared memory of one block of the wgmma kernel (`FA3_SMEM_BYTES`): Q tile, K and V
+/// rings, keep bytes and flags of 8 tiles, 4 mbarriers a stage, 1 KB to align the base.
+pub fn wgmma_shared_bytes() -> usize {
+    let tile = WGMMA_BLOCK_N * 128 * 2;
+    BLOCK_M * 128 * 2
+        + 2 * WGMMA_STAGES * tile
+        + 8 * WGMMA_BLOCK_N
+        + 8 * 16
+        + 4 * WGMMA_STAGES * 8
+        + 1024
 }
