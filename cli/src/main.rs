@@ -3,6 +3,9 @@
 mod cmd_bench;
 mod cmd_compile;
 mod cmd_forward;
+mod cmd_kernels;
+mod kernels_table;
+mod model_args;
 mod shapes_arg;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +32,9 @@ enum Command {
     /// Time a model at real size with random weights.
     #[command(subcommand)]
     Bench(cmd_bench::BenchCommand),
+    /// Export every generated CUDA kernel of a model, or time an export on a GPU.
+    #[command(subcommand)]
+    Kernels(cmd_kernels::KernelsCommand),
     /// List the compute backends compiled in and the devices found.
     Devices,
 }
@@ -39,6 +45,7 @@ fn main() -> ExitCode {
         Command::Compile(args) => cmd_compile::run(args),
         Command::Forward(cmd) => cmd_forward::run(cmd),
         Command::Bench(cmd) => cmd_bench::run(cmd),
+        Command::Kernels(cmd) => cmd_kernels::run(cmd),
         Command::Devices => {
             devices();
             Ok(())

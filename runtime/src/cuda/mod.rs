@@ -18,17 +18,26 @@
 pub mod arena;
 pub mod attention;
 pub mod backend;
+mod bench_ceilings;
+mod bench_fill;
+mod bench_library;
 pub mod blas;
 pub mod device;
 pub mod exec;
+pub mod export;
+mod export_cost;
+pub mod export_dir;
+pub mod kernel_bench;
 pub mod libs;
+pub mod manifest;
 pub mod nvrtc;
 pub mod plan;
 pub mod storage;
 
 pub use arena::{Arena, ArenaLayout, Region, WeightPool};
-pub use attention::{AttentionArgs, FlashAttention, TensorStrides};
+pub use attention::{AttentionArgs, AttentionKernel, FlashAttention, TensorStrides};
 pub use backend::{build_plan, CudaBackend};
+pub use bench_ceilings::Ceilings;
 pub use blas::{Blas, Epilogue, GemmArgs};
 pub use device::{
     driver_version, list_devices, CudaDevice, DeviceBuffer, DeviceInfo, DeviceSpec, Event, Graph,

@@ -131,6 +131,14 @@ pub struct CompiledKernel {
     pub log: String,
 }
 
+/// Compiles `source` to PTX for `arch` with the usual options, bypassing the cache (for
+/// `qie kernels export`); returns (ptx, NVRTC log). Needs NVRTC but no driver or GPU.
+pub fn compile_ptx(source: &str, name: &str, arch: &str) -> Result<(String, String)> {
+    libs::require(Lib::Nvrtc)?;
+    let (ptx, _, log) = nvrtc_compile(source, name, &compile_options(arch, &[]), false)?;
+    Ok((ptx, log))
+}
+
 /// The options every kernel is compiled with.
 pub fn compile_options(arch: &str, extra: &[String]) -> Vec<String> {
     let mut o = vec![

@@ -214,6 +214,11 @@ pub struct CudaPlan {
     /// Kernel symbol -> source (function definitions; compile after the prelude and
     /// [`GENERIC`]). Sorted by symbol, so module texts are deterministic.
     pub kernels: BTreeMap<String, String>,
+    /// Generated-kernel symbol -> the program it was rendered from (the first one; programs
+    /// with the same symbol have the same text). Library kernels (`qgemm_..`) have none.
+    pub programs: BTreeMap<String, KernelProgram>,
+    /// The fusion group (index into `fusion.groups`) each step of `steps` comes from.
+    pub step_groups: Vec<usize>,
     pub inputs: Vec<IoSlot>,
     pub outputs: Vec<IoSlot>,
     pub params: Vec<ParamSlot>,
@@ -247,6 +252,8 @@ impl CudaPlan {
             scratch_max: 0,
             steps: vec![],
             kernels: BTreeMap::new(),
+            programs: BTreeMap::new(),
+            step_groups: vec![],
             launches: 0,
             fake: 0,
         };
@@ -261,6 +268,7 @@ impl CudaPlan {
         }
         for lg in &lowered {
             b.group(lg)?;
+            b.step_groups.resize(b.steps.len(), lg.index);
         }
         let mut outputs = vec![];
         for (name, id) in &graph.outputs {
@@ -285,6 +293,7 @@ impl CudaPlan {
         };
         let arena_bytes = b.scratch_base + b.scratch_max;
         let (steps, kernels, params) = (b.steps, b.kernels, b.params);
+        let (programs, step_groups) = (b.programs, b.step_groups);
         Ok(CudaPlan {
             graph,
             fusion,
@@ -292,6 +301,8 @@ impl CudaPlan {
             lowered,
             steps,
             kernels,
+            programs,
+            step_groups,
             inputs,
             outputs,
             params,
@@ -381,6 +392,8 @@ struct Builder<'a> {
     scratch_max: usize,
     steps: Vec<PlanStep>,
     kernels: BTreeMap<String, String>,
+    programs: BTreeMap<String, KernelProgram>,
+    step_groups: Vec<usize>,
     launches: usize,
     fake: u32,
 }
@@ -501,6 +514,9 @@ impl Builder<'_> {
         .map_err(|e| RuntimeError::Unsupported(format!("kernel {}: {e}", p.name)))?;
         let KernelLaunch { grid, block } = rendered.launch;
         self.add_kernel(&rendered.name, rendered.source);
+        if !self.programs.contains_key(&rendered.name) {
+            self.programs.insert(rendered.name.clone(), p.clone());
+        }
         if grid == 0 {
             return Ok(());
         }
