@@ -34,6 +34,12 @@ pub struct BenchDitArgs {
     /// Timed runs after one warm-up run.
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
+    /// After timing, run once more with every step timed and print where the time goes.
+    #[arg(long)]
+    pub profile: bool,
+    /// Steps listed by --profile.
+    #[arg(long, default_value_t = 30)]
+    pub profile_top: usize,
     /// Storage precision on CUDA (the CPU computes in f32).
     #[arg(long, value_enum, default_value = "bf16")]
     pub dtype: DTypeArg,
@@ -83,8 +89,17 @@ fn run_dit(args: BenchDitArgs) -> Result<(), String> {
         .device_memory()
         .map(|m| format!("  device memory: {m}\n"))
         .unwrap_or_default();
+    let profile = if args.profile {
+        let p = dit.profile(&inputs).map_err(|e| e.to_string())?;
+        format!(
+            "profile (one run, each step timed):\n{}",
+            p.summary(args.profile_top)
+        )
+    } else {
+        String::new()
+    };
     crate::write_stdout(&format!(
-        "bench dit on {}: {} layers, {}x{} px + {} reference image(s) ({} image + {} text tokens), {:.3} TFLOP\n  setup {:.1} s, first run {:.3} s, median of {} {:.4} s ({:.3} TFLOP/s), min {:.4} s, max {:.4} s\n{memory}",
+        "bench dit on {}: {} layers, {}x{} px + {} reference image(s) ({} image + {} text tokens), {:.3} TFLOP\n  setup {:.1} s, first run {:.3} s, median of {} {:.4} s ({:.3} TFLOP/s), min {:.4} s, max {:.4} s\n{memory}{profile}",
         dit.backend_name(),
         args.layers,
         args.size,

@@ -631,7 +631,8 @@ fn sliced_matmul_operand_is_read_through_the_prologue() {
     let mut g = Graph::new();
     let x = g.input("x", f32t(&[4, 6]));
     let w = g.param("w", f32t(&[8, 3]));
-    let e = un(&mut g, UnaryOp::Exp, x);
+    // Not a transcendental op: those are materialised rather than recomputed under a slice.
+    let e = un(&mut g, UnaryOp::Neg, x);
     let part = g
         .add(
             Op::Slice {
@@ -650,4 +651,44 @@ fn sliced_matmul_operand_is_read_through_the_prologue() {
     assert_eq!(kinds(&plan), [GroupKind::Elementwise, GroupKind::Library]);
     assert_eq!(plan.groups[0].outputs, [part]);
     assert_eq!(plan.groups[1].prologue, [flat]);
+}
+
+/// A transcendental op read by several groups is materialised once, not recomputed in each
+/// (the DiT's RoPE `cos(angles)` table is read by every layer).
+#[test]
+fn transcendental_ops_are_not_recomputed_per_use() {
+    let mut g = Graph::new();
+    let a = g.input("a", f32t(&[16, 4]));
+    let x = g.input("x", f32t(&[2, 16, 4]));
+    let c = un(&mut g, UnaryOp::Cos, a);
+    let cb = g
+        .add(
+            Op::Broadcast {
+                shape: shape(&[2, 16, 4]),
+            },
+            &[c],
+        )
+        .unwrap();
+    let y1 = g.add(Op::Binary(BinaryOp::Mul), &[x, cb]).unwrap();
+    let sum = g.add(Op::Binary(BinaryOp::Add), &[x, cb]).unwrap();
+    let y2 = g
+        .add(
+            Op::Reduce {
+                op: ReduceOp::Sum,
+                axes: shape(&[2]),
+            },
+            &[sum],
+        )
+        .unwrap();
+    g.set_output("y1", y1);
+    g.set_output("y2", y2);
+    let plan = fuse(&g, &FusionOptions::default());
+    validate_fusion_plan(&g, &plan).unwrap();
+    let with_cos: Vec<_> = plan
+        .groups
+        .iter()
+        .filter(|grp| grp.nodes.contains(&c))
+        .collect();
+    assert_eq!(with_cos.len(), 1, "cos computed in one group");
+    assert_eq!(with_cos[0].outputs, [c]);
 }

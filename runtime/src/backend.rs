@@ -3,6 +3,7 @@
 //! The CPU backend ([`crate::cpu`]) is the reference; CUDA and wgpu backends implement the same
 //! traits, so one test body can run on every backend (see `runtime/tests/cpu_*.rs`).
 
+use crate::profile::Profile;
 use crate::tensor::{Storage, Tensor};
 use qie_ir::Graph;
 use std::collections::HashMap;
@@ -194,6 +195,13 @@ pub trait Executable: Send + Sync {
     ) -> Result<HashMap<String, Tensor>, RuntimeError>;
 
     fn stats(&self) -> PlanStats;
+
+    /// Runs once and times every step ([`Profile`]): slower than [`Executable::run`].
+    fn run_profiled(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        params: &dyn ParamStore,
+    ) -> Result<(HashMap<String, Tensor>, Profile), RuntimeError>;
 
     fn arena_bytes(&self) -> usize {
         self.stats().arena_bytes

@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod cpu;
 pub mod cuda;
+pub mod profile;
 pub mod tensor;
 pub mod weights;
 
@@ -16,4 +17,5 @@ pub use backend::{
     Backend, CompileOptions, Executable, MemoryReport, NoParams, ParamData, ParamStore, PlanStats,
     RuntimeError,
 };
+pub use profile::Profile;
 pub use tensor::{Storage, Tensor, TensorData, TensorError};

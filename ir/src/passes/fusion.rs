@@ -180,6 +180,24 @@ fn strip_views(g: &Graph, mut id: NodeId) -> (NodeId, bool) {
     (id, indexed)
 }
 
+/// Ops that cost tens of instructions per element (range reduction, polynomials): reading a
+/// materialised f32 is cheaper than recomputing them per use. E.g. the DiT's RoPE `cos(angles)`
+/// [S, 64] is read by every head and layer; recomputed, it cost 4 trig calls per q/k element.
+fn is_transcendental(op: &Op) -> bool {
+    use crate::{BinaryOp, UnaryOp};
+    matches!(
+        op,
+        Op::Unary(
+            UnaryOp::Exp
+                | UnaryOp::Log
+                | UnaryOp::Sin
+                | UnaryOp::Cos
+                | UnaryOp::Tanh
+                | UnaryOp::Sigmoid
+        ) | Op::Binary(BinaryOp::Pow)
+    )
+}
+
 fn is_anchor(op: &Op) -> bool {
     op.is_library_call()
         || matches!(
@@ -234,7 +252,7 @@ impl Builder<'_> {
         if node.op.is_view() || matches!(node.op, Op::Constant { .. } | Op::Iota { .. }) {
             return true;
         }
-        if !node.op.is_elementwise() {
+        if !node.op.is_elementwise() || is_transcendental(&node.op) {
             return false;
         }
         node.args.iter().all(|&a| {

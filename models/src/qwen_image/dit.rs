@@ -189,6 +189,16 @@ impl QwenImageDit {
             .ok_or_else(|| ModelError::new("the model source declared no `sample` output"))
     }
 
+    /// Runs once with every step timed (see [`qie_runtime::Profile`]).
+    pub fn profile(&self, inputs: &DitInputs) -> Result<qie_runtime::Profile, ModelError> {
+        inputs.validate(&self.config)?;
+        let exe = self.plan(inputs)?;
+        let (_, profile) = exe
+            .run_profiled(&inputs.bindings(), &self.weights)
+            .map_err(|e| ModelError::new(format!("running the DiT: {e}")))?;
+        Ok(profile)
+    }
+
     fn plan(&self, inputs: &DitInputs) -> Result<Arc<dyn Executable>, ModelError> {
         let key = PlanKey {
             batch: inputs.batch(),

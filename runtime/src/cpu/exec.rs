@@ -864,4 +864,25 @@ impl Executable for CpuExecutable {
     fn stats(&self) -> PlanStats {
         self.stats.clone()
     }
+
+    fn run_profiled(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        params: &dyn ParamStore,
+    ) -> Result<(HashMap<String, Tensor>, crate::Profile), RuntimeError> {
+        let (out, times) = self.run_timed(inputs, params)?;
+        let steps = times
+            .into_iter()
+            .map(|t| {
+                let name = if t.name.starts_with('g') {
+                    let group = t.name.clone();
+                    crate::profile::with_group(t.name, &group, &self.fusion, &self.graph)
+                } else {
+                    t.name
+                };
+                (name, t.seconds)
+            })
+            .collect();
+        Ok((out, crate::Profile { steps }))
+    }
 }

@@ -406,4 +406,29 @@ impl Executable for CudaExecutable {
     fn stats(&self) -> PlanStats {
         self.plan.stats.clone()
     }
+
+    fn run_profiled(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        params: &dyn ParamStore,
+    ) -> Result<(HashMap<String, Tensor>, crate::Profile), RuntimeError> {
+        let (out, times) = self.run_timed(inputs, params)?;
+        let steps = times
+            .into_iter()
+            .zip(&self.plan.steps)
+            .map(|((label, ms), step)| {
+                let label = match step {
+                    PlanStep::Kernel { label: group, .. } => crate::profile::with_group(
+                        label,
+                        group,
+                        &self.plan.fusion,
+                        &self.plan.graph,
+                    ),
+                    _ => label,
+                };
+                (label, ms as f64 * 1e-3)
+            })
+            .collect();
+        Ok((out, crate::Profile { steps }))
+    }
 }
