@@ -198,6 +198,7 @@ impl Drop for DeviceBuffer {
     fn drop(&mut self) {
         if self.ptr != 0 && self.ctx.bind_to_thread().is_ok() {
             // Frees are synchronous with respect to the device: pending work finishes first.
+            let _no_capture = capture_lock();
             // SAFETY: allocated by cuMemAlloc in this context and freed once.
             if unsafe { drv::free_sync(self.ptr) }.is_ok() {
                 self.counter.sub(self.bytes.max(1));
@@ -306,6 +307,7 @@ impl CudaDevice {
     /// run inside an [`super::Arena`].
     pub fn alloc(&self, bytes: usize) -> Result<DeviceBuffer> {
         self.bind()?;
+        let _no_capture = capture_lock();
         // SAFETY: plain allocation; freed in DeviceBuffer::drop.
         let ptr = unsafe { drv::malloc_sync(bytes.max(1)) }.map_err(|e| {
             CudaError::Driver(format!(
@@ -374,6 +376,7 @@ impl CudaDevice {
     /// arguments are frozen at capture time (plans keep fixed arena offsets, so this holds).
     pub fn capture(&self, f: impl FnOnce() -> Result<()>) -> Result<Graph> {
         self.bind()?;
+        let _no_alloc = capture_lock();
         self.stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
         let body = f();
@@ -384,6 +387,15 @@ impl CudaDevice {
         graph.upload()?;
         Ok(Graph(graph))
     }
+}
+
+/// Held while a stream captures, and around cuMemAlloc / cuMemFree: a free synchronises the
+/// device, which invalidates a capture running in another thread of the process (seen as
+/// CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED with tests running in parallel). Plans allocate nothing
+/// while running, so the lock is uncontended in the steady state.
+fn capture_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A recorded CUDA event.
