@@ -12,5 +12,8 @@ pub mod program;
 pub mod simplify;
 
 pub use index::{IndexExpr, IndexMap, View};
-pub use lower::{copy_program, lower_group, lower_plan, LowerError, LoweredGroup, Operand, Step};
+pub use lower::{
+    copy_program, lower_group, lower_group_placed, lower_plan, lower_plan_with_memory, LowerError,
+    LoweredGroup, Operand, Step,
+};
 pub use program::{Binding, Instr, KernelProgram, ReduceStage, Reg, Section, Stmt, Store};

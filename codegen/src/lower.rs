@@ -9,11 +9,13 @@
 //! A library group (`MatMul`, `Attention`, `Conv2d`) becomes: kernels materialising computed
 //! operands (prologue), the call reading its operands through strided maps, and kernels computing
 //! the remaining outputs (epilogue) with the library result read from its buffer. Data groups
-//! (`Concat`, `Gather`) lower to kernels only.
+//! (`Concat`, `Gather`) lower to kernels only: one copy per concat operand, none for the operands
+//! the memory plan has their producers write straight into the result
+//! ([`lower_plan_with_memory`]).
 
 use crate::index::IndexMap;
 use crate::program::{Binding, Instr, KernelProgram, ReduceStage, Reg, Section, Stmt, Store};
-use qie_ir::plan::{FusionPlan, GroupKind, KernelGroup};
+use qie_ir::plan::{FusionPlan, GroupKind, KernelGroup, MemoryPlan};
 use qie_ir::{shape, DType, Graph, NodeId, Op, Shape};
 use smallvec::SmallVec;
 use std::collections::{HashMap, HashSet};
@@ -153,12 +155,35 @@ impl fmt::Display for LowerError {
 
 impl std::error::Error for LowerError {}
 
-/// Lowers every group of a fusion plan, in order.
+/// Lowers every group of a fusion plan, in order, every concat copying all its operands.
 pub fn lower_plan(graph: &Graph, plan: &FusionPlan) -> Result<Vec<LoweredGroup>, LowerError> {
     plan.groups
         .iter()
         .enumerate()
         .map(|(i, g)| lower_group(graph, g, i))
+        .collect()
+}
+
+/// Lowers every group of a fusion plan for execution with `memory`: like [`lower_plan`], except
+/// that a concat does not copy the operands its producers already wrote into its result
+/// ([`MemoryPlan::concat_in_place`]). Backends binding `memory` must lower with this.
+pub fn lower_plan_with_memory(
+    graph: &Graph,
+    plan: &FusionPlan,
+    memory: &MemoryPlan,
+) -> Result<Vec<LoweredGroup>, LowerError> {
+    plan.groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let placed: Vec<NodeId> = match g.anchor {
+                Some(a) if g.kind == GroupKind::Data => {
+                    memory.concat_operands_in_place(a).collect()
+                }
+                _ => vec![],
+            };
+            lower_group_placed(graph, g, i, &placed)
+        })
         .collect()
 }
 
@@ -188,6 +213,17 @@ pub fn lower_group(
     graph: &Graph,
     group: &KernelGroup,
     index: usize,
+) -> Result<LoweredGroup, LowerError> {
+    lower_group_placed(graph, group, index, &[])
+}
+
+/// Lowers one group; a concat anchor copies none of the operands in `placed` (they are already
+/// in their slices of its result, see [`MemoryPlan::concat_in_place`]).
+pub fn lower_group_placed(
+    graph: &Graph,
+    group: &KernelGroup,
+    index: usize,
+    placed: &[NodeId],
 ) -> Result<LoweredGroup, LowerError> {
     let err = |message: String| LowerError {
         group: index,
@@ -265,7 +301,8 @@ pub fn lower_group(
                     })
                 })
                 .ok_or_else(|| err(format!("{:?} group without an anchor", group.kind)))?;
-            lower_anchored(graph, scope, anchor, &outputs, &name, &mut lowered).map_err(err)?;
+            lower_anchored(graph, scope, anchor, &outputs, placed, &name, &mut lowered)
+                .map_err(err)?;
         }
     }
     Ok(lowered)
@@ -402,6 +439,7 @@ fn lower_anchored(
     mut scope: Scope,
     anchor: NodeId,
     outputs: &[NodeId],
+    placed: &[NodeId],
     name: &str,
     lowered: &mut LoweredGroup,
 ) -> Result<(), String> {
@@ -495,7 +533,7 @@ fn lower_anchored(
             for (i, &a) in args.iter().enumerate() {
                 let s = graph.ty(a).shape.clone();
                 let n = s[*axis];
-                if s.iter().product::<usize>() > 0 {
+                if s.iter().product::<usize>() > 0 && !placed.contains(&a) {
                     let mut b = ProgramBuilder::new(graph, &scope, s.clone());
                     let r = b.emit(a, Sec::Body, &[])?;
                     let map = IndexMap::contiguous(out_shape).slice(*axis, off, off + n);
@@ -905,6 +943,35 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Copy kernels of concat groups in a plan lowered for `memory`.
+    fn concat_copies(g: &Graph, concat_in_place: bool) -> usize {
+        use qie_ir::passes::{plan_memory, MemoryOptions};
+        let fusion = fuse(g, &FusionOptions::default());
+        let opts = MemoryOptions {
+            concat_in_place,
+            ..MemoryOptions::default()
+        };
+        let memory = plan_memory(g, &fusion, &opts);
+        let lowered = lower_plan_with_memory(g, &fusion, &memory).expect("lowering");
+        lowered
+            .iter()
+            .filter(|lg| lg.kind == GroupKind::Data)
+            .flat_map(|lg| &lg.steps)
+            .filter(|s| matches!(s, Step::Kernel(p) if p.name.contains("_concat")))
+            .count()
+    }
+
+    #[test]
+    fn concat_operands_written_in_place_need_no_copy() {
+        // q, k, v of a joint attention: 3 concats of 2 operands each.
+        let g = qie_ir::testing::joint_attention_case(1, 0).graph;
+        assert_eq!(concat_copies(&g, false), 6);
+        assert_eq!(concat_copies(&g, true), 0);
+        // Batch 2: every operand is two separate ranges of the result, so it is copied.
+        let g = qie_ir::testing::joint_attention_case(2, 0).graph;
+        assert_eq!(concat_copies(&g, true), 6);
     }
 
     #[test]

@@ -159,7 +159,8 @@ pub enum Slot {
 
 /// Static buffer assignment for every value that crosses a group boundary, graph inputs and
 /// outputs included. Two values whose lifetimes overlap never overlap in the arena, except a
-/// value and its `Alias` (reshape) or a legal in-place reuse recorded in `in_place`.
+/// value and its `Alias` (reshape), a legal in-place reuse recorded in `in_place`, or a concat
+/// operand written directly into its slice of the concat's result (`concat_in_place`).
 ///
 /// Time is the index of a group in [`FusionPlan::groups`]: graph inputs are copied into their
 /// slots before group 0 runs and must stay intact until their last reader; a group's outputs are
@@ -181,6 +182,15 @@ pub struct MemoryPlan {
     /// only at the index it writes, and the input's last reader is that group. Same offset and
     /// byte size.
     pub in_place: Vec<(NodeId, NodeId)>,
+    /// (concat, operand) pairs where the operand's slot is its slice of the concat's result: the
+    /// concat (`Op::Concat`, the anchor of a Data group) has size 1 in every dim before its axis,
+    /// so each operand is one contiguous byte range of the result, and the operand (a group output,
+    /// possibly seen through `Alias` reshapes) is written there by its producer. The concat group
+    /// copies only its other operands (`qie_codegen::lower_plan_with_memory` drops the copy
+    /// kernels of these). The operand and the concat share those bytes; the buffer holding them
+    /// lives from the operand's producer to the concat's last reader. Each operand appears once in
+    /// the concat's arguments; in concat order, then argument order.
+    pub concat_in_place: Vec<(NodeId, NodeId)>,
     /// Indexed by node id, for arena values: `(first, last)` group index (inclusive) during which
     /// the value's bytes must stay intact. Graph inputs start at 0; graph outputs end at
     /// `groups.len()` (one past the last group). `None` where `slots` has no arena slot.
@@ -192,5 +202,14 @@ impl MemoryPlan {
 
     pub fn slot(&self, id: NodeId) -> Option<Slot> {
         self.slots.get(id.index()).copied().flatten()
+    }
+
+    /// The operands of `concat` that its producers write in place (see
+    /// [`MemoryPlan::concat_in_place`]).
+    pub fn concat_operands_in_place(&self, concat: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        self.concat_in_place
+            .iter()
+            .filter(move |(c, _)| *c == concat)
+            .map(|&(_, a)| a)
     }
 }

@@ -158,6 +158,231 @@ impl fmt::Debug for RandomCase {
     }
 }
 
+/// A random graph built around concats whose operands are contiguous slices of the result, for
+/// the memory planner's concat-in-place placement: `concat([a, b, ...], 1)` of `[B, S_i, W]` (or
+/// `[B, S_i, 4, W / 4]`) values, mostly `B = 1` and `W = 64` f32 (one aligned 256-byte row per
+/// token), sometimes `B = 2` or an odd `W`. Operands come from inputs, params, elementwise ops,
+/// matmuls, reductions, nested concats, or repeat an earlier operand, some through reshapes; the
+/// concat feeds an attention (rank 4), a matmul or an elementwise op; operands and the concat are
+/// sometimes read again afterwards or are graph outputs. Inputs `x<k>`, params `p<k>`.
+pub fn random_concat_case(seed: u64) -> RandomCase {
+    let mut rng = Rng::new(seed);
+    let mut g = Graph::new();
+    let mut values: HashMap<String, Tensor> = HashMap::new();
+    let mut leaves = 0;
+    let mut leaf = |g: &mut Graph, rng: &mut Rng, param: bool, shape: &[usize]| -> NodeId {
+        leaves += 1;
+        let ty = TensorType::new(DType::F32, shape);
+        let name = format!("{}{leaves}", if param { "p" } else { "x" });
+        values.insert(name.clone(), random_tensor(rng, &ty, 1));
+        if param {
+            g.param(&name, ty)
+        } else {
+            g.input(&name, ty)
+        }
+    };
+    let add = |g: &mut Graph, op: Op, args: &[NodeId]| -> NodeId {
+        g.add(op, args)
+            .unwrap_or_else(|e| panic!("random_concat_case built an ill-typed graph: {e}"))
+    };
+    let batch = if rng.chance(0.25) { 2 } else { 1 };
+    let width = if rng.chance(0.15) { 3 } else { 64 };
+    let rank4 = width == 64 && rng.chance(0.5);
+    let heads = |s: usize| -> Vec<usize> {
+        if rank4 {
+            vec![batch, s, 4, width / 4]
+        } else {
+            vec![batch, s, width]
+        }
+    };
+    let n = rng.range(2, 3);
+    let mut operands: Vec<(NodeId, usize)> = Vec::new();
+    for _ in 0..n {
+        let s = rng.range(1, 3);
+        let kind = rng.below(8);
+        let flat = [batch, s, width];
+        let x = match kind {
+            0 => leaf(&mut g, &mut rng, false, &flat),
+            1 => leaf(&mut g, &mut rng, true, &flat),
+            2 => {
+                let x = leaf(&mut g, &mut rng, false, &flat);
+                add(&mut g, Op::Unary(UnaryOp::Tanh), &[x])
+            }
+            3 => {
+                let x = leaf(&mut g, &mut rng, false, &[batch, s, 8]);
+                let w = leaf(&mut g, &mut rng, true, &[8, width]);
+                let m = add(
+                    &mut g,
+                    Op::MatMul {
+                        transpose_a: false,
+                        transpose_b: false,
+                    },
+                    &[x, w],
+                );
+                add(&mut g, Op::Unary(UnaryOp::Tanh), &[m])
+            }
+            4 => {
+                let x = leaf(&mut g, &mut rng, false, &[batch, s, width, 2]);
+                add(
+                    &mut g,
+                    Op::Reduce {
+                        op: ReduceOp::Max,
+                        axes: Shape::from_slice(&[3]),
+                    },
+                    &[x],
+                )
+            }
+            5 if !operands.is_empty() => {
+                let &(x, s) = rng.pick(&operands);
+                operands.push((x, s));
+                continue;
+            }
+            _ => {
+                // A nested concat of two computed values.
+                let s2 = rng.range(1, 2);
+                let a = leaf(&mut g, &mut rng, false, &[batch, s, width]);
+                let a = add(&mut g, Op::Unary(UnaryOp::Sin), &[a]);
+                let b = leaf(&mut g, &mut rng, false, &[batch, s2, width]);
+                let b = add(&mut g, Op::Unary(UnaryOp::Cos), &[b]);
+                let c = add(&mut g, Op::Concat { axis: 1 }, &[a, b]);
+                operands.push((c, s + s2));
+                if rank4 {
+                    let last = operands.len() - 1;
+                    let shape = Shape::from_slice(&heads(s + s2));
+                    operands[last].0 = add(&mut g, Op::Reshape { shape }, &[c]);
+                }
+                continue;
+            }
+        };
+        let x = if rank4 {
+            let shape = Shape::from_slice(&heads(s));
+            add(&mut g, Op::Reshape { shape }, &[x])
+        } else {
+            x
+        };
+        operands.push((x, s));
+    }
+    let args: Vec<NodeId> = operands.iter().map(|o| o.0).collect();
+    let total: usize = operands.iter().map(|o| o.1).sum();
+    let cat = add(&mut g, Op::Concat { axis: 1 }, &args);
+    let consumer = match rng.below(3) {
+        0 if rank4 => {
+            let t = add(&mut g, Op::Unary(UnaryOp::Tanh), &[cat]);
+            add(&mut g, Op::Attention { scale: 0.25 }, &[t, cat, cat])
+        }
+        1 => {
+            let w = leaf(&mut g, &mut rng, true, &[width, 5]);
+            let flat = add(
+                &mut g,
+                Op::Reshape {
+                    shape: Shape::from_slice(&[batch, total, width]),
+                },
+                &[cat],
+            );
+            add(
+                &mut g,
+                Op::MatMul {
+                    transpose_a: false,
+                    transpose_b: false,
+                },
+                &[flat, w],
+            )
+        }
+        _ => add(&mut g, Op::Unary(UnaryOp::Exp), &[cat]),
+    };
+    g.set_output("y", consumer);
+    // Later readers: each runs after the consumer (it reads the consumer's result too).
+    let axes: Shape = (0..g.ty(consumer).rank()).collect();
+    let probe = add(
+        &mut g,
+        Op::Reduce {
+            op: ReduceOp::Sum,
+            axes,
+        },
+        &[consumer],
+    );
+    for (k, &(x, _)) in operands.iter().enumerate() {
+        match rng.below(5) {
+            0 => g.set_output(&format!("operand{k}"), x),
+            1 => {
+                let shape = g.ty(x).shape.clone();
+                let pb = add(&mut g, Op::Broadcast { shape }, &[probe]);
+                let y = add(&mut g, Op::Binary(BinaryOp::Mul), &[x, pb]);
+                g.set_output(&format!("later{k}"), y);
+            }
+            _ => {}
+        }
+    }
+    if rng.chance(0.2) {
+        g.set_output("cat", cat);
+    } else if rng.chance(0.3) {
+        let shape = g.ty(cat).shape.clone();
+        let pb = add(&mut g, Op::Broadcast { shape }, &[probe]);
+        let y = add(&mut g, Op::Binary(BinaryOp::Sub), &[cat, pb]);
+        g.set_output("cat_later", y);
+    }
+    RandomCase {
+        seed,
+        graph: g,
+        inputs: values,
+    }
+}
+
+/// The DiT's joint attention in miniature: text `x1: [B, 3, 128]` and image `x2: [B, 5, 128]`
+/// tokens projected by params `p3..p8` to q, k (`tanh` / `sigmoid` of the projection: elementwise
+/// producers) and v (the bare projection: a library output seen through a reshape), split into 2
+/// heads of 64, concatenated text-first along the sequence (`concat(.., 1)` on `[B, S, 2, 64]`)
+/// and fed to one attention; output `y`. A token row is 512 bytes in f32 and 256 in bf16, so with
+/// `B = 1` each operand is an aligned contiguous slice of its concat.
+pub fn joint_attention_case(batch: usize, seed: u64) -> RandomCase {
+    let mut rng = Rng::new(seed);
+    let mut g = Graph::new();
+    let mut values = HashMap::new();
+    let mut bind = |g: &mut Graph, name: &str, shape: &[usize], param: bool| {
+        let ty = TensorType::new(DType::F32, shape);
+        values.insert(name.to_string(), random_tensor(&mut rng, &ty, 1));
+        if param {
+            g.param(name, ty)
+        } else {
+            g.input(name, ty)
+        }
+    };
+    let add = |g: &mut Graph, op: Op, args: &[NodeId]| g.add(op, args).expect("well-typed");
+    let streams = [
+        bind(&mut g, "x1", &[batch, 3, 128], false),
+        bind(&mut g, "x2", &[batch, 5, 128], false),
+    ];
+    let mut qkv = [[NodeId(0); 2]; 3];
+    for (k, &x) in streams.iter().enumerate() {
+        let s = g.ty(x).shape[1];
+        for (j, slot) in qkv.iter_mut().enumerate() {
+            let w = bind(&mut g, &format!("p{}", 3 + 3 * k + j), &[128, 128], true);
+            let mm = Op::MatMul {
+                transpose_a: false,
+                transpose_b: false,
+            };
+            let m = add(&mut g, mm, &[x, w]);
+            let heads = Op::Reshape {
+                shape: Shape::from_slice(&[batch, s, 2, 64]),
+            };
+            let r = add(&mut g, heads, &[m]);
+            slot[k] = match j {
+                0 => add(&mut g, Op::Unary(UnaryOp::Tanh), &[r]),
+                1 => add(&mut g, Op::Unary(UnaryOp::Sigmoid), &[r]),
+                _ => r,
+            };
+        }
+    }
+    let [q, k, v] = qkv.map(|pair| add(&mut g, Op::Concat { axis: 1 }, &pair));
+    let y = add(&mut g, Op::Attention { scale: 0.125 }, &[q, k, v]);
+    g.set_output("y", y);
+    RandomCase {
+        seed,
+        graph: g,
+        inputs: values,
+    }
+}
+
 /// A proptest strategy producing [`RandomCase`]s (shrinking is by seed only).
 #[cfg(feature = "proptest")]
 pub fn arb_case(opts: RandomGraphOptions) -> impl proptest::strategy::Strategy<Value = RandomCase> {

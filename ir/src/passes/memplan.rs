@@ -13,6 +13,15 @@
 //!    it writes ([`Access::Same`]: no broadcast, transposed or sliced view of it), and all the
 //!    group's outputs have one shape (so any backend runs the group as one pass). Chains of
 //!    elementwise groups thus run in one buffer.
+//!    Concat in place (when enabled, decided first): when every dim of a concat's result before
+//!    its axis is 1, each operand is one contiguous byte range of the result, so the operand's
+//!    producer can write it there and the concat copies only its other operands. The operand's
+//!    buffer (the operand and its aliases) then becomes part of the concat's, at the slice's byte
+//!    offset; the combined buffer lives from the operand's producer to the concat's last reader.
+//!    Not for graph inputs / outputs (or their aliases), params, operands sharing bytes with another
+//!    operand of the same concat, operands already placed in another concat, concat results that
+//!    have placed operands themselves, or slices at unaligned offsets. Two buffers that both hold
+//!    placed operands are never merged by in-place reuse afterwards.
 //! 3. **Offsets**: buffers sorted by size (descending), each placed at the lowest offset where it
 //!    overlaps no already-placed buffer with an overlapping lifetime; sizes rounded up to
 //!    [`MemoryPlan::ALIGN`] bytes.
@@ -29,11 +38,28 @@ pub struct MemoryOptions {
     /// Let an Elementwise group write an output into the buffer of an input it reads for the last
     /// time at the same index (recorded in [`MemoryPlan::in_place`]).
     pub in_place: bool,
+    /// Let the producers of a concat's operands write them straight into their slices of the
+    /// concat's result when those slices are contiguous (recorded in
+    /// [`MemoryPlan::concat_in_place`]; the concat then copies only its other operands).
+    pub concat_in_place: bool,
 }
 
 impl Default for MemoryOptions {
     fn default() -> Self {
-        MemoryOptions { in_place: true }
+        MemoryOptions {
+            in_place: true,
+            concat_in_place: true,
+        }
+    }
+}
+
+impl MemoryOptions {
+    /// No buffer sharing beyond aliases: every other value gets a buffer of its own.
+    pub fn no_reuse() -> Self {
+        MemoryOptions {
+            in_place: false,
+            concat_in_place: false,
+        }
     }
 }
 
@@ -77,11 +103,16 @@ pub fn value_lifetimes(g: &Graph, fusion: &FusionPlan) -> Vec<Option<(usize, usi
     life
 }
 
-/// Union-find over node ids; each class is one buffer. Per root: the two latest lifetime ends
-/// among its values (value, end), latest first, for the in-place test.
+/// Union-find over node ids; each class is one buffer, every value at a fixed byte offset
+/// (`delta`) from its class root's (0 except inside a concat result). Per root: the two latest
+/// lifetime ends among its values (value, end), latest first, for the in-place test; whether the
+/// class holds a concat result with operands written in place (`composite`).
 struct Buffers {
     parent: Vec<usize>,
+    /// Byte offset of a value relative to its parent's (relative to the root after `find`).
+    delta: Vec<isize>,
     ends: Vec<[(usize, usize); 2]>,
+    composite: Vec<bool>,
 }
 
 impl Buffers {
@@ -89,24 +120,49 @@ impl Buffers {
         let none = (usize::MAX, 0);
         Buffers {
             parent: (0..life.len()).collect(),
+            delta: vec![0; life.len()],
             ends: (0..life.len())
                 .map(|i| [life[i].map_or(none, |(_, e)| (i, e)), none])
                 .collect(),
+            composite: vec![false; life.len()],
         }
     }
 
-    fn find(&mut self, mut i: usize) -> usize {
-        while self.parent[i] != i {
-            self.parent[i] = self.parent[self.parent[i]];
-            i = self.parent[i];
-        }
-        i
+    fn find(&mut self, i: usize) -> usize {
+        self.find_delta(i).0
     }
 
+    /// The root of `i`'s class and `i`'s byte offset relative to the root.
+    fn find_delta(&mut self, i: usize) -> (usize, isize) {
+        let mut path = Vec::new();
+        let mut r = i;
+        while self.parent[r] != r {
+            path.push(r);
+            r = self.parent[r];
+        }
+        // Compress: walk the path from the top, accumulating offsets.
+        let mut acc = 0;
+        for &v in path.iter().rev() {
+            acc += self.delta[v];
+            self.delta[v] = acc;
+            self.parent[v] = r;
+        }
+        (r, if path.is_empty() { 0 } else { self.delta[i] })
+    }
+
+    /// Same buffer, same offset.
     fn union(&mut self, a: usize, b: usize) {
-        let (ra, rb) = (self.find(a), self.find(b));
+        self.union_at(a, b, 0);
+    }
+
+    /// Puts `b`'s class in `a`'s, with `b` at byte offset `d` from `a`.
+    fn union_at(&mut self, a: usize, b: usize, d: isize) {
+        let (ra, da) = self.find_delta(a);
+        let (rb, db) = self.find_delta(b);
         if ra != rb {
             self.parent[rb] = ra;
+            self.delta[rb] = da + d - db;
+            self.composite[ra] |= self.composite[rb];
             let mut all = [
                 self.ends[ra][0],
                 self.ends[ra][1],
@@ -205,6 +261,12 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
         }
     }
 
+    let concat_in_place = if opts.concat_in_place {
+        place_concat_operands(g, fusion, &life, &mut bufs)
+    } else {
+        Vec::new()
+    };
+
     let mut in_place = Vec::new();
     if opts.in_place {
         for (gi, grp) in fusion.groups.iter().enumerate() {
@@ -236,7 +298,11 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
                     {
                         continue;
                     }
-                    if bufs.find(x.index()) == bufs.find(o.index())
+                    let (rx, ro) = (bufs.find(x.index()), bufs.find(o.index()));
+                    // Two classes laid out around concat results never merge: their other
+                    // values would land on each other's bytes.
+                    if rx == ro
+                        || (bufs.composite[rx] && bufs.composite[ro])
                         || !bufs.only_live_value(x.index(), gi)
                     {
                         continue;
@@ -250,20 +316,23 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
         }
     }
 
-    // One entry per buffer: aligned size, lifetime, lowest value id (for a stable order), offset.
+    // One entry per buffer: aligned size, lifetime, lowest value id (for a stable order), offset,
+    // lowest value offset relative to the class root (`base`).
     struct Buf {
         size: usize,
         start: usize,
         end: usize,
         first: NodeId,
         offset: usize,
+        base: isize,
     }
     let mut buffers: Vec<Buf> = Vec::new();
-    let mut buffer_of: Vec<Option<usize>> = vec![None; n];
+    // Per value: (buffer, offset relative to the class root).
+    let mut buffer_of: Vec<Option<(usize, isize)>> = vec![None; n];
     let mut buffer_of_root: Vec<Option<usize>> = vec![None; n];
     for (i, l) in life.iter().enumerate() {
         let Some((s, e)) = *l else { continue };
-        let r = bufs.find(i);
+        let (r, d) = bufs.find_delta(i);
         let b = *buffer_of_root[r].get_or_insert_with(|| {
             buffers.push(Buf {
                 size: 0,
@@ -271,14 +340,22 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
                 end: 0,
                 first: NodeId(i as u32),
                 offset: 0,
+                base: isize::MAX,
             });
             buffers.len() - 1
         });
         let buf = &mut buffers[b];
-        buf.size = buf.size.max(align_up(g.ty(NodeId(i as u32)).size_bytes()));
+        buf.base = buf.base.min(d);
         buf.start = buf.start.min(s);
         buf.end = buf.end.max(e);
-        buffer_of[i] = Some(b);
+        buffer_of[i] = Some((b, d));
+    }
+    for (i, bo) in buffer_of.iter().enumerate() {
+        if let Some((b, d)) = *bo {
+            let buf = &mut buffers[b];
+            let end = (d - buf.base) as usize + align_up(g.ty(NodeId(i as u32)).size_bytes());
+            buf.size = buf.size.max(end);
+        }
     }
 
     // Best fit over the interval graph: each buffer, largest first, at the lowest offset that
@@ -330,9 +407,9 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
         let i = id.index();
         if matches!(g.node(id).op, Op::Param { .. }) {
             slots[i] = Some(Slot::Param);
-        } else if let Some(b) = buffer_of[i] {
+        } else if let Some((b, d)) = buffer_of[i] {
             slots[i] = Some(Slot::Arena {
-                offset: buffers[b].offset,
+                offset: buffers[b].offset + (d - buffers[b].base) as usize,
                 bytes: g.ty(id).size_bytes(),
             });
         }
@@ -342,6 +419,7 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
         arena_bytes,
         peak_live_bytes,
         in_place,
+        concat_in_place,
         lifetimes: life,
     };
     if cfg!(debug_assertions) {
@@ -352,12 +430,109 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
     plan
 }
 
+/// Byte offset of every argument of `concat` inside its result when the operands are contiguous
+/// byte ranges of it (every dim before the axis is 1); `None` otherwise.
+pub fn concat_slice_offsets(g: &Graph, concat: NodeId) -> Option<Vec<usize>> {
+    let node = g.node(concat);
+    let Op::Concat { axis } = node.op else {
+        return None;
+    };
+    if node.ty.shape[..axis].iter().any(|&d| d != 1) {
+        return None;
+    }
+    let elem = node.ty.dtype.size_bytes();
+    let mut off = 0;
+    Some(
+        node.args
+            .iter()
+            .map(|&a| {
+                let o = off;
+                off += g.ty(a).numel() * elem;
+                o
+            })
+            .collect(),
+    )
+}
+
+/// Chooses the concat operands written in place (see [`MemoryPlan::concat_in_place`]) and puts
+/// each one's buffer class into its concat's at the slice offset. Runs before in-place reuse, on
+/// classes made of aliases only. An operand qualifies when it is a group output (seen through
+/// aliases or not) that no other operand of the concat shares bytes with, not a graph input or
+/// output (nor aliased with one), not already placed in another concat, not itself a concat result
+/// with placed operands, non-empty, and its slice starts at an aligned offset.
+fn place_concat_operands(
+    g: &Graph,
+    fusion: &FusionPlan,
+    life: &[Option<(usize, usize)>],
+    bufs: &mut Buffers,
+) -> Vec<(NodeId, NodeId)> {
+    // Classes holding a graph input or output keep their bytes where they are.
+    let mut pinned = vec![false; g.len()];
+    for (_, x) in g.inputs() {
+        let r = bufs.find(x.index());
+        pinned[r] = true;
+    }
+    for (_, o) in &g.outputs {
+        if life[o.index()].is_some() {
+            let r = bufs.find(o.index());
+            pinned[r] = true;
+        }
+    }
+    let mut placed = Vec::new();
+    for grp in &fusion.groups {
+        let Some(c) = grp.anchor else { continue };
+        if grp.kind != GroupKind::Data || life[c.index()].is_none() {
+            continue;
+        }
+        let Some(offsets) = concat_slice_offsets(g, c) else {
+            continue;
+        };
+        let args = &g.node(c).args;
+        let roots: Vec<Option<usize>> = args
+            .iter()
+            .map(|a| life[a.index()].map(|_| bufs.find(a.index())))
+            .collect();
+        let rc = bufs.find(c.index());
+        for (i, &a) in args.iter().enumerate() {
+            let Some(ra) = roots[i] else { continue };
+            let shared = roots
+                .iter()
+                .enumerate()
+                .any(|(j, r)| j != i && *r == Some(ra));
+            if shared
+                || ra == rc
+                || pinned[ra]
+                || bufs.composite[ra]
+                || g.ty(a).size_bytes() == 0
+                || offsets[i] % MemoryPlan::ALIGN != 0
+                || matches!(g.node(a).op, Op::Input { .. } | Op::Param { .. })
+            {
+                continue;
+            }
+            bufs.union_at(c.index(), a.index(), offsets[i] as isize);
+            let r = bufs.find(c.index());
+            bufs.composite[r] = true;
+            placed.push((c, a));
+        }
+    }
+    placed
+}
+
 /// Checks a memory plan against its graph and fusion plan: every param has `Slot::Param`, every
 /// graph input and group output an aligned arena slot of its exact size inside the arena, nothing
 /// else a slot; lifetimes as [`value_lifetimes`] computes them; alias outputs at their input's
-/// offset; every in-place pair legal; no two values live at the same time overlapping in the arena
-/// unless they are an alias pair (transitively) or a recorded in-place pair;
-/// `peak_live_bytes` the true peak and `<= arena_bytes`. Used by tests and debug builds.
+/// offset; every in-place pair legal; every concat-in-place operand at its slice of the concat.
+///
+/// Then the two properties that make the plan safe. Buffers: values sharing bytes through an
+/// alias, in-place or concat-in-place pair (transitively) form one buffer, reserved from its first
+/// value's start to its last value's end; two buffers live at the same time never overlap.
+/// Values: no value's bytes are written while it is live (from its start to its end), except by
+/// the group writing the output of a recorded in-place pair over its input at the input's last
+/// use. A value is written by its producing group (graph inputs: before group 0), except `Alias`
+/// outputs (never) and the slices of a concat's in-place operands (by their own producers).
+///
+/// `peak_live_bytes` must be the peak of the summed (aligned) sizes of live buffers, and
+/// `<= arena_bytes`. Used by tests and debug builds.
 pub fn validate_memory_plan(
     g: &Graph,
     fusion: &FusionPlan,
@@ -371,6 +546,7 @@ pub fn validate_memory_plan(
     if plan.lifetimes != life {
         return Err("lifetimes differ from value_lifetimes".into());
     }
+    // Arena values: (id, offset, bytes, start, end).
     let mut values: Vec<(NodeId, usize, usize, usize, usize)> = Vec::new();
     for id in g.ids() {
         let i = id.index();
@@ -391,9 +567,7 @@ pub fn validate_memory_plan(
                         plan.arena_bytes
                     ));
                 }
-                if bytes > 0 {
-                    values.push((id, offset, align_up(bytes), s, e));
-                }
+                values.push((id, offset, bytes, s, e));
             }
             (slot, l) => return Err(format!("{id}: unexpected slot {slot:?} (lifetime {l:?})")),
         }
@@ -403,8 +577,13 @@ pub fn validate_memory_plan(
         Some(Slot::Arena { offset, .. }) => Some(offset),
         _ => None,
     };
-    let mut aliases = Buffers::new(&life);
+    // Buffers: classes of values sharing bytes.
+    let mut classes = Buffers::new(&life);
+    let mut producer: Vec<Option<usize>> = vec![None; n];
     for (gi, grp) in fusion.groups.iter().enumerate() {
+        for &o in &grp.outputs {
+            producer[o.index()] = Some(gi);
+        }
         if grp.kind != GroupKind::Alias {
             continue;
         }
@@ -413,16 +592,10 @@ pub fn validate_memory_plan(
             if offset_of(x).is_none() || offset_of(o) != offset_of(x) {
                 return Err(format!("group {gi}: alias {o} not at the offset of {x}"));
             }
-            aliases.union(x.index(), o.index());
+            classes.union(x.index(), o.index());
         }
     }
 
-    let mut producer: Vec<Option<usize>> = vec![None; n];
-    for (gi, grp) in fusion.groups.iter().enumerate() {
-        for &o in &grp.outputs {
-            producer[o.index()] = Some(gi);
-        }
-    }
     for &(o, x) in &plan.in_place {
         let Some(gi) = producer[o.index()] else {
             return Err(format!("in-place {o} <- {x}: {o} is not a group output"));
@@ -444,23 +617,98 @@ pub fn validate_memory_plan(
         if !legal {
             return Err(format!("in-place {o} <- {x} in group {gi} is not legal"));
         }
+        classes.union(x.index(), o.index());
     }
 
+    // Byte ranges of each concat result that its group does not write: [start, end).
+    let mut unwritten: HashMap<NodeId, Vec<(usize, usize)>> = HashMap::new();
+    let mut seen: HashSet<(NodeId, NodeId)> = HashSet::new();
+    for &(c, a) in &plan.concat_in_place {
+        let err = |m: &str| Err(format!("concat in place {a} -> {c}: {m}"));
+        if !seen.insert((c, a)) {
+            return err("listed twice");
+        }
+        let Some(gi) = producer[c.index()] else {
+            return err("the concat is not a group output");
+        };
+        let grp = &fusion.groups[gi];
+        if grp.kind != GroupKind::Data || grp.anchor != Some(c) {
+            return err("not the anchor of a data group");
+        }
+        let Some(offsets) = concat_slice_offsets(g, c) else {
+            return err("not a concat whose operands are contiguous slices");
+        };
+        let args = &g.node(c).args;
+        let mut at = args.iter().enumerate().filter(|(_, &x)| x == a);
+        let (Some((i, _)), None) = (at.next(), at.next()) else {
+            return err("not exactly once among the concat's arguments");
+        };
+        let (Some(co), Some(ao)) = (offset_of(c), offset_of(a)) else {
+            return err("no arena slot");
+        };
+        if ao != co + offsets[i] {
+            return err(&format!(
+                "operand at {ao}, its slice at {}",
+                co + offsets[i]
+            ));
+        }
+        unwritten
+            .entry(c)
+            .or_default()
+            .push((ao, ao + g.ty(a).size_bytes()));
+        classes.union(c.index(), a.index());
+    }
+
+    // No value is written over while live.
     let in_place: HashSet<(NodeId, NodeId)> = plan.in_place.iter().copied().collect();
     let intervals: Vec<(usize, usize)> = values.iter().map(|v| (v.3, v.4)).collect();
     let index = IntervalIndex::new(&intervals);
-    for &(a, aoff, asize, astart, aend) in &values {
+    for &(u, uoff, ubytes, ustart, _) in &values {
+        // Graph inputs are written before group 0 runs: they can only clobber each other.
+        let is_input = |v: NodeId| matches!(g.node(v).op, Op::Input { .. });
+        let t = match (&g.node(u).op, producer[u.index()]) {
+            (Op::Input { .. }, _) => 0,
+            (_, Some(gi)) if fusion.groups[gi].kind != GroupKind::Alias => gi,
+            _ => continue,
+        };
+        debug_assert_eq!(t, ustart);
+        // The written ranges of u: its bytes minus its in-place concat operands'.
+        if ubytes == 0 {
+            continue;
+        }
+        let mut written = vec![(uoff, uoff + ubytes)];
+        if let Some(holes) = unwritten.get(&u) {
+            let mut holes = holes.clone();
+            holes.sort_unstable();
+            written.clear();
+            let mut lo = uoff;
+            for (hs, he) in holes {
+                if hs > lo {
+                    written.push((lo, hs));
+                }
+                lo = lo.max(he);
+            }
+            if lo < uoff + ubytes {
+                written.push((lo, uoff + ubytes));
+            }
+        }
         let mut error = None;
-        index.for_each_overlap(astart, aend, |j| {
-            let (b, boff, bsize, bstart, bend) = values[j];
-            if error.is_some() || a >= b || boff >= aoff + asize || aoff >= boff + bsize {
+        index.for_each_overlap(t, t, |j| {
+            let (v, voff, vbytes, vstart, vend) = values[j];
+            if error.is_some()
+                || v == u
+                || vbytes == 0
+                || !(vstart <= t && t <= vend)
+                || (is_input(u) && !is_input(v))
+            {
                 return;
             }
-            let alias = aliases.find(a.index()) == aliases.find(b.index());
-            let shared = alias || in_place.contains(&(a, b)) || in_place.contains(&(b, a));
-            if !shared || aoff != boff || asize != bsize {
+            let hit = written
+                .iter()
+                .any(|&(ws, we)| ws < voff + vbytes && voff < we);
+            if hit && !(in_place.contains(&(u, v)) && t == vend) {
                 error = Some(format!(
-                    "{a} [{aoff}, +{asize}) live {astart}..={aend} overlaps {b} [{boff}, +{bsize}) live {bstart}..={bend}"
+                    "{u} [{uoff}, +{ubytes}) written by group {t} over {v} [{voff}, +{vbytes}) live {vstart}..={vend}"
                 ));
             }
         });
@@ -469,31 +717,50 @@ pub fn validate_memory_plan(
         }
     }
 
-    // True peak. Values may overlap only when they share the exact same range (checked above),
-    // so the live bytes at a time are the sizes of the distinct live ranges.
-    let mut events: Vec<(usize, bool, (usize, usize))> = values
-        .iter()
-        .flat_map(|v| [(v.3, true, (v.1, v.2)), (v.4 + 1, false, (v.1, v.2))])
-        .collect();
-    events.sort_unstable();
-    let mut count: HashMap<(usize, usize), usize> = HashMap::new();
-    let (mut live, mut peak) = (0usize, 0usize);
-    for (k, &(t, add, range)) in events.iter().enumerate() {
-        let c = count.entry(range).or_insert(0);
-        if add {
-            *c += 1;
-            if *c == 1 {
-                live += range.1;
+    // Buffers: aligned extent and lifetime of each class.
+    let mut class_of: HashMap<usize, usize> = HashMap::new();
+    let mut bufs: Vec<(usize, usize, usize, usize, NodeId)> = Vec::new(); // lo, hi, start, end
+    for &(id, off, bytes, s, e) in &values {
+        let r = classes.find(id.index());
+        let k = *class_of.entry(r).or_insert_with(|| {
+            bufs.push((usize::MAX, 0, usize::MAX, 0, id));
+            bufs.len() - 1
+        });
+        let b = &mut bufs[k];
+        b.0 = b.0.min(off);
+        b.1 = b.1.max(off + align_up(bytes));
+        b.2 = b.2.min(s);
+        b.3 = b.3.max(e);
+    }
+    let intervals: Vec<(usize, usize)> = bufs.iter().map(|b| (b.2, b.3)).collect();
+    let index = IntervalIndex::new(&intervals);
+    for (k, &(lo, hi, s, e, a)) in bufs.iter().enumerate() {
+        let mut error = None;
+        index.for_each_overlap(s, e, |j| {
+            let (blo, bhi, bs, be, b) = bufs[j];
+            if error.is_some() || j <= k || lo >= bhi || blo >= hi || hi == lo || bhi == blo {
+                return;
             }
-        } else {
-            *c -= 1;
-            if *c == 0 {
-                live -= range.1;
-            }
+            error = Some(format!(
+                "buffer of {a} [{lo}, {hi}) live {s}..={e} overlaps buffer of {b} [{blo}, {bhi}) live {bs}..={be}"
+            ));
+        });
+        if let Some(e) = error {
+            return Err(e);
         }
-        if k + 1 == events.len() || events[k + 1].0 != t {
-            peak = peak.max(live);
-        }
+    }
+
+    // True peak of the live buffers' sizes.
+    let end_of_run = fusion.groups.len();
+    let mut delta = vec![0isize; end_of_run + 2];
+    for &(lo, hi, s, e, _) in &bufs {
+        delta[s] += (hi - lo) as isize;
+        delta[e + 1] -= (hi - lo) as isize;
+    }
+    let (mut live, mut peak) = (0isize, 0usize);
+    for d in delta {
+        live += d;
+        peak = peak.max(live as usize);
     }
     if plan.peak_live_bytes != peak {
         return Err(format!(

@@ -131,7 +131,7 @@ fn bytes_text(b: usize) -> String {
 /// `live a..b` is the inclusive range of group indices during which the bytes must stay intact
 /// (graph inputs start at 0, graph outputs end at the group count); `by` the producing group
 /// (`input` for graph inputs); notes: input name, `alias of <id>`, `in-place of <id>`,
-/// `output "<name>"`.
+/// `in concat <id>` (written in place into its slice of that concat), `output "<name>"`.
 pub fn dump_memplan(g: &Graph, fusion: &FusionPlan, mem: &MemoryPlan) -> String {
     let mut out = String::new();
     let mut producer: Vec<Option<usize>> = vec![None; g.len()];
@@ -159,6 +159,10 @@ pub fn dump_memplan(g: &Graph, fusion: &FusionPlan, mem: &MemoryPlan) -> String 
         params.len(),
         mem.in_place.len()
     );
+    if !mem.concat_in_place.is_empty() {
+        out.pop();
+        let _ = writeln!(out, ", {} concat in place", mem.concat_in_place.len());
+    }
     let _ = writeln!(
         out,
         "  {:>10} {:>10}  {:<8} {:<6} {:<6} {:<16} note",
@@ -187,6 +191,11 @@ pub fn dump_memplan(g: &Graph, fusion: &FusionPlan, mem: &MemoryPlan) -> String 
         for (o, x) in &mem.in_place {
             if *o == id {
                 notes.push(format!("in-place of {x}"));
+            }
+        }
+        for (c, a) in &mem.concat_in_place {
+            if *a == id {
+                notes.push(format!("in concat {c}"));
             }
         }
         for (name, o) in &g.outputs {

@@ -528,8 +528,8 @@ impl CpuExecutable {
                 n.op.mnemonic()
             )));
         }
-        let lowered =
-            qie_codegen::lower_plan(&graph, &fusion).map_err(|e| compile_err(e.to_string()))?;
+        let lowered = qie_codegen::lower_plan_with_memory(&graph, &fusion, &memory)
+            .map_err(|e| compile_err(e.to_string()))?;
         let scratch_base = align(memory.arena_bytes);
         let mut b = Builder {
             graph: &graph,

@@ -238,8 +238,8 @@ impl CudaPlan {
         memory: MemoryPlan,
         mode: StorageMode,
     ) -> Result<CudaPlan, RuntimeError> {
-        let lowered =
-            qie_codegen::lower_plan(&graph, &fusion).map_err(|e| compile_err(e.to_string()))?;
+        let lowered = qie_codegen::lower_plan_with_memory(&graph, &fusion, &memory)
+            .map_err(|e| compile_err(e.to_string()))?;
         let mut b = Builder {
             graph: &graph,
             memory: &memory,
