@@ -36,22 +36,31 @@ pub fn random_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 /// Random weights for every tensor the model expects: matrices ~ U(-1/sqrt(fan_in), ..), vectors
-/// near 1 for norms, small elsewhere.
+/// near 1 for norms, small elsewhere. Tensors are generated in parallel (the real DiT has 20B
+/// values); each one's values depend only on its index, so the result is deterministic.
 pub fn random_weights(expected: &[(String, Vec<usize>)]) -> DitWeights {
+    use rayon::prelude::*;
+    let tensors: Vec<(String, Vec<f32>)> = expected
+        .par_iter()
+        .enumerate()
+        .map(|(i, (name, shape))| {
+            let n: usize = shape.iter().product();
+            let values = if shape.len() == 2 {
+                random_values(n, i as u64 + 1, 1.0 / (shape[1] as f32).sqrt())
+            } else if name.contains("norm") {
+                random_values(n, i as u64 + 1, 0.1)
+                    .into_iter()
+                    .map(|v| 1.0 + v)
+                    .collect()
+            } else {
+                random_values(n, i as u64 + 1, 0.02)
+            };
+            (name.clone(), values)
+        })
+        .collect();
     let mut weights = DitWeights::default();
-    for (i, (name, shape)) in expected.iter().enumerate() {
-        let n: usize = shape.iter().product();
-        let values = if shape.len() == 2 {
-            random_values(n, i as u64 + 1, 1.0 / (shape[1] as f32).sqrt())
-        } else if name.contains("norm") {
-            random_values(n, i as u64 + 1, 0.1)
-                .into_iter()
-                .map(|v| 1.0 + v)
-                .collect()
-        } else {
-            random_values(n, i as u64 + 1, 0.02)
-        };
-        weights.insert(name.clone(), values);
+    for (name, values) in tensors {
+        weights.insert(name, values);
     }
     weights
 }

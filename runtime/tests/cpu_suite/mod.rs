@@ -157,7 +157,15 @@ pub fn compare(name: &str, got: &Tensor, want: &eval::Tensor, tol: f64) -> Resul
     let g = got.to_f64_vec();
     if want.ty.dtype.is_float() {
         let e = rel_l2(&g, &want.data);
-        if e.is_nan() || e > tol {
+        // An output near zero that is a sum of O(1) terms with cancellation (random graphs reduce
+        // whole tensors) carries the f32 rounding of the terms, not of its own size: accept it
+        // when every element is within `tol` in absolute terms too. Real bugs are O(1) off.
+        let max_abs = g
+            .iter()
+            .zip(&want.data)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f64, f64::max);
+        if e.is_nan() || max_abs.is_nan() || (e > tol && max_abs > tol) {
             let worst = g
                 .iter()
                 .zip(&want.data)
