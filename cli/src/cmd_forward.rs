@@ -17,6 +17,12 @@ use std::time::Instant;
 pub enum ForwardCommand {
     /// QwenImageTransformer2DModel: inputs named as diffusers' forward arguments, output `sample`.
     Dit(DitArgs),
+    /// AutoencoderKLQwenImage encoder: `image` [B, 3, H, W] in [-1, 1] -> posterior mean `latent`.
+    VaeEncode(crate::cmd_forward_vae::VaeEncodeArgs),
+    /// AutoencoderKLQwenImage decoder: raw `latents` [B, 16, h, w] -> `sample` [B, 3, 8h, 8w].
+    VaeDecode(crate::cmd_forward_vae::VaeDecodeArgs),
+    /// Qwen2.5-VL language model (text_encoder/): `input_ids` (+ image embeds) -> `hidden_states`.
+    TextEncoder(crate::cmd_forward_text::TextEncoderArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -63,6 +69,9 @@ pub struct DitArgs {
 pub fn run(cmd: ForwardCommand) -> Result<(), String> {
     match cmd {
         ForwardCommand::Dit(args) => run_dit(args),
+        ForwardCommand::VaeEncode(args) => crate::cmd_forward_vae::run_encode(args),
+        ForwardCommand::VaeDecode(args) => crate::cmd_forward_vae::run_decode(args),
+        ForwardCommand::TextEncoder(args) => crate::cmd_forward_text::run(args),
     }
 }
 

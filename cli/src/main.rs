@@ -1,11 +1,20 @@
 //! `qie`: compile, run and (later) train Qwen-Image-Edit models from one binary.
 
+mod atomic;
 mod cmd_bench;
+mod cmd_chat;
 mod cmd_compile;
+mod cmd_edit;
 mod cmd_forward;
+mod cmd_forward_text;
+mod cmd_forward_vae;
+mod cmd_infer;
 mod cmd_kernels;
 mod kernels_table;
 mod model_args;
+mod pipeline_args;
+mod progress;
+mod session;
 mod shapes_arg;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +33,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Edit images with an instruction (one shot, or --interactive for several turns).
+    Edit(Box<cmd_edit::EditArgs>),
+    /// Batch edits over a dataset (JSON/JSONL rows with prompt and edit_image).
+    Infer(Box<cmd_infer::InferArgs>),
     /// Compile a .qie model for given input shapes and print the IR, fusion groups and memory plan.
     Compile(cmd_compile::CompileArgs),
     /// Run one model component on tensors from a safetensors file (for parity checks with PyTorch).
@@ -42,6 +55,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Edit(args) => cmd_edit::run(*args),
+        Command::Infer(args) => cmd_infer::run(*args),
         Command::Compile(args) => cmd_compile::run(args),
         Command::Forward(cmd) => cmd_forward::run(cmd),
         Command::Bench(cmd) => cmd_bench::run(cmd),

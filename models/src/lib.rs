@@ -1,7 +1,20 @@
 //! Qwen-Image model family: DSL sources, config readers and drivers.
 
+pub mod dataset;
 pub mod error;
+pub mod host_weights;
+pub mod hub;
+pub mod lora;
+pub mod options;
+pub mod pipeline;
+pub mod plan_cache;
+pub mod preprocess;
+pub mod qwen25vl;
 pub mod qwen_image;
+pub mod scheduler;
 pub mod sources;
 
 pub use error::ModelError;
+pub use host_weights::HostWeights;
+pub use options::{ModelOptions, WeightPrecision};
+pub use plan_cache::PlanCache;

@@ -14,6 +14,18 @@ pub const BUNDLED: &[(&str, &str)] = &[
         "qwen_image_layered.qie",
         include_str!("../qie/qwen_image_layered.qie"),
     ),
+    (
+        "qwen_image_vae.qie",
+        include_str!("../qie/qwen_image_vae.qie"),
+    ),
+    (
+        "qwen25vl_text.qie",
+        include_str!("../qie/qwen25vl_text.qie"),
+    ),
+    (
+        "qwen25vl_vision.qie",
+        include_str!("../qie/qwen25vl_vision.qie"),
+    ),
 ];
 
 pub fn bundled(name: &str) -> Option<&'static str> {

@@ -150,3 +150,40 @@ __device__ __forceinline__ void qie_conv2d(const TX* x, const TW* w, TO* o, int 
         o[idx] = from_f<TO>(acc);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// im2col for the conv fast path (im2col + cuBLASLt): col[k, r, ox] = x[c, iy, ix] for
+// k = (c, ky, kx) = blockIdx.y and output row r0 + r, r = blockIdx.x; zero outside the input.
+// col is dense [C * KH * KW, rows * OW], x is one image. When OW % 8 == 0 every thread writes 8
+// outputs with one 16-byte store (the kernel is store-bound: col is 9x the input for 3x3).
+
+__device__ __forceinline__ void qie_im2col_bf16(const bf16_t* x, bf16_t* col, int H, int W,
+                                                int KH, int KW, int OW, int sh, int sw, int ph,
+                                                int pw, int dh, int dw, int r0, int rows,
+                                                long long xc, long long xh, long long xw) {
+    const int k = blockIdx.y, r = blockIdx.x;
+    const int kx = k % KW, ky = (k / KW) % KH, c = k / (KW * KH);
+    const int iy = (r0 + r) * sh - ph + ky * dh;
+    const bool row_in = iy >= 0 && iy < H;
+    const unsigned short* src =
+        reinterpret_cast<const unsigned short*>(x) + c * xc + (row_in ? iy * xh : 0);
+    unsigned short* dst =
+        reinterpret_cast<unsigned short*>(col) + ((long long)k * rows + r) * OW;
+    const int ix0 = kx * dw - pw;
+    if ((OW & 7) == 0) {
+        for (int ox = threadIdx.x * 8; ox < OW; ox += blockDim.x * 8) {
+            __align__(16) unsigned short v[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const int ix = (ox + j) * sw + ix0;
+                v[j] = (row_in && ix >= 0 && ix < W) ? src[ix * xw] : (unsigned short)0;
+            }
+            *reinterpret_cast<uint4*>(dst + ox) = *reinterpret_cast<const uint4*>(v);
+        }
+    } else {
+        for (int ox = threadIdx.x; ox < OW; ox += blockDim.x) {
+            const int ix = ox * sw + ix0;
+            dst[ox] = (row_in && ix >= 0 && ix < W) ? src[ix * xw] : (unsigned short)0;
+        }
+    }
+}

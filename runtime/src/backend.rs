@@ -51,9 +51,15 @@ impl fmt::Display for RuntimeError {
 impl std::error::Error for RuntimeError {}
 
 /// A borrowed view of a weight's elements.
+///
+/// `BF16` / `F16` are weights kept in their checkpoint dtype on the host (half the memory of
+/// f32). They bind to any float value of a graph: the CPU backend widens them to f32, the CUDA
+/// backend uploads them as they are when the value is stored in the same dtype.
 #[derive(Clone, Copy, Debug)]
 pub enum ParamData<'a> {
     F32(&'a [f32]),
+    BF16(&'a [half::bf16]),
+    F16(&'a [half::f16]),
     I32(&'a [i32]),
     I64(&'a [i64]),
     Bool(&'a [bool]),
@@ -63,6 +69,8 @@ impl ParamData<'_> {
     pub fn len(&self) -> usize {
         match self {
             ParamData::F32(v) => v.len(),
+            ParamData::BF16(v) => v.len(),
+            ParamData::F16(v) => v.len(),
             ParamData::I32(v) => v.len(),
             ParamData::I64(v) => v.len(),
             ParamData::Bool(v) => v.len(),
@@ -73,9 +81,10 @@ impl ParamData<'_> {
         self.len() == 0
     }
 
+    /// The host storage class a graph value needs to bind this data (every float is `F32`).
     pub fn storage(&self) -> Storage {
         match self {
-            ParamData::F32(_) => Storage::F32,
+            ParamData::F32(_) | ParamData::BF16(_) | ParamData::F16(_) => Storage::F32,
             ParamData::I32(_) => Storage::I32,
             ParamData::I64(_) => Storage::I64,
             ParamData::Bool(_) => Storage::Bool,
@@ -85,11 +94,39 @@ impl ParamData<'_> {
     pub(crate) fn as_ptr(&self) -> *const u8 {
         match self {
             ParamData::F32(v) => v.as_ptr() as *const u8,
+            ParamData::BF16(v) => v.as_ptr() as *const u8,
+            ParamData::F16(v) => v.as_ptr() as *const u8,
             ParamData::I32(v) => v.as_ptr() as *const u8,
             ParamData::I64(v) => v.as_ptr() as *const u8,
             ParamData::Bool(v) => v.as_ptr() as *const u8,
         }
     }
+
+    /// The elements as f32: borrowed for `F32`, widened for `BF16` / `F16` (exact), `None` for
+    /// integer and bool data.
+    pub fn to_f32(&self) -> Option<std::borrow::Cow<'_, [f32]>> {
+        use std::borrow::Cow;
+        match self {
+            ParamData::F32(v) => Some(Cow::Borrowed(v)),
+            ParamData::BF16(v) => Some(Cow::Owned(widen(v, |x| x.to_f32()))),
+            ParamData::F16(v) => Some(Cow::Owned(widen(v, |x| x.to_f32()))),
+            _ => None,
+        }
+    }
+}
+
+/// `v` mapped element-wise to f32, in parallel chunks (weights can be GBs).
+fn widen<T: Copy + Sync>(v: &[T], f: impl Fn(T) -> f32 + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; v.len()];
+    out.par_chunks_mut(1 << 16)
+        .zip(v.par_chunks(1 << 16))
+        .for_each(|(o, i)| {
+            for (d, &x) in o.iter_mut().zip(i) {
+                *d = f(x);
+            }
+        });
+    out
 }
 
 /// Weights looked up by checkpoint name. Shapes are checked by element count against the graph.

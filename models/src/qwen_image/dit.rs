@@ -4,60 +4,19 @@
 
 use super::inputs::DitInputs;
 use super::{token_count, DitConfig, ImgShape};
-use crate::{sources, ModelError};
+use crate::{sources, HostWeights, ModelError, ModelOptions, PlanCache};
 use qie_ir::dsl::{Program, StaticValue};
 use qie_ir::{DType, Graph, TensorType};
-use qie_runtime::cpu::CpuBackend;
 use qie_runtime::weights::{CheckMode, WeightStore};
-use qie_runtime::{Backend, CompileOptions, Executable, ParamData, ParamStore, Tensor};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use qie_runtime::{Backend, CompileOptions, Executable, Tensor};
+use std::path::Path;
+use std::sync::Arc;
 
-/// Precision the weights are used at. The CPU computes in f32 either way; `Bf16` rounds every weight
-/// to bf16 first, which is what running a bf16 checkpoint on a GPU sees.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum WeightPrecision {
-    #[default]
-    F32,
-    Bf16,
-}
+/// The DiT's options (see [`ModelOptions`]).
+pub type DitOptions = ModelOptions;
 
-#[derive(Clone, Default)]
-pub struct DitOptions {
-    /// Where plans run; None = the CPU reference backend.
-    pub backend: Option<Arc<dyn Backend>>,
-    pub precision: WeightPrecision,
-    /// A `.qie` file to use instead of the bundled source the config selects (variants).
-    pub source: Option<PathBuf>,
-    pub compile: CompileOptions,
-}
-
-/// Weights as f32 vectors by checkpoint name.
-#[derive(Default)]
-pub struct DitWeights {
-    tensors: HashMap<String, Vec<f32>>,
-}
-
-impl DitWeights {
-    pub fn insert(&mut self, name: String, values: Vec<f32>) {
-        self.tensors.insert(name, values);
-    }
-
-    pub fn len(&self) -> usize {
-        self.tensors.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tensors.is_empty()
-    }
-}
-
-impl ParamStore for DitWeights {
-    fn param(&self, name: &str) -> Option<ParamData<'_>> {
-        self.tensors.get(name).map(|v| ParamData::F32(v))
-    }
-}
+/// The DiT's weights (see [`HostWeights`]).
+pub type DitWeights = HostWeights;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PlanKey {
@@ -75,7 +34,7 @@ pub struct QwenImageDit {
     weights: DitWeights,
     compile: CompileOptions,
     backend: Arc<dyn Backend>,
-    plans: Mutex<HashMap<PlanKey, Arc<dyn Executable>>>,
+    plans: PlanCache<PlanKey>,
 }
 
 impl QwenImageDit {
@@ -95,16 +54,7 @@ impl QwenImageDit {
         store
             .check_with(&expected, CheckMode::Strict)
             .map_err(|e| ModelError::new(e.to_string()))?;
-        let mut weights = DitWeights::default();
-        for (name, _) in &expected {
-            let mut values = store
-                .load_f32(name)
-                .map_err(|e| ModelError::new(e.to_string()))?;
-            if options.precision == WeightPrecision::Bf16 {
-                round_to_bf16(&mut values);
-            }
-            weights.insert(name.clone(), values);
-        }
+        let weights = HostWeights::load(&store, &expected, options.precision)?;
         Ok(QwenImageDit::from_parts(config, program, weights, options))
     }
 
@@ -115,20 +65,7 @@ impl QwenImageDit {
         options: &DitOptions,
     ) -> Result<QwenImageDit, ModelError> {
         let program = load_program(&config, options.source.as_deref())?;
-        let expected = param_shapes(&program, &config)?;
-        for (name, shape) in &expected {
-            let n: usize = shape.iter().product();
-            match weights.tensors.get(name) {
-                Some(v) if v.len() == n => {}
-                Some(v) => {
-                    return Err(ModelError::new(format!(
-                        "weight `{name}` has {} elements, the model expects {shape:?}",
-                        v.len()
-                    )))
-                }
-                None => return Err(ModelError::new(format!("missing weight `{name}`"))),
-            }
-        }
+        weights.check(&param_shapes(&program, &config)?)?;
         Ok(QwenImageDit::from_parts(config, program, weights, options))
     }
 
@@ -143,11 +80,8 @@ impl QwenImageDit {
             program,
             weights,
             compile: options.compile.clone(),
-            backend: options
-                .backend
-                .clone()
-                .unwrap_or_else(|| Arc::new(CpuBackend)),
-            plans: Mutex::new(HashMap::new()),
+            backend: options.backend_or_cpu(),
+            plans: PlanCache::default(),
         }
     }
 
@@ -208,27 +142,14 @@ impl QwenImageDit {
             with_additional_t_cond: inputs.additional_t_cond.is_some(),
             img_shapes: inputs.img_shapes.clone(),
         };
-        if let Some(exe) = self.plans.lock().expect("plan cache poisoned").get(&key) {
-            return Ok(exe.clone());
-        }
-        let graph = lower_for(
-            &self.program,
-            &self.config,
-            &inputs.key_types(),
-            &inputs.img_shapes,
-        )?;
-        let exe: Arc<dyn Executable> =
-            Arc::from(self.backend.compile(&graph, &self.compile).map_err(|e| {
-                ModelError::new(format!(
-                    "compiling the DiT for {}: {e}",
-                    self.backend.name()
-                ))
-            })?);
-        self.plans
-            .lock()
-            .expect("plan cache poisoned")
-            .insert(key, exe.clone());
-        Ok(exe)
+        self.plans.get_or_compile(&key, &*self.backend, &self.compile, "DiT", || {
+            lower_for(
+                &self.program,
+                &self.config,
+                &inputs.key_types(),
+                &inputs.img_shapes,
+            )
+        })
     }
 }
 
@@ -313,10 +234,4 @@ fn param_shapes(
         .into_iter()
         .map(|(name, id)| (name.to_string(), graph.ty(id).shape.to_vec()))
         .collect())
-}
-
-fn round_to_bf16(values: &mut [f32]) {
-    for v in values {
-        *v = half::bf16::from_f32(*v).to_f32();
-    }
 }

@@ -5,8 +5,12 @@ pub mod dit;
 pub mod img_shapes;
 pub mod inputs;
 pub mod random;
+pub mod vae;
+pub mod vae_config;
+pub mod vae_tiling;
 
 pub use config::DitConfig;
-pub use dit::{DitOptions, DitWeights, QwenImageDit, WeightPrecision};
+pub use crate::WeightPrecision;
+pub use dit::{DitOptions, DitWeights, QwenImageDit};
 pub use img_shapes::{parse_img_shapes, token_count, ImgShape};
 pub use inputs::{format_img_shapes, DitInputs};

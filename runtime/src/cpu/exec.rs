@@ -5,7 +5,7 @@ use super::buffer::{Arena, RawBuf};
 use super::conv::{conv2d, ConvArgs};
 use super::interp::Interp;
 use super::matmul::MatMulPlan;
-use crate::backend::{CompileOptions, Executable, ParamStore, PlanStats, RuntimeError};
+use crate::backend::{CompileOptions, Executable, ParamData, ParamStore, PlanStats, RuntimeError};
 use crate::tensor::{Storage, Tensor, TensorData};
 use qie_codegen::{
     copy_program, Binding, IndexMap, KernelProgram, LoweredGroup, Operand, Step, View,
@@ -696,6 +696,9 @@ impl CpuExecutable {
             }
         }
         let mut param_bufs = Vec::with_capacity(self.params.len());
+        // bf16 / f16 weights widened to f32 for this run (the kernels read f32); the heap
+        // buffers stay put while `param_bufs` points into them.
+        let mut widened: Vec<Vec<f32>> = Vec::new();
         for p in &self.params {
             let data = store
                 .param(&p.name)
@@ -717,8 +720,16 @@ impl CpuExecutable {
                     ),
                 });
             }
+            let ptr = match data {
+                ParamData::BF16(_) | ParamData::F16(_) => {
+                    let v = data.to_f32().expect("float data").into_owned();
+                    widened.push(v);
+                    widened.last().expect("pushed").as_ptr() as *mut u8
+                }
+                _ => data.as_ptr() as *mut u8,
+            };
             param_bufs.push(RawBuf {
-                ptr: data.as_ptr() as *mut u8,
+                ptr,
                 len: data.len(),
                 storage: data.storage(),
                 writable: false,

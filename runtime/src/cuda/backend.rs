@@ -24,6 +24,7 @@ use qie_ir::passes::{
 };
 use qie_ir::{DType, Graph};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -364,6 +365,8 @@ fn fingerprint(data: &ParamData<'_>) -> u64 {
         };
         mix(match data {
             ParamData::F32(v) => v[i].to_bits() as u64,
+            ParamData::BF16(v) => v[i].to_bits() as u64,
+            ParamData::F16(v) => v[i].to_bits() as u64,
             ParamData::I32(v) => v[i] as u32 as u64,
             ParamData::I64(v) => v[i] as u64,
             ParamData::Bool(v) => v[i] as u64,
@@ -407,17 +410,34 @@ pub(crate) fn par_decode<T: Send + Copy + Default, const N: usize>(
     out
 }
 
-/// Host data converted to the bytes of its device storage dtype.
-pub(crate) fn to_storage_bytes(data: &ParamData<'_>, dtype: DType) -> Result<Vec<u8>, String> {
-    Ok(match (data, dtype) {
-        (ParamData::F32(v), DType::F32) => par_encode(v, |x| x.to_le_bytes()),
+/// Host data converted to the bytes of its device storage dtype; borrowed (no copy) when the
+/// host already holds that dtype, e.g. bf16 weights for bf16 storage.
+pub(crate) fn to_storage_bytes<'a>(
+    data: &ParamData<'a>,
+    dtype: DType,
+) -> Result<Cow<'a, [u8]>, String> {
+    use half::{bf16, f16};
+    Ok(match (*data, dtype) {
+        (ParamData::F32(v), DType::F32) => Cow::Borrowed(bytemuck::cast_slice(v)),
+        (ParamData::BF16(v), DType::BF16) => Cow::Borrowed(bytemuck::cast_slice(v)),
+        (ParamData::F16(v), DType::F16) => Cow::Borrowed(bytemuck::cast_slice(v)),
+        (ParamData::I32(v), DType::I32) => Cow::Borrowed(bytemuck::cast_slice(v)),
+        (ParamData::I64(v), DType::I64) => Cow::Borrowed(bytemuck::cast_slice(v)),
         (ParamData::F32(v), DType::BF16) => {
-            par_encode(v, |&x| half::bf16::from_f32(x).to_le_bytes())
+            Cow::Owned(par_encode(v, |&x| bf16::from_f32(x).to_le_bytes()))
         }
-        (ParamData::F32(v), DType::F16) => par_encode(v, |&x| half::f16::from_f32(x).to_le_bytes()),
-        (ParamData::I32(v), DType::I32) => par_encode(v, |x| x.to_le_bytes()),
-        (ParamData::I64(v), DType::I64) => par_encode(v, |x| x.to_le_bytes()),
-        (ParamData::Bool(v), DType::Bool) => par_encode(v, |&b| [b as u8]),
+        (ParamData::F32(v), DType::F16) => {
+            Cow::Owned(par_encode(v, |&x| f16::from_f32(x).to_le_bytes()))
+        }
+        (ParamData::BF16(v), DType::F32) => Cow::Owned(par_encode(v, |x| x.to_f32().to_le_bytes())),
+        (ParamData::F16(v), DType::F32) => Cow::Owned(par_encode(v, |x| x.to_f32().to_le_bytes())),
+        (ParamData::BF16(v), DType::F16) => {
+            Cow::Owned(par_encode(v, |x| f16::from_f32(x.to_f32()).to_le_bytes()))
+        }
+        (ParamData::F16(v), DType::BF16) => {
+            Cow::Owned(par_encode(v, |x| bf16::from_f32(x.to_f32()).to_le_bytes()))
+        }
+        (ParamData::Bool(v), DType::Bool) => Cow::Owned(par_encode(v, |&b| [b as u8])),
         (d, t) => return Err(format!("{:?} data cannot be stored as {t}", d.storage())),
     })
 }

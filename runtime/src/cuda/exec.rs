@@ -318,14 +318,14 @@ fn gemm_args(g: &GemmStep, ptr: &dyn Fn(&BufRef) -> DevPtr) -> GemmArgs {
         transpose_b: g.transpose_b,
         a: ptr(&g.a.0).offset(g.a.1),
         b: ptr(&g.b.0).offset(g.b.1),
-        d: ptr(&g.d),
+        d: ptr(&g.d).offset(g.d_offset),
         ld_a: g.ld_a,
         ld_b: g.ld_b,
-        ld_d: g.n,
+        ld_d: g.ld_d,
         batch: g.batch,
         stride_a: g.stride_a,
         stride_b: g.stride_b,
-        stride_d: g.m * g.n,
+        stride_d: g.m * g.ld_d,
         epilogue: {
             let bias = || {
                 let (b, off) = g.bias.expect("bias epilogues carry a bias");
@@ -370,7 +370,7 @@ fn flash_args(f: &FlashStep, ptr: &dyn Fn(&BufRef) -> DevPtr) -> AttentionArgs {
 }
 
 /// A host tensor's elements as the bytes of `dtype` storage.
-fn host_to_storage(data: &TensorData, dtype: DType) -> Result<Vec<u8>, String> {
+fn host_to_storage(data: &TensorData, dtype: DType) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     let pd = match data {
         TensorData::F32(v) => crate::ParamData::F32(v),
         TensorData::I32(v) => crate::ParamData::I32(v),

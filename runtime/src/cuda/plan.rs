@@ -7,7 +7,8 @@
 //! unit stride in one of the two matrix axes, batch axes merged to one stride) goes to cuBLASLt;
 //! otherwise to the generic GEMM kernel (f32 storage, mixed dtypes, odd views). `Attention` on
 //! bf16 with head dim 64 / 128 and strides that are multiples of 8 goes to the flash kernel,
-//! otherwise to the generic attention kernel. `Conv2d` runs a direct generic kernel. Operands
+//! otherwise to the generic attention kernel. `Conv2d` on bf16 (groups 1) is im2col into bounded
+//! scratch + cuBLASLt GEMMs (see `conv_gemm`), otherwise a direct generic kernel. Operands
 //! whose index maps are not strided are first copied to dense scratch by a generated kernel.
 
 use super::storage::StorageMode;
@@ -19,6 +20,9 @@ use qie_codegen::{
 use qie_ir::plan::{FusionPlan, GroupKind, MemoryPlan, Slot};
 use qie_ir::{DType, Graph, NodeId, Op, TensorType};
 use std::collections::{BTreeMap, HashMap};
+
+#[path = "conv_gemm.rs"]
+mod conv_gemm;
 
 /// The generic library kernels (templates instantiated per dtype combination).
 pub const GENERIC: &str = include_str!("../../kernels/generic.cuh");
@@ -99,6 +103,10 @@ pub struct GemmStep {
     pub a: (BufRef, usize),
     pub b: (BufRef, usize),
     pub d: BufRef,
+    /// Byte offset of `d[0, 0]` in `d`, and its row stride in elements (`n` when dense; the
+    /// conv fast path writes column blocks of a wider matrix).
+    pub d_offset: usize,
+    pub ld_d: usize,
     pub m: usize,
     pub n: usize,
     pub k: usize,
@@ -720,6 +728,8 @@ impl Builder<'_> {
                     a: (ab, av.offset as usize * el),
                     b: (bb, bv.offset as usize * el),
                     d,
+                    d_offset: 0,
+                    ld_d: n,
                     m,
                     n,
                     k,
@@ -982,6 +992,20 @@ impl Builder<'_> {
         let os = &out.ty.shape;
         let total: usize = os.iter().product();
         if total == 0 {
+            return Ok(());
+        }
+        let planned = self.conv2d_gemm(
+            out,
+            out_r,
+            (xb, &xv),
+            (w, wb, wv.clone()),
+            stride,
+            padding,
+            dilation,
+            groups,
+            name,
+        )?;
+        if planned {
             return Ok(());
         }
         let t = [

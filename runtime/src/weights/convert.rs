@@ -16,7 +16,7 @@ use super::store::WeightStore;
 const CHUNK: usize = 1 << 16;
 
 /// Decodes `bytes` as consecutive `N`-byte little-endian elements.
-fn decode<T, const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> T + Sync) -> Vec<T>
+pub(super) fn decode<T, const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> T + Sync) -> Vec<T>
 where
     T: Copy + Default + Send + Sync,
 {
@@ -38,6 +38,22 @@ where
             .zip(bytes.par_chunks(CHUNK * N))
             .for_each(run);
     }
+    out
+}
+
+/// `v` mapped element-wise, in parallel chunks.
+pub(super) fn par_map<S: Sync, T: Copy + Default + Send>(
+    v: &[S],
+    f: impl Fn(&S) -> T + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::default(); v.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(v.par_chunks(CHUNK))
+        .for_each(|(o, i)| {
+            for (d, x) in o.iter_mut().zip(i) {
+                *d = f(x);
+            }
+        });
     out
 }
 

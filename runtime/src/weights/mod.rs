@@ -30,6 +30,7 @@ mod index;
 mod locate;
 mod prefix;
 mod store;
+mod stored;
 mod write;
 
 pub use check::{CheckMode, CheckReport, ShapeMismatch};
@@ -37,4 +38,5 @@ pub use error::{Result, WeightsError};
 pub use prefix::Prefixed;
 pub use safetensors::Dtype;
 pub use store::{TensorInfo, WeightStore};
+pub use stored::StoredTensor;
 pub use write::{save_raw, save_safetensors, save_safetensors_as, RawTensor};

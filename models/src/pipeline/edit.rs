@@ -1,0 +1,316 @@
+//! `EditPipeline`: Qwen-Image-Edit(-Plus) end to end, step for step what diffusers'
+//! QwenImageEditPipeline / QwenImageEditPlusPipeline do (see docs/pipeline.md).
+
+use super::latents::{concat_tokens, f32_data, leading_tokens, pack, tensor, unpack};
+use super::prompt::prompt_embeds_from_hidden;
+use super::{EditSettings, Flavour, StageTimes};
+use crate::hub::ModelPaths;
+use crate::lora::{load_dit_with_loras, LoraSet};
+use crate::preprocess::qwen2vl_image::{expand_image_pads, ImageBackend, Qwen2VlImageProcessor};
+use crate::preprocess::{calculate_dimensions, resize_lanczos, QwenTokenizer, VaeImageProcessor};
+use crate::qwen25vl::{PositionMode, QwenVlLanguageModel};
+use crate::qwen25vl::vision::QwenVisionTower;
+use crate::qwen_image::vae::QwenImageVae;
+use crate::qwen_image::{DitInputs, QwenImageDit};
+use crate::scheduler::{
+    gaussian_noise, qwen_default_sigmas, true_cfg, FlowMatchEulerScheduler, SchedulerConfig,
+};
+use crate::{ModelError, ModelOptions};
+use image::RgbImage;
+use qie_runtime::Tensor;
+use std::time::Instant;
+
+pub struct EditPipeline {
+    pub flavour: Flavour,
+    pub paths: ModelPaths,
+    dit: QwenImageDit,
+    vae: QwenImageVae,
+    vision: QwenVisionTower,
+    text: QwenVlLanguageModel,
+    tokenizer: QwenTokenizer,
+    image_processor: Qwen2VlImageProcessor,
+    scheduler: SchedulerConfig,
+}
+
+/// What an edit produced.
+pub struct EditOutput {
+    pub image: RgbImage,
+    /// Final packed latents [1, S, 64] before VAE decoding (diffusers' layout).
+    pub latents: Tensor,
+    pub width: usize,
+    pub height: usize,
+    pub times: StageTimes,
+}
+
+/// Adds which component (and its folder) an error came from.
+fn at(what: &str, dir: &std::path::Path) -> impl Fn(ModelError) -> ModelError {
+    let place = format!("{what} ({})", dir.display());
+    move |e| e.context(&place)
+}
+
+/// Called after every denoising step with (step, total).
+pub type StepCallback<'a> = &'a mut dyn FnMut(usize, usize);
+
+impl EditPipeline {
+    /// Loads every component of a diffusers-layout edit checkpoint; `loras` are merged into the
+    /// DiT's weights.
+    pub fn load(
+        paths: ModelPaths,
+        options: &ModelOptions,
+        loras: &LoraSet,
+    ) -> Result<EditPipeline, ModelError> {
+        let flavour = Flavour::from_class_name(&paths.pipeline_class)?;
+        let scheduler = SchedulerConfig::load(&paths.scheduler.join("scheduler_config.json"))
+            .map_err(at("scheduler", &paths.scheduler))?;
+        let tokenizer = QwenTokenizer::load(&paths.tokenizer).map_err(at("tokenizer", &paths.tokenizer))?;
+        let processor_dir = paths.processor.clone().unwrap_or_else(|| paths.tokenizer.clone());
+        let image_processor =
+            Qwen2VlImageProcessor::load(&processor_dir).map_err(at("processor", &processor_dir))?;
+        let mut text = QwenVlLanguageModel::load(&paths.text_encoder, options)
+            .map_err(at("text_encoder", &paths.text_encoder))?;
+        text.position_mode = PositionMode::default();
+        let vision = QwenVisionTower::load(&paths.text_encoder, options)
+            .map_err(at("text_encoder", &paths.text_encoder))?;
+        let vae = QwenImageVae::load(&paths.vae, options).map_err(at("vae", &paths.vae))?;
+        let dit = if loras.is_empty() {
+            QwenImageDit::load(&paths.transformer, options)
+        } else {
+            load_dit_with_loras(&paths.transformer, options, loras).map(|(dit, _)| dit)
+        }
+        .map_err(at("transformer", &paths.transformer))?;
+        Ok(EditPipeline {
+            flavour,
+            paths,
+            dit,
+            vae,
+            vision,
+            text,
+            tokenizer,
+            image_processor,
+            scheduler,
+        })
+    }
+
+    /// RoPE positions of the VL model: `Multimodal` (3-D, how the model was trained; transformers
+    /// 4.x) or `Sequential` (what diffusers 0.42.1 with transformers 5.x computes, diffusers #14194).
+    pub fn set_text_positions(&mut self, mode: PositionMode) {
+        self.text.position_mode = mode;
+    }
+
+    /// How the VL image processor resizes: torchvision (transformers' default when it is
+    /// installed, which Qwen2VLProcessor requires) or PIL.
+    pub fn set_vl_resize(&mut self, backend: ImageBackend) {
+        self.image_processor = self.image_processor.clone().with_backend(backend);
+    }
+
+    /// The output size for these inputs and settings (multiples of 16).
+    pub fn output_size(&self, images: &[RgbImage], settings: &EditSettings) -> (usize, usize) {
+        let last = images.last().expect("at least one image");
+        let ratio = last.width() as f64 / last.height() as f64;
+        // diffusers derives the default from a fixed 1024² area, independent of the VAE area.
+        let area = settings.output_area.unwrap_or(1024 * 1024) as f64;
+        let (w, h) = calculate_dimensions(area, ratio);
+        let (w, h) = (w as usize, h as usize);
+        let multiple = 16;
+        let w = settings.width.unwrap_or(w) / multiple * multiple;
+        let h = settings.height.unwrap_or(h) / multiple * multiple;
+        (w, h)
+    }
+
+    /// Runs one edit. `init_noise` ([1, S, 64] packed, diffusers' layout) replaces the seeded noise.
+    pub fn edit(
+        &self,
+        images: &[RgbImage],
+        settings: &EditSettings,
+        init_noise: Option<&Tensor>,
+        on_step: StepCallback<'_>,
+    ) -> Result<EditOutput, ModelError> {
+        let start = Instant::now();
+        let mut times = StageTimes::default();
+        self.flavour.check_image_count(images.len())?;
+        if settings.steps == 0 && settings.sigmas.is_none() {
+            return Err(ModelError::new("--steps must be at least 1"));
+        }
+        let (width, height) = self.output_size(images, settings);
+        if width == 0 || height == 0 {
+            return Err(ModelError::new(format!("output size {width}x{height} is empty")));
+        }
+
+        // Input images at the VL and VAE areas (PIL Lanczos, as VaeImageProcessor.resize).
+        let t = Instant::now();
+        let vl_area = settings.vl_area.unwrap_or(self.flavour.vl_area());
+        let vae_area = settings.vae_area.unwrap_or(self.flavour.vae_area());
+        let mut vl_images = Vec::new();
+        let mut vae_inputs = Vec::new();
+        let mut ref_shapes = Vec::new();
+        for img in images {
+            let ratio = img.width() as f64 / img.height() as f64;
+            let (vw, vh) = calculate_dimensions(vae_area as f64, ratio);
+            let vae_img = resize_lanczos(img, vw, vh);
+            let vl_img = match self.flavour {
+                // Edit: the VL model sees the VAE-sized image.
+                Flavour::Edit => vae_img.clone(),
+                Flavour::Plus => {
+                    let (cw, ch) = calculate_dimensions(vl_area as f64, ratio);
+                    resize_lanczos(img, cw, ch)
+                }
+            };
+            ref_shapes.push([1, vh as usize / 16, vw as usize / 16]);
+            vae_inputs.push(VaeImageProcessor::default().preprocess(&vae_img, vw, vh));
+            vl_images.push(vl_img);
+        }
+        times.preprocess_s = super::timings::since(t);
+
+        // Text: the prompt and (with CFG) the negative prompt, sharing the vision tower's output.
+        let t = Instant::now();
+        let mut prompts = vec![settings.prompt.as_str()];
+        if let (Some(neg), true) = (&settings.negative_prompt, settings.does_cfg()) {
+            prompts.push(neg);
+        }
+        let mut embeds = self.encode_text(&vl_images, &prompts)?.into_iter();
+        let prompt_embeds = embeds.next().expect("one per prompt");
+        let negative_embeds = embeds.next();
+        times.text_encoder_s = super::timings::since(t);
+
+        // Reference latents: VAE posterior mode, normalised, packed, concatenated in order.
+        let t = Instant::now();
+        let mut packed = Vec::new();
+        for x in &vae_inputs {
+            let raw = self.vae.encode(x)?;
+            packed.push(pack(&self.vae.normalize_latents(&raw))?);
+        }
+        let image_latents = concat_tokens(&packed.iter().collect::<Vec<_>>())?;
+        times.vae_encode_s = super::timings::since(t);
+
+        // Sampling.
+        let t = Instant::now();
+        let (lh, lw) = (height / 8, width / 8);
+        let target_tokens = (lh / 2) * (lw / 2);
+        let channels = self.dit.config.in_channels;
+        let mut latents = match init_noise {
+            Some(noise) => {
+                if noise.shape() != [1, target_tokens, channels] {
+                    return Err(ModelError::new(format!(
+                        "init noise has shape {:?}, this edit needs [1, {target_tokens}, {channels}] ({width}x{height})",
+                        noise.shape()
+                    )));
+                }
+                noise.clone()
+            }
+            None => {
+                let c = channels / 4;
+                let noise = gaussian_noise(settings.seed, &[1, c, lh, lw]);
+                pack(&tensor(&[1, c, lh, lw], noise)?)?
+            }
+        };
+        let mut img_shapes = vec![[1, lh / 2, lw / 2]];
+        img_shapes.extend(ref_shapes);
+        let mut scheduler = FlowMatchEulerScheduler::new(self.scheduler.clone())?;
+        let mu = self.scheduler.mu_for(target_tokens);
+        let sigmas = settings
+            .sigmas
+            .clone()
+            .unwrap_or_else(|| qwen_default_sigmas(settings.steps));
+        scheduler.set_timesteps(None, Some(sigmas), Some(mu))?;
+        let timesteps = scheduler.timesteps().to_vec();
+        for (i, &ts) in timesteps.iter().enumerate() {
+            let step_start = Instant::now();
+            let input = concat_tokens(&[&latents, &image_latents])?;
+            let cond = self.denoise(&input, &prompt_embeds, ts, &img_shapes, target_tokens)?;
+            let pred = match &negative_embeds {
+                Some(neg) => {
+                    let uncond = self.denoise(&input, neg, ts, &img_shapes, target_tokens)?;
+                    let combined = true_cfg(
+                        f32_data(&cond)?,
+                        f32_data(&uncond)?,
+                        settings.cfg,
+                        settings.cfg_rescale,
+                        channels,
+                    )?;
+                    tensor(cond.shape(), combined)?
+                }
+                None => cond,
+            };
+            let next = scheduler.step(f32_data(&pred)?, f32_data(&latents)?)?;
+            latents = tensor(latents.shape(), next)?;
+            times.step_s.push(super::timings::since(step_start));
+            on_step(i + 1, timesteps.len());
+        }
+        times.denoise_s = super::timings::since(t);
+
+        // Decoding.
+        let t = Instant::now();
+        let z = self.vae.denormalize_latents(&unpack(&latents, lh, lw)?);
+        let decoded = if settings.tiled_decode {
+            self.vae.decode_tiled(&z, &Default::default())?
+        } else {
+            self.vae.decode(&z)?
+        };
+        let image = VaeImageProcessor::default()
+            .postprocess(&decoded)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ModelError::new("the VAE decoded no image"))?;
+        times.vae_decode_s = super::timings::since(t);
+        times.total_s = super::timings::since(start);
+        Ok(EditOutput {
+            image,
+            latents,
+            width,
+            height,
+            times,
+        })
+    }
+
+    /// Prompt embeddings [1, S - 64, D] per prompt for the VL-sized input images (each prompt
+    /// encoded alone, as diffusers does, so there is no padding mask); the vision tower runs once.
+    pub fn encode_text(
+        &self,
+        vl_images: &[RgbImage],
+        prompts: &[&str],
+    ) -> Result<Vec<Tensor>, ModelError> {
+        let (pixel_values, grids) = self.image_processor.preprocess(vl_images)?;
+        let image_embeds = self.vision.forward(&pixel_values, &grids)?;
+        prompts
+            .iter()
+            .map(|p| self.encode_prompt(p, &image_embeds, &grids))
+            .collect()
+    }
+
+    fn encode_prompt(
+        &self,
+        prompt: &str,
+        image_embeds: &Tensor,
+        grids: &[[usize; 3]],
+    ) -> Result<Tensor, ModelError> {
+        let text = self.flavour.prompt_text(prompt, grids.len());
+        let merge = self.vision.config.spatial_merge_size;
+        let text = expand_image_pads(&[text], grids, merge)?.remove(0);
+        let ids: Vec<i64> = self.tokenizer.encode(&text)?.into_iter().map(i64::from).collect();
+        let mask = vec![1i64; ids.len()];
+        let hidden = self
+            .text
+            .forward(&[ids], &[mask], Some(image_embeds), grids)?;
+        prompt_embeds_from_hidden(&hidden, self.flavour.drop_tokens())
+    }
+
+    fn denoise(
+        &self,
+        input: &Tensor,
+        prompt_embeds: &Tensor,
+        timestep: f32,
+        img_shapes: &[[usize; 3]],
+        target_tokens: usize,
+    ) -> Result<Tensor, ModelError> {
+        let inputs = DitInputs {
+            hidden_states: input.clone(),
+            encoder_hidden_states: prompt_embeds.clone(),
+            encoder_hidden_states_mask: None,
+            timestep: tensor(&[1], vec![timestep / 1000.0f32])?,
+            additional_t_cond: None,
+            img_shapes: img_shapes.to_vec(),
+        };
+        let sample = self.dit.forward(&inputs)?;
+        leading_tokens(&sample, target_tokens)
+    }
+}

@@ -1,0 +1,13 @@
+//! The edit pipelines (Edit and Plus): text encoding, VAE encoding, sampling and decoding.
+
+mod edit;
+mod flavour;
+pub mod latents;
+pub mod prompt;
+mod settings;
+mod timings;
+
+pub use edit::{EditOutput, EditPipeline, StepCallback};
+pub use flavour::Flavour;
+pub use settings::EditSettings;
+pub use timings::StageTimes;
