@@ -74,7 +74,10 @@ fn area(json: &serde_json::Value, key: &str) -> Option<usize> {
 
 fn check(what: &str, got: &[f32], expected: &[f32], tol: f64) {
     assert_eq!(got.len(), expected.len(), "{what}: length");
-    assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite output");
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{what}: non-finite output"
+    );
     let err = rel_l2(got, expected);
     eprintln!("{what}: rel-L2 {err:.3e}");
     assert!(err <= tol, "{what}: rel-L2 {err:.3e} > {tol:.0e}");
@@ -84,7 +87,12 @@ fn end_to_end(name: &str) {
     let case = load_case(name, PositionMode::Sequential);
     let out = case
         .pipeline
-        .edit(&case.images, &case.settings, Some(&case.noise), &mut |_, _| {})
+        .edit(
+            &case.images,
+            &case.settings,
+            Some(&case.noise),
+            &mut |_, _| {},
+        )
         .unwrap();
     let expected = |n: &str| case.expected.load_f32(n).unwrap();
     check(
@@ -94,7 +102,11 @@ fn end_to_end(name: &str) {
         1e-4,
     );
     let want = load_rgb(fixture(&format!("edit/{name}")).join("out.png")).unwrap();
-    assert_eq!(want.dimensions(), out.image.dimensions(), "{name}: output size");
+    assert_eq!(
+        want.dimensions(),
+        out.image.dimensions(),
+        "{name}: output size"
+    );
     let diff: f64 = want
         .as_raw()
         .iter()
@@ -136,12 +148,7 @@ fn prompt_embeds(name: &str, positions: PositionMode, suffix: &str) {
 fn condition_image(expected: &WeightStore, i: usize, _dir: &Path) -> RgbImage {
     let name = format!("condition_image_{i}");
     let shape = expected.info(&name).unwrap().shape.clone();
-    let bytes: Vec<u8> = expected
-        .load_f32(&name)
-        .unwrap()
-        .into_iter()
-        .map(|v| v as u8)
-        .collect();
+    let bytes = expected.bytes(&name).unwrap().to_vec();
     RgbImage::from_raw(shape[1] as u32, shape[0] as u32, bytes).unwrap()
 }
 

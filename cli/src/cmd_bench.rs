@@ -12,6 +12,8 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// QwenImageTransformer2DModel at real width (3072, 24 heads) with random weights.
     Dit(BenchDitArgs),
+    /// The whole edit pipeline (Plus) at real size with random weights.
+    Edit(crate::cmd_bench_edit::BenchEditArgs),
 }
 
 #[derive(Args)]
@@ -48,6 +50,7 @@ pub struct BenchDitArgs {
 pub fn run(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Dit(args) => run_dit(args),
+        BenchCommand::Edit(args) => crate::cmd_bench_edit::run(args),
     }
 }
 

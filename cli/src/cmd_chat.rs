@@ -83,7 +83,10 @@ fn command(
         Some(c) => c.split_once(' ').map_or((c, ""), |(a, b)| (a, b.trim())),
         None => return turn(session, dir, pipeline, line).map(|_| Flow::Continue),
     };
-    let number = |what: &str| rest.parse::<f64>().map_err(|_| format!("/{what} needs a number"));
+    let number = |what: &str| {
+        rest.parse::<f64>()
+            .map_err(|_| format!("/{what} needs a number"))
+    };
     match cmd {
         "quit" | "exit" | "q" => return Ok(Flow::Quit),
         "help" => eprintln!("{HELP}"),
@@ -104,7 +107,11 @@ fn command(
         "undo" => {
             let turn = session.turns.pop().ok_or("nothing to undo")?;
             session.current = turn.previous;
-            eprintln!("undid `{}`; current: {}", turn.settings.prompt, session.current.join(", "));
+            eprintln!(
+                "undid `{}`; current: {}",
+                turn.settings.prompt,
+                session.current.join(", ")
+            );
         }
         "image" | "add" => {
             if rest.is_empty() {
@@ -168,7 +175,12 @@ fn turn(
         &settings,
         &Session::paths(Path::new(""), &session.current),
     )?;
-    eprintln!("{}\nturn {} -> {}", output.times.report(), session.turns.len() + 1, output_name);
+    eprintln!(
+        "{}\nturn {} -> {}",
+        output.times.report(),
+        session.turns.len() + 1,
+        output_name
+    );
     let previous = std::mem::replace(&mut session.current, vec![output_name.clone()]);
     session.turns.push(Turn {
         settings,
@@ -195,7 +207,8 @@ fn edit_files(
 /// `qie edit --replay DIR`: re-runs every turn of a session from its recorded inputs and settings
 /// into DIR/replay/ and reports whether each result is identical to the recorded one.
 pub fn replay(dir: &Path, pipeline: &EditPipeline) -> Result<(), String> {
-    let session = Session::open(dir)?.ok_or_else(|| format!("{}: no {}", dir.display(), crate::session::FILE))?;
+    let session = Session::open(dir)?
+        .ok_or_else(|| format!("{}: no {}", dir.display(), crate::session::FILE))?;
     let out_dir = dir.join("replay");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let mut differing = 0;
@@ -226,7 +239,9 @@ pub fn replay(dir: &Path, pipeline: &EditPipeline) -> Result<(), String> {
         );
     }
     if differing > 0 {
-        return Err(format!("{differing} replayed turn(s) differ from the recorded results"));
+        return Err(format!(
+            "{differing} replayed turn(s) differ from the recorded results"
+        ));
     }
     Ok(())
 }

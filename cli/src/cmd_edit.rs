@@ -75,11 +75,19 @@ pub fn run(args: EditArgs) -> Result<(), String> {
     save_output(&out, &output, &settings, &args.images)?;
     if let Some(path) = &args.save_latents {
         let values = output.latents.to_f32_vec();
-        save_safetensors(path, &[("latents", output.latents.shape().to_vec(), &values)])
-            .map_err(|e| e.to_string())?;
+        save_safetensors(
+            path,
+            &[("latents", output.latents.shape().to_vec(), &values)],
+        )
+        .map_err(|e| e.to_string())?;
     }
     eprintln!("{}", output.times.report());
-    eprintln!("wrote {} ({}x{})", out.display(), output.width, output.height);
+    eprintln!(
+        "wrote {} ({}x{})",
+        out.display(),
+        output.width,
+        output.height
+    );
     Ok(())
 }
 
@@ -122,7 +130,10 @@ pub fn save_output(
 fn read_latents(path: &Path) -> Result<Tensor, String> {
     let store = WeightStore::open(path).map_err(|e| e.to_string())?;
     let info = store.info("latents").ok_or_else(|| {
-        format!("{}: no tensor `latents` (expected [1, S, 64], diffusers' packed layout)", path.display())
+        format!(
+            "{}: no tensor `latents` (expected [1, S, 64], diffusers' packed layout)",
+            path.display()
+        )
     })?;
     let values = store.load_f32("latents").map_err(|e| e.to_string())?;
     Tensor::from_f32(&info.shape, values).map_err(|e| format!("{}: {e}", path.display()))

@@ -52,7 +52,11 @@ pub fn run(args: InferArgs) -> Result<(), String> {
         args.dataset.display(),
         rows.len() + bad.len(),
         bad.len(),
-        if args.resume { format!(", {skipped} already done") } else { String::new() },
+        if args.resume {
+            format!(", {skipped} already done")
+        } else {
+            String::new()
+        },
         todo.len()
     );
     if todo.is_empty() {
@@ -92,7 +96,12 @@ fn run_row(
         .collect::<Result<Vec<_>, _>>()?;
     let settings = args.sampling.settings(&row.prompt);
     let output = run_edit(pipeline, &images, &settings, None)?;
-    save_output(&output_path(&args.out_dir, row), &output, &settings, &row.edit_images)
+    save_output(
+        &output_path(&args.out_dir, row),
+        &output,
+        &settings,
+        &row.edit_images,
+    )
 }
 
 fn output_path(out_dir: &Path, row: &DatasetRow) -> PathBuf {

@@ -2,6 +2,7 @@
 
 mod atomic;
 mod cmd_bench;
+mod cmd_bench_edit;
 mod cmd_chat;
 mod cmd_compile;
 mod cmd_edit;

@@ -5,9 +5,9 @@ use crate::cmd_forward::{make_backend, DTypeArg};
 use clap::Args;
 use qie_models::hub::resolve_model;
 use qie_models::lora::{parse_lora_spec, LoraFile, LoraSet};
+use qie_models::pipeline::{EditPipeline, EditSettings};
 use qie_models::preprocess::ImageBackend;
 use qie_models::qwen25vl::PositionMode;
-use qie_models::pipeline::{EditPipeline, EditSettings};
 use qie_models::{ModelOptions, WeightPrecision};
 use std::time::Instant;
 

@@ -10,8 +10,10 @@ impl StepBar {
     pub fn new(steps: usize) -> StepBar {
         let bar = ProgressBar::new(steps as u64);
         bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} steps [{elapsed} < {eta}, {per_sec}]")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} steps [{elapsed} < {eta}, {per_sec}]",
+            )
+            .expect("valid template"),
         );
         StepBar { bar }
     }

@@ -36,7 +36,8 @@ impl Session {
         if !path.exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         serde_json::from_str(&text)
             .map(Some)
             .map_err(|e| format!("{}: not a qie session: {e}", path.display()))

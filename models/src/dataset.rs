@@ -63,15 +63,15 @@ pub fn read_dataset(path: &Path) -> Result<(Vec<DatasetRow>, Vec<BadRow>), Model
     let name = path.display().to_string();
     let mut rows = Vec::new();
     let mut bad = Vec::new();
-    let mut push = |index: usize, location: String, value: Result<Value, String>| {
-        match value.and_then(|v| parse_row(index, &v, &base)) {
-            Ok(row) => rows.push(row),
-            Err(message) => bad.push(BadRow {
-                index,
-                location,
-                message,
-            }),
-        }
+    let mut push = |index: usize, location: String, value: Result<Value, String>| match value
+        .and_then(|v| parse_row(index, &v, &base))
+    {
+        Ok(row) => rows.push(row),
+        Err(message) => bad.push(BadRow {
+            index,
+            location,
+            message,
+        }),
     };
     if text.trim_start().starts_with('[') {
         let values: Vec<Value> = serde_json::from_str(&text)
@@ -80,7 +80,10 @@ pub fn read_dataset(path: &Path) -> Result<(Vec<DatasetRow>, Vec<BadRow>), Model
             push(i, format!("{name}[{i}]"), Ok(v));
         }
     } else {
-        let lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let lines = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
         for (index, (line_no, line)) in lines.enumerate() {
             let value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"));
             push(index, format!("{name}:{}", line_no + 1), value);

@@ -88,7 +88,10 @@ fn apply(weights: &mut HostWeights, set: &LoraSet, sign: f32) -> Result<MergeRep
         match weights.get_mut(&target) {
             Some(w) => add_low_rank(w, module, scale),
             None => {
-                let mut w = weights.get_f32(&target).expect("resolved above").into_owned();
+                let mut w = weights
+                    .get_f32(&target)
+                    .expect("resolved above")
+                    .into_owned();
                 add_low_rank(&mut w, module, scale);
                 weights.set_f32(&target, w, WeightPrecision::Bf16);
             }

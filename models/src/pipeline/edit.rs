@@ -8,8 +8,8 @@ use crate::hub::ModelPaths;
 use crate::lora::{load_dit_with_loras, LoraSet};
 use crate::preprocess::qwen2vl_image::{expand_image_pads, ImageBackend, Qwen2VlImageProcessor};
 use crate::preprocess::{calculate_dimensions, resize_lanczos, QwenTokenizer, VaeImageProcessor};
-use crate::qwen25vl::{PositionMode, QwenVlLanguageModel};
 use crate::qwen25vl::vision::QwenVisionTower;
+use crate::qwen25vl::{PositionMode, QwenVlLanguageModel};
 use crate::qwen_image::vae::QwenImageVae;
 use crate::qwen_image::{DitInputs, QwenImageDit};
 use crate::scheduler::{
@@ -62,8 +62,12 @@ impl EditPipeline {
         let flavour = Flavour::from_class_name(&paths.pipeline_class)?;
         let scheduler = SchedulerConfig::load(&paths.scheduler.join("scheduler_config.json"))
             .map_err(at("scheduler", &paths.scheduler))?;
-        let tokenizer = QwenTokenizer::load(&paths.tokenizer).map_err(at("tokenizer", &paths.tokenizer))?;
-        let processor_dir = paths.processor.clone().unwrap_or_else(|| paths.tokenizer.clone());
+        let tokenizer =
+            QwenTokenizer::load(&paths.tokenizer).map_err(at("tokenizer", &paths.tokenizer))?;
+        let processor_dir = paths
+            .processor
+            .clone()
+            .unwrap_or_else(|| paths.tokenizer.clone());
         let image_processor =
             Qwen2VlImageProcessor::load(&processor_dir).map_err(at("processor", &processor_dir))?;
         let mut text = QwenVlLanguageModel::load(&paths.text_encoder, options)
@@ -89,6 +93,37 @@ impl EditPipeline {
             image_processor,
             scheduler,
         })
+    }
+
+    /// Assembles a pipeline from components already built (random-weight benchmarks).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_components(
+        flavour: Flavour,
+        paths: ModelPaths,
+        dit: QwenImageDit,
+        vae: QwenImageVae,
+        vision: QwenVisionTower,
+        text: QwenVlLanguageModel,
+        tokenizer: QwenTokenizer,
+        image_processor: Qwen2VlImageProcessor,
+        scheduler: SchedulerConfig,
+    ) -> EditPipeline {
+        EditPipeline {
+            flavour,
+            paths,
+            dit,
+            vae,
+            vision,
+            text,
+            tokenizer,
+            image_processor,
+            scheduler,
+        }
+    }
+
+    /// The DiT's backend memory (`None` on the CPU); every component shares one backend.
+    pub fn device_memory(&self) -> Option<qie_runtime::MemoryReport> {
+        self.dit.device_memory()
     }
 
     /// RoPE positions of the VL model: `Multimodal` (3-D, how the model was trained; transformers
@@ -133,7 +168,9 @@ impl EditPipeline {
         }
         let (width, height) = self.output_size(images, settings);
         if width == 0 || height == 0 {
-            return Err(ModelError::new(format!("output size {width}x{height} is empty")));
+            return Err(ModelError::new(format!(
+                "output size {width}x{height} is empty"
+            )));
         }
 
         // Input images at the VL and VAE areas (PIL Lanczos, as VaeImageProcessor.resize).
@@ -286,7 +323,12 @@ impl EditPipeline {
         let text = self.flavour.prompt_text(prompt, grids.len());
         let merge = self.vision.config.spatial_merge_size;
         let text = expand_image_pads(&[text], grids, merge)?.remove(0);
-        let ids: Vec<i64> = self.tokenizer.encode(&text)?.into_iter().map(i64::from).collect();
+        let ids: Vec<i64> = self
+            .tokenizer
+            .encode(&text)?
+            .into_iter()
+            .map(i64::from)
+            .collect();
         let mask = vec![1i64; ids.len()];
         let hidden = self
             .text

@@ -87,7 +87,9 @@ mod tests {
     #[test]
     fn templates() {
         let t = Flavour::Plus.prompt_text("make it red", 2);
-        assert!(t.contains("user\nPicture 1: <|vision_start|><|image_pad|><|vision_end|>Picture 2: "));
+        assert!(
+            t.contains("user\nPicture 1: <|vision_start|><|image_pad|><|vision_end|>Picture 2: ")
+        );
         assert!(t.ends_with("make it red<|im_end|>\n<|im_start|>assistant\n"));
         let e = Flavour::Edit.prompt_text("x", 1);
         assert!(e.contains("user\n<|vision_start|><|image_pad|><|vision_end|>x<|im_end|>"));

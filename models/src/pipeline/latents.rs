@@ -110,7 +110,9 @@ pub(crate) fn tensor(shape: &[usize], data: Vec<f32>) -> Result<Tensor, ModelErr
 fn dims4(t: &Tensor, what: &str) -> Result<[usize; 4], ModelError> {
     match *t.shape() {
         [a, b, c, d] => Ok([a, b, c, d]),
-        ref s => Err(ModelError::new(format!("{what}: expected [B, C, H, W], got {s:?}"))),
+        ref s => Err(ModelError::new(format!(
+            "{what}: expected [B, C, H, W], got {s:?}"
+        ))),
     }
 }
 
@@ -148,6 +150,9 @@ mod tests {
         let b = Tensor::from_f32(&[1, 2, 2], vec![3., 4., 5., 6.]).unwrap();
         let c = concat_tokens(&[&a, &b]).unwrap();
         assert_eq!(c.as_f32().unwrap(), &[1., 2., 3., 4., 5., 6.]);
-        assert_eq!(leading_tokens(&c, 2).unwrap().as_f32().unwrap(), &[1., 2., 3., 4.]);
+        assert_eq!(
+            leading_tokens(&c, 2).unwrap().as_f32().unwrap(),
+            &[1., 2., 3., 4.]
+        );
     }
 }

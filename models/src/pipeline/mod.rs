@@ -4,6 +4,7 @@ mod edit;
 mod flavour;
 pub mod latents;
 pub mod prompt;
+pub mod random;
 mod settings;
 mod timings;
 

@@ -142,14 +142,15 @@ impl QwenImageDit {
             with_additional_t_cond: inputs.additional_t_cond.is_some(),
             img_shapes: inputs.img_shapes.clone(),
         };
-        self.plans.get_or_compile(&key, &*self.backend, &self.compile, "DiT", || {
-            lower_for(
-                &self.program,
-                &self.config,
-                &inputs.key_types(),
-                &inputs.img_shapes,
-            )
-        })
+        self.plans
+            .get_or_compile(&key, &*self.backend, &self.compile, "DiT", || {
+                lower_for(
+                    &self.program,
+                    &self.config,
+                    &inputs.key_types(),
+                    &inputs.img_shapes,
+                )
+            })
     }
 }
 

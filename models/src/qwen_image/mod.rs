@@ -9,8 +9,8 @@ pub mod vae;
 pub mod vae_config;
 pub mod vae_tiling;
 
-pub use config::DitConfig;
 pub use crate::WeightPrecision;
+pub use config::DitConfig;
 pub use dit::{DitOptions, DitWeights, QwenImageDit};
 pub use img_shapes::{parse_img_shapes, token_count, ImgShape};
 pub use inputs::{format_img_shapes, DitInputs};
