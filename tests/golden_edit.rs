@@ -52,10 +52,10 @@ fn load_case(name: &str, positions: PositionMode) -> Case {
         .iter()
         .map(|p| load_rgb(dir.join(p.as_str().unwrap())).unwrap())
         .collect();
-    let noise_store = WeightStore::open(&dir.join("init_noise.safetensors")).unwrap();
+    let noise_store = WeightStore::open(dir.join("init_noise.safetensors")).unwrap();
     let shape = noise_store.info("latents").unwrap().shape.clone();
     let noise = Tensor::from_f32(&shape, noise_store.load_f32("latents").unwrap()).unwrap();
-    let expected = WeightStore::open(&dir.join("expected.safetensors")).unwrap();
+    let expected = WeightStore::open(dir.join("expected.safetensors")).unwrap();
     Case {
         pipeline,
         settings,

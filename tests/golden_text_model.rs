@@ -365,7 +365,7 @@ fn real_width_on_cuda() {
     let image = 37 * 37;
     let mut ids: Vec<i64> = (0..64).map(|i| 1000 + i).collect();
     ids.push(config.vision_start_token_id);
-    ids.extend(std::iter::repeat(config.image_token_id).take(image));
+    ids.extend(std::iter::repeat_n(config.image_token_id, image));
     ids.push(config.vision_end_token_id);
     ids.extend((0..60).map(|i| 2000 + i));
     let seq = ids.len();

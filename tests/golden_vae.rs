@@ -182,7 +182,7 @@ fn broken_copy(
         .iter()
         .map(|(n, s, v)| (n.as_str(), s.clone(), v.as_slice()))
         .collect();
-    save_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), &refs).unwrap();
+    save_safetensors(dir.join("diffusion_pytorch_model.safetensors"), &refs).unwrap();
 }
 
 fn load_error(dir: &Path) -> String {

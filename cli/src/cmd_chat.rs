@@ -130,7 +130,7 @@ fn command(
         }
         "save" => {
             let last = session.current.last().ok_or("no current image")?;
-            let image = load_rgb(&dir.join(last)).map_err(|e| e.to_string())?;
+            let image = load_rgb(dir.join(last)).map_err(|e| e.to_string())?;
             crate::atomic::write_png(Path::new(rest), &image)?;
             eprintln!("saved {rest}");
         }
@@ -199,7 +199,7 @@ fn edit_files(
 ) -> Result<qie_models::pipeline::EditOutput, String> {
     let images = names
         .iter()
-        .map(|n| load_rgb(&dir.join(n)).map_err(|e| e.to_string()))
+        .map(|n| load_rgb(dir.join(n)).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     run_edit(pipeline, &images, settings, None)
 }
@@ -227,7 +227,7 @@ pub fn replay(dir: &Path, pipeline: &EditPipeline) -> Result<(), String> {
             .collect();
         let output = edit_files(pipeline, dir, &resolved, &t.settings)?;
         crate::cmd_edit::save_output(&out_dir.join(&t.output), &output, &t.settings, &[])?;
-        let recorded = load_rgb(&dir.join(&t.output)).map_err(|e| e.to_string())?;
+        let recorded = load_rgb(dir.join(&t.output)).map_err(|e| e.to_string())?;
         let same = recorded.as_raw() == output.image.as_raw();
         differing += usize::from(!same);
         eprintln!(

@@ -240,7 +240,7 @@ fn store_bf16_view_of_unaligned_data_is_copied() {
     let path = dir.path().join("odd.safetensors");
     let bf: Vec<bf16> = values(9, 3).iter().map(|&x| bf16::from_f32(x)).collect();
     let mut header = r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"BF16","shape":[9],"data_offsets":[1,19]}}"#.to_string();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(' ');
     }
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();

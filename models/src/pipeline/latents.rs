@@ -33,7 +33,7 @@ pub fn pack(latents: &Tensor) -> Result<Tensor, ModelError> {
 /// [B, (H/2)·(W/2), C·4] -> [B, C, H, W] for a latent grid of `h`x`w` (`_unpack_latents`).
 pub fn unpack(tokens: &Tensor, h: usize, w: usize) -> Result<Tensor, ModelError> {
     let shape = tokens.shape();
-    if shape.len() != 3 || shape[1] != (h / 2) * (w / 2) || shape[2] % 4 != 0 {
+    if shape.len() != 3 || shape[1] != (h / 2) * (w / 2) || !shape[2].is_multiple_of(4) {
         return Err(ModelError::new(format!(
             "packed latents {shape:?} do not fit a {h}x{w} latent grid"
         )));

@@ -87,7 +87,9 @@ impl VaeConfig {
                 cfg.temperal_downsample
             )));
         }
-        if cfg.base_dim * cfg.dim_mult[0] % 2 != 0 || cfg.base_dim * cfg.dim_mult[1] % 2 != 0 {
+        if !(cfg.base_dim * cfg.dim_mult[0]).is_multiple_of(2)
+            || !(cfg.base_dim * cfg.dim_mult[1]).is_multiple_of(2)
+        {
             return Err(ModelError::new(
                 "base_dim * dim_mult must be even (the upsamplers halve the width)",
             ));
