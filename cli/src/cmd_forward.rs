@@ -120,6 +120,7 @@ fn run_dit(args: DitArgs) -> Result<(), String> {
         compare(
             reference,
             name,
+            "sample",
             &values,
             args.tolerance.unwrap_or(default_tol),
         )?;
@@ -127,9 +128,12 @@ fn run_dit(args: DitArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn compare(
+/// `--compare`: rel-L2 of `values` against `preferred` (else `fallback`) in `reference`; an error
+/// above `tolerance` or on NaN/inf.
+pub fn compare(
     reference: &Path,
     preferred: &str,
+    fallback: &str,
     values: &[f32],
     tolerance: f64,
 ) -> Result<(), String> {
@@ -137,7 +141,7 @@ fn compare(
     let name = if store.contains(preferred) {
         preferred
     } else {
-        "sample"
+        fallback
     };
     let expected = store.load_f32(name).map_err(|e| e.to_string())?;
     if expected.len() != values.len() {

@@ -1,7 +1,7 @@
 //! `qie forward vae-encode | vae-decode`: the Qwen-Image VAE on tensors from a safetensors file,
 //! for parity checks against diffusers' AutoencoderKLQwenImage.
 
-use crate::cmd_forward::{make_backend, DTypeArg};
+use crate::cmd_forward::{compare, make_backend, DTypeArg};
 use clap::Args;
 use qie_models::qwen_image::vae::QwenImageVae;
 use qie_models::qwen_image::vae_tiling::VaeTiling;
@@ -177,49 +177,6 @@ fn finish(
             &values,
             a.tolerance.unwrap_or(tolerance),
         )?;
-    }
-    Ok(())
-}
-
-fn compare(
-    reference: &Path,
-    preferred: &str,
-    fallback: &str,
-    values: &[f32],
-    tolerance: f64,
-) -> Result<(), String> {
-    let store = WeightStore::open(reference).map_err(|e| e.to_string())?;
-    let name = if store.contains(preferred) {
-        preferred
-    } else {
-        fallback
-    };
-    let expected = store.load_f32(name).map_err(|e| e.to_string())?;
-    if expected.len() != values.len() {
-        return Err(format!(
-            "--compare: `{name}` in {} has {} elements, the output has {}",
-            reference.display(),
-            expected.len(),
-            values.len()
-        ));
-    }
-    let (mut diff, mut norm, mut max_abs) = (0.0f64, 0.0f64, 0.0f64);
-    for (&o, &r) in values.iter().zip(&expected) {
-        let d = o as f64 - r as f64;
-        diff += d * d;
-        norm += (r as f64) * (r as f64);
-        max_abs = max_abs.max(d.abs());
-    }
-    let rel = (diff / norm.max(f64::MIN_POSITIVE)).sqrt();
-    let finite = values.iter().all(|v| v.is_finite());
-    println!(
-        "compare `{name}`: rel-L2 {rel:.3e}, max |diff| {max_abs:.3e} (tolerance {tolerance:.0e})"
-    );
-    if !finite || rel.is_nan() || rel > tolerance {
-        return Err(format!(
-            "--compare: rel-L2 {rel:.3e} exceeds {tolerance:.0e}{}",
-            if finite { "" } else { " (output has NaN/inf)" }
-        ));
     }
     Ok(())
 }
