@@ -6,9 +6,9 @@ use qie_ir::dsl::Program;
 use qie_models::qwen_image::{
     format_img_shapes, parse_img_shapes, DitInputs, DitOptions, QwenImageDit, WeightPrecision,
 };
-use qie_runtime::cuda::{CudaBackend, DeviceSpec, StorageMode};
 use qie_runtime::weights::{save_safetensors, WeightStore};
 use qie_runtime::Backend;
+use qie_runtime::{DeviceSpec, StorageMode};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -178,21 +178,20 @@ pub fn check_device(device: &str) -> Result<DeviceSpec, String> {
     DeviceSpec::parse(device).map_err(|e| format!("--device: {e}"))
 }
 
-/// The backend `--device` names: None for the CPU (the driver's default), a CUDA backend with
-/// the storage dtype of `--dtype` otherwise, or why CUDA cannot be used here.
+/// The backend `--device` names: None for the CPU (the driver's default), a device backend with
+/// the storage dtype of `--dtype` otherwise, or why the device cannot be used here.
 pub fn make_backend(device: &str, dtype: DTypeArg) -> Result<Option<Arc<dyn Backend>>, String> {
-    match check_device(device)? {
-        DeviceSpec::Cpu => Ok(None),
-        DeviceSpec::Cuda(ordinal) => {
-            let mode = match dtype {
-                DTypeArg::F32 => StorageMode::F32,
-                DTypeArg::Bf16 => StorageMode::Bf16,
-            };
-            let b =
-                CudaBackend::new(ordinal, mode).map_err(|e| format!("--device {device}: {e}"))?;
-            Ok(Some(Arc::new(b)))
-        }
+    let spec = check_device(device)?;
+    if spec == DeviceSpec::Cpu {
+        return Ok(None);
     }
+    let mode = match dtype {
+        DTypeArg::F32 => StorageMode::F32,
+        DTypeArg::Bf16 => StorageMode::Bf16,
+    };
+    spec.open(mode)
+        .map(Some)
+        .map_err(|e| format!("--device {device}: {e}"))
 }
 
 /// Loads a .qie file for `qie compile`: imports resolve next to it, then among the bundled sources.

@@ -9,8 +9,9 @@ use qie_runtime::cuda::export::{build_manifest, ExportInfo};
 use qie_runtime::cuda::export_dir::{check_out_dir, write_export};
 use qie_runtime::cuda::kernel_bench::{bench_export, BenchOptions, BENCH_FILE};
 use qie_runtime::cuda::manifest::Manifest;
-use qie_runtime::cuda::{build_plan, CudaDevice, DeviceSpec, StorageMode};
+use qie_runtime::cuda::{build_plan, CudaDevice};
 use qie_runtime::CompileOptions;
+use qie_runtime::{DeviceSpec, StorageMode};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]

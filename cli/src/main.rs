@@ -84,20 +84,7 @@ fn main() -> ExitCode {
 
 /// `qie devices`: the backends compiled in, then the devices found (or why there is none).
 fn devices() {
-    println!("backends: cpu, cuda");
-    println!("cpu: {} threads", rayon_threads());
-    match qie_runtime::cuda::list_devices() {
-        Ok(devs) => {
-            for d in devs {
-                println!("{d}");
-            }
-        }
-        Err(e) => println!("cuda: no device ({})", e.reason),
-    }
-}
-
-fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    println!("{}", qie_runtime::device::device_report());
 }
 
 /// Writes to stdout; a closed pipe (`qie compile ... | head`) is not an error.

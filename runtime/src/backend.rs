@@ -1,11 +1,13 @@
 //! The backend seam: compile a graph once, run it many times with named inputs and weights.
 //!
-//! The CPU backend ([`crate::cpu`]) is the reference; CUDA and wgpu backends implement the same
-//! traits, so one test body can run on every backend (see `runtime/tests/cpu_*.rs`).
+//! The CPU backend ([`crate::cpu`]) is the reference; the CUDA backend implements the same
+//! traits, so one test body can run on every backend (see `runtime/tests/cpu_suite`). Both bind
+//! plans through the shared [`crate::bind`] layer.
 
+use crate::params::ParamSet;
 use crate::profile::Profile;
 use crate::tensor::{Storage, Tensor};
-use qie_ir::Graph;
+use qie_ir::{Graph, TensorType};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -130,8 +132,18 @@ fn widen<T: Copy + Sync>(v: &[T], f: impl Fn(T) -> f32 + Sync) -> Vec<f32> {
 }
 
 /// Weights looked up by checkpoint name. Shapes are checked by element count against the graph.
+///
+/// A run reads its weights from a store: host data (uploaded for that run only by a device
+/// backend), or a [`ParamSet`] already resident on the backend ([`ParamStore::resident`]),
+/// which is what models use so that weights are uploaded once.
 pub trait ParamStore: Sync {
+    /// Host data of a weight (`None` when the store has no such weight, or keeps it on a device).
     fn param(&self, name: &str) -> Option<ParamData<'_>>;
+
+    /// The store's weights as they live on a backend, when they do.
+    fn resident(&self) -> Option<&ParamSet> {
+        None
+    }
 }
 
 impl ParamStore for HashMap<String, Tensor> {
@@ -243,6 +255,10 @@ pub trait Executable: Send + Sync {
     fn arena_bytes(&self) -> usize {
         self.stats().arena_bytes
     }
+
+    /// The weights the plan reads: checkpoint name and type as bound (on a bf16 device the
+    /// dtype is bf16). Pass them to [`Backend::upload_params`].
+    fn params(&self) -> Vec<(String, TensorType)>;
 }
 
 /// A device that compiles graphs.
@@ -259,12 +275,27 @@ pub trait Backend: Send + Sync {
     fn memory(&self) -> Option<MemoryReport> {
         None
     }
+
+    /// Uploads the weights `params` names (name and graph type; any float type binds any float
+    /// data) from `store` into a [`ParamSet`] that every plan of this backend can run with.
+    /// The set keeps its memory until dropped; update it in place with [`ParamSet::update`].
+    /// Backends that only plan (test doubles) keep the default, which refuses.
+    fn upload_params(
+        &self,
+        _params: &[(String, TensorType)],
+        _store: &dyn ParamStore,
+    ) -> Result<ParamSet, RuntimeError> {
+        Err(RuntimeError::Unsupported(format!(
+            "{} cannot hold parameter sets",
+            self.name()
+        )))
+    }
 }
 
 /// Where a device backend's memory goes, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryReport {
-    /// Weights resident on the device (after alignment).
+    /// Weights resident on the device: every live [`ParamSet`] of the backend (after alignment).
     pub weights: usize,
     /// Everything qie allocated now (weights, plan arenas, library workspaces).
     pub allocated: usize,

@@ -7,25 +7,25 @@
 //! by several plans is compiled once) and wrap it in a [`CudaExecutable`].
 //!
 //! The backend owns what outlives plans: the device and its stream, the cuBLASLt handle and its
-//! workspace, the flash-attention module (loaded when a plan first needs it), the loaded kernels,
-//! and the weights, uploaded once in their storage dtype and looked up by name (see
-//! [`WeightCache`]).
+//! workspace, the flash-attention module (loaded when a plan first needs it) and the loaded
+//! kernels. Weights live in parameter sets ([`crate::ParamSet`], see [`super::params`]) that
+//! callers upload once and own; a run given host weights uploads a set for that run only.
 
 use super::exec::CudaExecutable;
 use super::nvrtc::{Kernel, Module};
 use super::plan::{CudaPlan, GENERIC};
-use super::storage::{assign_storage, StorageMode};
-use super::{
-    Blas, CudaDevice, CudaError, DevPtr, DeviceBuffer, FlashAttention, KernelCache, WeightPool,
+use super::{Blas, CudaDevice, CudaError, DeviceBuffer, FlashAttention, KernelCache};
+use crate::backend::{
+    Backend, CompileOptions, Executable, MemoryReport, ParamData, ParamStore, RuntimeError,
 };
-use crate::backend::{Backend, CompileOptions, Executable, MemoryReport, ParamData, RuntimeError};
-use qie_ir::passes::{
-    fuse, optimize_with, plan_memory, FusionOptions, MemoryOptions, PipelineOptions,
-};
-use qie_ir::{DType, Graph};
+use crate::params::{BackendId, ParamSet};
+use crate::storage::{assign_storage, StorageMode};
+use qie_ir::passes::{plan_memory, MemoryOptions};
+use qie_ir::{DType, Graph, TensorType};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Kernels per NVRTC module: small enough that a plan's modules compile in parallel, large
@@ -39,11 +39,14 @@ pub(crate) fn cuda_err(e: CudaError) -> RuntimeError {
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     pub(crate) shared: Arc<Shared>,
-    name: String,
 }
 
 /// State shared by the backend and its executables.
 pub(crate) struct Shared {
+    /// Parameter sets this backend uploads carry it; its plans read no others.
+    pub id: BackendId,
+    /// `cuda:N`.
+    pub name: String,
     pub dev: Arc<CudaDevice>,
     pub mode: StorageMode,
     pub cache: KernelCache,
@@ -52,7 +55,8 @@ pub(crate) struct Shared {
     _workspace: DeviceBuffer,
     flash: Mutex<Option<Arc<FlashAttention>>>,
     kernels: Mutex<HashMap<String, Kernel>>,
-    pub weights: Mutex<WeightCache>,
+    /// Bytes held by this backend's live parameter sets.
+    pub resident_weights: Arc<AtomicUsize>,
 }
 
 impl CudaBackend {
@@ -69,7 +73,9 @@ impl CudaBackend {
         let name = format!("cuda:{}", dev.info().ordinal);
         Ok(CudaBackend {
             shared: Arc::new(Shared {
-                weights: Mutex::new(WeightCache::new(&dev)),
+                id: BackendId::fresh(),
+                name,
+                resident_weights: Arc::new(AtomicUsize::new(0)),
                 dev,
                 mode,
                 cache: KernelCache::default_location(),
@@ -78,7 +84,6 @@ impl CudaBackend {
                 flash: Mutex::new(None),
                 kernels: Mutex::new(HashMap::new()),
             }),
-            name,
         })
     }
 
@@ -90,25 +95,9 @@ impl CudaBackend {
         self.shared.mode
     }
 
-    /// Bytes of device memory the cached weights take.
+    /// Bytes of device memory this backend's live parameter sets take.
     pub fn weight_bytes(&self) -> usize {
-        self.shared
-            .weights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pool
-            .allocated_bytes()
-    }
-
-    /// Forgets the cached weights (the memory is released when the backend is dropped); the
-    /// next run uploads them again. For callers that change weights in place.
-    pub fn invalidate_weights(&self) {
-        self.shared
-            .weights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entries
-            .clear();
+        self.shared.resident_weights.load(Ordering::Relaxed)
     }
 
     /// Compiles `graph` into a [`CudaExecutable`] (see the module docs).
@@ -135,19 +124,7 @@ pub fn build_plan(
     options: &CompileOptions,
     mode: StorageMode,
 ) -> Result<CudaPlan, RuntimeError> {
-    let g = crate::cpu::promote_to_f32(graph)?;
-    let g = if options.optimize {
-        optimize_with(&g, &PipelineOptions::default())
-            .map_err(|e| RuntimeError::Compile(e.to_string()))?
-    } else {
-        g
-    };
-    let fusion_options = if options.fuse {
-        FusionOptions::default()
-    } else {
-        FusionOptions::unfused()
-    };
-    let fusion = fuse(&g, &fusion_options);
+    let (g, fusion) = crate::compile::optimize_and_fuse(graph, options)?;
     let sg = assign_storage(&g, &fusion, mode)?;
     let memory = plan_memory(&sg, &fusion, &MemoryOptions::default());
     CudaPlan::new(sg, &g, fusion, memory, mode)
@@ -238,7 +215,7 @@ impl Shared {
 
 impl Backend for CudaBackend {
     fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
     fn compile(
@@ -262,117 +239,14 @@ impl Backend for CudaBackend {
             device_used: used,
         })
     }
-}
 
-/// Weights on the device, uploaded once in their storage dtype and found again by name.
-///
-/// An entry is reused while the caller's data looks the same: same host address, length and a
-/// fingerprint of up to 64 evenly spaced elements. A different tensor under the same name (tests
-/// reuse names like `w`) is uploaded afresh. Weights changed in place at the same address can
-/// go unnoticed: call [`CudaBackend::invalidate_weights`] after such a change.
-pub(crate) struct WeightCache {
-    pub pool: WeightPool,
-    pub entries: HashMap<(String, DType), WeightEntry>,
-}
-
-pub(crate) struct WeightEntry {
-    host: usize,
-    len: usize,
-    fingerprint: u64,
-    ptr: DevPtr,
-}
-
-impl WeightCache {
-    fn new(dev: &Arc<CudaDevice>) -> Self {
-        WeightCache {
-            pool: WeightPool::new(dev, 256 << 20),
-            entries: HashMap::new(),
-        }
+    fn upload_params(
+        &self,
+        params: &[(String, TensorType)],
+        store: &dyn ParamStore,
+    ) -> Result<ParamSet, RuntimeError> {
+        super::params::upload(&self.shared, params, store)
     }
-
-    /// Reserves one pool chunk for every weight in `params` that [`WeightCache::get`] would
-    /// upload, so a plan's weights are packed without chunk-tail waste.
-    pub fn reserve_for(
-        &mut self,
-        params: &[(&str, ParamData<'_>, DType)],
-    ) -> Result<(), RuntimeError> {
-        let align = |b: usize| b.max(1).div_ceil(super::arena::ALIGN) * super::arena::ALIGN;
-        let missing: usize = params
-            .iter()
-            .filter(|(name, data, dtype)| !self.is_cached(name, data, *dtype))
-            .map(|(_, data, dtype)| align(data.len() * dtype.size_bytes()))
-            .sum();
-        self.pool.reserve(missing).map_err(cuda_err)
-    }
-
-    fn is_cached(&self, name: &str, data: &ParamData<'_>, dtype: DType) -> bool {
-        self.entries
-            .get(&(name.to_string(), dtype))
-            .is_some_and(|e| {
-                e.host == data.as_ptr() as usize
-                    && e.len == data.len()
-                    && e.fingerprint == fingerprint(data)
-            })
-    }
-
-    /// The device copy of `data` in `dtype`, uploading it when needed.
-    pub fn get(
-        &mut self,
-        name: &str,
-        data: ParamData<'_>,
-        dtype: DType,
-    ) -> Result<DevPtr, RuntimeError> {
-        let host = data.as_ptr() as usize;
-        let len = data.len();
-        let fingerprint = fingerprint(&data);
-        let key = (name.to_string(), dtype);
-        if let Some(e) = self.entries.get(&key) {
-            if e.host == host && e.len == len && e.fingerprint == fingerprint {
-                return Ok(e.ptr);
-            }
-        }
-        let bytes = to_storage_bytes(&data, dtype).map_err(|m| RuntimeError::BadParam {
-            name: name.to_string(),
-            message: m,
-        })?;
-        let ptr = self.pool.upload(&bytes).map_err(cuda_err)?;
-        self.entries.insert(
-            key,
-            WeightEntry {
-                host,
-                len,
-                fingerprint,
-                ptr,
-            },
-        );
-        Ok(ptr)
-    }
-}
-
-fn fingerprint(data: &ParamData<'_>) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ data.len() as u64;
-    let mut mix = |bits: u64| {
-        h ^= bits;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3).rotate_left(17);
-    };
-    let n = data.len();
-    let samples = n.min(64);
-    for s in 0..samples {
-        let i = if samples <= 1 {
-            0
-        } else {
-            s * (n - 1) / (samples - 1)
-        };
-        mix(match data {
-            ParamData::F32(v) => v[i].to_bits() as u64,
-            ParamData::BF16(v) => v[i].to_bits() as u64,
-            ParamData::F16(v) => v[i].to_bits() as u64,
-            ParamData::I32(v) => v[i] as u32 as u64,
-            ParamData::I64(v) => v[i] as u64,
-            ParamData::Bool(v) => v[i] as u64,
-        });
-    }
-    h
 }
 
 /// Elements per parallel conversion task.

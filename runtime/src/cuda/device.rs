@@ -101,55 +101,6 @@ pub fn list_devices() -> std::result::Result<Vec<DeviceInfo>, CudaUnavailable> {
     (0..n as usize).map(query_info).collect()
 }
 
-/// Which backend a run uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceSpec {
-    Cpu,
-    Cuda(usize),
-}
-
-impl DeviceSpec {
-    /// Parses `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        let s = s.trim().to_ascii_lowercase();
-        match s.as_str() {
-            "cpu" => Ok(DeviceSpec::Cpu),
-            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
-            _ => match s.strip_prefix("cuda:") {
-                Some(n) => n
-                    .parse()
-                    .map(DeviceSpec::Cuda)
-                    .map_err(|_| format!("bad device '{s}': expected cuda:N with N a number")),
-                None => Err(format!(
-                    "unknown device '{s}': expected cpu, cuda or cuda:N"
-                )),
-            },
-        }
-    }
-
-    /// `--device` if given, else `$QIE_DEVICE`, else `cpu`.
-    pub fn from_arg_or_env(arg: Option<&str>) -> std::result::Result<Self, String> {
-        match arg {
-            Some(a) => Self::parse(a),
-            None => match std::env::var("QIE_DEVICE") {
-                Ok(v) if !v.trim().is_empty() => {
-                    Self::parse(&v).map_err(|e| format!("QIE_DEVICE: {e}"))
-                }
-                _ => Ok(DeviceSpec::Cpu),
-            },
-        }
-    }
-}
-
-impl std::fmt::Display for DeviceSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DeviceSpec::Cpu => write!(f, "cpu"),
-            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
 /// A device memory allocation (`cuMemAlloc`), freed on drop. Hands out raw [`DevPtr`]s: users
 /// must keep the buffer alive while work that uses them is in flight.
 pub struct DeviceBuffer {

@@ -1,25 +1,28 @@
 //! [`CudaExecutable`]: a [`CudaPlan`] with its kernels loaded, run on the device.
 //!
 //! One arena per executable (the memory plan's region, then scratch for temporaries), allocated
-//! on the first run and kept: a run allocates no device memory, except that weights not seen
-//! before are uploaded into the backend's weight pool. A run validates its inputs and weights,
+//! on the first run and kept: a run allocates no device memory when its weights are a resident
+//! parameter set ([`crate::ParamSet`]); host weights are uploaded for that run only. A run
+//! validates its inputs and weights,
 //! copies the inputs in (converted to their storage dtype), queues every step on the device's
 //! stream, checking each launch, waits, and copies the outputs out as f32 host tensors.
 //! `QIE_CUDA_SYNC=1` waits after every step, so a fault is reported with the step that caused it.
 //!
 //! CUDA graphs: after the first successful run, the plan's steps are captured once into a CUDA
-//! graph (pointers are fixed: one arena, cached weights), and later runs replay it with a single
-//! launch between the input and output copies. The graph is captured again if a weight was
-//! re-uploaded elsewhere. If capturing fails, the executable says so once and stays eager.
+//! graph (pointers are fixed: one arena, the parameter set's weights), and later runs replay it
+//! with a single launch between the input and output copies; an in-place update of the set is
+//! seen by the replay. The graph is captured again when a run binds weights at other addresses. If capturing fails, the executable says so once and stays eager.
 //! `QIE_CUDA_GRAPHS=0` turns graphs off.
 
 use super::backend::{cuda_err, par_decode, to_storage_bytes, Shared};
 use super::nvrtc::{Arg, Kernel};
+use super::params::CudaParams;
 use super::plan::{BufRef, CudaPlan, FlashStep, GemmEpilogue, GemmStep, KArg, PlanStep};
 use super::{Arena, AttentionArgs, DevPtr, Epilogue, FlashAttention, GemmArgs, TensorStrides};
 use crate::backend::{CompileOptions, Executable, ParamStore, PlanStats, RuntimeError};
-use crate::tensor::{Storage, Tensor, TensorData};
-use qie_ir::{DType, Graph};
+use crate::bind::validate::check_inputs;
+use crate::tensor::{Tensor, TensorData};
+use qie_ir::{DType, Graph, TensorType};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -120,66 +123,26 @@ impl CudaExecutable {
         let dev = &self.shared.dev;
         let plan = &self.plan;
         // Validate everything before touching the device.
-        for i in &plan.inputs {
-            let t = inputs
-                .get(&i.name)
-                .ok_or_else(|| RuntimeError::MissingInput(i.name.clone()))?;
-            if t.shape() != i.ty.shape.as_slice() || t.data().storage() != Storage::of(i.ty.dtype) {
-                return Err(RuntimeError::BadInput {
-                    name: i.name.clone(),
-                    message: format!("expected {}, got {}", i.ty, t.ty()),
-                });
-            }
-        }
-        let mut param_data = Vec::with_capacity(plan.params.len());
-        for p in &plan.params {
-            let data = store
-                .param(&p.name)
-                .ok_or_else(|| RuntimeError::MissingParam(p.name.clone()))?;
-            if data.storage() != Storage::of(p.ty.dtype) {
-                return Err(RuntimeError::BadParam {
-                    name: p.name.clone(),
-                    message: format!(
-                        "a {} value needs {:?} data, got {:?}",
-                        p.ty,
-                        Storage::of(p.ty.dtype),
-                        data.storage()
-                    ),
-                });
-            }
-            if data.len() != p.ty.numel() {
-                return Err(RuntimeError::BadParam {
-                    name: p.name.clone(),
-                    message: format!(
-                        "expected {} ({} elements), got {} elements",
-                        p.ty,
-                        p.ty.numel(),
-                        data.len()
-                    ),
-                });
-            }
-            param_data.push(data);
-        }
+        check_inputs(&plan.inputs, inputs)?;
         dev.bind().map_err(cuda_err)?;
-        let param_ptrs: Vec<DevPtr> = {
-            let mut w = self
-                .shared
-                .weights
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let wanted: Vec<_> = plan
-                .params
-                .iter()
-                .zip(&param_data)
-                .map(|(p, d)| (p.name.as_str(), *d, p.storage))
-                .collect();
-            w.reserve_for(&wanted)?;
-            plan.params
-                .iter()
-                .zip(&param_data)
-                .map(|(p, d)| w.get(&p.name, *d, p.storage))
-                .collect::<Result<_, _>>()?
+        // Host weights are uploaded for this run only (models keep a resident set instead).
+        let temporary;
+        let set = match store.resident() {
+            Some(set) => set,
+            None => {
+                temporary = super::params::upload(&self.shared, &self.params(), store)?;
+                &temporary
+            }
         };
+        set.check_owner(self.shared.id, &self.shared.name)?;
+        let held = set
+            .buffers::<CudaParams>()
+            .expect("CUDA parameter sets hold CudaParams");
+        let param_ptrs: Vec<DevPtr> = plan
+            .params
+            .iter()
+            .map(|p| Ok(held.ptrs[set.bind(&p.name, &p.ty)?]))
+            .collect::<Result<_, RuntimeError>>()?;
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
             *guard = Some(RunState {
@@ -381,7 +344,7 @@ fn host_to_storage(data: &TensorData, dtype: DType) -> Result<std::borrow::Cow<'
 }
 
 /// Device bytes of `storage` dtype as host data (f32 for every float dtype).
-fn storage_to_host(bytes: &[u8], storage: DType) -> TensorData {
+pub(crate) fn storage_to_host(bytes: &[u8], storage: DType) -> TensorData {
     match storage {
         DType::BF16 => {
             TensorData::F32(par_decode(bytes, |b| half::bf16::from_le_bytes(b).to_f32()))
@@ -405,6 +368,14 @@ impl Executable for CudaExecutable {
 
     fn stats(&self) -> PlanStats {
         self.plan.stats.clone()
+    }
+
+    fn params(&self) -> Vec<(String, TensorType)> {
+        self.plan
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.ty.clone()))
+            .collect()
     }
 
     fn run_profiled(

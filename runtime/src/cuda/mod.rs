@@ -31,21 +31,22 @@ pub mod kernel_bench;
 pub mod libs;
 pub mod manifest;
 pub mod nvrtc;
+mod params;
 pub mod plan;
-pub mod storage;
 
+pub use crate::device::DeviceSpec;
+pub use crate::storage::StorageMode;
 pub use arena::{Arena, ArenaLayout, Region, WeightPool};
 pub use attention::{AttentionArgs, AttentionKernel, FlashAttention, TensorStrides};
 pub use backend::{build_plan, CudaBackend};
 pub use bench_ceilings::Ceilings;
 pub use blas::{Blas, Epilogue, GemmArgs};
 pub use device::{
-    driver_version, list_devices, CudaDevice, DeviceBuffer, DeviceInfo, DeviceSpec, Event, Graph,
+    driver_version, list_devices, CudaDevice, DeviceBuffer, DeviceInfo, Event, Graph,
 };
 pub use exec::CudaExecutable;
 pub use nvrtc::{CompiledKernel, KernelCache, Module};
 pub use plan::CudaPlan;
-pub use storage::StorageMode;
 
 use std::sync::Arc;
 

@@ -1,8 +1,8 @@
-//! Storage dtypes: which values the CUDA backend keeps in bf16 in memory.
+//! Storage dtypes: which values a device backend keeps in bf16 in memory.
 //!
-//! The lowered models are f32 graphs. On the GPU, float values are *stored* in bf16 (params,
+//! The lowered models are f32 graphs. On a GPU, float values are *stored* in bf16 (params,
 //! activations, graph inputs and outputs) while every kernel computes in f32 registers and the
-//! GEMMs / attention accumulate in f32. [`assign_storage`] returns a copy of the graph whose node
+//! GEMMs / attention accumulate in f32. The CPU backend stores and computes f32 throughout. [`assign_storage`] returns a copy of the graph whose node
 //! types carry the storage dtype: the memory planner then sizes buffers by it, and the lowering
 //! hands it to the renderer through the programs' bindings. The copy is a storage annotation, not
 //! a graph to verify or evaluate: a binary op may have one bf16 and one f32 operand, which the
@@ -17,13 +17,15 @@
 //! - **reduction outputs** (row statistics: means, variances, `rsqrt(var + eps)`), tiny next to
 //!   the rows they summarise.
 //!
-//! Views take their operand's storage (an alias shares its bytes).
+//! Views take their operand's storage (an alias shares its bytes). Weights always take the
+//! mode's dtype, even where they feed an angle: a parameter set lives on the device once and
+//! every plan reads it ([`crate::ParamSet`]), so its storage cannot depend on the plan.
 
 use crate::backend::RuntimeError;
 use qie_ir::plan::{FusionPlan, GroupKind};
 use qie_ir::{DType, Graph, Op, UnaryOp};
 
-/// How float values are stored on the device.
+/// How a backend stores float values (the CPU backend: always f32).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum StorageMode {
     /// bf16 storage, f32 compute; cuBLASLt GEMMs and the tensor-core flash attention.
@@ -71,7 +73,7 @@ pub fn keep_f32(g: &Graph, fusion: &FusionPlan) -> Vec<bool> {
         if node.op.is_library_call() {
             continue;
         }
-        if is_float(i) {
+        if is_float(i) && !matches!(node.op, Op::Param { .. }) {
             keep[i] = true;
         }
         stack.extend(node.args.iter().map(|a| a.index()));

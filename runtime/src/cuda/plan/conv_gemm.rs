@@ -4,9 +4,11 @@
 //! OH*OW). The row blocks keep the scratch under [`COL_BUDGET`] elements (256 MB of bf16)
 //! whatever the image size; f32 accumulation as in every cuBLASLt GEMM.
 
-use super::StorageMode;
-use super::{BufRef, Builder, GemmEpilogue, GemmStep, KArg, PlanStep};
+use super::lowering::CudaLowering;
+use super::{BufRef, GemmEpilogue, GemmStep, KArg, PlanStep};
 use crate::backend::RuntimeError;
+use crate::bind::{Binder, StepLowering};
+use crate::storage::StorageMode;
 use qie_codegen::{Binding, Operand, View};
 use qie_ir::{DType, TensorType};
 
@@ -16,12 +18,13 @@ pub(super) const COL_BUDGET: usize = 128 << 20;
 /// Most threads per im2col block (one block per output row and k).
 const BLOCK: usize = 256;
 
-impl Builder<'_> {
+impl CudaLowering {
     /// Plans the conv as im2col + GEMM when it can (bf16 storage everywhere, groups 1, sizes in
     /// range); returns false to leave it to the generic kernel.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn conv2d_gemm(
         &mut self,
+        b: &mut Binder,
         out: &Binding,
         out_r: BufRef,
         (xb, xv): (BufRef, &View),
@@ -63,7 +66,7 @@ impl Builder<'_> {
         let (wb, wv) = if is_dense && wv.offset >= 0 {
             (wb, wv)
         } else {
-            self.densify(w, name)?
+            self.densify(b, w, name)?
         };
         // Rows per block: as many as the budget allows, a multiple of 8 when more than 8 so
         // every block of `d` starts 16-byte aligned (cuBLASLt's vectorised kernels).
@@ -71,7 +74,7 @@ impl Builder<'_> {
         if rows > 8 && rows < oh {
             rows -= rows % 8;
         }
-        let col = self.scratch(&TensorType::new(DType::BF16, &[k * rows * ow]));
+        let col = b.scratch(&TensorType::new(DType::BF16, &[k * rows * ow]));
         let el = DType::BF16.size_bytes();
         // One thread per 8 outputs of a row (per output when OW % 8 != 0), whole warps.
         let per_thread = if ow % 8 == 0 { 8 } else { 1 };

@@ -1,0 +1,171 @@
+//! Attention steps: the flash kernel for bf16 with head dim 64 / 128 and strides that are
+//! multiples of 8, otherwise the generic attention kernel.
+
+use super::lowering::{dtype_tag, float_type, CudaLowering};
+use super::{BufRef, FlashStep, KArg, PlanStep};
+use crate::backend::RuntimeError;
+use crate::bind::checks::check_disjoint;
+use crate::bind::{Binder, StepLowering};
+use crate::storage::StorageMode;
+use qie_codegen::{Binding, Operand, View};
+use qie_ir::{DType, TensorType};
+
+impl CudaLowering {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention_step(
+        &mut self,
+        b: &mut Binder,
+        out: &Binding,
+        q: &Operand,
+        k: &Operand,
+        v: &Operand,
+        mask: Option<&Operand>,
+        scale: f64,
+        name: &str,
+    ) -> Result<(), RuntimeError> {
+        let out_r = b.resolve(out)?;
+        let (qb, qv) = self.operand(b, q, name)?;
+        let (kb, kv) = self.operand(b, k, name)?;
+        let (vb, vv) = self.operand(b, v, name)?;
+        let mut m = match mask {
+            Some(m) => Some(self.operand(b, m, name)?),
+            None => None,
+        };
+        let mut ops = vec![qb, kb, vb];
+        ops.extend(m.as_ref().map(|m| m.0));
+        check_disjoint(&ops, out_r, name)?;
+        let [batch, sq, heads, d] = [qv.shape[0], qv.shape[1], qv.shape[2], qv.shape[3]];
+        let sk = kv.shape[1];
+        let dv = vv.shape[3];
+        if batch == 0 || sq == 0 || heads == 0 || dv == 0 {
+            return Ok(());
+        }
+        if let Some((mb, _)) = &m {
+            if mb.dtype() != DType::Bool {
+                return Err(RuntimeError::Unsupported(format!(
+                    "{name}: attention mask stored as {}",
+                    mb.dtype()
+                )));
+            }
+        }
+        // The mask must be contiguous along keys for either kernel's fast reads; copy otherwise.
+        if let (Some(op), Some((_, mv))) = (mask, &m) {
+            if sk > 1 && mv.strides[1] != 1 {
+                m = Some(self.densify(b, op, name)?);
+            }
+        }
+        let label = format!("attention {name} [B{batch} Sq{sq} Sk{sk} H{heads} D{d}]");
+        let strides = |v: &View| -> Option<[usize; 3]> {
+            if v.strides.iter().any(|&s| s < 0) || (v.shape[3] > 1 && v.strides[3] != 1) {
+                return None;
+            }
+            let s = [
+                v.strides[0] as usize,
+                v.strides[1] as usize,
+                v.strides[2] as usize,
+            ];
+            (s.iter().all(|x| x % 8 == 0) && v.offset % 8 == 0).then_some(s)
+        };
+        let bf16 = [qb.dtype(), kb.dtype(), vb.dtype(), out_r.dtype()]
+            .iter()
+            .all(|&t| t == DType::BF16);
+        let flash = self.mode == StorageMode::Bf16
+            && bf16
+            && d == dv
+            && (d == 64 || d == 128)
+            && sk > 0
+            && batch <= 65535
+            && heads <= 65535;
+        if let (true, Some(qs), Some(ks), Some(vs)) =
+            (flash, strides(&qv), strides(&kv), strides(&vv))
+        {
+            let lse = b.scratch(&TensorType::new(DType::F32, &[batch, heads, sq]));
+            let el = DType::BF16.size_bytes();
+            self.steps.push(PlanStep::Flash {
+                label,
+                flash: FlashStep {
+                    q: (qb, qv.offset as usize * el),
+                    k: (kb, kv.offset as usize * el),
+                    v: (vb, vv.offset as usize * el),
+                    mask: m.as_ref().map(|(mb, mv)| (*mb, mv.offset as usize)),
+                    out: out_r,
+                    lse,
+                    batch,
+                    seq_q: sq,
+                    seq_k: sk,
+                    heads,
+                    head_dim: d,
+                    scale: scale as f32,
+                    q_strides: qs,
+                    k_strides: ks,
+                    v_strides: vs,
+                    mask_batch_stride: m
+                        .as_ref()
+                        .map_or(0, |(_, mv)| mv.strides[0].max(0) as usize),
+                },
+            });
+            self.launches += 1;
+            return Ok(());
+        }
+        if d > 512 || dv > 512 {
+            return Err(RuntimeError::Unsupported(format!(
+                "{name}: attention head dims {d} / {dv} (the generic kernel takes up to 512)"
+            )));
+        }
+        if sq > i32::MAX as usize || heads > 65535 || batch > 65535 {
+            return Err(RuntimeError::Unsupported(format!(
+                "{name}: attention grid too large"
+            )));
+        }
+        let t = [
+            float_type(qb.dtype(), "attention")?,
+            float_type(kb.dtype(), "attention")?,
+            float_type(vb.dtype(), "attention")?,
+            float_type(out_r.dtype(), "attention")?,
+        ];
+        let kname = format!(
+            "qattn_{}_{}_{}_{}",
+            dtype_tag(qb.dtype()),
+            dtype_tag(kb.dtype()),
+            dtype_tag(vb.dtype()),
+            dtype_tag(out_r.dtype())
+        );
+        let ll =
+            |p: &str| format!("long long {p}b, long long {p}s, long long {p}h, long long {p}d");
+        let source = format!(
+            "extern \"C\" __global__ void __launch_bounds__(128) {kname}(const {}* q, const {}* k, const {}* v, const u8_t* mask, {}* o, int Sq, int Sk, int H, int D, int Dv, float scale, {}, {}, {}, long long mb, long long ms) {{\n    qie_attention(q, k, v, mask, o, Sq, Sk, H, D, Dv, scale, qb, qs, qh, qd, kb, ks, kh, kd, vb, vs, vh, vd, mb, ms);\n}}\n",
+            t[0], t[1], t[2], t[3], ll("q"), ll("k"), ll("v")
+        );
+        self.add_kernel(&kname, source);
+        let ptr = |b: BufRef, v: &View| KArg::Ptr(b, v.offset as usize * b.dtype().size_bytes());
+        let mut args = vec![ptr(qb, &qv), ptr(kb, &kv), ptr(vb, &vv)];
+        args.push(match &m {
+            Some((mb, mv)) => ptr(*mb, mv),
+            None => KArg::Null,
+        });
+        args.push(KArg::Ptr(out_r, 0));
+        for x in [sq, sk, heads, d, dv] {
+            args.push(KArg::I32(x as i32));
+        }
+        args.push(KArg::F32(scale as f32));
+        for view in [&qv, &kv, &vv] {
+            for s in &view.strides {
+                args.push(KArg::I64(*s));
+            }
+        }
+        let (mb_s, ms_s) = m
+            .as_ref()
+            .map_or((0, 0), |(_, mv)| (mv.strides[0], mv.strides[1]));
+        args.push(KArg::I64(mb_s));
+        args.push(KArg::I64(ms_s));
+        self.steps.push(PlanStep::Kernel {
+            name: kname,
+            label,
+            grid: (sq as u32, heads as u32, batch as u32),
+            block: 128,
+            args,
+        });
+        self.launches += 1;
+        Ok(())
+    }
+}
