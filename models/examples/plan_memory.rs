@@ -27,7 +27,7 @@ fn main() -> Result<(), String> {
     let weights: usize = plan
         .params
         .iter()
-        .map(|p| (p.ty.numel() * p.storage.size_bytes()).div_ceil(256) * 256)
+        .map(|p| p.ty.size_bytes().div_ceil(256) * 256)
         .sum();
     println!("{layers} layers, {side}x{side} patches, {refs} reference image(s)");
     println!("{}", plan.stats);

@@ -16,6 +16,11 @@ pub struct ParamSlot {
     pub ty: TensorType,
 }
 
+/// (name, type) of each weight, as [`crate::Executable::params`] reports them.
+pub fn param_specs(slots: &[ParamSlot]) -> Vec<(String, TensorType)> {
+    slots.iter().map(|p| (p.name.clone(), p.ty.clone())).collect()
+}
+
 /// A graph input or output.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IoSlot {

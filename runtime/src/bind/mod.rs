@@ -13,7 +13,7 @@ pub mod checks;
 mod lowering;
 pub mod validate;
 
-pub use binder::{Binder, IoSlot, ParamSlot};
+pub use binder::{param_specs, Binder, IoSlot, ParamSlot};
 pub use buf::BufRef;
 pub use lowering::{
     bind_plan, AttentionCall, BoundPlan, Conv2dCall, MatMulCall, StepLowering, StepSite,

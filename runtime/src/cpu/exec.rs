@@ -550,10 +550,7 @@ impl Executable for CpuExecutable {
     }
 
     fn params(&self) -> Vec<(String, TensorType)> {
-        self.params
-            .iter()
-            .map(|p| (p.name.clone(), p.ty.clone()))
-            .collect()
+        crate::bind::param_specs(&self.params)
     }
 
     fn run_profiled(

@@ -371,11 +371,7 @@ impl Executable for CudaExecutable {
     }
 
     fn params(&self) -> Vec<(String, TensorType)> {
-        self.plan
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.ty.clone()))
-            .collect()
+        crate::bind::param_specs(&self.plan.params)
     }
 
     fn run_profiled(
