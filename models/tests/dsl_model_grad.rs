@@ -138,7 +138,7 @@ fn gradients_match_finite_differences() {
         let index = p.iter().position(|(n, _)| *n == leaf).unwrap();
         assert_eq!(g.len(), p[index].1.len(), "{leaf}");
         for (i, &gi) in g.iter().enumerate() {
-            let mut shifted = |d: f32| {
+            let shifted = |d: f32| {
                 let mut p = params();
                 p[index].1[i] += d;
                 loss(&model(&source, &p), &inputs)
