@@ -1,6 +1,7 @@
 //! Qwen-Image model family: DSL sources, config readers and drivers.
 
 pub mod dataset;
+pub mod dsl_model;
 pub mod error;
 pub mod host_weights;
 pub mod hub;
@@ -14,6 +15,7 @@ pub mod qwen_image;
 pub mod scheduler;
 pub mod sources;
 
+pub use dsl_model::DslModel;
 pub use error::ModelError;
 pub use host_weights::HostWeights;
 pub use options::{ModelOptions, WeightPrecision};

@@ -1,18 +1,20 @@
 //! Qwen2.5-VL language-model driver: loads the language weights of a Qwen-Image-Edit
 //! `text_encoder/` folder (either checkpoint prefix), computes the RoPE positions and the
-//! image-embedding scatter on the host, and runs the DSL source compiled per (B, S, image tokens).
+//! image-embedding scatter on the host, and runs the DSL source through the generic [`DslModel`],
+//! compiled per (B, S, image tokens).
 
 use super::rope_index::{positions_3bs, rope_index, sequential_positions, RowPositions};
-use super::text_weights::{detect_prefix, PrefixedParams};
+use super::text_weights::detect_prefix;
 use super::QwenVlConfig;
-use crate::{sources, HostWeights, ModelError, ModelOptions, PlanCache};
-use qie_ir::dsl::Program;
-use qie_ir::{DType, Graph, TensorType};
-use qie_runtime::weights::{CheckMode, WeightStore};
-use qie_runtime::{Backend, CompileOptions, Executable, Tensor};
+use crate::dsl_model::{
+    config_json, open_store, DslModel, DslProgram, DslSource, ShapeKey, Specialisation,
+};
+use crate::{HostWeights, ModelError, ModelOptions};
+use qie_ir::{DType, TensorType};
+use qie_runtime::weights::CheckMode;
+use qie_runtime::Tensor;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 /// The bundled language-model source.
 pub const TEXT_SOURCE: &str = "qwen25vl_text.qie";
@@ -36,47 +38,33 @@ struct PlanKey {
     image_tokens: Option<usize>,
 }
 
+impl ShapeKey for PlanKey {}
+
 pub struct QwenVlLanguageModel {
     pub config: QwenVlConfig,
     pub position_mode: PositionMode,
-    program: Program,
-    weights: HostWeights,
-    /// Checkpoint prefix of the language weights in `weights` (`model.`, `model.language_model.`, ``).
-    prefix: String,
-    compile: CompileOptions,
-    backend: Arc<dyn Backend>,
-    plans: PlanCache<PlanKey>,
+    /// Weights named like the checkpoint: `model.`, `model.language_model.` or no prefix before the
+    /// source's names (`layers.0...`).
+    model: DslModel<PlanKey>,
 }
 
 impl QwenVlLanguageModel {
     /// Loads a `text_encoder/` folder (config.json + safetensors, sharded or not). Vision weights
     /// and `lm_head.weight` in the same files are ignored.
     pub fn load(dir: &Path, options: &ModelOptions) -> Result<Self, ModelError> {
-        let config_path = dir.join("config.json");
-        if !config_path.exists() {
-            return Err(ModelError::new(format!(
-                "{}: no config.json (expected a Qwen2.5-VL text_encoder/ folder)",
-                dir.display()
-            )));
-        }
+        let config_path = config_json(dir, "a Qwen2.5-VL text_encoder/ folder")?;
         let config = QwenVlConfig::load(&config_path)?;
-        let program = load_program(options.source.as_deref())?;
-        let store = WeightStore::open(dir).map_err(|e| ModelError::new(e.to_string()))?;
+        let program = text_program(&config, options.source.as_deref())?;
+        let store = open_store(dir)?;
         let prefix = detect_prefix(|n| store.contains(n)).ok_or_else(|| {
             ModelError::new(format!(
                 "{}: no language-model weights: found neither `model.embed_tokens.weight` nor `model.language_model.embed_tokens.weight`",
                 dir.display()
             ))
         })?;
-        let expected: Vec<(String, Vec<usize>)> = param_shapes(&program, &config)?
-            .into_iter()
-            .map(|(name, shape)| (format!("{prefix}{name}"), shape))
-            .collect();
-        store
-            .check_with(&expected, CheckMode::AllowUnexpected)
-            .map_err(|e| ModelError::new(e.to_string()))?;
-        let weights = HostWeights::load(&store, &expected, options.precision)?;
-        Ok(Self::from_parts(config, program, weights, prefix, options))
+        let mode = CheckMode::AllowUnexpected;
+        let model = DslModel::load(program, &probe(), &store, prefix, mode, options)?;
+        Ok(Self::from_model(config, model))
     }
 
     /// Builds the model from weights in memory, named like the checkpoint (`model.` or
@@ -86,34 +74,19 @@ impl QwenVlLanguageModel {
         weights: HostWeights,
         options: &ModelOptions,
     ) -> Result<Self, ModelError> {
-        let program = load_program(options.source.as_deref())?;
+        let program = text_program(&config, options.source.as_deref())?;
         let prefix = detect_prefix(|n| weights.contains(n)).ok_or_else(|| {
             ModelError::new("missing weight `embed_tokens.weight` (under any prefix)")
         })?;
-        let expected: Vec<(String, Vec<usize>)> = param_shapes(&program, &config)?
-            .into_iter()
-            .map(|(name, shape)| (format!("{prefix}{name}"), shape))
-            .collect();
-        weights.check(&expected)?;
-        Ok(Self::from_parts(config, program, weights, prefix, options))
+        let model = DslModel::from_weights(program, &probe(), weights, prefix, options)?;
+        Ok(Self::from_model(config, model))
     }
 
-    fn from_parts(
-        config: QwenVlConfig,
-        program: Program,
-        weights: HostWeights,
-        prefix: &str,
-        options: &ModelOptions,
-    ) -> Self {
+    fn from_model(config: QwenVlConfig, model: DslModel<PlanKey>) -> Self {
         QwenVlLanguageModel {
             config,
             position_mode: PositionMode::default(),
-            program,
-            weights,
-            prefix: prefix.to_string(),
-            compile: options.compile.clone(),
-            backend: options.backend_or_cpu(),
-            plans: PlanCache::default(),
+            model,
         }
     }
 
@@ -121,12 +94,12 @@ impl QwenVlLanguageModel {
     pub fn expected_weights(
         config: &QwenVlConfig,
     ) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
-        param_shapes(&load_program(None)?, config)
+        text_program(config, None)?.param_shapes(&probe())
     }
 
     /// Name of the backend plans run on (`cpu`, `cuda:0`, ...).
     pub fn backend_name(&self) -> &str {
-        self.backend.name()
+        self.model.backend_name()
     }
 
     /// The RoPE positions `forward` uses for these inputs (per row: t, h, w).
@@ -195,27 +168,10 @@ impl QwenVlLanguageModel {
             seq,
             image_tokens: image_embeds.as_ref().map(|_| image_tokens),
         };
-        let types: Vec<(String, TensorType)> = inputs
-            .iter()
-            .map(|(n, t)| (n.clone(), t.ty().clone()))
-            .collect();
-        let exe: Arc<dyn Executable> = self.plans.get_or_compile(
-            &key,
-            &*self.backend,
-            &self.compile,
-            "Qwen2.5-VL language model",
-            || lower_for(&self.program, &self.config, &types),
-        )?;
-        let params = PrefixedParams {
-            weights: &self.weights,
-            prefix: &self.prefix,
-        };
-        let mut outputs = exe
-            .run(&inputs, &params)
-            .map_err(|e| ModelError::new(format!("running the Qwen2.5-VL language model: {e}")))?;
-        outputs.remove("last_hidden_state").ok_or_else(|| {
-            ModelError::new("the model source declared no `last_hidden_state` output")
-        })
+        let spec = Specialisation::of_bindings(&inputs);
+        self.model
+            .forward(&key, &spec, &inputs)?
+            .take("last_hidden_state")
     }
 }
 
@@ -306,30 +262,14 @@ fn check_image_embeds(
     })
 }
 
-fn load_program(source: Option<&Path>) -> Result<Program, ModelError> {
-    let result = match source {
-        Some(path) => sources::load_program_file(path),
-        None => sources::load_bundled(TEXT_SOURCE),
-    };
-    result.map_err(|e| ModelError::new(e.to_string()))
+fn text_program(config: &QwenVlConfig, source: Option<&Path>) -> Result<DslProgram, ModelError> {
+    let source = DslSource::new(TEXT_SOURCE, source);
+    DslProgram::load("Qwen2.5-VL language model", source, config.for_dsl())
 }
 
-fn lower_for(
-    program: &Program,
-    config: &QwenVlConfig,
-    inputs: &[(String, TensorType)],
-) -> Result<Graph, ModelError> {
-    program
-        .lower(&config.for_dsl(), inputs, &[])
-        .map_err(|e| ModelError::new(e.to_string()))
-}
-
-/// Weight names and shapes, from lowering once at a tiny probe shape.
-fn param_shapes(
-    program: &Program,
-    config: &QwenVlConfig,
-) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
-    let inputs = vec![
+/// One token, to list the weights with (they do not depend on the shapes).
+fn probe() -> Specialisation {
+    Specialisation::new(vec![
         (
             "input_ids".to_string(),
             TensorType::new(DType::I64, &[1, 1]),
@@ -342,13 +282,7 @@ fn param_shapes(
             "position_ids".to_string(),
             TensorType::new(DType::I64, &[3, 1, 1]),
         ),
-    ];
-    let graph = lower_for(program, config, &inputs)?;
-    Ok(graph
-        .params()
-        .into_iter()
-        .map(|(name, id)| (name.to_string(), graph.ty(id).shape.to_vec()))
-        .collect())
+    ])
 }
 
 #[cfg(test)]

@@ -1,17 +1,19 @@
 //! Qwen2.5-VL vision tower driver: reads the tower's weights out of a text_encoder/ folder (under
 //! `visual.` or `model.visual.`, whichever the checkpoint uses), computes the attention segments from
-//! image_grid_thw, and runs qwen25vl_vision.qie, compiled once per grid list.
+//! image_grid_thw, and runs qwen25vl_vision.qie through the generic [`DslModel`], compiled once per
+//! grid list.
 
 use super::window_index::{frame_segments, patch_count, window_segments, GridThw, PaddedSegments};
-use crate::host_weights::round_to_bf16;
-use crate::{sources, HostWeights, ModelError, ModelOptions, PlanCache, WeightPrecision};
-use qie_ir::dsl::{Program, StaticValue};
+use crate::dsl_model::{
+    config_json, open_store, static_int_rows, DslModel, DslProgram, DslSource, ShapeKey,
+    Specialisation,
+};
+use crate::{HostWeights, ModelError, ModelOptions};
 use qie_ir::{DType, Graph, TensorType};
-use qie_runtime::weights::{CheckMode, WeightStore};
-use qie_runtime::{Backend, CompileOptions, Executable, Tensor};
+use qie_runtime::weights::CheckMode;
+use qie_runtime::Tensor;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 pub use super::vision_config::VisionConfig;
 
@@ -21,30 +23,23 @@ pub const SOURCE: &str = "qwen25vl_vision.qie";
 /// Checkpoint prefixes of the tower: transformers >= 4.52 nests it in `model`, older saves do not.
 const PREFIXES: [&str; 2] = ["model.visual.", "visual."];
 
+/// Plans are keyed by the image grids (they fix every shape and the attention segments).
+impl ShapeKey for Vec<GridThw> {}
+
 pub struct QwenVisionTower {
     pub config: VisionConfig,
-    program: Program,
-    weights: HostWeights,
-    compile: CompileOptions,
-    backend: Arc<dyn Backend>,
-    plans: PlanCache<Vec<GridThw>>,
+    model: DslModel<Vec<GridThw>>,
 }
 
 impl QwenVisionTower {
     /// Loads the tower from a text_encoder/ folder (config.json with `vision_config` + safetensors of
     /// the whole Qwen2_5_VLForConditionalGeneration, sharded or not; the language model is ignored).
     pub fn load(dir: &Path, options: &ModelOptions) -> Result<Self, ModelError> {
-        let config_path = dir.join("config.json");
-        if !config_path.exists() {
-            return Err(ModelError::new(format!(
-                "{}: no config.json (expected a Qwen2.5-VL text_encoder/ folder)",
-                dir.display()
-            )));
-        }
+        let config_path = config_json(dir, "a Qwen2.5-VL text_encoder/ folder")?;
         let config = VisionConfig::load(&config_path)?;
-        let program = load_program(options.source.as_deref())?;
-        let expected = param_shapes(&program, &config)?;
-        let store = WeightStore::open(dir).map_err(|e| ModelError::new(e.to_string()))?;
+        let program = vision_program(&config, options.source.as_deref())?;
+        let probe = probe(&config)?;
+        let store = open_store(dir)?;
         let prefix = PREFIXES
             .into_iter()
             .find(|p| store.names().iter().any(|n| n.starts_with(p)))
@@ -54,24 +49,9 @@ impl QwenVisionTower {
                     dir.display()
                 ))
             })?;
-        let full: Vec<(String, Vec<usize>)> = expected
-            .iter()
-            .map(|(n, s)| (format!("{prefix}{n}"), s.clone()))
-            .collect();
-        store
-            .check_with(&full, CheckMode::AllowUnexpected)
-            .map_err(|e| ModelError::new(e.to_string()))?;
-        let mut weights = HostWeights::default();
-        for (name, _) in &expected {
-            let mut values = store
-                .load_f32(&format!("{prefix}{name}"))
-                .map_err(|e| ModelError::new(e.to_string()))?;
-            if options.precision == WeightPrecision::Bf16 {
-                round_to_bf16(&mut values);
-            }
-            weights.insert(name.clone(), values);
-        }
-        Ok(Self::from_parts(config, program, weights, options))
+        let mode = CheckMode::AllowUnexpected;
+        let model = DslModel::load(program, &probe, &store, prefix, mode, options)?;
+        Ok(QwenVisionTower { config, model })
     }
 
     /// Builds the tower from weights already in memory, named relative to the tower
@@ -81,32 +61,16 @@ impl QwenVisionTower {
         weights: HostWeights,
         options: &ModelOptions,
     ) -> Result<Self, ModelError> {
-        let program = load_program(options.source.as_deref())?;
-        weights.check(&param_shapes(&program, &config)?)?;
-        Ok(Self::from_parts(config, program, weights, options))
-    }
-
-    fn from_parts(
-        config: VisionConfig,
-        program: Program,
-        weights: HostWeights,
-        options: &ModelOptions,
-    ) -> Self {
-        QwenVisionTower {
-            config,
-            program,
-            weights,
-            compile: options.compile.clone(),
-            backend: options.backend_or_cpu(),
-            plans: PlanCache::default(),
-        }
+        let program = vision_program(&config, options.source.as_deref())?;
+        let model = DslModel::from_weights(program, &probe(&config)?, weights, "", options)?;
+        Ok(QwenVisionTower { config, model })
     }
 
     /// Weight names (relative to the tower) and shapes the bundled source reads for `config`.
     pub fn expected_weights(
         config: &VisionConfig,
     ) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
-        param_shapes(&load_program(None)?, config)
+        vision_program(config, None)?.param_shapes(&probe(config)?)
     }
 
     /// pixel_values [N, C·T·P·P] f32 (the image processor's rows, images one after another) and each
@@ -119,13 +83,13 @@ impl QwenVisionTower {
         validate(&self.config, pixel_values, grid_thw)?;
         let pixel_values = pixel_values.cast(DType::F32);
         let inputs = VisionInputs::new(&self.config, pixel_values, grid_thw)?;
-        let exe = self.plan(&inputs, grid_thw)?;
-        let mut outputs = exe
-            .run(&inputs.bindings, &self.weights)
-            .map_err(|e| ModelError::new(format!("running the vision tower: {e}")))?;
-        outputs
-            .remove("image_embeds")
-            .ok_or_else(|| ModelError::new("the vision source declared no `image_embeds` output"))
+        self.model
+            .forward(
+                &grid_thw.to_vec(),
+                &inputs.specialisation(grid_thw),
+                &inputs.bindings,
+            )?
+            .take("image_embeds")
     }
 
     /// Lowers the tower for these grids (IR before optimisation), e.g. for dumps and FLOP counts.
@@ -134,26 +98,12 @@ impl QwenVisionTower {
         let probe = Tensor::zeros(TensorType::new(DType::F32, &[n, self.config.patch_dim()]));
         validate(&self.config, &probe, grid_thw)?;
         let inputs = VisionInputs::new(&self.config, probe, grid_thw)?;
-        lower_for(&self.program, &self.config, &inputs.types(), grid_thw)
+        self.model.program().lower(&inputs.specialisation(grid_thw))
     }
 
     /// The backend's name (`cpu`, `cuda:0`, ...).
     pub fn backend_name(&self) -> &str {
-        self.backend.name()
-    }
-
-    fn plan(
-        &self,
-        inputs: &VisionInputs,
-        grid_thw: &[GridThw],
-    ) -> Result<Arc<dyn Executable>, ModelError> {
-        self.plans.get_or_compile(
-            &grid_thw.to_vec(),
-            &*self.backend,
-            &self.compile,
-            "vision tower",
-            || lower_for(&self.program, &self.config, &inputs.types(), grid_thw),
-        )
+        self.model.backend_name()
     }
 }
 
@@ -185,14 +135,10 @@ impl VisionInputs {
         Ok(VisionInputs { bindings })
     }
 
-    fn types(&self) -> Vec<(String, TensorType)> {
-        let mut v: Vec<(String, TensorType)> = self
-            .bindings
-            .iter()
-            .map(|(k, t)| (k.clone(), t.ty().clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+    /// The bindings' types and the grids (a static of the source).
+    fn specialisation(&self, grid_thw: &[GridThw]) -> Specialisation {
+        Specialisation::of_bindings(&self.bindings)
+            .with_static("grid_thw", static_int_rows(grid_thw))
     }
 }
 
@@ -258,51 +204,28 @@ fn validate(
     Ok(())
 }
 
-fn load_program(source: Option<&Path>) -> Result<Program, ModelError> {
-    let result = match source {
-        Some(path) => sources::load_program_file(path),
-        None => sources::load_bundled(SOURCE),
-    };
-    result.map_err(|e| ModelError::new(e.to_string()))
+fn vision_program(config: &VisionConfig, source: Option<&Path>) -> Result<DslProgram, ModelError> {
+    DslProgram::load(
+        "vision tower",
+        DslSource::new(SOURCE, source),
+        config.for_dsl(),
+    )
 }
 
-fn lower_for(
-    program: &Program,
-    config: &VisionConfig,
-    inputs: &[(String, TensorType)],
-    grid_thw: &[GridThw],
-) -> Result<Graph, ModelError> {
-    let grid = StaticValue::List(
-        grid_thw
-            .iter()
-            .map(|g| StaticValue::List(g.iter().map(|&d| StaticValue::Int(d as i64)).collect()))
-            .collect(),
-    );
-    program
-        .lower(&config.for_dsl(), inputs, &[("grid_thw".to_string(), grid)])
-        .map_err(|e| ModelError::new(e.to_string()))
-}
-
-/// Weight names and shapes, from lowering once for one merge unit (weights do not depend on shapes).
-fn param_shapes(
-    program: &Program,
-    config: &VisionConfig,
-) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
+/// One merge unit, to list the weights with (they do not depend on the shapes).
+fn probe(config: &VisionConfig) -> Result<Specialisation, ModelError> {
     let m = config.spatial_merge_size;
     let grid = [[1, m, m]];
     let probe = Tensor::zeros(TensorType::new(DType::F32, &[m * m, config.patch_dim()]));
-    let inputs = VisionInputs::new(config, probe, &grid)?;
-    let graph = lower_for(program, config, &inputs.types(), &grid)?;
-    Ok(graph
-        .params()
-        .into_iter()
-        .map(|(name, id)| (name.to_string(), graph.ty(id).shape.to_vec()))
-        .collect())
+    Ok(VisionInputs::new(config, probe, &grid)?.specialisation(&grid))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sources;
+    use qie_ir::dsl::Program;
+    use qie_runtime::{Backend, CompileOptions};
 
     /// The real tower (Qwen2.5-VL-7B widths, 32 blocks) lowers for a 1036² image: 5476 patches, 100
     /// windows, 1369 output tokens of 3584.
@@ -314,13 +237,10 @@ mod tests {
         let inputs = VisionInputs::new(&config, probe, &grid).unwrap();
         assert_eq!(inputs.bindings["window_index"].shape(), &[100, 64]);
         assert!(!inputs.bindings.contains_key("frame_index"));
-        let graph = lower_for(
-            &load_program(None).unwrap(),
-            &config,
-            &inputs.types(),
-            &grid,
-        )
-        .unwrap();
+        let graph = vision_program(&config, None)
+            .unwrap()
+            .lower(&inputs.specialisation(&grid))
+            .unwrap();
         let out = graph.output("image_embeds").unwrap();
         assert_eq!(graph.ty(out).shape.to_vec(), vec![1369, 3584]);
         assert_eq!(graph.params().len(), 32 * 12 + 1 + 5);

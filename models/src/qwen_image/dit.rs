@@ -1,16 +1,17 @@
-//! Qwen-Image DiT driver: compiles the DSL source for each input-shape specialisation, binds the
-//! checkpoint's weights and runs the plan. Plans are cached per shapes, so a denoising loop
-//! compiles once.
+//! Qwen-Image DiT driver: the generic [`DslModel`] specialised by the image grids (`img_shapes`
+//! static) and the optional inputs. Plans are cached per shapes, so a denoising loop compiles once.
 
 use super::inputs::DitInputs;
 use super::{token_count, DitConfig, ImgShape};
-use crate::{sources, HostWeights, ModelError, ModelOptions, PlanCache};
-use qie_ir::dsl::{Program, StaticValue};
+use crate::dsl_model::{
+    config_json, open_store, static_int_rows, DslModel, DslProgram, DslSource, ShapeKey,
+    Specialisation,
+};
+use crate::{HostWeights, ModelError, ModelOptions};
 use qie_ir::{DType, Graph, TensorType};
-use qie_runtime::weights::{CheckMode, WeightStore};
-use qie_runtime::{Backend, CompileOptions, Executable, Tensor};
+use qie_runtime::weights::CheckMode;
+use qie_runtime::Tensor;
 use std::path::Path;
-use std::sync::Arc;
 
 /// The DiT's options (see [`ModelOptions`]).
 pub type DitOptions = ModelOptions;
@@ -28,34 +29,35 @@ struct PlanKey {
     img_shapes: Vec<ImgShape>,
 }
 
+impl ShapeKey for PlanKey {}
+
+impl PlanKey {
+    fn of(inputs: &DitInputs) -> PlanKey {
+        PlanKey {
+            batch: inputs.batch(),
+            img_tokens: inputs.img_tokens(),
+            txt_tokens: inputs.txt_tokens(),
+            with_mask: inputs.encoder_hidden_states_mask.is_some(),
+            with_additional_t_cond: inputs.additional_t_cond.is_some(),
+            img_shapes: inputs.img_shapes.clone(),
+        }
+    }
+}
+
 pub struct QwenImageDit {
     pub config: DitConfig,
-    program: Program,
-    weights: DitWeights,
-    compile: CompileOptions,
-    backend: Arc<dyn Backend>,
-    plans: PlanCache<PlanKey>,
+    model: DslModel<PlanKey>,
 }
 
 impl QwenImageDit {
     /// Loads a diffusers `transformer/` folder (config.json + safetensors, sharded or not).
     pub fn load(dir: &Path, options: &DitOptions) -> Result<QwenImageDit, ModelError> {
-        let config_path = dir.join("config.json");
-        if !config_path.exists() {
-            return Err(ModelError::new(format!(
-                "{}: no config.json (expected a diffusers transformer/ folder)",
-                dir.display()
-            )));
-        }
-        let config = DitConfig::load(&config_path)?;
-        let program = load_program(&config, options.source.as_deref())?;
-        let store = WeightStore::open(dir).map_err(|e| ModelError::new(e.to_string()))?;
-        let expected = param_shapes(&program, &config)?;
-        store
-            .check_with(&expected, CheckMode::Strict)
-            .map_err(|e| ModelError::new(e.to_string()))?;
-        let weights = HostWeights::load(&store, &expected, options.precision)?;
-        Ok(QwenImageDit::from_parts(config, program, weights, options))
+        let config = DitConfig::load(&config_json(dir, "a diffusers transformer/ folder")?)?;
+        let program = dit_program(&config, options.source.as_deref())?;
+        let store = open_store(dir)?;
+        let probe = probe(&config);
+        let model = DslModel::load(program, &probe, &store, "", CheckMode::Strict, options)?;
+        Ok(QwenImageDit { config, model })
     }
 
     /// Builds a DiT from weights already in memory (benchmarks, random-weight runs).
@@ -64,93 +66,52 @@ impl QwenImageDit {
         weights: DitWeights,
         options: &DitOptions,
     ) -> Result<QwenImageDit, ModelError> {
-        let program = load_program(&config, options.source.as_deref())?;
-        weights.check(&param_shapes(&program, &config)?)?;
-        Ok(QwenImageDit::from_parts(config, program, weights, options))
-    }
-
-    fn from_parts(
-        config: DitConfig,
-        program: Program,
-        weights: DitWeights,
-        options: &DitOptions,
-    ) -> QwenImageDit {
-        QwenImageDit {
-            config,
-            program,
-            weights,
-            compile: options.compile.clone(),
-            backend: options.backend_or_cpu(),
-            plans: PlanCache::default(),
-        }
+        let program = dit_program(&config, options.source.as_deref())?;
+        let model = DslModel::from_weights(program, &probe(&config), weights, "", options)?;
+        Ok(QwenImageDit { config, model })
     }
 
     /// The backend's device memory (`None` on the CPU).
     pub fn device_memory(&self) -> Option<qie_runtime::MemoryReport> {
-        self.backend.memory()
+        self.model.device_memory()
     }
 
     /// Name of the backend plans run on (`cpu`, `cuda:0`, ...).
     pub fn backend_name(&self) -> &str {
-        self.backend.name()
+        self.model.backend_name()
     }
 
     /// Checkpoint names and shapes of every weight the model reads.
     pub fn expected_weights(&self) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
-        param_shapes(&self.program, &self.config)
+        Ok(self.model.expected_weights().to_vec())
     }
 
     /// Lowers the model for these inputs (the IR before optimisation), e.g. for dumps and FLOP counts.
     pub fn lower(&self, inputs: &DitInputs) -> Result<Graph, ModelError> {
         inputs.validate(&self.config)?;
-        lower_for(
-            &self.program,
-            &self.config,
-            &inputs.key_types(),
-            &inputs.img_shapes,
-        )
+        self.model.program().lower(&specialisation(inputs))
     }
 
     /// Runs the transformer; returns `sample` [B, S_img, patch² · out_channels].
     pub fn forward(&self, inputs: &DitInputs) -> Result<Tensor, ModelError> {
         inputs.validate(&self.config)?;
-        let exe = self.plan(inputs)?;
-        let mut outputs = exe
-            .run(&inputs.bindings(), &self.weights)
-            .map_err(|e| ModelError::new(format!("running the DiT: {e}")))?;
-        outputs
-            .remove("sample")
-            .ok_or_else(|| ModelError::new("the model source declared no `sample` output"))
+        self.model
+            .forward(
+                &PlanKey::of(inputs),
+                &specialisation(inputs),
+                &inputs.bindings(),
+            )?
+            .take("sample")
     }
 
     /// Runs once with every step timed (see [`qie_runtime::Profile`]).
     pub fn profile(&self, inputs: &DitInputs) -> Result<qie_runtime::Profile, ModelError> {
         inputs.validate(&self.config)?;
-        let exe = self.plan(inputs)?;
-        let (_, profile) = exe
-            .run_profiled(&inputs.bindings(), &self.weights)
-            .map_err(|e| ModelError::new(format!("running the DiT: {e}")))?;
-        Ok(profile)
-    }
-
-    fn plan(&self, inputs: &DitInputs) -> Result<Arc<dyn Executable>, ModelError> {
-        let key = PlanKey {
-            batch: inputs.batch(),
-            img_tokens: inputs.img_tokens(),
-            txt_tokens: inputs.txt_tokens(),
-            with_mask: inputs.encoder_hidden_states_mask.is_some(),
-            with_additional_t_cond: inputs.additional_t_cond.is_some(),
-            img_shapes: inputs.img_shapes.clone(),
-        };
-        self.plans
-            .get_or_compile(&key, &*self.backend, &self.compile, "DiT", || {
-                lower_for(
-                    &self.program,
-                    &self.config,
-                    &inputs.key_types(),
-                    &inputs.img_shapes,
-                )
-            })
+        self.model.profile(
+            &PlanKey::of(inputs),
+            &specialisation(inputs),
+            &inputs.bindings(),
+        )
     }
 }
 
@@ -159,7 +120,7 @@ pub fn expected_weights_for(
     config: &DitConfig,
     source: Option<&Path>,
 ) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
-    param_shapes(&load_program(config, source)?, config)
+    dit_program(config, source)?.param_shapes(&probe(config))
 }
 
 /// Lowers the model for `inputs` without weights (plan inspection, memory estimates).
@@ -169,45 +130,24 @@ pub fn lower_without_weights(
     inputs: &DitInputs,
 ) -> Result<Graph, ModelError> {
     inputs.validate(config)?;
-    let program = load_program(config, source)?;
-    lower_for(&program, config, &inputs.key_types(), &inputs.img_shapes)
+    dit_program(config, source)?.lower(&specialisation(inputs))
 }
 
-fn load_program(config: &DitConfig, source: Option<&Path>) -> Result<Program, ModelError> {
-    let result = match source {
-        Some(path) => sources::load_program_file(path),
-        None => sources::load_bundled(config.source_name()),
-    };
-    result.map_err(|e| ModelError::new(e.to_string()))
+fn dit_program(config: &DitConfig, source: Option<&Path>) -> Result<DslProgram, ModelError> {
+    let source = DslSource::new(config.source_name(), source);
+    DslProgram::load("DiT", source, config.for_dsl())
 }
 
-fn lower_for(
-    program: &Program,
-    config: &DitConfig,
-    inputs: &[(String, TensorType)],
-    img_shapes: &[ImgShape],
-) -> Result<Graph, ModelError> {
-    let statics = vec![("img_shapes".to_string(), img_shapes_value(img_shapes))];
-    program
-        .lower(&config.for_dsl(), inputs, &statics)
-        .map_err(|e| ModelError::new(e.to_string()))
+fn specialisation(inputs: &DitInputs) -> Specialisation {
+    with_img_shapes(inputs.key_types(), &inputs.img_shapes)
 }
 
-fn img_shapes_value(shapes: &[ImgShape]) -> StaticValue {
-    StaticValue::List(
-        shapes
-            .iter()
-            .map(|s| StaticValue::List(s.iter().map(|&d| StaticValue::Int(d as i64)).collect()))
-            .collect(),
-    )
+fn with_img_shapes(inputs: Vec<(String, TensorType)>, img_shapes: &[ImgShape]) -> Specialisation {
+    Specialisation::new(inputs).with_static("img_shapes", static_int_rows(img_shapes))
 }
 
-/// Weight names and shapes, from lowering the model once at a tiny probe shape (the weights do
-/// not depend on the input shapes).
-fn param_shapes(
-    program: &Program,
-    config: &DitConfig,
-) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
+/// A tiny specialisation to list the weights with (they do not depend on the input shapes).
+fn probe(config: &DitConfig) -> Specialisation {
     let img_shapes: Vec<ImgShape> = vec![[1, 2, 2]];
     let mut inputs = vec![
         (
@@ -229,10 +169,5 @@ fn param_shapes(
             TensorType::new(DType::I64, &[1]),
         ));
     }
-    let graph = lower_for(program, config, &inputs, &img_shapes)?;
-    Ok(graph
-        .params()
-        .into_iter()
-        .map(|(name, id)| (name.to_string(), graph.ty(id).shape.to_vec()))
-        .collect())
+    with_img_shapes(inputs, &img_shapes)
 }

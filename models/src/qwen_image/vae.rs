@@ -1,18 +1,19 @@
-//! Qwen-Image VAE driver (AutoencoderKLQwenImage on single images): compiles the DSL source per
-//! input shape (encoder and decoder plans separately), binds the checkpoint's weights and runs on
-//! ModelOptions.backend. Tiled decoding and the latent normalisation of the edit pipelines live
-//! here too.
+//! Qwen-Image VAE driver (AutoencoderKLQwenImage on single images): the generic [`DslModel`] with
+//! encoder and decoder plans keyed separately per input shape. Tiled decoding and the latent
+//! normalisation of the edit pipelines live here too.
 
 use super::vae_config::VaeConfig;
 use super::vae_tiling::{tiled_decode, VaeTiling};
-use crate::{sources, HostWeights, ModelError, ModelOptions, PlanCache};
-use qie_ir::dsl::{Program, StaticValue};
+use crate::dsl_model::{
+    config_json, open_store, DslModel, DslProgram, DslSource, ShapeKey, Specialisation,
+};
+use crate::{HostWeights, ModelError, ModelOptions};
+use qie_ir::dsl::StaticValue;
 use qie_ir::{DType, Graph, TensorType};
-use qie_runtime::weights::{CheckMode, WeightStore};
-use qie_runtime::{Backend, CompileOptions, Tensor};
+use qie_runtime::weights::CheckMode;
+use qie_runtime::Tensor;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 /// The bundled source of the VAE.
 pub const VAE_SOURCE: &str = "qwen_image_vae.qie";
@@ -32,34 +33,29 @@ enum PlanKey {
     },
 }
 
+impl ShapeKey for PlanKey {
+    fn part(&self) -> Option<&'static str> {
+        Some(match self {
+            PlanKey::Encode { .. } => "encoder",
+            PlanKey::Decode { .. } => "decoder",
+        })
+    }
+}
+
 pub struct QwenImageVae {
     pub config: VaeConfig,
-    program: Program,
-    weights: HostWeights,
-    compile: CompileOptions,
-    backend: Arc<dyn Backend>,
-    plans: PlanCache<PlanKey>,
+    model: DslModel<PlanKey>,
 }
 
 impl QwenImageVae {
     /// Loads a diffusers `vae/` folder (config.json + safetensors).
     pub fn load(dir: &Path, options: &ModelOptions) -> Result<QwenImageVae, ModelError> {
-        let config_path = dir.join("config.json");
-        if !config_path.exists() {
-            return Err(ModelError::new(format!(
-                "{}: no config.json (expected a diffusers vae/ folder)",
-                dir.display()
-            )));
-        }
-        let config = VaeConfig::load(&config_path)?;
-        let program = load_program(options.source.as_deref())?;
-        let store = WeightStore::open(dir).map_err(|e| ModelError::new(e.to_string()))?;
-        let expected = param_shapes(&program, &config)?;
-        store
-            .check_with(&expected, CheckMode::Strict)
-            .map_err(|e| ModelError::new(e.to_string()))?;
-        let weights = HostWeights::load(&store, &expected, options.precision)?;
-        Ok(QwenImageVae::from_parts(config, program, weights, options))
+        let config = VaeConfig::load(&config_json(dir, "a diffusers vae/ folder")?)?;
+        let program = vae_program(&config, options.source.as_deref())?;
+        let store = open_store(dir)?;
+        let probe = probe(&config);
+        let model = DslModel::load(program, &probe, &store, "", CheckMode::Strict, options)?;
+        Ok(QwenImageVae { config, model })
     }
 
     /// Builds a VAE from weights already in memory (benchmarks, random-weight runs).
@@ -68,40 +64,24 @@ impl QwenImageVae {
         weights: HostWeights,
         options: &ModelOptions,
     ) -> Result<QwenImageVae, ModelError> {
-        let program = load_program(options.source.as_deref())?;
-        weights.check(&param_shapes(&program, &config)?)?;
-        Ok(QwenImageVae::from_parts(config, program, weights, options))
-    }
-
-    fn from_parts(
-        config: VaeConfig,
-        program: Program,
-        weights: HostWeights,
-        options: &ModelOptions,
-    ) -> QwenImageVae {
-        QwenImageVae {
-            config,
-            program,
-            weights,
-            compile: options.compile.clone(),
-            backend: options.backend_or_cpu(),
-            plans: PlanCache::default(),
-        }
+        let program = vae_program(&config, options.source.as_deref())?;
+        let model = DslModel::from_weights(program, &probe(&config), weights, "", options)?;
+        Ok(QwenImageVae { config, model })
     }
 
     /// Checkpoint names and shapes of every weight of the bundled source (random weights).
     pub fn expected_weights(config: &VaeConfig) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
-        param_shapes(&load_program(None)?, config)
+        vae_program(config, None)?.param_shapes(&probe(config))
     }
 
     /// Name of the backend plans run on (`cpu`, `cuda:0`, ...).
     pub fn backend_name(&self) -> &str {
-        self.backend.name()
+        self.model.backend_name()
     }
 
     /// The backend's device memory (`None` on the CPU).
     pub fn device_memory(&self) -> Option<qie_runtime::MemoryReport> {
-        self.backend.memory()
+        self.model.device_memory()
     }
 
     /// image [B, C, H, W] f32 in [-1, 1] (H, W multiples of 8) -> the posterior mean
@@ -205,29 +185,15 @@ impl QwenImageVae {
         value: &Tensor,
         output: &str,
     ) -> Result<Tensor, ModelError> {
-        let what = if output == "latent" {
-            "VAE encoder"
-        } else {
-            "VAE decoder"
-        };
-        let exe = self
-            .plans
-            .get_or_compile(key, &*self.backend, &self.compile, what, || {
-                lower_for(&self.program, &self.config, key)
-            })?;
         let value = if value.dtype() == DType::F32 {
             value.clone()
         } else {
             value.cast(DType::F32)
         };
-        let mut bindings = HashMap::new();
-        bindings.insert(input.to_string(), value);
-        let mut outputs = exe
-            .run(&bindings, &self.weights)
-            .map_err(|e| ModelError::new(format!("running the {what}: {e}")))?;
-        outputs
-            .remove(output)
-            .ok_or_else(|| ModelError::new(format!("the VAE source declared no `{output}` output")))
+        let bindings = HashMap::from([(input.to_string(), value)]);
+        self.model
+            .forward(key, &specialisation(&self.config, key), &bindings)?
+            .take(output)
     }
 }
 
@@ -244,7 +210,7 @@ pub fn lower_encoder(
         height,
         width,
     };
-    lower_for(&load_program(None)?, config, &key)
+    vae_program(config, None)?.lower(&specialisation(config, &key))
 }
 
 /// The decoder's graph for latents [batch, z_dim, height, width], without weights.
@@ -261,7 +227,7 @@ pub fn lower_decoder(
         width,
         clamp,
     };
-    lower_for(&load_program(None)?, config, &key)
+    vae_program(config, None)?.lower(&specialisation(config, &key))
 }
 
 fn dims4(t: &Tensor, name: &str) -> Result<[usize; 4], ModelError> {
@@ -273,26 +239,22 @@ fn dims4(t: &Tensor, name: &str) -> Result<[usize; 4], ModelError> {
     }
 }
 
-fn load_program(source: Option<&Path>) -> Result<Program, ModelError> {
-    let result = match source {
-        Some(path) => sources::load_program_file(path),
-        None => sources::load_bundled(VAE_SOURCE),
-    };
-    result.map_err(|e| ModelError::new(e.to_string()))
+fn vae_program(config: &VaeConfig, source: Option<&Path>) -> Result<DslProgram, ModelError> {
+    DslProgram::load("VAE", DslSource::new(VAE_SOURCE, source), config.for_dsl())
 }
 
-/// Lowers the encoder or the decoder for one input shape (the other half's inputs are absent).
-fn lower_for(program: &Program, config: &VaeConfig, key: &PlanKey) -> Result<Graph, ModelError> {
-    let (inputs, clamp) = match *key {
+/// The encoder or the decoder for one input shape (the other half's inputs are absent).
+fn specialisation(config: &VaeConfig, key: &PlanKey) -> Specialisation {
+    let (input, clamp) = match *key {
         PlanKey::Encode {
             batch,
             height,
             width,
         } => (
-            vec![(
+            (
                 "image".to_string(),
                 TensorType::new(DType::F32, &[batch, config.input_channels, height, width]),
-            )],
+            ),
             true,
         ),
         PlanKey::Decode {
@@ -301,27 +263,20 @@ fn lower_for(program: &Program, config: &VaeConfig, key: &PlanKey) -> Result<Gra
             width,
             clamp,
         } => (
-            vec![(
+            (
                 "latents".to_string(),
                 TensorType::new(DType::F32, &[batch, config.z_dim, height, width]),
-            )],
+            ),
             clamp,
         ),
     };
-    let statics = vec![("clamp".to_string(), StaticValue::Bool(clamp))];
-    program
-        .lower(&config.for_dsl(), &inputs, &statics)
-        .map_err(|e| ModelError::new(e.to_string()))
+    Specialisation::new(vec![input]).with_static("clamp", StaticValue::Bool(clamp))
 }
 
-/// Weight names and shapes, from lowering both halves once at a tiny probe shape (the weights do
-/// not depend on the input shapes).
-fn param_shapes(
-    program: &Program,
-    config: &VaeConfig,
-) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
+/// Both halves at a tiny shape, to list the weights with (they do not depend on the input shapes).
+fn probe(config: &VaeConfig) -> Specialisation {
     let scale = config.scale_factor();
-    let inputs = vec![
+    Specialisation::new(vec![
         (
             "image".to_string(),
             TensorType::new(DType::F32, &[1, config.input_channels, scale, scale]),
@@ -330,15 +285,7 @@ fn param_shapes(
             "latents".to_string(),
             TensorType::new(DType::F32, &[1, config.z_dim, 1, 1]),
         ),
-    ];
-    let graph = program
-        .lower(&config.for_dsl(), &inputs, &[])
-        .map_err(|e| ModelError::new(e.to_string()))?;
-    Ok(graph
-        .params()
-        .into_iter()
-        .map(|(name, id)| (name.to_string(), graph.ty(id).shape.to_vec()))
-        .collect())
+    ])
 }
 
 #[cfg(test)]

@@ -1,0 +1,55 @@
+//! Which graph a plan runs: the forward pass, or forward + backward (gradients of a scalar loss).
+//! The kind is part of the plan-cache key, so a training step and an inference call of equal shapes
+//! get separate plans.
+
+use qie_ir::passes::{grad, AutodiffError, Seeds, Trainable};
+use qie_ir::Graph;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GraphKind {
+    /// The program's outputs.
+    Forward,
+    /// The program's outputs followed by `grad.<leaf>` for every leaf of the spec.
+    ForwardBackward(Gradients),
+}
+
+/// Gradients of the scalar output `loss` with respect to chosen params (by the names the source
+/// gives them, before any checkpoint prefix) and float inputs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Gradients {
+    pub loss: String,
+    pub params: Vec<String>,
+    pub inputs: Vec<String>,
+}
+
+impl Gradients {
+    /// The output holding the gradient of `leaf` (a param or input name).
+    pub fn output_name(leaf: &str) -> String {
+        format!("grad.{leaf}")
+    }
+}
+
+impl GraphKind {
+    /// `forward` turned into this kind's graph.
+    pub fn build(&self, forward: Graph) -> Result<Graph, AutodiffError> {
+        match self {
+            GraphKind::Forward => Ok(forward),
+            GraphKind::ForwardBackward(g) => grad(
+                &forward,
+                &Seeds::Loss(g.loss.clone()),
+                &Trainable::Leaves {
+                    params: g.params.clone(),
+                    inputs: g.inputs.clone(),
+                },
+            ),
+        }
+    }
+
+    /// A short label for errors ("" for the forward pass).
+    pub fn label(&self) -> &'static str {
+        match self {
+            GraphKind::Forward => "",
+            GraphKind::ForwardBackward(_) => " (forward + backward)",
+        }
+    }
+}

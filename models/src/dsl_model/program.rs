@@ -1,0 +1,137 @@
+//! A model's DSL program bound to its config: everything lowering needs, without weights, so plan
+//! inspection and weight listings work before any checkpoint is read.
+
+use super::kind::GraphKind;
+use crate::{sources, ModelError};
+use qie_ir::dsl::{Program, StaticValue};
+use qie_ir::{Graph, TensorType};
+use qie_runtime::Tensor;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Where a model's `.qie` text comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DslSource<'a> {
+    /// A source shipped with qie (see [`sources::BUNDLED`]).
+    Bundled(&'a str),
+    /// A file on disk (architecture variants); its imports fall back to the bundled sources.
+    File(&'a Path),
+}
+
+impl<'a> DslSource<'a> {
+    /// The override file when one is given, else the bundled source `bundled`.
+    pub fn new(bundled: &'a str, file: Option<&'a Path>) -> Self {
+        file.map_or(DslSource::Bundled(bundled), DslSource::File)
+    }
+
+    pub fn load(&self) -> Result<Program, ModelError> {
+        let result = match *self {
+            DslSource::Bundled(name) => sources::load_bundled(name),
+            DslSource::File(path) => sources::load_program_file(path),
+        };
+        result.map_err(|e| ModelError::new(e.to_string()))
+    }
+}
+
+/// What one plan is lowered for: the type of every tensor input the call binds and the static
+/// (compile-time) arguments of the entry `forward`. Two calls that would share a plan must have
+/// equal specialisations; the plan cache relies on the caller's shape key for that.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Specialisation {
+    pub inputs: Vec<(String, TensorType)>,
+    pub statics: Vec<(String, StaticValue)>,
+}
+
+impl Specialisation {
+    pub fn new(inputs: Vec<(String, TensorType)>) -> Self {
+        Specialisation {
+            inputs,
+            statics: Vec::new(),
+        }
+    }
+
+    /// The types of `bindings` (sorted by name, so equal bindings give equal specialisations).
+    pub fn of_bindings(bindings: &HashMap<String, Tensor>) -> Self {
+        let mut inputs: Vec<(String, TensorType)> = bindings
+            .iter()
+            .map(|(name, t)| (name.clone(), t.ty().clone()))
+            .collect();
+        inputs.sort_by(|a, b| a.0.cmp(&b.0));
+        Specialisation::new(inputs)
+    }
+
+    pub fn with_static(mut self, name: &str, value: StaticValue) -> Self {
+        self.statics.push((name.to_string(), value));
+        self
+    }
+}
+
+/// Rows of integers (image grids, shapes) as a static list of lists.
+pub fn static_int_rows<R: AsRef<[usize]>>(rows: &[R]) -> StaticValue {
+    StaticValue::List(
+        rows.iter()
+            .map(|r| {
+                StaticValue::List(
+                    r.as_ref()
+                        .iter()
+                        .map(|&d| StaticValue::Int(d as i64))
+                        .collect(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// A loaded program, the config values it is instantiated with (the `config.*` it reads) and the
+/// model's name for errors.
+pub struct DslProgram {
+    name: String,
+    program: Program,
+    config: serde_json::Value,
+}
+
+impl DslProgram {
+    /// `name` is what errors call the model ("DiT", "vision tower").
+    pub fn load(
+        name: &str,
+        source: DslSource<'_>,
+        config: serde_json::Value,
+    ) -> Result<DslProgram, ModelError> {
+        Ok(DslProgram {
+            name: name.to_string(),
+            program: source.load()?,
+            config,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The forward graph for `spec` (the IR before optimisation).
+    pub fn lower(&self, spec: &Specialisation) -> Result<Graph, ModelError> {
+        self.program
+            .lower(&self.config, &spec.inputs, &spec.statics)
+            .map_err(|e| ModelError::new(e.to_string()))
+    }
+
+    /// The graph of `kind` for `spec`: the forward graph, or it with its backward pass appended.
+    pub fn lower_kind(&self, kind: &GraphKind, spec: &Specialisation) -> Result<Graph, ModelError> {
+        kind.build(self.lower(spec)?)
+            .map_err(|e| ModelError::new(format!("differentiating the {}: {e}", self.name)))
+    }
+
+    /// Names and shapes of every param the program reads, from lowering it once at `probe` (a
+    /// tiny specialisation: the params must not depend on the input shapes).
+    pub fn param_shapes(
+        &self,
+        probe: &Specialisation,
+    ) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
+        let graph = self.lower(probe)?;
+        Ok(graph
+            .params()
+            .into_iter()
+            .map(|(name, id)| (name.to_string(), graph.ty(id).shape.to_vec()))
+            .collect())
+    }
+}
