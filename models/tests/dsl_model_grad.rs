@@ -235,3 +235,38 @@ fn missing_weights_are_named_with_the_checkpoint_prefix() {
             .to_string();
     assert!(err.contains("net.scale"), "{err}");
 }
+
+#[test]
+fn an_updated_weight_changes_the_next_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_file(dir.path());
+    let mut m = model(&source, &params());
+    let inputs = inputs();
+    let before = loss(&m, &inputs);
+    assert_eq!(
+        m.weights_version(),
+        Some(0),
+        "the first run uploads the weights"
+    );
+    let p = params();
+    let doubled: Vec<f32> = p[2].1.iter().map(|v| v * 2.0).collect();
+    m.update_weight("scale", &doubled).unwrap();
+    assert_eq!(m.weights_version(), Some(1));
+    let after = loss(&m, &inputs);
+    let mut q = params();
+    q[2].1 = doubled;
+    let fresh = loss(&model(&source, &q), &inputs);
+    assert!(
+        (after - fresh).abs() <= 1e-6 * fresh.abs(),
+        "{after} vs {fresh}"
+    );
+    assert!((after - before).abs() > 1e-3, "the update was not seen");
+    // Refused updates name the weight and change nothing.
+    let err = m.update_weight("scale", &[1.0]).unwrap_err().to_string();
+    assert!(
+        err.contains("net.scale") && err.contains("1 values"),
+        "{err}"
+    );
+    assert!(m.update_weight("nope", &[1.0]).is_err());
+    assert_eq!(m.weights_version(), Some(1));
+}

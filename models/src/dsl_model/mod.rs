@@ -83,11 +83,12 @@ impl<K: ShapeKey> DslModel<K> {
         prefix: &str,
         options: &ModelOptions,
     ) -> Self {
+        let backend = options.backend_or_cpu();
         DslModel {
             program,
             expected,
-            weights: ModelWeights::new(host, prefix),
-            backend: options.backend_or_cpu(),
+            weights: ModelWeights::new(host, prefix, expected.clone(), backend.clone()),
+            backend,
             compile: options.compile.clone(),
             plans: PlanCache::default(),
         }
@@ -110,6 +111,17 @@ impl<K: ShapeKey> DslModel<K> {
     /// The backend's device memory (`None` on the CPU).
     pub fn device_memory(&self) -> Option<qie_runtime::MemoryReport> {
         self.backend.memory()
+    }
+
+    /// Replaces the weight the source calls `name` with `values` (same element count), on the
+    /// host and in place on the backend: the next run of every plan reads the new values.
+    pub fn update_weight(&mut self, name: &str, values: &[f32]) -> Result<(), ModelError> {
+        self.weights.update(name, values)
+    }
+
+    /// How many weight updates the backend's copy has seen (`None` before the first run uploads it).
+    pub fn weights_version(&self) -> Option<u64> {
+        self.weights.version()
     }
 
     /// The compiled plan of `kind` for `key`, lowered for `spec` on first use.

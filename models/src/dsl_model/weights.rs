@@ -1,22 +1,58 @@
-//! The one place a model's weights meet its plans. Today they are host tensors handed to every run
-//! as a [`ParamStore`]; moving them to device-resident parameter sets changes this file only.
+//! The one place a model's weights meet its plans: host tensors by checkpoint name, uploaded on
+//! the first run into a parameter set resident on the model's backend ([`ParamSet`]), which every
+//! plan of the model (each shape, each graph kind) then reads without another upload.
 
-use crate::HostWeights;
-use qie_runtime::{Executable, ParamData, ParamStore, Profile, RuntimeError, Tensor};
+use crate::host_weights::HostTensor;
+use crate::{HostWeights, ModelError};
+use qie_ir::{DType, TensorType};
+use qie_runtime::{
+    Backend, Executable, ParamData, ParamSet, ParamStore, Profile, RuntimeError, Tensor,
+};
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
-/// Host tensors by checkpoint name, and the prefix that turns the source's param names into
-/// checkpoint names (`model.language_model.` + `layers.0...`; empty for most models).
+/// Host tensors by checkpoint name, the prefix that turns the source's param names into
+/// checkpoint names (`model.language_model.` + `layers.0...`; empty for most models), and their
+/// resident copy on the backend.
 pub(crate) struct ModelWeights {
     host: HostWeights,
     prefix: String,
+    /// Source names and shapes of every weight the program reads.
+    expected: Vec<(String, Vec<usize>)>,
+    backend: Arc<dyn Backend>,
+    /// Uploaded on the first run; runs share it (read lock), updates write it in place.
+    resident: RwLock<Option<ParamSet>>,
+}
+
+/// The host weights under the source's names (what the plans' params are called).
+struct SourceNamed<'a> {
+    host: &'a HostWeights,
+    prefix: &'a str,
+}
+
+impl ParamStore for SourceNamed<'_> {
+    fn param(&self, name: &str) -> Option<ParamData<'_>> {
+        if self.prefix.is_empty() {
+            self.host.param(name)
+        } else {
+            self.host.param(&format!("{}{name}", self.prefix))
+        }
+    }
 }
 
 impl ModelWeights {
-    pub fn new(host: HostWeights, prefix: &str) -> Self {
+    pub fn new(
+        host: HostWeights,
+        prefix: &str,
+        expected: Vec<(String, Vec<usize>)>,
+        backend: Arc<dyn Backend>,
+    ) -> Self {
         ModelWeights {
             host,
             prefix: prefix.to_string(),
+            expected,
+            backend,
+            resident: RwLock::new(None),
         }
     }
 
@@ -25,29 +61,89 @@ impl ModelWeights {
         format!("{}{name}", self.prefix)
     }
 
-    /// Runs `exe` on `inputs` with these weights bound to its params; with `profiled`, every step is
-    /// timed as well.
+    fn source_named(&self) -> SourceNamed<'_> {
+        SourceNamed {
+            host: &self.host,
+            prefix: &self.prefix,
+        }
+    }
+
+    /// Uploads the weights to the backend unless they are there already.
+    fn ensure_resident(&self) -> Result<(), RuntimeError> {
+        if self
+            .resident
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut slot = self.resident.write().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            let specs: Vec<(String, TensorType)> = self
+                .expected
+                .iter()
+                .map(|(name, shape)| (name.clone(), TensorType::new(DType::F32, shape)))
+                .collect();
+            *slot = Some(self.backend.upload_params(&specs, &self.source_named())?);
+        }
+        Ok(())
+    }
+
+    /// Runs `exe` on `inputs` with the resident weights bound to its params; with `profiled`,
+    /// every step is timed as well.
     pub fn run(
         &self,
         exe: &dyn Executable,
         inputs: &HashMap<String, Tensor>,
         profiled: bool,
     ) -> Result<(HashMap<String, Tensor>, Option<Profile>), RuntimeError> {
+        self.ensure_resident()?;
+        let guard = self.resident.read().unwrap_or_else(|e| e.into_inner());
+        let set = guard.as_ref().expect("uploaded above");
         if profiled {
-            let (outputs, profile) = exe.run_profiled(inputs, self)?;
+            let (outputs, profile) = exe.run_profiled(inputs, set)?;
             Ok((outputs, Some(profile)))
         } else {
-            Ok((exe.run(inputs, self)?, None))
+            Ok((exe.run(inputs, set)?, None))
         }
     }
-}
 
-impl ParamStore for ModelWeights {
-    fn param(&self, name: &str) -> Option<ParamData<'_>> {
-        if self.prefix.is_empty() {
-            self.host.param(name)
-        } else {
-            self.host.param(&self.checkpoint_name(name))
+    /// Replaces the weight the source calls `name` (same element count), on the host in its
+    /// storage dtype and in place on the backend: the next run of every plan reads it.
+    pub fn update(&mut self, name: &str, values: &[f32]) -> Result<(), ModelError> {
+        let checkpoint = self.checkpoint_name(name);
+        let held = self
+            .host
+            .tensor(&checkpoint)
+            .ok_or_else(|| ModelError::new(format!("the model has no weight \"{checkpoint}\"")))?;
+        if held.len() != values.len() {
+            return Err(ModelError::new(format!(
+                "weight \"{checkpoint}\": {} values given, it has {}",
+                values.len(),
+                held.len()
+            )));
         }
+        let tensor = match held {
+            HostTensor::F32(_) => HostTensor::F32(values.to_vec()),
+            HostTensor::Bf16(_) => HostTensor::Bf16(crate::host_weights::to_bf16(values)),
+        };
+        self.host.insert_tensor(checkpoint.clone(), tensor);
+        let resident = self.resident.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = resident.as_mut() {
+            let data = self.host.param(&checkpoint).expect("inserted above");
+            set.update(name, data)
+                .map_err(|e| ModelError::new(format!("updating {checkpoint}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The resident set's version (updates since the upload); `None` before the first run.
+    pub fn version(&self) -> Option<u64> {
+        self.resident
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(ParamSet::version)
     }
 }

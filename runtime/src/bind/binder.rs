@@ -18,7 +18,10 @@ pub struct ParamSlot {
 
 /// (name, type) of each weight, as [`crate::Executable::params`] reports them.
 pub fn param_specs(slots: &[ParamSlot]) -> Vec<(String, TensorType)> {
-    slots.iter().map(|p| (p.name.clone(), p.ty.clone())).collect()
+    slots
+        .iter()
+        .map(|p| (p.name.clone(), p.ty.clone()))
+        .collect()
 }
 
 /// A graph input or output.
