@@ -12,6 +12,7 @@ pub mod op;
 pub mod passes;
 pub mod plan;
 pub mod print;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod types;
 pub mod verify;

@@ -1,4 +1,5 @@
-//! Random graph generation for property tests (public so other crates' tests can use it).
+//! Random graph generation for property tests. Behind the `testing` feature (off by default): the
+//! tests of this crate and of the crates below it enable it through their dev-dependencies.
 //!
 //! [`random_graph`] builds a valid f32 graph from a seed: elementwise ops with safe domains
 //! (`log`/`sqrt`/`rsqrt`/`recip` only see `x * x + 1`, growing ops see `tanh`-bounded operands),
@@ -114,17 +115,17 @@ impl Default for RandomGraphOptions {
 /// the same map under their names `p<k>`, inputs are `x<k>`, index inputs `idx<k>`, masks
 /// `mask<k>`; bind params with `|name| inputs.get(name).cloned()`).
 pub fn random_graph(rng_seed: u64, opts: &RandomGraphOptions) -> (Graph, HashMap<String, Tensor>) {
-    let mut gen = Gen {
+    let mut generator = GraphGenerator {
         rng: Rng::new(rng_seed),
-        g: Graph::new(),
+        graph: Graph::new(),
         values: HashMap::new(),
         pool: Vec::new(),
-        mag: Vec::new(),
+        magnitude_bound: Vec::new(),
         leaves: 0,
         opts: opts.clone(),
     };
-    gen.run();
-    (gen.g, gen.values)
+    generator.run();
+    (generator.graph, generator.values)
 }
 
 /// A generated case: the seed, the graph and its bindings (inputs and params).
@@ -390,39 +391,39 @@ pub fn arb_case(opts: RandomGraphOptions) -> impl proptest::strategy::Strategy<V
     proptest::arbitrary::any::<u64>().prop_map(move |seed| RandomCase::new(seed, &opts))
 }
 
-struct Gen {
+struct GraphGenerator {
     rng: Rng,
-    g: Graph,
+    graph: Graph,
     values: HashMap<String, Tensor>,
     /// Float values available as operands.
     pool: Vec<NodeId>,
     /// Rough bound on |value| per node id.
-    mag: Vec<f64>,
+    magnitude_bound: Vec<f64>,
     leaves: usize,
     opts: RandomGraphOptions,
 }
 
-impl Gen {
-    fn add(&mut self, op: Op, args: &[NodeId], mag: f64) -> NodeId {
+impl GraphGenerator {
+    fn add(&mut self, op: Op, args: &[NodeId], magnitude: f64) -> NodeId {
         let mnemonic = op.mnemonic();
         let id = self
-            .g
+            .graph
             .add(op, args)
             .unwrap_or_else(|e| panic!("random_graph built an ill-typed {mnemonic}: {e}"));
-        self.mag.resize(self.g.len(), 0.0);
-        self.mag[id.index()] = mag;
-        if self.g.ty(id).dtype == DType::F32 {
+        self.magnitude_bound.resize(self.graph.len(), 0.0);
+        self.magnitude_bound[id.index()] = magnitude;
+        if self.graph.ty(id).dtype == DType::F32 {
             self.pool.push(id);
         }
         id
     }
 
-    fn mag(&self, id: NodeId) -> f64 {
-        self.mag[id.index()]
+    fn magnitude(&self, id: NodeId) -> f64 {
+        self.magnitude_bound[id.index()]
     }
 
     fn shape_of(&self, id: NodeId) -> Shape {
-        self.g.ty(id).shape.clone()
+        self.graph.ty(id).shape.clone()
     }
 
     fn random_shape(&mut self) -> Shape {
@@ -511,7 +512,7 @@ impl Gen {
             .pool
             .iter()
             .copied()
-            .filter(|&id| self.g.ty(id).shape.as_slice() == shape)
+            .filter(|&id| self.graph.ty(id).shape.as_slice() == shape)
             .collect();
         if !same.is_empty() && self.rng.chance(0.7) {
             return *self.rng.pick(&same);
@@ -521,11 +522,11 @@ impl Gen {
             .pool
             .iter()
             .copied()
-            .filter(|&id| self.g.ty(id).numel() == numel)
+            .filter(|&id| self.graph.ty(id).numel() == numel)
             .collect();
         if !same_numel.is_empty() && self.rng.chance(0.6) {
             let src = *self.rng.pick(&same_numel);
-            let m = self.mag(src);
+            let m = self.magnitude(src);
             return self.add(
                 Op::Reshape {
                     shape: Shape::from_slice(shape),
@@ -539,7 +540,7 @@ impl Gen {
 
     /// `tanh(x)` when x may be large, else x.
     fn bounded(&mut self, x: NodeId) -> NodeId {
-        if self.mag(x) > 3.0 {
+        if self.magnitude(x) > 3.0 {
             self.add(Op::Unary(UnaryOp::Tanh), &[x], 1.0)
         } else {
             x
@@ -549,7 +550,7 @@ impl Gen {
     /// `x * x + 1` (>= 1, smooth).
     fn positive(&mut self, x: NodeId) -> NodeId {
         let x = self.bounded(x);
-        let m = self.mag(x);
+        let m = self.magnitude(x);
         let sq = self.add(Op::Binary(BinaryOp::Mul), &[x, x], m * m);
         let shape = self.shape_of(x);
         let one = self.constant(1.0, &shape);
@@ -565,7 +566,7 @@ impl Gen {
             .pool
             .iter()
             .copied()
-            .filter(|&id| !self.g.node(id).op.is_leaf())
+            .filter(|&id| !self.graph.node(id).op.is_leaf())
             .collect();
         let candidates = if candidates.is_empty() {
             let x = self.any_value();
@@ -585,7 +586,7 @@ impl Gen {
             }
         }
         for (i, id) in chosen.into_iter().enumerate() {
-            self.g.set_output(&format!("out{i}"), id);
+            self.graph.set_output(&format!("out{i}"), id);
         }
     }
 
@@ -642,16 +643,16 @@ impl Gen {
         let (arg, mag) = match u {
             UnaryOp::Exp => {
                 let b = self.bounded(x);
-                (b, self.mag(b).exp())
+                (b, self.magnitude(b).exp())
             }
             UnaryOp::Log | UnaryOp::Sqrt => {
                 let p = self.positive(x);
-                let m = self.mag(p);
+                let m = self.magnitude(p);
                 (p, m.max(2.0))
             }
             UnaryOp::Rsqrt | UnaryOp::Recip => (self.positive(x), 1.0),
             UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh | UnaryOp::Sigmoid => (x, 1.0),
-            _ => (x, self.mag(x)),
+            _ => (x, self.magnitude(x)),
         };
         self.add(Op::Unary(u), &[arg], mag);
     }
@@ -670,11 +671,11 @@ impl Gen {
             BinaryOp::Pow,
         ];
         let op = *self.rng.pick(&ops);
-        let (ma, mb) = (self.mag(a), self.mag(b));
+        let (ma, mb) = (self.magnitude(a), self.magnitude(b));
         match op {
             BinaryOp::Mul => {
                 let (a, b) = (self.bounded(a), self.bounded(b));
-                let m = self.mag(a) * self.mag(b);
+                let m = self.magnitude(a) * self.magnitude(b);
                 self.add(Op::Binary(op), &[a, b], m);
             }
             BinaryOp::Div => {
@@ -684,7 +685,7 @@ impl Gen {
             BinaryOp::Pow => {
                 let base = self.positive(a);
                 let e = self.bounded(b);
-                let m = self.mag(base).powf(self.mag(e));
+                let m = self.magnitude(base).powf(self.magnitude(e));
                 self.add(Op::Binary(op), &[base, e], m);
             }
             _ => {
@@ -709,7 +710,7 @@ impl Gen {
         let cond = self.add(Op::Compare(c), &[a, b], 1.0);
         let x = self.value_of_shape(&shape);
         let y = self.value_of_shape(&shape);
-        let m = self.mag(x).max(self.mag(y));
+        let m = self.magnitude(x).max(self.magnitude(y));
         self.add(Op::Select, &[cond, x, y], m);
     }
 
@@ -728,16 +729,16 @@ impl Gen {
             .pick(&[ReduceOp::Sum, ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min]);
         let count: usize = axes.iter().map(|&a| shape[a]).product();
         let m = if op == ReduceOp::Sum {
-            self.mag(x) * count as f64
+            self.magnitude(x) * count as f64
         } else {
-            self.mag(x)
+            self.magnitude(x)
         };
         self.add(Op::Reduce { op, axes }, &[x], m);
     }
 
     fn reshape(&mut self) {
         let x = self.any_value();
-        let numel = self.g.ty(x).numel();
+        let numel = self.graph.ty(x).numel();
         // Factor numel and regroup the prime factors into random dims.
         let mut factors = Vec::new();
         let mut n = numel;
@@ -762,7 +763,7 @@ impl Gen {
             let i = self.rng.below(dims.len() + 1);
             dims.insert(i, 1);
         }
-        let m = self.mag(x);
+        let m = self.magnitude(x);
         self.add(
             Op::Reshape {
                 shape: Shape::from_slice(&dims),
@@ -788,13 +789,13 @@ impl Gen {
         if out.len() < 4 && (out == shape || self.rng.chance(0.5)) {
             out.insert(0, self.rng.range(2, self.opts.max_dim.max(2)));
         }
-        let m = self.mag(x);
+        let m = self.magnitude(x);
         self.add(Op::Broadcast { shape: out }, &[x], m);
     }
 
     fn transpose(&mut self) {
         let x = self.any_value();
-        let rank = self.g.ty(x).rank();
+        let rank = self.graph.ty(x).rank();
         if rank < 2 {
             return;
         }
@@ -803,7 +804,7 @@ impl Gen {
             let j = self.rng.below(i + 1);
             perm.swap(i, j);
         }
-        let m = self.mag(x);
+        let m = self.magnitude(x);
         self.add(
             Op::Transpose {
                 perm: Shape::from_slice(&perm),
@@ -822,7 +823,7 @@ impl Gen {
         let axis = self.rng.below(shape.len());
         let start = self.rng.below(shape[axis]);
         let end = self.rng.range(start + 1, shape[axis]);
-        let m = self.mag(x);
+        let m = self.magnitude(x);
         let s = self.add(Op::Slice { axis, start, end }, &[x], m);
         if self.rng.chance(0.3) && end - start > 1 {
             // slice of slice, for the simplifier
@@ -854,14 +855,14 @@ impl Gen {
                         end: s[axis],
                     },
                     &[x],
-                    self.mag(x),
+                    self.magnitude(x),
                 )
             } else {
                 self.value_of_shape(&s)
             };
             args.push(y);
         }
-        let m = args.iter().map(|&a| self.mag(a)).fold(0.0, f64::max);
+        let m = args.iter().map(|&a| self.magnitude(a)).fold(0.0, f64::max);
         self.add(Op::Concat { axis }, &args, m);
     }
 
@@ -887,7 +888,7 @@ impl Gen {
         } else {
             self.add(Op::Cast { to: DType::F32 }, &[iota], shape[axis] as f64)
         };
-        let m = self.mag(x) + shape[axis] as f64;
+        let m = self.magnitude(x) + shape[axis] as f64;
         self.add(Op::Binary(BinaryOp::Add), &[x, f], m);
     }
 
@@ -913,7 +914,7 @@ impl Gen {
         let a = self.bounded(a);
         let b = self.value_of_shape(&b_shape);
         let b = self.bounded(b);
-        let mag = self.mag(a) * self.mag(b) * k as f64;
+        let mag = self.magnitude(a) * self.magnitude(b) * k as f64;
         self.add(
             Op::MatMul {
                 transpose_a: ta,
@@ -976,7 +977,7 @@ impl Gen {
             }
         }
         let scale = 1.0 / (d as f64).sqrt();
-        let m = self.mag(v);
+        let m = self.magnitude(v);
         self.add(Op::Attention { scale }, &args, m);
     }
 
@@ -997,23 +998,23 @@ impl Gen {
         let t = random_tensor(&mut self.rng, &ty, shape[axis]);
         self.values.insert(name.clone(), t);
         let index = self.add(Op::Input { name, ty }, &[], shape[axis] as f64);
-        let m = self.mag(table);
+        let m = self.magnitude(table);
         self.add(Op::Gather { axis }, &[table, index], m);
     }
 
     /// Re-emits an existing non-leaf node with the same operands (for CSE).
     fn duplicate(&mut self) {
         let candidates: Vec<NodeId> = self
-            .g
+            .graph
             .ids()
-            .filter(|&id| !self.g.node(id).op.is_leaf())
+            .filter(|&id| !self.graph.node(id).op.is_leaf())
             .collect();
         if candidates.is_empty() {
             return;
         }
         let id = *self.rng.pick(&candidates);
-        let node = self.g.node(id).clone();
-        let m = self.mag(id);
+        let node = self.graph.node(id).clone();
+        let m = self.magnitude(id);
         self.add(node.op, &node.args, m);
     }
 
@@ -1054,7 +1055,7 @@ impl Gen {
         };
         let c = self.bounded(c);
         let x = self.bounded(x);
-        let m = self.mag(x) * self.mag(c);
+        let m = self.magnitude(x) * self.magnitude(c);
         self.add(Op::Binary(BinaryOp::Mul), &[x, c], m);
     }
 
@@ -1062,7 +1063,7 @@ impl Gen {
     fn identity_op(&mut self) {
         let x = self.any_value();
         let shape = self.shape_of(x);
-        let m = self.mag(x);
+        let m = self.magnitude(x);
         match self.rng.below(8) {
             0 => {
                 let one = self.constant(1.0, &shape);

@@ -11,6 +11,9 @@
 //!   share in f32 (integers exactly), then warp shuffles and a shared-memory step combine the
 //!   partial values, and the row's first thread evaluates the epilogue and stores it.
 //!
+//! The decisions behind that shape (index width, vector widths, threads per row, launch sizes)
+//! are target-neutral and live in [`crate::schedule`]; this module only writes CUDA C.
+//!
 //! Registers are f32 for every float dtype; bf16 / f16 / bool exist only in memory, converted on
 //! load and store (round to nearest even). Shapes are static, so every size is a literal; the
 //! kernel takes only buffer pointers (inputs, then outputs).
@@ -18,9 +21,11 @@
 //! The source is deterministic and content-addressed: the kernel's symbol is a hash of its text,
 //! so identical kernels (the same layer repeated 60 times) are rendered, compiled and cached once.
 
+mod dtypes;
 mod render;
 
-pub use render::{render_program, KernelLaunch, RenderOptions, RenderedKernel, PRELUDE};
+pub use crate::schedule::KernelLaunch;
+pub use render::{render_program, RenderOptions, RenderedKernel, PRELUDE};
 
 /// FNV-1a (64 bits) of a string: stable across platforms and Rust versions.
 pub fn fnv1a64(text: &str) -> u64 {
