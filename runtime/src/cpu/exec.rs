@@ -810,10 +810,7 @@ unsafe fn read_data(b: RawBuf) -> TensorData {
     }
 }
 
-unsafe fn exec_step(
-    step: &ExecStep,
-    raw: &dyn Fn(&BufRef) -> RawBuf,
-) -> Result<(), RuntimeError> {
+unsafe fn exec_step(step: &ExecStep, raw: &dyn Fn(&BufRef) -> RawBuf) -> Result<(), RuntimeError> {
     match step {
         ExecStep::Kernel {
             interp,

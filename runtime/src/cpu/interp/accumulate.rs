@@ -141,9 +141,7 @@ impl Accumulator {
                     *o = v as f32;
                 }
             }
-            Accumulator::MaxMinF32(a) => {
-                epilogue.f32s[d.index][..rows].copy_from_slice(&a[..rows])
-            }
+            Accumulator::MaxMinF32(a) => epilogue.f32s[d.index][..rows].copy_from_slice(&a[..rows]),
             Accumulator::Int(a) => match d.class {
                 RegClass::I32 => {
                     for (o, &v) in epilogue.i32s[d.index][..rows].iter_mut().zip(a) {

@@ -15,8 +15,7 @@ impl Interp {
         inputs: &[RawBuf],
         outputs: &[RawBuf],
     ) -> Result<(), String> {
-        if inputs.len() != self.input_classes.len() || outputs.len() != self.output_classes.len()
-        {
+        if inputs.len() != self.input_classes.len() || outputs.len() != self.output_classes.len() {
             return Err(format!("{}: wrong number of buffers", self.name));
         }
         for (i, (b, class)) in inputs.iter().zip(&self.input_classes).enumerate() {
