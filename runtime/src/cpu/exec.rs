@@ -446,7 +446,7 @@ impl CpuExecutable {
         for step in &self.steps {
             // SAFETY: every buffer was resolved and bounds-checked when the plan was built; the
             // arena is exclusively ours while the lock is held.
-            unsafe { exec_step(step, &raw) };
+            unsafe { exec_step(step, &raw) }?;
             lap(&|| step.name(), &mut times);
         }
         let mut out = HashMap::new();
@@ -483,7 +483,7 @@ unsafe fn read_data(b: RawBuf) -> TensorData {
     }
 }
 
-unsafe fn exec_step(step: &ExecStep, raw: &dyn Fn(&BufRef) -> RawBuf) {
+unsafe fn exec_step(step: &ExecStep, raw: &dyn Fn(&BufRef) -> RawBuf) -> Result<(), RuntimeError> {
     match step {
         ExecStep::Kernel {
             interp,
@@ -492,7 +492,9 @@ unsafe fn exec_step(step: &ExecStep, raw: &dyn Fn(&BufRef) -> RawBuf) {
         } => {
             let ins: Vec<RawBuf> = inputs.iter().map(raw).collect();
             let outs: Vec<RawBuf> = outputs.iter().map(raw).collect();
-            interp.run(&ins, &outs);
+            interp
+                .run(&ins, &outs)
+                .map_err(|e| RuntimeError::Execution(e.to_string()))?;
         }
         ExecStep::MatMul { plan, a, b, out } => plan.run(raw(a), raw(b), raw(out)),
         ExecStep::Attention {
@@ -534,6 +536,7 @@ unsafe fn exec_step(step: &ExecStep, raw: &dyn Fn(&BufRef) -> RawBuf) {
             std::ptr::copy(s.ptr, d.ptr, s.bytes());
         }
     }
+    Ok(())
 }
 
 impl Executable for CpuExecutable {
