@@ -38,8 +38,9 @@ pub enum Instr {
         input: usize,
         map: IndexMap,
     },
-    /// `inputs[input][map(i) + index * stride]` where `index` is an integer register; the index is
-    /// clamped into `0..dim` (the reference rejects out-of-range indices).
+    /// `inputs[input][map(i) + index * stride]` where `index` is an integer register in `0..dim`.
+    /// An index outside it is an error on the CPU backend (as in the reference); CUDA kernels
+    /// cannot report it cheaply and clamp it into `0..dim`.
     LoadGather {
         input: usize,
         map: IndexMap,
