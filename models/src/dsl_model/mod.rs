@@ -86,8 +86,8 @@ impl<K: ShapeKey> DslModel<K> {
         let backend = options.backend_or_cpu();
         DslModel {
             program,
-            expected,
             weights: ModelWeights::new(host, prefix, expected.clone(), backend.clone()),
+            expected,
             backend,
             compile: options.compile.clone(),
             plans: PlanCache::default(),
