@@ -94,7 +94,9 @@ fn command(
         None => return turn(session, dir, pipeline, max_pixels, line).map(|_| Flow::Continue),
     };
     // The flags' parsers, so `/cfg nan` is refused as `--cfg nan` is.
-    let arg = |parsed: Result<_, String>| parsed.map_err(|e| format!("/{cmd} {rest}: {e}"));
+    fn checked<T>(cmd: &str, rest: &str, parsed: Result<T, String>) -> Result<T, String> {
+        parsed.map_err(|e| format!("/{cmd} {rest}: {e}"))
+    }
     match cmd {
         "quit" | "exit" | "q" => return Ok(Flow::Quit),
         "help" => eprintln!("{HELP}"),
@@ -146,16 +148,19 @@ fn command(
             write_image("/save", Path::new(rest), &image)?;
             eprintln!("saved {rest}");
         }
-        "seed" => session.settings.seed = arg(seed(rest))?,
-        "steps" => session.settings.steps = arg(steps(rest))?,
-        "cfg" => session.settings.cfg = arg(non_negative_f32(rest))?,
+        "seed" => session.settings.seed = checked(cmd, rest, seed(rest))?,
+        "steps" => session.settings.steps = checked(cmd, rest, steps(rest))?,
+        "cfg" => session.settings.cfg = checked(cmd, rest, non_negative_f32(rest))?,
         "negative" => session.settings.negative_prompt = Some(rest.to_string()),
         "size" => {
             let (w, h) = match rest {
                 "auto" => (None, None),
                 _ => {
                     let (w, h) = rest.split_once('x').ok_or("/size needs WxH or auto")?;
-                    (Some(arg(positive(w))?), Some(arg(positive(h))?))
+                    (
+                        Some(checked(cmd, rest, positive(w))?),
+                        Some(checked(cmd, rest, positive(h))?),
+                    )
                 }
             };
             let mut settings = session.settings.clone();

@@ -402,19 +402,19 @@ fn non_finite_and_negative_numbers_name_the_flag() {
     let cases: &[(&[&str], &str)] = &[
         (&["--cfg", "NaN"], "--cfg"),
         (&["--cfg", "inf"], "--cfg"),
-        (&["--cfg", "-2"], "--cfg"),
+        (&["--cfg=-2"], "--cfg"),
         (&["--steps", "0"], "--steps"),
-        (&["--steps", "-3"], "--steps"),
+        (&["--steps=-3"], "--steps"),
         (&["--steps", "1000000000"], "--steps"),
-        (&["--seed", "-1"], "--seed"),
+        (&["--seed=-1"], "--seed"),
         (&["--seed", "1.5"], "--seed"),
         (&["--width", "0"], "--width"),
-        (&["--height", "-16"], "--height"),
+        (&["--height=-16"], "--height"),
         (&["--sigmas", "1,NaN,0.5"], "--sigmas"),
         (&["--sigmas", "1.5,0.5"], "--sigmas"),
         (&["--vl-area", "0"], "--vl-area"),
         (&["--vae-area", "nan"], "--vae-area"),
-        (&["--output-area", "-1"], "--output-area"),
+        (&["--output-area=-1"], "--output-area"),
         (&["--max-pixels", "0"], "--max-pixels"),
         (&["--lora", "x.safetensors:nan"], "--lora"),
         (&["--lora", "x.safetensors:inf"], "--lora"),
@@ -449,7 +449,7 @@ fn non_finite_and_negative_numbers_name_the_flag() {
     assert!(!Path::new(out).exists());
     let others: &[(&[&str], &str)] = &[
         (&["bench", "dit", "--layers", "0"], "--layers"),
-        (&["bench", "dit", "--runs", "-1"], "--runs"),
+        (&["bench", "dit", "--runs=-1"], "--runs"),
         (&["bench", "dit", "--size", "1048576"], "--size"),
         (&["bench", "edit", "--cfg", "nan"], "--cfg"),
         (&["bench", "edit", "--size", "100000"], "--size"),
@@ -459,7 +459,7 @@ fn non_finite_and_negative_numbers_name_the_flag() {
             "--tolerance",
         ),
         (
-            &["forward", "text-encoder", "--tolerance", "-1"],
+            &["forward", "text-encoder", "--tolerance=-1"],
             "--tolerance",
         ),
     ];
@@ -560,6 +560,7 @@ fn a_replayed_session_with_bad_settings_is_refused_before_loading() {
     let dir = tempfile::tempdir().unwrap();
     let session = serde_json::json!({
         "model": "m",
+        "loras": [],
         "settings": {},
         "current": ["turn_000.png"],
         "turns": [
