@@ -289,16 +289,16 @@ mod tests {
     fn derived_output_sizes_are_checked() {
         // One explicit side: the other comes from the image's aspect.
         let wide = EditSettings {
-            width: Some(16_384),
+            width: Some(32_768),
             ..Default::default()
         };
         wide.check(LIMIT).unwrap();
         let err = wide.check_image_sizes(&[(1024, 1024)], LIMIT).unwrap_err();
         assert!(
-            err.contains("16384x1024") && err.contains("--max-pixels"),
+            err.contains("32768x1024") && err.contains("--max-pixels"),
             "{err}"
         );
-        wide.check_image_sizes(&[(1024, 1024)], 16_384 * 1024)
+        wide.check_image_sizes(&[(1024, 1024)], 32_768 * 1024)
             .unwrap();
         // An extreme aspect floors one side to zero.
         let err = EditSettings::default()
