@@ -16,14 +16,3 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(())
 }
-
-pub fn write_png(path: &Path, image: &image::RgbImage) -> Result<(), String> {
-    let mut bytes = Vec::new();
-    image::DynamicImage::ImageRgb8(image.clone())
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .map_err(|e| format!("{}: encoding PNG: {e}", path.display()))?;
-    write_bytes(path, &bytes)
-}

@@ -2,8 +2,10 @@
 //! median latency and TFLOP/s. PyTorch on the same inputs: benches/torch/dit.py.
 
 use crate::cmd_forward::{make_backend, DTypeArg};
+use crate::numeric_args::positive;
 use clap::{Args, Subcommand};
 use qie_models::qwen_image::dit::expected_weights_for;
+use qie_models::qwen_image::img_shapes::MAX_IMAGE_TOKENS;
 use qie_models::qwen_image::random::{random_inputs, random_weights, real_dit_config};
 use qie_models::qwen_image::{DitOptions, QwenImageDit};
 use std::time::Instant;
@@ -28,13 +30,13 @@ pub struct BenchDitArgs {
     #[arg(long, default_value_t = 1)]
     pub ref_images: usize,
     /// Transformer blocks (60 in the released models).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = positive)]
     pub layers: usize,
     /// Text tokens.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = positive)]
     pub txt: usize,
     /// Timed runs after one warm-up run.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = positive)]
     pub runs: usize,
     /// After timing, run once more with every step timed and print where the time goes.
     #[arg(long)]
@@ -61,6 +63,15 @@ fn run_dit(args: BenchDitArgs) -> Result<(), String> {
         );
     }
     let side = args.size / 16; // VAE 8x, then 2x2 patches
+    let tokens = side
+        .checked_mul(side)
+        .and_then(|t| t.checked_mul(args.ref_images.saturating_add(1)));
+    if !matches!(tokens, Some(t) if t <= MAX_IMAGE_TOKENS) {
+        return Err(format!(
+            "--size {} with --ref-images {}: more than {MAX_IMAGE_TOKENS} image tokens",
+            args.size, args.ref_images
+        ));
+    }
     let config = real_dit_config(args.layers, false);
     let options = DitOptions {
         backend: make_backend(&args.device, args.dtype)?,

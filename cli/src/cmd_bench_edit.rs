@@ -2,6 +2,7 @@
 //! VAE): time per stage and device memory. diffusers on the same card: benches/torch/edit_pipeline.py.
 
 use crate::cmd_forward::{make_backend, DTypeArg};
+use crate::numeric_args::{non_negative_f32, positive, steps};
 use clap::Args;
 use qie_models::pipeline::random::random_plus_pipeline;
 use qie_models::pipeline::EditSettings;
@@ -18,16 +19,16 @@ pub struct BenchEditArgs {
     /// A model folder whose tokenizer/, processor/ and scheduler/ are used (weights are random).
     #[arg(long, default_value = "tests/fixtures/edit/plus/model")]
     pub assets: PathBuf,
-    /// Input and output image side in pixels.
-    #[arg(long, default_value_t = 1024)]
+    /// Input and output image side in pixels (a multiple of 16, at most 4096).
+    #[arg(long, default_value_t = 1024, value_parser = positive)]
     pub size: usize,
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, value_parser = steps)]
     pub steps: usize,
     /// true_cfg_scale (1 = no CFG).
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 4.0, value_parser = non_negative_f32)]
     pub cfg: f32,
     /// DiT blocks (60 in the released models).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = positive)]
     pub layers: usize,
     /// Timed runs after one warm-up run (which compiles every plan).
     #[arg(long, default_value_t = 1)]
@@ -37,6 +38,13 @@ pub struct BenchEditArgs {
 }
 
 pub fn run(args: BenchEditArgs) -> Result<(), String> {
+    let max_pixels = EditSettings::DEFAULT_MAX_PIXELS;
+    if !args.size.is_multiple_of(16) || args.size.saturating_mul(args.size) > max_pixels {
+        return Err(format!(
+            "--size {}: must be a multiple of 16 with at most {max_pixels} pixels",
+            args.size
+        ));
+    }
     let start = Instant::now();
     let options = ModelOptions {
         backend: make_backend(&args.device, args.dtype)?,

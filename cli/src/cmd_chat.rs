@@ -2,7 +2,9 @@
 //! prompts; commands start with `/` (see HELP). Every turn is saved to the session folder at once,
 //! so a session survives a crash and can be reopened or replayed.
 
-use crate::cmd_edit::{run_edit, EditArgs};
+use crate::cmd_edit::{check_image_sizes, run_edit, EditArgs};
+use crate::image_out::{output_format, write_image};
+use crate::numeric_args::{non_negative_f32, positive, seed, steps};
 use crate::session::{fresh_name, Session, Turn};
 use qie_models::pipeline::EditPipeline;
 use qie_models::preprocess::load_rgb;
@@ -25,8 +27,15 @@ pub fn run_interactive(args: EditArgs) -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("qie-session-{}", std::process::id())));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let max_pixels = args.sampling.max_pixels;
     let mut session = match Session::open(&dir)? {
         Some(s) => {
+            s.settings.check(max_pixels).map_err(|e| {
+                format!(
+                    "{}: settings: {e}",
+                    dir.join(crate::session::FILE).display()
+                )
+            })?;
             eprintln!("reopened {} ({} turns)", dir.display(), s.turns.len());
             s
         }
@@ -34,7 +43,7 @@ pub fn run_interactive(args: EditArgs) -> Result<(), String> {
             let mut s = Session {
                 model: args.pipeline.model.clone(),
                 loras: args.pipeline.loras.clone(),
-                settings: args.sampling.settings(""),
+                settings: args.sampling.checked_settings("")?,
                 ..Session::default()
             };
             for image in &args.images {
@@ -58,7 +67,7 @@ pub fn run_interactive(args: EditArgs) -> Result<(), String> {
         if line.is_empty() {
             continue;
         }
-        match command(&mut session, &dir, &pipeline, line) {
+        match command(&mut session, &dir, &pipeline, max_pixels, line) {
             Ok(Flow::Continue) => session.save(&dir)?,
             Ok(Flow::Quit) => break,
             // A failed command leaves the session as it was; the user can go on.
@@ -77,16 +86,17 @@ fn command(
     session: &mut Session,
     dir: &Path,
     pipeline: &EditPipeline,
+    max_pixels: usize,
     line: &str,
 ) -> Result<Flow, String> {
     let (cmd, rest) = match line.strip_prefix('/') {
         Some(c) => c.split_once(' ').map_or((c, ""), |(a, b)| (a, b.trim())),
-        None => return turn(session, dir, pipeline, line).map(|_| Flow::Continue),
+        None => return turn(session, dir, pipeline, max_pixels, line).map(|_| Flow::Continue),
     };
-    let number = |what: &str| {
-        rest.parse::<f64>()
-            .map_err(|_| format!("/{what} needs a number"))
-    };
+    // The flags' parsers, so `/cfg nan` is refused as `--cfg nan` is.
+    fn checked<T>(cmd: &str, rest: &str, parsed: Result<T, String>) -> Result<T, String> {
+        parsed.map_err(|e| format!("/{cmd} {rest}: {e}"))
+    }
     match cmd {
         "quit" | "exit" | "q" => return Ok(Flow::Quit),
         "help" => eprintln!("{HELP}"),
@@ -129,26 +139,36 @@ fn command(
             eprintln!("current: {}", session.current.join(", "));
         }
         "save" => {
+            if rest.is_empty() {
+                return Err("/save needs a path".into());
+            }
+            output_format("/save", Path::new(rest))?;
             let last = session.current.last().ok_or("no current image")?;
             let image = load_rgb(dir.join(last)).map_err(|e| e.to_string())?;
-            crate::atomic::write_png(Path::new(rest), &image)?;
+            write_image("/save", Path::new(rest), &image)?;
             eprintln!("saved {rest}");
         }
-        "seed" => session.settings.seed = number("seed")? as u64,
-        "steps" => session.settings.steps = number("steps")? as usize,
-        "cfg" => session.settings.cfg = number("cfg")? as f32,
+        "seed" => session.settings.seed = checked(cmd, rest, seed(rest))?,
+        "steps" => session.settings.steps = checked(cmd, rest, steps(rest))?,
+        "cfg" => session.settings.cfg = checked(cmd, rest, non_negative_f32(rest))?,
         "negative" => session.settings.negative_prompt = Some(rest.to_string()),
         "size" => {
             let (w, h) = match rest {
                 "auto" => (None, None),
                 _ => {
                     let (w, h) = rest.split_once('x').ok_or("/size needs WxH or auto")?;
-                    let parse = |v: &str| v.parse::<usize>().map_err(|_| "/size needs WxH or auto");
-                    (Some(parse(w)?), Some(parse(h)?))
+                    (
+                        Some(checked(cmd, rest, positive(w))?),
+                        Some(checked(cmd, rest, positive(h))?),
+                    )
                 }
             };
-            session.settings.width = w;
-            session.settings.height = h;
+            let mut settings = session.settings.clone();
+            (settings.width, settings.height) = (w, h);
+            settings
+                .check(max_pixels)
+                .map_err(|e| format!("/size: {e}"))?;
+            session.settings = settings;
         }
         other => return Err(format!("unknown command /{other} (try /help)")),
     }
@@ -160,6 +180,7 @@ fn turn(
     session: &mut Session,
     dir: &Path,
     pipeline: &EditPipeline,
+    max_pixels: usize,
     prompt: &str,
 ) -> Result<(), String> {
     if session.current.is_empty() {
@@ -168,7 +189,7 @@ fn turn(
     let mut settings = session.settings.clone();
     settings.prompt = prompt.to_string();
     let output_name = fresh_name(dir, "turn", "png");
-    let output = edit_files(pipeline, dir, &session.current, &settings)?;
+    let output = edit_files(pipeline, dir, &session.current, &settings, max_pixels)?;
     crate::cmd_edit::save_output(
         &dir.join(&output_name),
         &output,
@@ -196,19 +217,30 @@ fn edit_files(
     dir: &Path,
     names: &[String],
     settings: &qie_models::pipeline::EditSettings,
+    max_pixels: usize,
 ) -> Result<qie_models::pipeline::EditOutput, String> {
     let images = names
         .iter()
         .map(|n| load_rgb(dir.join(n)).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
+    check_image_sizes(settings, &images, max_pixels)?;
     run_edit(pipeline, &images, settings, None)
 }
 
 /// `qie edit --replay DIR`: re-runs every turn of a session from its recorded inputs and settings
-/// into DIR/replay/ and reports whether each result is identical to the recorded one.
-pub fn replay(dir: &Path, pipeline: &EditPipeline) -> Result<(), String> {
+/// into DIR/replay/ and reports whether each result is identical to the recorded one. Every
+/// turn's settings are checked before the model loads.
+pub fn replay(dir: &Path, args: &EditArgs) -> Result<(), String> {
     let session = Session::open(dir)?
         .ok_or_else(|| format!("{}: no {}", dir.display(), crate::session::FILE))?;
+    let max_pixels = args.sampling.max_pixels;
+    for (i, t) in session.turns.iter().enumerate() {
+        t.settings.check(max_pixels).map_err(|e| {
+            let file = dir.join(crate::session::FILE);
+            format!("{}: turn {}: {e}", file.display(), i + 1)
+        })?;
+    }
+    let pipeline = args.pipeline.load()?;
     let out_dir = dir.join("replay");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let mut differing = 0;
@@ -225,7 +257,7 @@ pub fn replay(dir: &Path, pipeline: &EditPipeline) -> Result<(), String> {
                 }
             })
             .collect();
-        let output = edit_files(pipeline, dir, &resolved, &t.settings)?;
+        let output = edit_files(&pipeline, dir, &resolved, &t.settings, max_pixels)?;
         crate::cmd_edit::save_output(&out_dir.join(&t.output), &output, &t.settings, &[])?;
         let recorded = load_rgb(dir.join(&t.output)).map_err(|e| e.to_string())?;
         let same = recorded.as_raw() == output.image.as_raw();

@@ -1,6 +1,7 @@
 //! `qie edit`: one edit of one or more input images, with a progress bar and the time of each stage.
 //! `--interactive` hands over to the multi-turn session (`cmd_chat`).
 
+use crate::image_out::{output_format, write_image};
 use crate::pipeline_args::{PipelineArgs, SamplingArgs};
 use crate::progress::StepBar;
 use clap::Args;
@@ -23,7 +24,8 @@ pub struct EditArgs {
     /// The edit instruction (not needed with --interactive).
     #[arg(long)]
     pub prompt: Option<String>,
-    /// Output image (PNG); a JSON record of the settings is written next to it.
+    /// Output image: .png, .jpg/.jpeg or .webp (the extension picks the format); a JSON record
+    /// of the settings is written next to it.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Initial noise instead of the seed's: safetensors with `latents` [1, S, 64] (diffusers'
@@ -49,28 +51,29 @@ pub fn run(args: EditArgs) -> Result<(), String> {
         return crate::cmd_chat::run_interactive(args);
     }
     if let Some(dir) = &args.replay {
-        let pipeline = args.pipeline.load()?;
-        return crate::cmd_chat::replay(dir, &pipeline);
+        return crate::cmd_chat::replay(dir, &args);
     }
     let prompt = args
         .prompt
         .clone()
         .ok_or("--prompt is required (or use --interactive)")?;
     let out = args.out.clone().ok_or("--out is required")?;
+    output_format("--out", &out)?;
     if args.images.is_empty() {
         return Err("give at least one --image".into());
     }
+    let settings = args.sampling.checked_settings(&prompt)?;
     let images = args
         .images
         .iter()
         .map(|p| load_rgb(p).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
+    check_image_sizes(&settings, &images, args.sampling.max_pixels)?;
     let init_noise = match &args.init_noise {
         Some(path) => Some(read_latents(path)?),
         None => None,
     };
     let pipeline = args.pipeline.load()?;
-    let settings = args.sampling.settings(&prompt);
     let output = run_edit(&pipeline, &images, &settings, init_noise.as_ref())?;
     save_output(&out, &output, &settings, &args.images)?;
     if let Some(path) = &args.save_latents {
@@ -89,6 +92,17 @@ pub fn run(args: EditArgs) -> Result<(), String> {
         output.height
     );
     Ok(())
+}
+
+/// Checks the output and input sizes these images lead to (see
+/// `EditSettings::check_image_sizes`) before anything is allocated for them.
+pub fn check_image_sizes(
+    settings: &EditSettings,
+    images: &[image::RgbImage],
+    max_pixels: usize,
+) -> Result<(), String> {
+    let dims: Vec<(u32, u32)> = images.iter().map(|i| i.dimensions()).collect();
+    settings.check_image_sizes(&dims, max_pixels).map(|_| ())
 }
 
 /// One edit with a per-step progress bar.
@@ -115,7 +129,7 @@ pub fn save_output(
     settings: &EditSettings,
     inputs: &[PathBuf],
 ) -> Result<(), String> {
-    crate::atomic::write_png(out, &output.image)?;
+    write_image("--out", out, &output.image)?;
     let record = serde_json::json!({
         "settings": settings,
         "inputs": inputs,

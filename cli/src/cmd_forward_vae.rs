@@ -44,7 +44,7 @@ pub struct VaeCommonArgs {
     #[arg(long)]
     pub compare_name: Option<String>,
     /// rel-L2 limit for --compare (default 1e-4 for f32, 2e-2 for bf16).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::numeric_args::non_negative_f64)]
     pub tolerance: Option<f64>,
 }
 

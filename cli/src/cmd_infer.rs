@@ -32,6 +32,7 @@ pub struct InferArgs {
 }
 
 pub fn run(args: InferArgs) -> Result<(), String> {
+    args.sampling.checked_settings("")?;
     let (rows, bad) = read_dataset(&args.dataset).map_err(|e| e.to_string())?;
     let limit = args.limit.unwrap_or(usize::MAX);
     let rows: Vec<DatasetRow> = rows.into_iter().filter(|r| r.index < limit).collect();
@@ -95,6 +96,7 @@ fn run_row(
         .map(|p| load_rgb(p).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let settings = args.sampling.settings(&row.prompt);
+    crate::cmd_edit::check_image_sizes(&settings, &images, args.sampling.max_pixels)?;
     let output = run_edit(pipeline, &images, &settings, None)?;
     save_output(
         &output_path(&args.out_dir, row),

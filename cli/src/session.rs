@@ -52,7 +52,7 @@ impl Session {
     pub fn import_image(&self, dir: &Path, source: &Path) -> Result<String, String> {
         let image = qie_models::preprocess::load_rgb(source).map_err(|e| e.to_string())?;
         let name = fresh_name(dir, "input", "png");
-        crate::atomic::write_png(&dir.join(&name), &image)?;
+        crate::image_out::write_image("--image", &dir.join(&name), &image)?;
         Ok(name)
     }
 

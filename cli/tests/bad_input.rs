@@ -352,3 +352,233 @@ fn bench_dit_runs_a_real_width_block_and_rejects_bad_sizes() {
         "{err}"
     );
 }
+
+#[test]
+fn img_shapes_that_overflow_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for shapes in ["99999999x99999999x9999999", "1x4x6,1x2048x1024"] {
+        let (code, err) = forward(
+            &fixture("dit/multi_ref/transformer"),
+            &fixture("dit/multi_ref/inputs.safetensors"),
+            shapes,
+            &dir.path().join("o.safetensors"),
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("--img-shapes") && err.contains("image tokens") && err.contains("limit"),
+            "{shapes}: {err}"
+        );
+    }
+}
+
+fn edit_image() -> String {
+    fixture("edit/plus/inputs/image_0.png")
+        .display()
+        .to_string()
+}
+
+/// `qie edit` with a model that does not exist: an error that is not about the model shows the
+/// flags were refused before anything was loaded.
+fn edit_without_model(extra: &[&str]) -> (i32, String) {
+    let image = edit_image();
+    let mut args = vec![
+        "edit",
+        "--model",
+        "/no/such/model",
+        "--image",
+        &image,
+        "--prompt",
+        "x",
+    ];
+    args.extend(extra);
+    qie(&args)
+}
+
+#[test]
+fn non_finite_and_negative_numbers_name_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.png");
+    let out = out.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--cfg", "NaN"], "--cfg"),
+        (&["--cfg", "inf"], "--cfg"),
+        (&["--cfg=-2"], "--cfg"),
+        (&["--steps", "0"], "--steps"),
+        (&["--steps=-3"], "--steps"),
+        (&["--steps", "1000000000"], "--steps"),
+        (&["--seed=-1"], "--seed"),
+        (&["--seed", "1.5"], "--seed"),
+        (&["--width", "0"], "--width"),
+        (&["--height=-16"], "--height"),
+        (&["--sigmas", "1,NaN,0.5"], "--sigmas"),
+        (&["--sigmas", "1.5,0.5"], "--sigmas"),
+        (&["--vl-area", "0"], "--vl-area"),
+        (&["--vae-area", "nan"], "--vae-area"),
+        (&["--output-area=-1"], "--output-area"),
+        (&["--max-pixels", "0"], "--max-pixels"),
+        (&["--lora", "x.safetensors:nan"], "--lora"),
+        (&["--lora", "x.safetensors:inf"], "--lora"),
+    ];
+    for (flags, name) in cases {
+        let mut extra = flags.to_vec();
+        extra.extend(["--out", out]);
+        let (code, err) = edit_without_model(&extra);
+        assert_ne!(code, 0, "{flags:?}");
+        assert!(
+            err.contains(name) && !err.contains("/no/such/model"),
+            "{flags:?}: {err}"
+        );
+        // `qie infer` shares the flags.
+        let mut args = vec![
+            "infer",
+            "--model",
+            "/no/such/model",
+            "--dataset",
+            "/no/such.jsonl",
+            "--out-dir",
+            dir.path().to_str().unwrap(),
+        ];
+        args.extend(flags.iter());
+        let (code, err) = qie(&args);
+        assert_ne!(code, 0, "infer {flags:?}");
+        assert!(
+            err.contains(name) && !err.contains("/no/such"),
+            "infer {flags:?}: {err}"
+        );
+    }
+    assert!(!Path::new(out).exists());
+    let others: &[(&[&str], &str)] = &[
+        (&["bench", "dit", "--layers", "0"], "--layers"),
+        (&["bench", "dit", "--runs=-1"], "--runs"),
+        (&["bench", "dit", "--size", "1048576"], "--size"),
+        (&["bench", "edit", "--cfg", "nan"], "--cfg"),
+        (&["bench", "edit", "--size", "100000"], "--size"),
+        (&["bench", "edit", "--steps", "0"], "--steps"),
+        (
+            &["forward", "vae-decode", "--tolerance", "NaN"],
+            "--tolerance",
+        ),
+        (
+            &["forward", "text-encoder", "--tolerance=-1"],
+            "--tolerance",
+        ),
+    ];
+    for (args, name) in others {
+        let (code, err) = qie(args);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains(name), "{args:?}: {err}");
+    }
+    let (code, err) = qie(&[
+        "forward",
+        "dit",
+        "--weights",
+        "/no/such",
+        "--inputs",
+        "/no/such",
+        "--img-shapes",
+        SHAPES,
+        "--out",
+        out,
+        "--tolerance",
+        "nan",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--tolerance"), "{err}");
+}
+
+#[test]
+fn sizes_over_the_pixel_limit_are_refused_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.png");
+    let out = out.to_str().unwrap();
+    let (code, err) =
+        edit_without_model(&["--width", "100000", "--height", "100000", "--out", out]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("100000x100000") && err.contains("--max-pixels"),
+        "{err}"
+    );
+    // One side given: the other follows the input's aspect (96x64), and the product counts.
+    let (code, err) = edit_without_model(&["--width", "32768", "--out", out]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("32768x832") && err.contains("--max-pixels"),
+        "{err}"
+    );
+    let (code, err) = edit_without_model(&["--vae-area", "100000000", "--out", out]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--vae-area") && err.contains("--max-pixels"),
+        "{err}"
+    );
+    // Raising the limit lets the size through to the next check (the model).
+    let (code, err) = edit_without_model(&[
+        "--width",
+        "32768",
+        "--max-pixels",
+        "200000000",
+        "--out",
+        out,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/no/such/model"), "{err}");
+    let (code, err) = qie(&[
+        "infer",
+        "--model",
+        "/no/such/model",
+        "--dataset",
+        "/no/such.jsonl",
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+        "--width",
+        "100000",
+        "--height",
+        "100000",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--max-pixels") && !err.contains("/no/such"),
+        "{err}"
+    );
+    assert!(!Path::new(out).exists());
+}
+
+#[test]
+fn an_unknown_output_extension_is_refused_before_running() {
+    for out in ["o.gif", "o", "o.png.tmp"] {
+        let (code, err) = edit_without_model(&["--out", out]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("--out") && err.contains(out) && err.contains(".jpg"),
+            "{out}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_replayed_session_with_bad_settings_is_refused_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = serde_json::json!({
+        "model": "m",
+        "loras": [],
+        "settings": {},
+        "current": ["turn_000.png"],
+        "turns": [
+            {"settings": {"prompt": "a"}, "inputs": ["in.png"], "output": "turn_000.png", "previous": []},
+            {"settings": {"prompt": "b", "width": 100000, "height": 100000}, "inputs": ["turn_000.png"], "output": "turn_001.png", "previous": []}
+        ]
+    });
+    std::fs::write(dir.path().join("session.json"), session.to_string()).unwrap();
+    let (code, err) = qie(&[
+        "edit",
+        "--model",
+        "/no/such/model",
+        "--replay",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("session.json: turn 2") && err.contains("--max-pixels"),
+        "{err}"
+    );
+}

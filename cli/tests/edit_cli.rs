@@ -188,15 +188,30 @@ fn interactive_session_saves_and_replays() {
     let model = fixture("model");
     let img = fixture("inputs/image_0.png");
     let saved = dir.path().join("final.png");
+    let saved_webp = dir.path().join("final.webp");
     let script = format!(
-        "make it red\n/history\n/undo\n/seed 7\nmake it green\n/bogus\nand add a hat\n/save {}\n/quit\n",
-        saved.display()
+        "make it red\n/history\n/undo\n/seed 7\nmake it green\n/bogus\n/cfg nan\n/steps 0\n/seed -1\n/size 100000x100000\nand add a hat\n/save {}\n/save {}\n/save {}\n/quit\n",
+        saved.display(),
+        saved_webp.display(),
+        dir.path().join("final.gif").display()
     );
     let mut args = edit_args(&model, &["--interactive", "--image", &img]);
     args.extend(["--session", session.to_str().unwrap()]);
     let (code, stderr) = qie(&args, &script);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("unknown command /bogus"), "{stderr}");
+    for refused in [
+        "/cfg nan: not a finite number",
+        "/steps 0:",
+        "/seed -1:",
+        "/size: --width x --height 100000x100000",
+    ] {
+        assert!(stderr.contains(refused), "{refused}: {stderr}");
+    }
+    assert!(
+        stderr.contains("/save") && stderr.contains("`.gif`"),
+        "{stderr}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(session.join("session.json")).unwrap())
             .unwrap();
@@ -205,13 +220,111 @@ fn interactive_session_saves_and_replays() {
     assert_eq!(turns[0]["settings"]["prompt"], "make it green");
     assert_eq!(turns[0]["settings"]["seed"], 7);
     assert_eq!(turns[1]["inputs"][0], turns[0]["output"]);
-    assert!(saved.exists());
+    assert!(std::fs::read(&saved).unwrap().starts_with(b"\x89PNG"));
+    let webp = std::fs::read(&saved_webp).unwrap();
+    assert!(webp.starts_with(b"RIFF") && &webp[8..12] == b"WEBP");
+    assert!(!dir.path().join("final.gif").exists());
 
     let mut args = edit_args(&model, &[]);
     args.extend(["--replay", session.to_str().unwrap()]);
     let (code, stderr) = qie(&args, "");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stderr.matches("identical").count(), 2, "{stderr}");
+}
+
+#[test]
+fn out_extension_picks_the_image_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.JPG");
+    let model = fixture("model");
+    let img = fixture("inputs/image_0.png");
+    let mut args = edit_args(&model, &["--image", &img, "--prompt", "x"]);
+    args.extend(["--out", out.to_str().unwrap()]);
+    let (code, stderr) = qie(&args, "");
+    assert_eq!(code, 0, "{stderr}");
+    let bytes = std::fs::read(&out).unwrap();
+    assert!(
+        bytes.starts_with(b"\xFF\xD8\xFF"),
+        "not JPEG: {:?}",
+        &bytes[..4]
+    );
+    assert_eq!(
+        image::guess_format(&bytes).unwrap(),
+        image::ImageFormat::Jpeg
+    );
+    assert!(out.with_extension("json").exists());
+}
+
+#[test]
+fn batch_reads_a_bom_and_reports_undecodable_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("inputs/image_0.png"), dir.path().join("a.png")).unwrap();
+    let dataset = dir.path().join("data.jsonl");
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend(br#"{"prompt": "make it blue", "edit_image": "a.png"}"#);
+    bytes.extend(b"\n{\"prompt\": \"caf\xE9\", \"edit_image\": \"a.png\"}\n");
+    bytes.extend(br#"{"prompt": "missing input", "edit_image": "nope.png"}"#);
+    std::fs::write(&dataset, bytes).unwrap();
+    let out_dir = dir.path().join("results");
+    let model = fixture("model");
+    let run = |dataset: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "infer",
+            "--model",
+            &model,
+            "--steps",
+            "2",
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+        ];
+        args.extend(AREAS);
+        args.extend(["--dataset", dataset.to_str().unwrap()]);
+        args.extend(extra);
+        qie(&args, "")
+    };
+    let (code, stderr) = run(&dataset, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out_dir.join("000000_a.png").exists(), "{stderr}");
+    let errors = std::fs::read_to_string(out_dir.join("errors.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = errors
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{errors}");
+    assert_eq!(lines[0]["row"], 1);
+    assert!(
+        lines[0]["location"]
+            .as_str()
+            .unwrap()
+            .ends_with("data.jsonl:2")
+            && lines[0]["error"].as_str().unwrap().contains("not UTF-8"),
+        "{errors}"
+    );
+    assert!(lines[1]["error"].as_str().unwrap().contains("nope.png"));
+    assert!(stderr.contains("done 1, failed 1, malformed 1"), "{stderr}");
+
+    // A JSON array with a BOM parses as an array (its rows are judged one by one).
+    let array = dir.path().join("data.json");
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend(br#"[{"edit_image": "a.png"}]"#);
+    std::fs::write(&array, bytes).unwrap();
+    let (code, stderr) = run(&array, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("data.json[0]: missing `prompt`"),
+        "{stderr}"
+    );
+
+    // A row whose size goes over the pixel limit fails alone, before its edit allocates.
+    std::fs::remove_dir_all(&out_dir).unwrap();
+    let (code, stderr) = run(&dataset, &["--width", "200000"]);
+    assert_eq!(code, 0, "{stderr}");
+    let errors = std::fs::read_to_string(out_dir.join("errors.jsonl")).unwrap();
+    assert!(
+        errors.contains("data.jsonl row 0") && errors.contains("--max-pixels"),
+        "{errors}"
+    );
+    assert!(stderr.contains("done 0, failed 2, malformed 1"), "{stderr}");
 }
 
 #[test]

@@ -56,11 +56,14 @@ pub struct BadRow {
 }
 
 /// Reads every row; malformed rows come back as `BadRow`s, a malformed file is an error.
+/// A UTF-8 byte-order mark (Windows editors write one) is skipped. In JSONL a line that is not
+/// UTF-8 is a bad row like any other; a JSON array must be UTF-8 throughout.
 pub fn read_dataset(path: &Path) -> Result<(Vec<DatasetRow>, Vec<BadRow>), ModelError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ModelError::new(format!("{}: {e}", path.display())))?;
-    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let bytes =
+        std::fs::read(path).map_err(|e| ModelError::new(format!("{}: {e}", path.display())))?;
     let name = path.display().to_string();
+    let bytes = strip_bom(&name, &bytes)?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut rows = Vec::new();
     let mut bad = Vec::new();
     let mut push = |index: usize, location: String, value: Result<Value, String>| match value
@@ -73,23 +76,49 @@ pub fn read_dataset(path: &Path) -> Result<(Vec<DatasetRow>, Vec<BadRow>), Model
             message,
         }),
     };
-    if text.trim_start().starts_with('[') {
-        let values: Vec<Value> = serde_json::from_str(&text)
+    if bytes.trim_ascii_start().starts_with(b"[") {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            let line = line_of(bytes, e.valid_up_to());
+            ModelError::new(format!(
+                "{name}:{line}: not UTF-8 (byte {}); save the file as UTF-8",
+                e.valid_up_to()
+            ))
+        })?;
+        let values: Vec<Value> = serde_json::from_str(text)
             .map_err(|e| ModelError::new(format!("{name}: not a JSON array of rows: {e}")))?;
         for (i, v) in values.into_iter().enumerate() {
             push(i, format!("{name}[{i}]"), Ok(v));
         }
     } else {
-        let lines = text
-            .lines()
+        let lines = bytes
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
             .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty());
+            .filter(|(_, l)| !l.trim_ascii().is_empty());
         for (index, (line_no, line)) in lines.enumerate() {
-            let value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"));
+            let value = std::str::from_utf8(line)
+                .map_err(|e| format!("not UTF-8 (byte {} of the line)", e.valid_up_to() + 1))
+                .and_then(|l| serde_json::from_str(l).map_err(|e| format!("invalid JSON: {e}")));
             push(index, format!("{name}:{}", line_no + 1), value);
         }
     }
     Ok((rows, bad))
+}
+
+/// The file without its UTF-8 byte-order mark; UTF-16 (BOM FF FE or FE FF) is refused by name
+/// rather than reported as garbage on every line.
+fn strip_bom<'a>(name: &str, bytes: &'a [u8]) -> Result<&'a [u8], ModelError> {
+    if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        return Err(ModelError::new(format!(
+            "{name}: UTF-16 text; save the dataset as UTF-8"
+        )));
+    }
+    Ok(bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes))
+}
+
+/// 1-based line number of byte `offset`.
+fn line_of(bytes: &[u8], offset: usize) -> usize {
+    1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count()
 }
 
 fn parse_row(index: usize, v: &Value, base: &Path) -> Result<DatasetRow, String> {
@@ -188,5 +217,59 @@ mod tests {
         std::fs::write(&path, "[{").unwrap();
         assert!(read_dataset(&path).is_err());
         assert!(read_dataset(&dir.path().join("none.json")).is_err());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = r#"{"prompt": "a", "edit_image": "a.png"}"#;
+        for (file, body) in [
+            ("data.jsonl", format!("{row}\n{row}\n")),
+            ("data.json", format!("[{row}, {row}]")),
+        ] {
+            let path = dir.path().join(file);
+            let mut bytes = vec![0xEF, 0xBB, 0xBF];
+            bytes.extend(body.as_bytes());
+            std::fs::write(&path, bytes).unwrap();
+            let (rows, bad) = read_dataset(&path).unwrap();
+            assert_eq!((rows.len(), bad.len()), (2, 0), "{file}: {bad:?}");
+            assert_eq!(rows[0].prompt, "a");
+        }
+        let path = dir.path().join("utf16.jsonl");
+        std::fs::write(&path, [0xFF, 0xFE, b'{', 0]).unwrap();
+        let err = read_dataset(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("utf16.jsonl") && err.contains("UTF-16"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_one_bad_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.jsonl");
+        let mut bytes = br#"{"prompt": "a", "edit_image": "a.png"}"#.to_vec();
+        bytes.extend(b"\r\n{\"prompt\": \"caf\xE9\", \"edit_image\": \"b.png\"}\r\n");
+        bytes.extend(br#"{"prompt": "c", "edit_image": "c.png"}"#);
+        std::fs::write(&path, bytes).unwrap();
+        let (rows, bad) = read_dataset(&path).unwrap();
+        assert_eq!(rows.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(rows[1].prompt, "c");
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].index, 1);
+        assert!(bad[0].location.ends_with("data.jsonl:2"), "{:?}", bad[0]);
+        assert!(bad[0].message.contains("not UTF-8"), "{:?}", bad[0]);
+
+        let path = dir.path().join("data.json");
+        std::fs::write(
+            &path,
+            b"[\n{\"prompt\": \"a\", \"edit_image\": \"a.png\"},\n{\"prompt\": \"\xE9\"}]",
+        )
+        .unwrap();
+        let err = read_dataset(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("data.json:3") && err.contains("not UTF-8"),
+            "{err}"
+        );
     }
 }
