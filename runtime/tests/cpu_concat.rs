@@ -49,7 +49,7 @@ fn joint_attention_skips_the_concat_copies() {
 #[test]
 fn fixed_concat_seeds() {
     for seed in 0..32 {
-        check(&random_concat_case(seed));
+        check(&random_concat_case(cpu_suite::seed(seed)));
     }
 }
 

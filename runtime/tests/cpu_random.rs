@@ -30,7 +30,7 @@ proptest! {
 #[test]
 fn fixed_seeds() {
     for seed in 0..16 {
-        run_case(seed, &RandomGraphOptions::default());
+        run_case(cpu_suite::seed(seed), &RandomGraphOptions::default());
     }
 }
 

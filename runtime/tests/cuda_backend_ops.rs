@@ -10,7 +10,7 @@
 
 mod cpu_suite;
 
-use cpu_suite::{check_values, f32t, random_values, t, G};
+use cpu_suite::{check_values, f32_type, random_values, tensor_type, GraphBuilder};
 use qie_ir::{BinaryOp, DType, Graph, Op, ReduceOp, UnaryOp};
 use qie_runtime::cuda::{CudaBackend, StorageMode};
 use std::sync::OnceLock;
@@ -97,20 +97,20 @@ fn bf16_matmul_layouts() {
                     s.extend(if tr { [c, r] } else { [r, c] });
                     s
                 };
-                let mut g = G::new();
-                let a = g.input("a", f32t(&shape(&batch_a, m, k, ta)));
-                let b = g.param("b", f32t(&shape(&batch_b, k, n, tb)));
+                let mut g = GraphBuilder::new();
+                let a = g.input("a", f32_type(&shape(&batch_a, m, k, ta)));
+                let b = g.param("b", f32_type(&shape(&batch_b, k, n, tb)));
                 let c = g.matmul(a, b, ta, tb);
                 g.out("c", c);
                 seed += 1;
-                check_bf16(&g.g, seed);
+                check_bf16(&g.graph, seed);
             }
         }
     }
     // A column slice (ld > cols) and a transposed-then-sliced operand.
-    let mut g = G::new();
-    let x = g.input("x", f32t(&[50, 96]));
-    let w = g.param("w", f32t(&[40, 32]));
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", f32_type(&[50, 96]));
+    let w = g.param("w", f32_type(&[40, 32]));
     let xs = g.op(
         Op::Slice {
             axis: 1,
@@ -132,17 +132,17 @@ fn bf16_matmul_layouts() {
     ); // [32, 50]
     let z = g.matmul(xts, x, false, false); // [32, 96]
     g.out("z", z);
-    check_bf16(&g.g, 2150);
+    check_bf16(&g.graph, 2150);
 }
 
 fn attention_graph(b: usize, sq: usize, sk: usize, h: usize, d: usize, masked: bool) -> Graph {
-    let mut g = G::new();
-    let q = g.input("q", f32t(&[b, sq, h, d]));
-    let k = g.input("k", f32t(&[b, sk, h, d]));
-    let v = g.input("v", f32t(&[b, sk, h, d]));
+    let mut g = GraphBuilder::new();
+    let q = g.input("q", f32_type(&[b, sq, h, d]));
+    let k = g.input("k", f32_type(&[b, sk, h, d]));
+    let v = g.input("v", f32_type(&[b, sk, h, d]));
     let mut args = vec![q, k, v];
     if masked {
-        args.push(g.input("mask", t(DType::Bool, &[b, sk])));
+        args.push(g.input("mask", tensor_type(DType::Bool, &[b, sk])));
     }
     let o = g.op(
         Op::Attention {
@@ -151,7 +151,7 @@ fn attention_graph(b: usize, sq: usize, sk: usize, h: usize, d: usize, masked: b
         &args,
     );
     g.out("o", o);
-    g.g
+    g.graph
 }
 
 #[test]
@@ -160,9 +160,9 @@ fn bf16_attention_flash_and_generic() {
     check_bf16(&attention_graph(1, 77, 300, 2, 64, false), 2201);
     check_bf16(&attention_graph(2, 33, 45, 2, 40, true), 2202);
     // Packed qkv [B, S, 3, H, D] sliced into q, k, v (strided operands of the flash kernel).
-    let mut g = G::new();
-    let qkv = g.input("qkv", f32t(&[1, 150, 3, 2, 128]));
-    let part = |g: &mut G, i: usize| {
+    let mut g = GraphBuilder::new();
+    let qkv = g.input("qkv", f32_type(&[1, 150, 3, 2, 128]));
+    let part = |g: &mut GraphBuilder, i: usize| {
         let s = g.op(
             Op::Slice {
                 axis: 2,
@@ -176,42 +176,42 @@ fn bf16_attention_flash_and_generic() {
     let (q, k, v) = (part(&mut g, 0), part(&mut g, 1), part(&mut g, 2));
     let o = g.op(Op::Attention { scale: 0.08 }, &[q, k, v]);
     g.out("o", o);
-    check_bf16(&g.g, 2203);
+    check_bf16(&g.graph, 2203);
 }
 
 #[test]
 fn bf16_norms_reductions_and_gather() {
-    let mut g = G::new();
-    let x = g.input("x", f32t(&[3, 70, 3072]));
-    let w = g.param("w", f32t(&[3072]));
-    let sq = g.bin(BinaryOp::Mul, x, x);
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", f32_type(&[3, 70, 3072]));
+    let w = g.param("w", f32_type(&[3072]));
+    let sq = g.binary(BinaryOp::Mul, x, x);
     let s = g.reduce(ReduceOp::Sum, sq, &[2]);
     let inv = g.splat(1.0 / 3072.0, s);
-    let ms = g.bin(BinaryOp::Mul, s, inv);
+    let ms = g.binary(BinaryOp::Mul, s, inv);
     let eps = g.splat(1e-6, ms);
-    let me = g.bin(BinaryOp::Add, ms, eps);
-    let rs = g.un(UnaryOp::Rsqrt, me);
+    let me = g.binary(BinaryOp::Add, ms, eps);
+    let rs = g.unary(UnaryOp::Rsqrt, me);
     let r2 = g.reshape(rs, &[3, 70, 1]);
     let rb = g.bcast(r2, &[3, 70, 3072]);
-    let n = g.bin(BinaryOp::Mul, x, rb);
+    let n = g.binary(BinaryOp::Mul, x, rb);
     let wb = g.bcast(w, &[3, 70, 3072]);
-    let y = g.bin(BinaryOp::Mul, n, wb);
+    let y = g.binary(BinaryOp::Mul, n, wb);
     g.out("y", y);
     let mx = g.reduce(ReduceOp::Max, x, &[0, 1]);
     g.out("mx", mx);
-    let table = g.param("table", f32t(&[10, 64]));
-    let ids = g.input("ids", t(DType::I64, &[2, 5]));
+    let table = g.param("table", f32_type(&[10, 64]));
+    let ids = g.input("ids", tensor_type(DType::I64, &[2, 5]));
     let emb = g.op(Op::Gather { axis: 0 }, &[table, ids]);
     g.out("emb", emb);
     // Angles stay f32 in storage: sin of large arguments must still be right.
-    let pos = g.input("pos", f32t(&[300]));
+    let pos = g.input("pos", f32_type(&[300]));
     let big = g.splat(900.0, pos);
-    let ang = g.bin(BinaryOp::Mul, pos, big);
-    let s1 = g.un(UnaryOp::Sin, ang);
-    let c1 = g.un(UnaryOp::Cos, ang);
+    let ang = g.binary(BinaryOp::Mul, pos, big);
+    let s1 = g.unary(UnaryOp::Sin, ang);
+    let c1 = g.unary(UnaryOp::Cos, ang);
     let cat = g.op(Op::Concat { axis: 0 }, &[s1, c1]);
     g.out("sincos", cat);
-    check_bf16(&g.g, 2300);
+    check_bf16(&g.graph, 2300);
 }
 
 /// One real-width Qwen-Image DiT block (d = 3072, 24 heads of 128, MLP 12288) at the 1024² edit
