@@ -6,44 +6,50 @@
 //! - bf16 storage: graphs checked at rel-L2 2e-2 (bf16 rounding of every stored value), with
 //!   shapes that take the fast paths (cuBLASLt, flash attention) and shapes that do not.
 //!
-//! Without a GPU every test prints why it skips and passes.
+//! Without a GPU every test is reported ignored, with the reason.
 
 mod cpu_suite;
+mod gpu_harness;
 
 use cpu_suite::{check_values, f32_type, random_values, tensor_type, GraphBuilder};
 use qie_ir::{BinaryOp, DType, Graph, Op, ReduceOp, UnaryOp};
 use qie_runtime::cuda::{CudaBackend, StorageMode};
+use std::process::ExitCode;
 use std::sync::OnceLock;
 
 const BF16_TOL: f64 = 2e-2;
 
-fn backend(mode: StorageMode) -> Option<&'static CudaBackend> {
-    static F32: OnceLock<Option<CudaBackend>> = OnceLock::new();
-    static BF16: OnceLock<Option<CudaBackend>> = OnceLock::new();
+fn main() -> ExitCode {
+    let timing = gpu_tests![Cuda => bench_real_width_block]
+        .into_iter()
+        .map(|t| t.timing());
+    let bf16 = gpu_tests![
+        Cuda => bf16_dit_block_small_generic_attention, bf16_dit_block_fast_paths,
+            bf16_matmul_layouts, bf16_attention_flash_and_generic, bf16_norms_reductions_and_gather;
+    ];
+    gpu_harness::run(f32_suite().into_iter().chain(bf16).chain(timing))
+}
+
+fn backend(mode: StorageMode) -> &'static CudaBackend {
+    static F32: OnceLock<CudaBackend> = OnceLock::new();
+    static BF16: OnceLock<CudaBackend> = OnceLock::new();
     let cell = match mode {
         StorageMode::F32 => &F32,
         StorageMode::Bf16 => &BF16,
     };
-    let b = cell.get_or_init(|| match CudaBackend::new(0, mode) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            eprintln!("skipping CUDA backend tests: {e}");
-            None
-        }
-    });
-    b.as_ref()
+    cell.get_or_init(|| {
+        CudaBackend::new(0, mode).unwrap_or_else(|e| panic!("CUDA backend ({mode:?}): {e}"))
+    })
 }
 
+/// The backend suite's bodies on f32 storage, one test each, named after the body.
 macro_rules! f32_suite {
     ($($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                if let Some(b) = backend(StorageMode::F32) {
-                    cpu_suite::$name(b);
-                }
-            }
-        )*
+        fn f32_suite() -> Vec<gpu_harness::Test> {
+            vec![$(gpu_harness::Test::new(stringify!($name), gpu_harness::Needs::Cuda, || {
+                cpu_suite::$name(backend(StorageMode::F32))
+            })),*]
+        }
     };
 }
 
@@ -67,25 +73,20 @@ f32_suite!(
 );
 
 fn check_bf16(g: &Graph, seed: u64) {
-    if let Some(b) = backend(StorageMode::Bf16) {
-        let values = random_values(g, seed, 8);
-        check_values(b, g, &values, BF16_TOL);
-    }
+    let values = random_values(g, seed, 8);
+    check_values(backend(StorageMode::Bf16), g, &values, BF16_TOL);
 }
 
-#[test]
 fn bf16_dit_block_small_generic_attention() {
     // head_dim 16: the generic attention kernel on bf16 storage.
     check_bf16(&cpu_suite::dit_block(40, 9, 32, 2, 64), 2000);
 }
 
-#[test]
 fn bf16_dit_block_fast_paths() {
     // head_dim 128: cuBLASLt GEMMs and the flash kernel.
     check_bf16(&cpu_suite::dit_block(200, 24, 256, 2, 512), 2001);
 }
 
-#[test]
 fn bf16_matmul_layouts() {
     let (m, k, n) = (37, 64, 48);
     let mut seed = 2100;
@@ -154,7 +155,6 @@ fn attention_graph(b: usize, sq: usize, sk: usize, h: usize, d: usize, masked: b
     g.graph
 }
 
-#[test]
 fn bf16_attention_flash_and_generic() {
     check_bf16(&attention_graph(2, 200, 130, 3, 128, true), 2200);
     check_bf16(&attention_graph(1, 77, 300, 2, 64, false), 2201);
@@ -179,7 +179,6 @@ fn bf16_attention_flash_and_generic() {
     check_bf16(&g.graph, 2203);
 }
 
-#[test]
 fn bf16_norms_reductions_and_gather() {
     let mut g = GraphBuilder::new();
     let x = g.input("x", f32_type(&[3, 70, 3072]));
@@ -216,13 +215,9 @@ fn bf16_norms_reductions_and_gather() {
 
 /// One real-width Qwen-Image DiT block (d = 3072, 24 heads of 128, MLP 12288) at the 1024² edit
 /// length (8192 image tokens: target + one reference, 256 text tokens; N = 8448) in bf16: time
-/// per run and the most expensive steps. Run with --ignored.
-#[test]
-#[ignore]
+/// per run and the most expensive steps. A timing, not a check: run with --ignored.
 fn bench_real_width_block() {
-    let Some(b) = backend(StorageMode::Bf16) else {
-        return;
-    };
+    let b = backend(StorageMode::Bf16);
     let g = cpu_suite::dit_block(8192, 256, 3072, 24, 12288);
     let values = random_values(&g, 3000, 8);
     let (inputs, params) = cpu_suite::bind(&g, &values);
