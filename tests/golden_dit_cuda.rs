@@ -6,14 +6,27 @@
 //! - f32 storage (generic kernels): rel-L2 <= 1e-4 against `sample`, which checks the whole
 //!   plan (every generated kernel, GEMM and attention) without bf16 noise.
 //!
-//! Without a GPU the tests print why they skip; `dit_kernels_compile` still plans the DiT and
-//! compiles its kernels when NVRTC is installed.
+//! Without a GPU those tests are reported ignored, with the reason; `dit_plans_for_cuda` still
+//! plans the DiT of every fixture, and `dit_kernels_compile` compiles its kernels where NVRTC is
+//! installed (ignored where it is not).
 
 use qie_models::qwen_image::{DitInputs, DitOptions, QwenImageDit};
 use qie_runtime::cuda::{build_plan, CudaBackend, KernelCache, StorageMode};
 use qie_runtime::{Backend, CompileOptions};
-use qie_tests::{dit_expected as expected, dit_img_shapes as img_shapes, fixture, rel_l2};
+use qie_tests::{
+    dit_expected as expected, dit_img_shapes as img_shapes, fixture, gpu_harness, gpu_tests, rel_l2,
+};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
+
+fn main() -> ExitCode {
+    gpu_harness::run(gpu_tests![
+        Cpu => dit_plans_for_cuda;
+        Nvrtc => dit_kernels_compile;
+        Cuda => all_cases_bf16_storage, bf16_case_matches_torch_bf16, all_cases_f32_storage;
+    ])
+}
 
 const CASES: [&str; 8] = [
     "single",
@@ -26,19 +39,16 @@ const CASES: [&str; 8] = [
     "bf16",
 ];
 
-fn backend(mode: StorageMode) -> Option<Arc<dyn Backend>> {
-    static F32: OnceLock<Option<Arc<dyn Backend>>> = OnceLock::new();
-    static BF16: OnceLock<Option<Arc<dyn Backend>>> = OnceLock::new();
+fn backend(mode: StorageMode) -> Arc<dyn Backend> {
+    static F32: OnceLock<Arc<dyn Backend>> = OnceLock::new();
+    static BF16: OnceLock<Arc<dyn Backend>> = OnceLock::new();
     let cell = match mode {
         StorageMode::F32 => &F32,
         StorageMode::Bf16 => &BF16,
     };
     cell.get_or_init(|| match CudaBackend::new(0, mode) {
-        Ok(b) => Some(Arc::new(b) as Arc<dyn Backend>),
-        Err(e) => {
-            eprintln!("skipping CUDA golden tests: {e}");
-            None
-        }
+        Ok(b) => Arc::new(b),
+        Err(e) => panic!("CUDA backend ({mode:?}): {e}"),
     })
     .clone()
 }
@@ -64,8 +74,8 @@ fn load(case: &str, backend: Option<Arc<dyn Backend>>) -> (QwenImageDit, DitInpu
 
 /// Runs `case` twice on the backend (the second run reuses the plan and the cached weights) and
 /// returns rel-L2 against each named reference.
-fn run_case(case: &str, mode: StorageMode, references: &[&str]) -> Option<Vec<f64>> {
-    let b = backend(mode)?;
+fn run_case(case: &str, mode: StorageMode, references: &[&str]) -> Vec<f64> {
+    let b = backend(mode);
     let (dit, inputs) = load(case, Some(b));
     let first = dit
         .forward(&inputs)
@@ -81,21 +91,16 @@ fn run_case(case: &str, mode: StorageMode, references: &[&str]) -> Option<Vec<f6
         .unwrap_or_else(|e| panic!("{case} ({mode:?}): second forward: {e}"));
     assert_eq!(first, second, "{case}: a second run differs");
     let out = first.to_f32_vec();
-    Some(
-        references
-            .iter()
-            .map(|r| rel_l2(&out, &expected(case, r)))
-            .collect(),
-    )
+    references
+        .iter()
+        .map(|r| rel_l2(&out, &expected(case, r)))
+        .collect()
 }
 
-#[test]
 fn all_cases_bf16_storage() {
     let mut failures = vec![];
     for case in CASES {
-        let Some(errs) = run_case(case, StorageMode::Bf16, &["sample"]) else {
-            return;
-        };
+        let errs = run_case(case, StorageMode::Bf16, &["sample"]);
         println!("{case} (cuda bf16): rel-L2 vs sample {:.3e}", errs[0]);
         if errs[0].is_nan() || errs[0] > 2e-2 {
             failures.push(format!("{case}: {:.3e}", errs[0]));
@@ -104,11 +109,8 @@ fn all_cases_bf16_storage() {
     assert!(failures.is_empty(), "rel-L2 > 2e-2: {failures:?}");
 }
 
-#[test]
 fn bf16_case_matches_torch_bf16() {
-    let Some(errs) = run_case("bf16", StorageMode::Bf16, &["sample", "sample_bf16"]) else {
-        return;
-    };
+    let errs = run_case("bf16", StorageMode::Bf16, &["sample", "sample_bf16"]);
     println!(
         "bf16 (cuda bf16): rel-L2 vs sample {:.3e}, vs torch bf16 sample_bf16 {:.3e}",
         errs[0], errs[1]
@@ -117,13 +119,10 @@ fn bf16_case_matches_torch_bf16() {
     assert!(errs[1] <= 2e-2, "vs sample_bf16: {:.3e}", errs[1]);
 }
 
-#[test]
 fn all_cases_f32_storage() {
     let mut failures = vec![];
     for case in CASES {
-        let Some(errs) = run_case(case, StorageMode::F32, &["sample"]) else {
-            return;
-        };
+        let errs = run_case(case, StorageMode::F32, &["sample"]);
         println!("{case} (cuda f32): rel-L2 vs sample {:.3e}", errs[0]);
         if errs[0].is_nan() || errs[0] > 1e-4 {
             failures.push(format!("{case}: {:.3e}", errs[0]));
@@ -132,16 +131,10 @@ fn all_cases_f32_storage() {
     assert!(failures.is_empty(), "rel-L2 > 1e-4: {failures:?}");
 }
 
-/// Plans every fixture's DiT graph for CUDA and compiles its kernels with NVRTC (no GPU needed).
-#[test]
-fn dit_kernels_compile() {
-    if let Err(e) = qie_runtime::cuda::libs::require(qie_runtime::cuda::libs::Lib::Nvrtc) {
-        eprintln!("skipping: {e}");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let cache = KernelCache::at(dir.path());
-    let mut kernels = std::collections::BTreeMap::new();
+/// Plans every fixture's DiT graph for CUDA in both storage modes (no GPU needed); the
+/// generated kernels by name.
+fn dit_kernels() -> BTreeMap<String, String> {
+    let mut kernels = BTreeMap::new();
     for case in CASES {
         let (dit, inputs) = load(case, None);
         let graph = dit.lower(&inputs).unwrap();
@@ -151,6 +144,20 @@ fn dit_kernels_compile() {
             kernels.extend(plan.kernels);
         }
     }
+    kernels
+}
+
+fn dit_plans_for_cuda() {
+    let kernels = dit_kernels();
+    assert!(!kernels.is_empty(), "the DiT plans generate kernels");
+    println!("{} distinct DiT kernels planned", kernels.len());
+}
+
+/// Compiles the kernels of every fixture's DiT plan with NVRTC (no GPU needed).
+fn dit_kernels_compile() {
+    let kernels = dit_kernels();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = KernelCache::at(dir.path());
     for (names, source) in qie_runtime::cuda::backend::module_sources(&kernels) {
         let c = cache
             .compile(&source, "qie_kernels.cu", "sm_90", 0, &[])

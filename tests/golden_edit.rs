@@ -1,6 +1,8 @@
 //! End-to-end golden test of the edit pipelines against diffusers 0.42.1 (tests/fixtures/edit/,
 //! made by tools/golden/make_edit_fixtures.py): same inputs and initial noise give the same
-//! prompt embeddings, final latents (rel-L2 <= 1e-4) and 8-bit image (mean |diff| <= 1 level).
+//! prompt embeddings, the same timestep, noise prediction (after CFG) and latents at every
+//! denoising step, checked in step order so a regression names its first wrong step, the same
+//! final latents (rel-L2 <= 1e-4) and 8-bit image (mean |diff| <= 1 level).
 
 use qie_models::hub::model_paths_from_folder;
 use qie_models::lora::LoraSet;
@@ -83,17 +85,63 @@ fn check(what: &str, got: &[f32], expected: &[f32], tol: f64) {
     assert!(err <= tol, "{what}: rel-L2 {err:.3e} > {tol:.0e}");
 }
 
+/// What the pipeline showed its observer at one step.
+struct Step {
+    timestep: f32,
+    noise_pred: Vec<f32>,
+    latents: Vec<f32>,
+}
+
+/// Row `i` of a stacked per-step fixture tensor ([steps, ...]).
+fn step_row(all: &[f32], steps: usize, i: usize) -> &[f32] {
+    let n = all.len() / steps;
+    &all[i * n..(i + 1) * n]
+}
+
+/// Every step against diffusers' (`scheduler.step` arguments and results), in order.
+fn check_steps(name: &str, steps: &[Step], expected: &WeightStore) {
+    let timesteps = expected.load_f32("timesteps_per_call").unwrap();
+    assert_eq!(steps.len(), timesteps.len(), "{name}: number of steps");
+    let noise_preds = expected.load_f32("noise_pred_per_step").unwrap();
+    let latents = expected.load_f32("latents_per_step").unwrap();
+    for (i, step) in steps.iter().enumerate() {
+        let t = step.timestep / 1000.0;
+        assert!(
+            (t - timesteps[i]).abs() <= 1e-6,
+            "{name}: step {i} timestep {t}, want {}",
+            timesteps[i]
+        );
+        let n = steps.len();
+        check(
+            &format!("{name}: step {i} noise_pred"),
+            &step.noise_pred,
+            step_row(&noise_preds, n, i),
+            1e-4,
+        );
+        check(
+            &format!("{name}: step {i} latents"),
+            &step.latents,
+            step_row(&latents, n, i),
+            1e-4,
+        );
+    }
+}
+
 fn end_to_end(name: &str) {
     let case = load_case(name, PositionMode::Sequential);
+    let mut steps = Vec::new();
     let out = case
         .pipeline
-        .edit(
-            &case.images,
-            &case.settings,
-            Some(&case.noise),
-            &mut |_, _| {},
-        )
+        .edit_observed(&case.images, &case.settings, Some(&case.noise), &mut |s| {
+            assert_eq!(s.step, steps.len() + 1, "{name}: steps in order");
+            steps.push(Step {
+                timestep: s.timestep,
+                noise_pred: s.noise_pred.to_f32_vec(),
+                latents: s.latents.to_f32_vec(),
+            });
+        })
         .unwrap();
+    check_steps(name, &steps, &case.expected);
     let expected = |n: &str| case.expected.load_f32(n).unwrap();
     check(
         &format!("{name}: final latents"),
@@ -175,4 +223,30 @@ fn plus_prompt_embeds_multimodal_positions() {
 #[test]
 fn edit_prompt_embeds_multimodal_positions() {
     prompt_embeds("edit", PositionMode::Multimodal, "_mrope");
+}
+
+/// The per-step check names the first wrong step: the fixture's own steps pass, and a 1% error
+/// in step 1's noise prediction is reported as step 1.
+#[test]
+fn a_wrong_step_is_named() {
+    let expected = WeightStore::open(fixture("edit/edit").join("expected.safetensors")).unwrap();
+    let timesteps = expected.load_f32("timesteps_per_call").unwrap();
+    let noise_preds = expected.load_f32("noise_pred_per_step").unwrap();
+    let latents = expected.load_f32("latents_per_step").unwrap();
+    let n = timesteps.len();
+    let mut steps: Vec<Step> = (0..n)
+        .map(|i| Step {
+            timestep: timesteps[i] * 1000.0,
+            noise_pred: step_row(&noise_preds, n, i).to_vec(),
+            latents: step_row(&latents, n, i).to_vec(),
+        })
+        .collect();
+    check_steps("edit", &steps, &expected);
+    steps[1].noise_pred.iter_mut().for_each(|v| *v *= 1.01);
+    let err = std::panic::catch_unwind(|| check_steps("edit", &steps, &expected)).unwrap_err();
+    let message = err.downcast_ref::<String>().unwrap();
+    assert!(
+        message.contains("step 1 noise_pred: rel-L2 1.000e-2 > 1e-4"),
+        "{message}"
+    );
 }

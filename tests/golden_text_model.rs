@@ -8,8 +8,24 @@ use qie_models::qwen25vl::{
 use qie_models::ModelOptions;
 use qie_runtime::weights::{save_safetensors, WeightStore};
 use qie_runtime::Tensor;
-use qie_tests::{fixture, rel_l2};
+use qie_tests::{fixture, gpu_harness, gpu_tests, rel_l2};
 use std::path::Path;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let timing = gpu_tests![Cuda => real_width_on_cuda]
+        .into_iter()
+        .map(|t| t.timing());
+    let tests = gpu_tests![
+        Cpu => matches_transformers_with_multimodal_rope,
+            sequential_positions_match_the_diffusers_0_42_call, rope_index_matches_get_rope_index,
+            language_model_prefix_of_newer_checkpoints_loads, missing_tensor_is_named,
+            wrong_shape_is_named, missing_config_and_weights_are_errors,
+            image_token_count_must_match_image_embeds;
+        Cuda => cuda_f32_and_bf16_match_transformers;
+    ];
+    gpu_harness::run(tests.into_iter().chain(timing))
+}
 
 const CASES: [&str; 4] = [
     "text_batch2",
@@ -103,7 +119,6 @@ fn load() -> QwenVlLanguageModel {
         .unwrap_or_else(|e| panic!("load: {e}"))
 }
 
-#[test]
 fn matches_transformers_with_multimodal_rope() {
     let model = load();
     for case in CASES {
@@ -111,7 +126,6 @@ fn matches_transformers_with_multimodal_rope() {
     }
 }
 
-#[test]
 fn sequential_positions_match_the_diffusers_0_42_call() {
     let mut model = load();
     model.position_mode = PositionMode::Sequential;
@@ -120,7 +134,6 @@ fn sequential_positions_match_the_diffusers_0_42_call() {
     }
 }
 
-#[test]
 fn rope_index_matches_get_rope_index() {
     let config = QwenVlConfig::load(&encoder_dir().join("config.json")).unwrap();
     for case in CASES {
@@ -177,7 +190,6 @@ fn write_checkpoint(
     save_safetensors(dir.join("model.safetensors"), &refs).unwrap();
 }
 
-#[test]
 fn language_model_prefix_of_newer_checkpoints_loads() {
     let dir = tempfile::tempdir().unwrap();
     write_checkpoint(dir.path(), "model.language_model.", |_, s, v| Some((s, v)));
@@ -185,7 +197,6 @@ fn language_model_prefix_of_newer_checkpoints_loads() {
     check(&model, "two_images", "hidden_states");
 }
 
-#[test]
 fn missing_tensor_is_named() {
     let dir = tempfile::tempdir().unwrap();
     write_checkpoint(dir.path(), "model.", |n, s, v| {
@@ -200,7 +211,6 @@ fn missing_tensor_is_named() {
     );
 }
 
-#[test]
 fn wrong_shape_is_named() {
     let dir = tempfile::tempdir().unwrap();
     write_checkpoint(dir.path(), "model.", |n, s, v| {
@@ -219,7 +229,6 @@ fn wrong_shape_is_named() {
     );
 }
 
-#[test]
 fn missing_config_and_weights_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let err = QwenVlLanguageModel::load(dir.path(), &ModelOptions::default())
@@ -233,7 +242,6 @@ fn missing_config_and_weights_are_errors() {
     assert!(err.message.contains("embed_tokens"), "{err}");
 }
 
-#[test]
 fn image_token_count_must_match_image_embeds() {
     let model = load();
     let inp = inputs("two_images");
@@ -272,18 +280,14 @@ fn image_token_count_must_match_image_embeds() {
     assert!(err.message.contains("image_grid_thw"), "{err}");
 }
 
-/// The CUDA backend when a GPU is present (None, with a note, otherwise).
-fn cuda(mode: qie_runtime::cuda::StorageMode) -> Option<std::sync::Arc<dyn qie_runtime::Backend>> {
+/// The CUDA backend (the harness runs CUDA tests only where a device is found).
+fn cuda(mode: qie_runtime::cuda::StorageMode) -> std::sync::Arc<dyn qie_runtime::Backend> {
     match qie_runtime::cuda::CudaBackend::new(0, mode) {
-        Ok(b) => Some(std::sync::Arc::new(b)),
-        Err(e) => {
-            eprintln!("skipping the CUDA text-model test: {e}");
-            None
-        }
+        Ok(b) => std::sync::Arc::new(b),
+        Err(e) => panic!("CUDA backend ({mode:?}): {e}"),
     }
 }
 
-#[test]
 fn cuda_f32_and_bf16_match_transformers() {
     use qie_models::WeightPrecision;
     use qie_runtime::cuda::StorageMode;
@@ -291,7 +295,7 @@ fn cuda_f32_and_bf16_match_transformers() {
         (StorageMode::F32, WeightPrecision::F32, 1e-4),
         (StorageMode::Bf16, WeightPrecision::Bf16, 2e-2),
     ] {
-        let Some(backend) = cuda(mode) else { return };
+        let backend = cuda(mode);
         let options = ModelOptions {
             backend: Some(backend),
             precision,
@@ -311,15 +315,12 @@ fn cuda_f32_and_bf16_match_transformers() {
 }
 
 /// Qwen2.5-VL-7B widths with random weights on the GPU: one 1024²-area image (37 x 37 tokens
-/// after the merge) plus text, ~1500 tokens. QIE_TEXT_LAYERS layers (default 28).
-#[test]
-#[ignore = "needs a GPU and ~20 GiB of host memory; run with --ignored"]
+/// after the merge) plus text, ~1500 tokens. QIE_TEXT_LAYERS layers (default 28). A timing that
+/// needs ~20 GiB of host memory, not a check: run with --ignored.
 fn real_width_on_cuda() {
     use qie_models::HostWeights;
     use qie_runtime::cuda::StorageMode;
-    let Some(backend) = cuda(StorageMode::Bf16) else {
-        return;
-    };
+    let backend = cuda(StorageMode::Bf16);
     let layers: usize = std::env::var("QIE_TEXT_LAYERS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -1,4 +1,8 @@
-//! Shared helpers for cross-crate tests: fixture paths and tolerance checks.
+//! Shared helpers for cross-crate tests: fixture paths and tolerance checks, and the harness of
+//! the test binaries with GPU tests (`gpu_harness`, shared with the runtime's tests).
+
+#[path = "../runtime/tests/gpu_harness/mod.rs"]
+pub mod gpu_harness;
 
 use qie_models::qwen_image::ImgShape;
 use qie_runtime::weights::WeightStore;

@@ -6,6 +6,7 @@ use qie_ir::dsl::StaticValue;
 use qie_ir::{DType, TensorType};
 use qie_runtime::cuda::manifest::{Manifest, Param};
 use qie_runtime::cuda::plan::PlanStep;
+use qie_runtime::cuda::test_device::cuda_required;
 use qie_runtime::cuda::{build_plan, StorageMode};
 use qie_runtime::CompileOptions;
 use std::path::{Path, PathBuf};
@@ -167,6 +168,12 @@ fn export_writes_every_kernel_and_a_manifest_that_accounts_for_the_plan() {
             assert_eq!(params, k.params.len(), "{}: PTX parameters", k.id);
         }
     } else {
+        // Without NVRTC this checks the fallback; on the GPU runner NVRTC must be there.
+        assert!(
+            !cuda_required(),
+            "QIE_REQUIRE_CUDA=1 but no PTX: {}",
+            m.ptx.note
+        );
         assert!(m.kernels.iter().all(|k| k.ptx.is_none()));
         assert!(stdout.contains("PTX not produced"), "{stdout}");
         eprintln!("skipping the PTX checks: {}", m.ptx.note);
@@ -335,6 +342,8 @@ fn bench_times_the_export_or_says_why_it_cannot() {
             }
         }
         Err(e) => {
+            // Without a GPU this checks the error; on the GPU runner a device must be there.
+            assert!(!cuda_required(), "QIE_REQUIRE_CUDA=1 but {e}");
             assert_eq!(code, 1);
             assert!(
                 stderr.contains("--device cuda: CUDA unavailable"),

@@ -3,7 +3,7 @@
 
 mod cpu_suite;
 
-use cpu_suite::{f32t, G};
+use cpu_suite::{f32_type, GraphBuilder};
 use qie_ir::{BinaryOp, Graph, Op, ReduceOp, UnaryOp};
 use qie_runtime::cpu::{compile, CpuExecutable};
 use qie_runtime::{CompileOptions, Tensor};
@@ -73,13 +73,13 @@ fn time_runs(exe: &CpuExecutable, g: &Graph, runs: usize) -> f64 {
 #[ignore]
 fn bench_gemm() {
     let (m, k, n) = (4096, 3072, 3072);
-    let mut g = G::new();
-    let x = g.input("x", f32t(&[m, k]));
-    let w = g.param("w", f32t(&[n, k]));
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", f32_type(&[m, k]));
+    let w = g.param("w", f32_type(&[n, k]));
     let y = g.matmul(x, w, false, true);
     g.out("y", y);
-    let exe = compile(&g.g, &CompileOptions::default()).unwrap();
-    let s = time_runs(&exe, &g.g, 3);
+    let exe = compile(&g.graph, &CompileOptions::default()).unwrap();
+    let s = time_runs(&exe, &g.graph, 3);
     let flops = 2.0 * (m * n * k) as f64;
     println!(
         "gemm {m}x{k}x{n} (x @ w^T): {s:.3} s, {:.1} GFLOP/s on {} threads",
@@ -92,10 +92,10 @@ fn bench_gemm() {
 #[ignore]
 fn bench_attention() {
     let (s, h, d) = (4352, 24, 128);
-    let mut g = G::new();
-    let q = g.input("q", f32t(&[1, s, h, d]));
-    let k = g.input("k", f32t(&[1, s, h, d]));
-    let v = g.input("v", f32t(&[1, s, h, d]));
+    let mut g = GraphBuilder::new();
+    let q = g.input("q", f32_type(&[1, s, h, d]));
+    let k = g.input("k", f32_type(&[1, s, h, d]));
+    let v = g.input("v", f32_type(&[1, s, h, d]));
     let o = g.op(
         Op::Attention {
             scale: 1.0 / (d as f64).sqrt(),
@@ -103,8 +103,8 @@ fn bench_attention() {
         &[q, k, v],
     );
     g.out("o", o);
-    let exe = compile(&g.g, &CompileOptions::default()).unwrap();
-    let t = time_runs(&exe, &g.g, 1);
+    let exe = compile(&g.graph, &CompileOptions::default()).unwrap();
+    let t = time_runs(&exe, &g.graph, 1);
     let flops = 4.0 * (s * s * h * d) as f64;
     println!(
         "attention S={s} H={h} D={d}: {t:.3} s, {:.1} GFLOP/s",
@@ -116,50 +116,50 @@ fn bench_attention() {
 #[ignore]
 fn bench_elementwise() {
     let shape = [4096, 3072];
-    let mut g = G::new();
-    let x = g.input("x", f32t(&shape));
-    let y = g.input("y", f32t(&shape));
-    let sg = g.un(UnaryOp::Sigmoid, x);
-    let silu = g.bin(BinaryOp::Mul, x, sg);
-    let z = g.bin(BinaryOp::Add, silu, y);
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", f32_type(&shape));
+    let y = g.input("y", f32_type(&shape));
+    let sg = g.unary(UnaryOp::Sigmoid, x);
+    let silu = g.binary(BinaryOp::Mul, x, sg);
+    let z = g.binary(BinaryOp::Add, silu, y);
     g.out("z", z);
-    let exe = compile(&g.g, &CompileOptions::default()).unwrap();
-    let t = time_runs(&exe, &g.g, 3);
+    let exe = compile(&g.graph, &CompileOptions::default()).unwrap();
+    let t = time_runs(&exe, &g.graph, 3);
     let n = (shape[0] * shape[1]) as f64;
     println!(
         "silu(x) + y over {shape:?}: {t:.4} s, {:.0} M elements/s",
         n / t / 1e6
     );
     // Row reduction (layer-norm statistics).
-    let mut g = G::new();
-    let x = g.input("x", f32t(&shape));
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", f32_type(&shape));
     let s = g.reduce(ReduceOp::Sum, x, &[1]);
     g.out("s", s);
-    let exe = compile(&g.g, &CompileOptions::default()).unwrap();
-    let t = time_runs(&exe, &g.g, 3);
+    let exe = compile(&g.graph, &CompileOptions::default()).unwrap();
+    let t = time_runs(&exe, &g.graph, 3);
     println!(
         "row sum over {shape:?}: {t:.4} s, {:.0} M elements/s",
         n / t / 1e6
     );
     // Column reduction (bias gradients).
-    let mut g = G::new();
-    let x = g.input("x", f32t(&shape));
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", f32_type(&shape));
     let s = g.reduce(ReduceOp::Sum, x, &[0]);
     g.out("s", s);
-    let exe = compile(&g.g, &CompileOptions::default()).unwrap();
-    let t = time_runs(&exe, &g.g, 3);
+    let exe = compile(&g.graph, &CompileOptions::default()).unwrap();
+    let t = time_runs(&exe, &g.graph, 3);
     println!(
         "column sum over {shape:?}: {t:.4} s, {:.0} M elements/s",
         n / t / 1e6
     );
     // A transposing copy (attention head split).
-    let mut g = G::new();
-    let x = g.input("x", f32t(&[4096, 24, 128]));
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", f32_type(&[4096, 24, 128]));
     let xt = g.transpose(x, &[1, 0, 2]);
-    let e = g.un(UnaryOp::Neg, xt);
+    let e = g.unary(UnaryOp::Neg, xt);
     g.out("e", e);
-    let exe = compile(&g.g, &CompileOptions::default()).unwrap();
-    let t = time_runs(&exe, &g.g, 3);
+    let exe = compile(&g.graph, &CompileOptions::default()).unwrap();
+    let t = time_runs(&exe, &g.graph, 3);
     println!(
         "transpose [4096, 24, 128] -> [24, 4096, 128]: {t:.4} s, {:.0} M elements/s",
         n / t / 1e6

@@ -1,10 +1,11 @@
 //! Flash-attention kernels against a naive f64 softmax attention on the CPU: masks, ragged
 //! lengths, fully masked rows, strided (packed qkv) inputs, head_dim 64 and 128, and the
 //! log-sum-exp output. Every test runs each kernel the device supports: the FA2 (`mma.sync`)
-//! kernel everywhere and the wgmma (sm_90a) kernel on compute capability 9.x. Skips (printing
-//! why) on machines without a CUDA device.
+//! kernel everywhere and the wgmma (sm_90a) kernel on compute capability 9.x. Reported ignored,
+//! with the reason, on machines without a CUDA device.
 
 mod cuda_common;
+mod gpu_harness;
 
 use std::sync::Arc;
 
@@ -15,6 +16,16 @@ use qie_runtime::cuda::{
     Arena, ArenaLayout, AttentionArgs, CudaDevice, DevPtr, FlashAttention, KernelCache,
     TensorStrides,
 };
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    gpu_harness::run(gpu_tests![
+        Cpu => attention_kernel_names_parse;
+        Cuda => attention_d128_masked_matches_reference, attention_unmasked_and_ragged_lengths,
+            attention_long_masked, attention_d64, attention_fully_masked_rows_give_zero,
+            attention_packed_qkv_strides, attention_rejects_bad_arguments, attention_kernel_choice;
+    ])
+}
 
 struct Problem {
     b: usize,
@@ -216,8 +227,8 @@ fn run(dev: &Arc<CudaDevice>, fa: &FlashAttention, p: &Problem, seed: u64) -> (f
 }
 
 /// The device and every attention kernel it can run (FA2; wgmma on compute capability 9.x).
-fn setup() -> Option<(Arc<CudaDevice>, Vec<FlashAttention>)> {
-    let dev = qie_runtime::cuda::test_device()?;
+fn setup() -> (Arc<CudaDevice>, Vec<FlashAttention>) {
+    let dev = qie_runtime::cuda::test_device();
     let cache = KernelCache::default_location();
     let mut kernels = Vec::new();
     for kind in [AttentionKernel::Fa2, AttentionKernel::Wgmma] {
@@ -234,7 +245,7 @@ fn setup() -> Option<(Arc<CudaDevice>, Vec<FlashAttention>)> {
         println!("attention kernel {} (head_dim 128): {attr:?}", kind.name());
         kernels.push(fa);
     }
-    Some((dev, kernels))
+    (dev, kernels)
 }
 
 fn check(name: &str, dev: &Arc<CudaDevice>, kernels: &[FlashAttention], p: &Problem, seed: u64) {
@@ -264,9 +275,8 @@ fn padding_mask(rng: &mut Rng, b: usize, sk: usize) -> Vec<u8> {
     m
 }
 
-#[test]
 fn attention_d128_masked_matches_reference() {
-    let Some((dev, fa)) = setup() else { return };
+    let (dev, fa) = setup();
     let mut rng = Rng::new(11);
     let p = Problem {
         b: 2,
@@ -280,9 +290,8 @@ fn attention_d128_masked_matches_reference() {
     check("d128 B2 S300 H3 masked", &dev, &fa, &p, 1);
 }
 
-#[test]
 fn attention_unmasked_and_ragged_lengths() {
-    let Some((dev, fa)) = setup() else { return };
+    let (dev, fa) = setup();
     for (i, (sq, sk)) in [
         (300usize, 300usize),
         (130, 200),
@@ -315,9 +324,8 @@ fn attention_unmasked_and_ragged_lengths() {
 
 /// Many K/V tiles: the wgmma kernel's K/V rings (3 stages) and mask-flag ring (8 slots) wrap
 /// several times; ragged Sq and Sk, random mask.
-#[test]
 fn attention_long_masked() {
-    let Some((dev, fa)) = setup() else { return };
+    let (dev, fa) = setup();
     let mut rng = Rng::new(14);
     let p = Problem {
         b: 2,
@@ -331,9 +339,8 @@ fn attention_long_masked() {
     check("d128 B2 Sq390 Sk1250 masked", &dev, &fa, &p, 5);
 }
 
-#[test]
 fn attention_d64() {
-    let Some((dev, fa)) = setup() else { return };
+    let (dev, fa) = setup();
     let mut rng = Rng::new(12);
     let p = Problem {
         b: 2,
@@ -347,9 +354,8 @@ fn attention_d64() {
     check("d64 B2 Sq200 Sk333 masked", &dev, &fa, &p, 2);
 }
 
-#[test]
 fn attention_fully_masked_rows_give_zero() {
-    let Some((dev, fa)) = setup() else { return };
+    let (dev, fa) = setup();
     // Batch 0 keeps no key at all; batch 1 keeps only the last key of the last tile.
     let (b, s) = (2, 150);
     let mut mask = vec![0u8; b * s];
@@ -366,9 +372,8 @@ fn attention_fully_masked_rows_give_zero() {
     check("fully masked batch", &dev, &fa, &p, 3);
 }
 
-#[test]
 fn attention_packed_qkv_strides() {
-    let Some((dev, fa)) = setup() else { return };
+    let (dev, fa) = setup();
     let mut rng = Rng::new(13);
     let p = Problem {
         b: 2,
@@ -382,9 +387,8 @@ fn attention_packed_qkv_strides() {
     check("packed qkv [B, S, 3, H, D]", &dev, &fa, &p, 4);
 }
 
-#[test]
 fn attention_rejects_bad_arguments() {
-    let Some((dev, fa)) = setup() else { return };
+    let (dev, fa) = setup();
     let arena = Arena::new(&dev, 1 << 20).unwrap();
     let p = arena.base();
     for fa in &fa {
@@ -396,8 +400,7 @@ fn attention_rejects_bad_arguments() {
     }
 }
 
-#[test]
-fn attention_kernel_choice() {
+fn attention_kernel_names_parse() {
     assert_eq!(
         "fa2".parse::<AttentionKernel>().unwrap(),
         AttentionKernel::Fa2
@@ -407,7 +410,10 @@ fn attention_kernel_choice() {
         AttentionKernel::Wgmma
     );
     assert!("fa4".parse::<AttentionKernel>().is_err());
-    let Some((dev, _)) = setup() else { return };
+}
+
+fn attention_kernel_choice() {
+    let (dev, _) = setup();
     let cc = dev.info().compute_capability;
     let wgmma = AttentionKernel::Wgmma.supported(&dev);
     assert_eq!(wgmma, cc.0 == 9, "wgmma on compute capability 9.x only");

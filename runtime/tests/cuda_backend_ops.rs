@@ -6,44 +6,50 @@
 //! - bf16 storage: graphs checked at rel-L2 2e-2 (bf16 rounding of every stored value), with
 //!   shapes that take the fast paths (cuBLASLt, flash attention) and shapes that do not.
 //!
-//! Without a GPU every test prints why it skips and passes.
+//! Without a GPU every test is reported ignored, with the reason.
 
 mod cpu_suite;
+mod gpu_harness;
 
-use cpu_suite::{check_values, f32t, random_values, t, G};
+use cpu_suite::{check_values, f32_type, random_values, tensor_type, GraphBuilder};
 use qie_ir::{BinaryOp, DType, Graph, Op, ReduceOp, UnaryOp};
 use qie_runtime::cuda::{CudaBackend, StorageMode};
+use std::process::ExitCode;
 use std::sync::OnceLock;
 
 const BF16_TOL: f64 = 2e-2;
 
-fn backend(mode: StorageMode) -> Option<&'static CudaBackend> {
-    static F32: OnceLock<Option<CudaBackend>> = OnceLock::new();
-    static BF16: OnceLock<Option<CudaBackend>> = OnceLock::new();
+fn main() -> ExitCode {
+    let timing = gpu_tests![Cuda => bench_real_width_block]
+        .into_iter()
+        .map(|t| t.timing());
+    let bf16 = gpu_tests![
+        Cuda => bf16_dit_block_small_generic_attention, bf16_dit_block_fast_paths,
+            bf16_matmul_layouts, bf16_attention_flash_and_generic, bf16_norms_reductions_and_gather;
+    ];
+    gpu_harness::run(f32_suite().into_iter().chain(bf16).chain(timing))
+}
+
+fn backend(mode: StorageMode) -> &'static CudaBackend {
+    static F32: OnceLock<CudaBackend> = OnceLock::new();
+    static BF16: OnceLock<CudaBackend> = OnceLock::new();
     let cell = match mode {
         StorageMode::F32 => &F32,
         StorageMode::Bf16 => &BF16,
     };
-    let b = cell.get_or_init(|| match CudaBackend::new(0, mode) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            eprintln!("skipping CUDA backend tests: {e}");
-            None
-        }
-    });
-    b.as_ref()
+    cell.get_or_init(|| {
+        CudaBackend::new(0, mode).unwrap_or_else(|e| panic!("CUDA backend ({mode:?}): {e}"))
+    })
 }
 
+/// The backend suite's bodies on f32 storage, one test each, named after the body.
 macro_rules! f32_suite {
     ($($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                if let Some(b) = backend(StorageMode::F32) {
-                    cpu_suite::$name(b);
-                }
-            }
-        )*
+        fn f32_suite() -> Vec<gpu_harness::Test> {
+            vec![$(gpu_harness::Test::new(stringify!($name), gpu_harness::Needs::Cuda, || {
+                cpu_suite::$name(backend(StorageMode::F32))
+            })),*]
+        }
     };
 }
 
@@ -67,25 +73,20 @@ f32_suite!(
 );
 
 fn check_bf16(g: &Graph, seed: u64) {
-    if let Some(b) = backend(StorageMode::Bf16) {
-        let values = random_values(g, seed, 8);
-        check_values(b, g, &values, BF16_TOL);
-    }
+    let values = random_values(g, seed, 8);
+    check_values(backend(StorageMode::Bf16), g, &values, BF16_TOL);
 }
 
-#[test]
 fn bf16_dit_block_small_generic_attention() {
     // head_dim 16: the generic attention kernel on bf16 storage.
     check_bf16(&cpu_suite::dit_block(40, 9, 32, 2, 64), 2000);
 }
 
-#[test]
 fn bf16_dit_block_fast_paths() {
     // head_dim 128: cuBLASLt GEMMs and the flash kernel.
     check_bf16(&cpu_suite::dit_block(200, 24, 256, 2, 512), 2001);
 }
 
-#[test]
 fn bf16_matmul_layouts() {
     let (m, k, n) = (37, 64, 48);
     let mut seed = 2100;
@@ -97,20 +98,20 @@ fn bf16_matmul_layouts() {
                     s.extend(if tr { [c, r] } else { [r, c] });
                     s
                 };
-                let mut g = G::new();
-                let a = g.input("a", f32t(&shape(&batch_a, m, k, ta)));
-                let b = g.param("b", f32t(&shape(&batch_b, k, n, tb)));
+                let mut g = GraphBuilder::new();
+                let a = g.input("a", f32_type(&shape(&batch_a, m, k, ta)));
+                let b = g.param("b", f32_type(&shape(&batch_b, k, n, tb)));
                 let c = g.matmul(a, b, ta, tb);
                 g.out("c", c);
                 seed += 1;
-                check_bf16(&g.g, seed);
+                check_bf16(&g.graph, seed);
             }
         }
     }
     // A column slice (ld > cols) and a transposed-then-sliced operand.
-    let mut g = G::new();
-    let x = g.input("x", f32t(&[50, 96]));
-    let w = g.param("w", f32t(&[40, 32]));
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", f32_type(&[50, 96]));
+    let w = g.param("w", f32_type(&[40, 32]));
     let xs = g.op(
         Op::Slice {
             axis: 1,
@@ -132,17 +133,17 @@ fn bf16_matmul_layouts() {
     ); // [32, 50]
     let z = g.matmul(xts, x, false, false); // [32, 96]
     g.out("z", z);
-    check_bf16(&g.g, 2150);
+    check_bf16(&g.graph, 2150);
 }
 
 fn attention_graph(b: usize, sq: usize, sk: usize, h: usize, d: usize, masked: bool) -> Graph {
-    let mut g = G::new();
-    let q = g.input("q", f32t(&[b, sq, h, d]));
-    let k = g.input("k", f32t(&[b, sk, h, d]));
-    let v = g.input("v", f32t(&[b, sk, h, d]));
+    let mut g = GraphBuilder::new();
+    let q = g.input("q", f32_type(&[b, sq, h, d]));
+    let k = g.input("k", f32_type(&[b, sk, h, d]));
+    let v = g.input("v", f32_type(&[b, sk, h, d]));
     let mut args = vec![q, k, v];
     if masked {
-        args.push(g.input("mask", t(DType::Bool, &[b, sk])));
+        args.push(g.input("mask", tensor_type(DType::Bool, &[b, sk])));
     }
     let o = g.op(
         Op::Attention {
@@ -151,18 +152,17 @@ fn attention_graph(b: usize, sq: usize, sk: usize, h: usize, d: usize, masked: b
         &args,
     );
     g.out("o", o);
-    g.g
+    g.graph
 }
 
-#[test]
 fn bf16_attention_flash_and_generic() {
     check_bf16(&attention_graph(2, 200, 130, 3, 128, true), 2200);
     check_bf16(&attention_graph(1, 77, 300, 2, 64, false), 2201);
     check_bf16(&attention_graph(2, 33, 45, 2, 40, true), 2202);
     // Packed qkv [B, S, 3, H, D] sliced into q, k, v (strided operands of the flash kernel).
-    let mut g = G::new();
-    let qkv = g.input("qkv", f32t(&[1, 150, 3, 2, 128]));
-    let part = |g: &mut G, i: usize| {
+    let mut g = GraphBuilder::new();
+    let qkv = g.input("qkv", f32_type(&[1, 150, 3, 2, 128]));
+    let part = |g: &mut GraphBuilder, i: usize| {
         let s = g.op(
             Op::Slice {
                 axis: 2,
@@ -176,53 +176,48 @@ fn bf16_attention_flash_and_generic() {
     let (q, k, v) = (part(&mut g, 0), part(&mut g, 1), part(&mut g, 2));
     let o = g.op(Op::Attention { scale: 0.08 }, &[q, k, v]);
     g.out("o", o);
-    check_bf16(&g.g, 2203);
+    check_bf16(&g.graph, 2203);
 }
 
-#[test]
 fn bf16_norms_reductions_and_gather() {
-    let mut g = G::new();
-    let x = g.input("x", f32t(&[3, 70, 3072]));
-    let w = g.param("w", f32t(&[3072]));
-    let sq = g.bin(BinaryOp::Mul, x, x);
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", f32_type(&[3, 70, 3072]));
+    let w = g.param("w", f32_type(&[3072]));
+    let sq = g.binary(BinaryOp::Mul, x, x);
     let s = g.reduce(ReduceOp::Sum, sq, &[2]);
     let inv = g.splat(1.0 / 3072.0, s);
-    let ms = g.bin(BinaryOp::Mul, s, inv);
+    let ms = g.binary(BinaryOp::Mul, s, inv);
     let eps = g.splat(1e-6, ms);
-    let me = g.bin(BinaryOp::Add, ms, eps);
-    let rs = g.un(UnaryOp::Rsqrt, me);
+    let me = g.binary(BinaryOp::Add, ms, eps);
+    let rs = g.unary(UnaryOp::Rsqrt, me);
     let r2 = g.reshape(rs, &[3, 70, 1]);
     let rb = g.bcast(r2, &[3, 70, 3072]);
-    let n = g.bin(BinaryOp::Mul, x, rb);
+    let n = g.binary(BinaryOp::Mul, x, rb);
     let wb = g.bcast(w, &[3, 70, 3072]);
-    let y = g.bin(BinaryOp::Mul, n, wb);
+    let y = g.binary(BinaryOp::Mul, n, wb);
     g.out("y", y);
     let mx = g.reduce(ReduceOp::Max, x, &[0, 1]);
     g.out("mx", mx);
-    let table = g.param("table", f32t(&[10, 64]));
-    let ids = g.input("ids", t(DType::I64, &[2, 5]));
+    let table = g.param("table", f32_type(&[10, 64]));
+    let ids = g.input("ids", tensor_type(DType::I64, &[2, 5]));
     let emb = g.op(Op::Gather { axis: 0 }, &[table, ids]);
     g.out("emb", emb);
     // Angles stay f32 in storage: sin of large arguments must still be right.
-    let pos = g.input("pos", f32t(&[300]));
+    let pos = g.input("pos", f32_type(&[300]));
     let big = g.splat(900.0, pos);
-    let ang = g.bin(BinaryOp::Mul, pos, big);
-    let s1 = g.un(UnaryOp::Sin, ang);
-    let c1 = g.un(UnaryOp::Cos, ang);
+    let ang = g.binary(BinaryOp::Mul, pos, big);
+    let s1 = g.unary(UnaryOp::Sin, ang);
+    let c1 = g.unary(UnaryOp::Cos, ang);
     let cat = g.op(Op::Concat { axis: 0 }, &[s1, c1]);
     g.out("sincos", cat);
-    check_bf16(&g.g, 2300);
+    check_bf16(&g.graph, 2300);
 }
 
 /// One real-width Qwen-Image DiT block (d = 3072, 24 heads of 128, MLP 12288) at the 1024² edit
 /// length (8192 image tokens: target + one reference, 256 text tokens; N = 8448) in bf16: time
-/// per run and the most expensive steps. Run with --ignored.
-#[test]
-#[ignore]
+/// per run and the most expensive steps. A timing, not a check: run with --ignored.
 fn bench_real_width_block() {
-    let Some(b) = backend(StorageMode::Bf16) else {
-        return;
-    };
+    let b = backend(StorageMode::Bf16);
     let g = cpu_suite::dit_block(8192, 256, 3072, 24, 12288);
     let values = random_values(&g, 3000, 8);
     let (inputs, params) = cpu_suite::bind(&g, &values);

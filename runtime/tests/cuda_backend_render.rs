@@ -1,9 +1,11 @@
 //! The CUDA backend's planner and renderer on every graph of the shared backend suite, without a
 //! GPU: each graph is planned in both storage modes (bf16, f32), unfused and fused, and every
-//! generated kernel is compiled with NVRTC for sm_90 (skipped, with the reason, when NVRTC is not
-//! installed). Execution is delegated to the CPU backend so the suite's own checks still run.
+//! generated kernel is compiled with NVRTC for sm_90 (those tests are reported ignored, with the
+//! reason, when NVRTC is not installed). Execution is delegated to the CPU backend so the suite's
+//! own checks still run.
 
 mod cpu_suite;
+mod gpu_harness;
 
 use qie_ir::Graph;
 use qie_runtime::cpu::CpuBackend;
@@ -12,7 +14,15 @@ use qie_runtime::cuda::plan::{GemmEpilogue, PlanStep};
 use qie_runtime::cuda::{build_plan, KernelCache, StorageMode};
 use qie_runtime::{Backend, CompileOptions, Executable, RuntimeError};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::process::ExitCode;
+use std::sync::{Mutex, OnceLock};
+
+fn main() -> ExitCode {
+    gpu_harness::run(gpu_tests![
+        Cpu => every_suite_graph_plans, real_width_block_uses_the_fast_paths;
+        Nvrtc => every_suite_kernel_compiles, real_width_block_kernels_compile;
+    ])
+}
 
 /// Plans every graph for CUDA (both modes), records the kernels, runs on the CPU.
 struct PlanningBackend {
@@ -53,13 +63,6 @@ impl Backend for PlanningBackend {
 }
 
 fn nvrtc_compile_all(kernels: &BTreeMap<String, String>) {
-    if let Err(e) = qie_runtime::cuda::libs::require(qie_runtime::cuda::libs::Lib::Nvrtc) {
-        eprintln!(
-            "skipping the NVRTC compile of {} kernels: {e}",
-            kernels.len()
-        );
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let cache = KernelCache::at(dir.path());
     for (names, source) in module_sources(kernels) {
@@ -73,48 +76,67 @@ fn nvrtc_compile_all(kernels: &BTreeMap<String, String>) {
     println!("compiled {} kernels with NVRTC", kernels.len());
 }
 
-macro_rules! planned {
-    ($($name:ident),* $(,)?) => {
-        #[test]
-        fn every_suite_graph_plans_and_compiles() {
-            let b = PlanningBackend { kernels: Mutex::new(BTreeMap::new()), plans: Mutex::new(0) };
-            $( cpu_suite::$name(&b); )*
-            let kernels = b.kernels.lock().unwrap().clone();
-            let vectorised = kernels.values().filter(|k| k.contains("vst") || k.contains("vld")).count();
-            println!(
-                "{} plans, {} distinct kernels ({vectorised} vectorised)",
-                b.plans.lock().unwrap(),
-                kernels.len()
-            );
-            assert!(vectorised > 0, "the suite exercises vectorised kernels");
-            nvrtc_compile_all(&kernels);
+/// Plans every graph of the suite (running it on the CPU); the generated kernels by name.
+/// Computed once per process, shared by the planning and the NVRTC test.
+fn suite_kernels() -> &'static BTreeMap<String, String> {
+    static KERNELS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+    KERNELS.get_or_init(|| {
+        let b = PlanningBackend {
+            kernels: Mutex::new(BTreeMap::new()),
+            plans: Mutex::new(0),
+        };
+        let bodies: [fn(&dyn Backend); 15] = [
+            cpu_suite::unary_ops,
+            cpu_suite::binary_ops,
+            cpu_suite::integer_ops,
+            cpu_suite::compare_select_cast,
+            cpu_suite::views,
+            cpu_suite::reductions,
+            cpu_suite::norms_and_softmax,
+            cpu_suite::matmul_forms,
+            cpu_suite::linear_with_epilogue,
+            cpu_suite::attention,
+            cpu_suite::conv2d,
+            cpu_suite::gather_concat,
+            cpu_suite::large_shapes,
+            cpu_suite::dit_block_small,
+            cpu_suite::plan_reuse,
+        ];
+        for body in bodies {
+            body(&b);
         }
-    };
+        let kernels = b.kernels.into_inner().unwrap();
+        println!(
+            "{} plans, {} distinct kernels",
+            b.plans.into_inner().unwrap(),
+            kernels.len()
+        );
+        kernels
+    })
 }
 
-planned!(
-    unary_ops,
-    binary_ops,
-    integer_ops,
-    compare_select_cast,
-    views,
-    reductions,
-    norms_and_softmax,
-    matmul_forms,
-    linear_with_epilogue,
-    attention,
-    conv2d,
-    gather_concat,
-    large_shapes,
-    dit_block_small,
-    plan_reuse,
-);
+fn every_suite_graph_plans() {
+    let kernels = suite_kernels();
+    let vectorised = kernels
+        .values()
+        .filter(|k| k.contains("vst") || k.contains("vld"))
+        .count();
+    println!("{vectorised} vectorised kernels");
+    assert!(vectorised > 0, "the suite exercises vectorised kernels");
+}
 
-#[test]
-fn real_width_block_uses_the_fast_paths() {
-    // d = 256, 2 heads of 128: cuBLASLt GEMMs and flash attention in bf16 mode.
+fn every_suite_kernel_compiles() {
+    nvrtc_compile_all(suite_kernels());
+}
+
+/// d = 256, 2 heads of 128: cuBLASLt GEMMs and flash attention in bf16 mode.
+fn real_width_block_plan(mode: StorageMode) -> qie_runtime::cuda::CudaPlan {
     let g = cpu_suite::dit_block(64, 16, 256, 2, 512);
-    let plan = build_plan(&g, &CompileOptions::default(), StorageMode::Bf16).unwrap();
+    build_plan(&g, &CompileOptions::default(), mode).unwrap()
+}
+
+fn real_width_block_uses_the_fast_paths() {
+    let plan = real_width_block_plan(StorageMode::Bf16);
     let gemms = plan
         .steps
         .iter()
@@ -166,12 +188,15 @@ fn real_width_block_uses_the_fast_paths() {
         plan.kernels.keys()
     );
     // bf16 storage halves the arena of the f32 plan (roughly: statistics stay f32).
-    let f32_plan = build_plan(&g, &CompileOptions::default(), StorageMode::F32).unwrap();
+    let f32_plan = real_width_block_plan(StorageMode::F32);
     assert!(
         plan.stats.arena_bytes * 10 < f32_plan.stats.arena_bytes * 6,
         "bf16 arena {} vs f32 {}",
         plan.stats.arena_bytes,
         f32_plan.stats.arena_bytes
     );
-    nvrtc_compile_all(&plan.kernels);
+}
+
+fn real_width_block_kernels_compile() {
+    nvrtc_compile_all(&real_width_block_plan(StorageMode::Bf16).kernels);
 }

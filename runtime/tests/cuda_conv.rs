@@ -4,7 +4,9 @@
 //! row blocks. Weights are bound as bf16 host data (uploaded as they are). `conv_timing`
 //! (ignored by default) prints TFLOP/s at the VAE's real sizes.
 //!
-//! Without a GPU every test prints why it skips and passes.
+//! Without a GPU every test is reported ignored, with the reason.
+
+mod gpu_harness;
 
 use half::bf16;
 use qie_ir::{DType, Graph, NodeId, Op, TensorType};
@@ -12,18 +14,25 @@ use qie_runtime::cpu::CpuBackend;
 use qie_runtime::cuda::{CudaBackend, StorageMode};
 use qie_runtime::{Backend, CompileOptions, ParamData, ParamStore, Tensor};
 use std::collections::HashMap;
+use std::process::ExitCode;
 use std::sync::OnceLock;
 
-fn backend() -> Option<&'static CudaBackend> {
-    static B: OnceLock<Option<CudaBackend>> = OnceLock::new();
-    B.get_or_init(|| match CudaBackend::new(0, StorageMode::Bf16) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            eprintln!("skipping CUDA conv tests: {e}");
-            None
-        }
+fn main() -> ExitCode {
+    let timing = gpu_tests![Cuda => conv_timing]
+        .into_iter()
+        .map(|t| t.timing());
+    gpu_harness::run(
+        gpu_tests![Cuda => conv_bf16_matches_cpu]
+            .into_iter()
+            .chain(timing),
+    )
+}
+
+fn backend() -> &'static CudaBackend {
+    static B: OnceLock<CudaBackend> = OnceLock::new();
+    B.get_or_init(|| {
+        CudaBackend::new(0, StorageMode::Bf16).unwrap_or_else(|e| panic!("CUDA backend: {e}"))
     })
-    .as_ref()
 }
 
 /// bf16 weights by name.
@@ -148,9 +157,8 @@ fn check(b: &CudaBackend, c: &Case, seed: u64) {
     assert!(err <= 1e-2, "rel-L2 {err} for x {:?} w {:?}", c.x, c.w);
 }
 
-#[test]
 fn conv_bf16_matches_cpu() {
-    let Some(b) = backend() else { return };
+    let b = backend();
     let mut sliced = case(&[1, 32, 40, 36], &[48, 32, 3, 3], 1, 1, 1);
     sliced.sliced = true;
     let mut asym = case(&[2, 8, 17, 13], &[16, 8, 3, 2], 1, 0, 1);
@@ -203,10 +211,9 @@ fn time_conv(b: &dyn Backend, c: &Case, runs: usize) -> (f64, f64) {
     times[runs / 2]
 }
 
-#[test]
-#[ignore = "timing at real VAE sizes; run on a GPU with --ignored --nocapture"]
+/// Timing at real VAE sizes, not a check: run on a GPU with `--ignored`.
 fn conv_timing() {
-    let Some(b) = backend() else { return };
+    let b = backend();
     let cases = [
         case(&[1, 384, 256, 256], &[384, 384, 3, 3], 1, 1, 1),
         case(&[1, 128, 1024, 1024], &[128, 128, 3, 3], 1, 1, 1),
@@ -230,7 +237,8 @@ fn conv_timing() {
         );
     }
     // The generic direct kernel (f32 storage) on the first case, for comparison.
-    if let Ok(f32b) = CudaBackend::new(0, StorageMode::F32) {
+    {
+        let f32b = CudaBackend::new(0, StorageMode::F32).unwrap();
         let c = &cases[0];
         let (t, _) = time_conv(&f32b, c, 1);
         let flop = 2.0 * 384.0 * 3456.0 * 65536.0;

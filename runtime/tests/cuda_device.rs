@@ -1,9 +1,22 @@
 //! Device discovery and selection. On machines without CUDA, discovery must fail with a reason
-//! (never panic); with a GPU it lists each device.
+//! (never panic); with a GPU it lists each device. Also checks the GPU test harness itself: a
+//! GPU test is reported ignored without a GPU and fails under `QIE_REQUIRE_CUDA=1`.
 
-use qie_runtime::cuda::{list_devices, CudaDevice, DeviceSpec};
+mod gpu_harness;
 
-#[test]
+use qie_runtime::cuda::test_device::{cuda_required, missing, TestNeed};
+use qie_runtime::cuda::{list_devices, test_device, CudaDevice, DeviceSpec};
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    gpu_harness::run(gpu_tests![
+        Cpu => list_devices_lists_or_explains, device_spec_parsing,
+            a_missing_gpu_is_ignored_or_fails_when_required;
+        Cuda => out_of_range_ordinal_is_an_error, weight_pool_reserve_packs_without_waste;
+    ])
+}
+
+/// Without a device this checks the error path; `QIE_REQUIRE_CUDA=1` makes that a failure.
 fn list_devices_lists_or_explains() {
     match list_devices() {
         Ok(devices) => {
@@ -16,6 +29,7 @@ fn list_devices_lists_or_explains() {
             }
         }
         Err(e) => {
+            assert!(!cuda_required(), "QIE_REQUIRE_CUDA=1 but {e}");
             println!("no CUDA: {e}");
             assert!(!e.reason.is_empty());
             assert!(e.to_string().starts_with("CUDA unavailable: "));
@@ -26,14 +40,12 @@ fn list_devices_lists_or_explains() {
     }
 }
 
-#[test]
 fn out_of_range_ordinal_is_an_error() {
-    let Ok(devices) = list_devices() else { return };
+    let devices = list_devices().unwrap();
     let err = CudaDevice::new(devices.len()).unwrap_err().to_string();
     assert!(err.contains("requested"), "{err}");
 }
 
-#[test]
 fn device_spec_parsing() {
     assert_eq!(DeviceSpec::parse("cpu").unwrap(), DeviceSpec::Cpu);
     assert_eq!(DeviceSpec::parse("cuda").unwrap(), DeviceSpec::Cuda(0));
@@ -47,13 +59,9 @@ fn device_spec_parsing() {
     assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
 }
 
-#[test]
 fn weight_pool_reserve_packs_without_waste() {
     use qie_runtime::cuda::WeightPool;
-    let Ok(dev) = CudaDevice::new(0) else {
-        println!("skipped: no CUDA device");
-        return;
-    };
+    let dev = test_device();
     let before = dev.allocations().current();
     let mut pool = WeightPool::new(&dev, 64 << 20);
     // Three 40 MiB tensors: one 64 MiB chunk each without a reservation (72 MiB wasted).
@@ -72,4 +80,51 @@ fn weight_pool_reserve_packs_without_waste() {
     assert!(dev.allocations().peak() >= dev.allocations().current());
     drop(pool);
     assert_eq!(dev.allocations().current(), before);
+}
+
+/// Runs this binary's `out_of_range_ordinal_is_an_error` (a GPU test) alone, with and without
+/// `QIE_REQUIRE_CUDA=1`: without a device it is reported ignored, or fails when required; with
+/// one it passes either way.
+fn a_missing_gpu_is_ignored_or_fails_when_required() {
+    let exe = std::env::current_exe().unwrap();
+    let run = |required: &str| {
+        let out = Command::new(&exe)
+            .args([
+                "--exact",
+                "out_of_range_ordinal_is_an_error",
+                "--test-threads=1",
+            ])
+            .env("QIE_REQUIRE_CUDA", required)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (skip_ok, skip_text) = run("0");
+    let (require_ok, require_text) = run("1");
+    match missing(TestNeed::Device) {
+        Some(why) => {
+            assert!(skip_ok, "{skip_text}");
+            assert!(
+                skip_text.contains("1 ignored") && skip_text.contains("0 passed"),
+                "{skip_text}"
+            );
+            assert!(
+                skip_text.contains(&why),
+                "the reason is printed: {skip_text}"
+            );
+            assert!(!require_ok, "QIE_REQUIRE_CUDA=1 must fail: {require_text}");
+            assert!(require_text.contains("1 failed"), "{require_text}");
+            assert!(
+                require_text.contains("QIE_REQUIRE_CUDA=1 but"),
+                "{require_text}"
+            );
+        }
+        None => {
+            for (ok, text) in [(skip_ok, skip_text), (require_ok, require_text)] {
+                assert!(ok && text.contains("1 passed"), "{text}");
+            }
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! cuBLASLt bf16 GEMMs against a CPU f64 reference: transposes, batches, epilogues, graphs.
-//! Skips (printing why) on machines without a CUDA device.
+//! Reported ignored, with the reason, on machines without a CUDA device.
 
 mod cuda_common;
+mod gpu_harness;
 
 use std::sync::Arc;
 
@@ -9,6 +10,15 @@ use cuda_common::*;
 use half::bf16;
 use qie_runtime::cuda::blas::WORKSPACE_BYTES;
 use qie_runtime::cuda::{Arena, ArenaLayout, Blas, CudaDevice, Epilogue, GemmArgs};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    gpu_harness::run(gpu_tests![
+        Cuda => gemm_layouts_match_f64_reference, gemm_epilogues_match_f64_reference,
+            gemm_autotuned_algorithms_match_f64_reference, gemm_plans_are_cached_per_shape,
+            gemm_replays_in_a_cuda_graph;
+    ])
+}
 
 struct Case {
     m: usize,
@@ -113,11 +123,11 @@ fn run_case(dev: &Arc<CudaDevice>, blas: &Blas, c: &Case, seed: u64) -> f64 {
     rel_l2(&to_f64(&out), &reference)
 }
 
-fn setup() -> Option<(Arc<CudaDevice>, Arena, Blas)> {
-    let dev = qie_runtime::cuda::test_device()?;
+fn setup() -> (Arc<CudaDevice>, Arena, Blas) {
+    let dev = qie_runtime::cuda::test_device();
     let ws = Arena::new(&dev, WORKSPACE_BYTES).unwrap();
     let blas = Blas::new(&dev, ws.base(), WORKSPACE_BYTES).unwrap();
-    Some((dev, ws, blas))
+    (dev, ws, blas)
 }
 
 fn case(m: usize, n: usize, k: usize) -> Case {
@@ -134,11 +144,8 @@ fn case(m: usize, n: usize, k: usize) -> Case {
     }
 }
 
-#[test]
 fn gemm_layouts_match_f64_reference() {
-    let Some((dev, _ws, blas)) = setup() else {
-        return;
-    };
+    let (dev, _ws, blas) = setup();
     let cases = [
         case(64, 64, 64),
         case(77, 96, 200),
@@ -182,11 +189,8 @@ fn gemm_layouts_match_f64_reference() {
     }
 }
 
-#[test]
 fn gemm_epilogues_match_f64_reference() {
-    let Some((dev, _ws, blas)) = setup() else {
-        return;
-    };
+    let (dev, _ws, blas) = setup();
     for epilogue in 0..4u8 {
         for accumulate in [false, true] {
             let c = Case {
@@ -205,11 +209,8 @@ fn gemm_epilogues_match_f64_reference() {
     }
 }
 
-#[test]
 fn gemm_autotuned_algorithms_match_f64_reference() {
-    let Some((dev, _ws, blas)) = setup() else {
-        return;
-    };
+    let (dev, _ws, blas) = setup();
     blas.set_autotune(true);
     let cases = [
         Case {
@@ -236,11 +237,8 @@ fn gemm_autotuned_algorithms_match_f64_reference() {
     }
 }
 
-#[test]
 fn gemm_plans_are_cached_per_shape() {
-    let Some((dev, _ws, blas)) = setup() else {
-        return;
-    };
+    let (dev, _ws, blas) = setup();
     let c = Case {
         tb: true,
         ..case(64, 128, 64)
@@ -261,11 +259,8 @@ fn gemm_plans_are_cached_per_shape() {
     assert_eq!(blas.cached_plans(), n + 1);
 }
 
-#[test]
 fn gemm_replays_in_a_cuda_graph() {
-    let Some((dev, _ws, blas)) = setup() else {
-        return;
-    };
+    let (dev, _ws, blas) = setup();
     let (m, n, k) = (96, 128, 64);
     let arena = Arena::new(&dev, 3 << 20).unwrap();
     let (pa, pb, pd) = (

@@ -1,12 +1,21 @@
-//! NVRTC compile + on-disk cache, and a launch of the compiled kernel when a device exists.
-//! Compiling needs only NVRTC (no GPU); without NVRTC the test prints why it skips.
+//! NVRTC compile + on-disk cache (needs NVRTC, no GPU), and a launch of the compiled kernel
+//! (needs a device). Each is reported ignored, with the reason, where its need is missing.
 
 mod cuda_common;
+mod gpu_harness;
 
 use cuda_common::*;
 use half::bf16;
 use qie_runtime::cuda::nvrtc::{Arg, Module};
-use qie_runtime::cuda::{sources, Arena, KernelCache};
+use qie_runtime::cuda::{sources, test_device, Arena, KernelCache};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    gpu_harness::run(gpu_tests![
+        Nvrtc => nvrtc_compiles_once_then_reads_the_cache;
+        Cuda => nvrtc_kernel_runs_on_the_device;
+    ])
+}
 
 const SAXPY: &str = r#"
 extern "C" __global__ void scale_add_bf16(const unsigned short* x, unsigned short* y, float a, int n) {
@@ -23,27 +32,18 @@ extern "C" __global__ void scale_add_bf16(const unsigned short* x, unsigned shor
 "#;
 
 /// The device's arch and driver version, or sm_90 / 0 when compiling without a device.
-fn target() -> (
-    String,
-    i32,
-    Option<std::sync::Arc<qie_runtime::cuda::CudaDevice>>,
-) {
+fn target() -> (String, i32) {
     match qie_runtime::cuda::CudaDevice::new(0) {
-        Ok(dev) => (dev.arch(), dev.driver_version(), Some(dev)),
+        Ok(dev) => (dev.arch(), dev.driver_version()),
         Err(e) => {
             println!("no CUDA device ({e}); compiling for sm_90 only");
-            ("sm_90".to_string(), 0, None)
+            ("sm_90".to_string(), 0)
         }
     }
 }
 
-#[test]
 fn nvrtc_compiles_once_then_reads_the_cache() {
-    if let Err(e) = qie_runtime::cuda::libs::require(qie_runtime::cuda::libs::Lib::Nvrtc) {
-        eprintln!("skipping NVRTC test: {e}");
-        return;
-    }
-    let (arch, driver, dev) = target();
+    let (arch, driver) = target();
     let dir = tempfile::tempdir().unwrap();
     let cache = KernelCache::at(dir.path().join("kernels"));
 
@@ -117,8 +117,19 @@ fn nvrtc_compiles_once_then_reads_the_cache() {
         fa.ptx.contains("mma.sync.aligned.m16n8k16"),
         "tensor-core mma expected in PTX"
     );
+}
 
-    let Some(dev) = dev else { return };
+fn nvrtc_kernel_runs_on_the_device() {
+    let dev = test_device();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = KernelCache::at(dir.path().join("kernels"));
+    let (arch, driver) = (dev.arch(), dev.driver_version());
+    cache
+        .compile(SAXPY, "saxpy.cu", &arch, driver, &[])
+        .unwrap();
+    let second = cache
+        .compile(SAXPY, "saxpy.cu", &arch, driver, &[])
+        .unwrap();
     let module = Module::load(&dev, &second).unwrap();
     assert!(module.from_cache);
     let kernel = module.function("scale_add_bf16").unwrap();

@@ -4,7 +4,7 @@
 
 mod cpu_suite;
 
-use cpu_suite::{f32t, G};
+use cpu_suite::{f32_type, GraphBuilder};
 use half::{bf16, f16};
 use qie_ir::{BinaryOp, Op};
 use qie_runtime::cpu::CpuBackend;
@@ -38,10 +38,10 @@ impl ParamStore for Store {
 
 /// `y = conv(x, w) + b` and `z = x2 @ m`: params of several kinds of steps.
 fn graph() -> qie_ir::Graph {
-    let mut g = G::new();
-    let x = g.input("x", f32t(&[1, 3, 6, 5]));
-    let w = g.param("w", f32t(&[4, 3, 3, 3]));
-    let b = g.param("b", f32t(&[1, 4, 6, 5]));
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", f32_type(&[1, 3, 6, 5]));
+    let w = g.param("w", f32_type(&[4, 3, 3, 3]));
+    let b = g.param("b", f32_type(&[1, 4, 6, 5]));
     let c = g.op(
         Op::Conv2d {
             stride: [1, 1],
@@ -51,13 +51,13 @@ fn graph() -> qie_ir::Graph {
         },
         &[x, w],
     );
-    let y = g.bin(BinaryOp::Add, c, b);
+    let y = g.binary(BinaryOp::Add, c, b);
     g.out("y", y);
-    let x2 = g.input("x2", f32t(&[7, 16]));
-    let m = g.param("m", f32t(&[16, 9]));
+    let x2 = g.input("x2", f32_type(&[7, 16]));
+    let m = g.param("m", f32_type(&[16, 9]));
     let z = g.matmul(x2, m, false, false);
     g.out("z", z);
-    g.g
+    g.graph
 }
 
 fn params() -> Vec<(&'static str, Vec<f32>)> {

@@ -51,6 +51,19 @@ fn at(what: &str, dir: &std::path::Path) -> impl Fn(ModelError) -> ModelError {
 /// Called after every denoising step with (step, total).
 pub type StepCallback<'a> = &'a mut dyn FnMut(usize, usize);
 
+/// What one denoising step produced, for observers (golden tests, live previews).
+pub struct StepState<'a> {
+    /// 1-based, as in [`StepCallback`].
+    pub step: usize,
+    pub total: usize,
+    /// The scheduler's timestep (the DiT sees it / 1000).
+    pub timestep: f32,
+    /// The noise prediction the scheduler stepped with (after CFG), packed [1, S, 64].
+    pub noise_pred: &'a Tensor,
+    /// The latents after the step, packed [1, S, 64].
+    pub latents: &'a Tensor,
+}
+
 impl EditPipeline {
     /// Loads every component of a diffusers-layout edit checkpoint; `loras` are merged into the
     /// DiT's weights.
@@ -159,6 +172,19 @@ impl EditPipeline {
         settings: &EditSettings,
         init_noise: Option<&Tensor>,
         on_step: StepCallback<'_>,
+    ) -> Result<EditOutput, ModelError> {
+        self.edit_observed(images, settings, init_noise, &mut |s| {
+            on_step(s.step, s.total)
+        })
+    }
+
+    /// [`Self::edit`], showing every step's noise prediction and latents to `on_step`.
+    pub fn edit_observed(
+        &self,
+        images: &[RgbImage],
+        settings: &EditSettings,
+        init_noise: Option<&Tensor>,
+        on_step: &mut dyn FnMut(&StepState<'_>),
     ) -> Result<EditOutput, ModelError> {
         let start = Instant::now();
         let mut times = StageTimes::default();
@@ -271,7 +297,13 @@ impl EditPipeline {
             let next = scheduler.step(f32_data(&pred)?, f32_data(&latents)?)?;
             latents = tensor(latents.shape(), next)?;
             times.step_s.push(super::timings::since(step_start));
-            on_step(i + 1, timesteps.len());
+            on_step(&StepState {
+                step: i + 1,
+                total: timesteps.len(),
+                timestep: ts,
+                noise_pred: &pred,
+                latents: &latents,
+            });
         }
         times.denoise_s = super::timings::since(t);
 

@@ -8,7 +8,7 @@ pub mod random;
 mod settings;
 mod timings;
 
-pub use edit::{EditOutput, EditPipeline, StepCallback};
+pub use edit::{EditOutput, EditPipeline, StepCallback, StepState};
 pub use flavour::Flavour;
 pub use settings::EditSettings;
 pub use timings::StageTimes;

@@ -33,6 +33,7 @@ pub mod manifest;
 pub mod nvrtc;
 mod params;
 pub mod plan;
+pub mod test_device;
 
 pub use crate::device::DeviceSpec;
 pub use crate::storage::StorageMode;
@@ -47,8 +48,7 @@ pub use device::{
 pub use exec::CudaExecutable;
 pub use nvrtc::{CompiledKernel, KernelCache, Module};
 pub use plan::CudaPlan;
-
-use std::sync::Arc;
+pub use test_device::test_device;
 
 /// Why the CUDA backend cannot be used on this machine (no driver library, no device, ...).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -128,22 +128,6 @@ impl DevPtr {
             256
         } else {
             (1usize << self.0.trailing_zeros().min(8)).min(256)
-        }
-    }
-}
-
-/// Opens `cuda:0` for a test, or prints why CUDA tests are skipped on this machine and returns
-/// `None`. `QIE_CUDA_TEST_DEVICE=N` picks another ordinal.
-pub fn test_device() -> Option<Arc<CudaDevice>> {
-    let ordinal = std::env::var("QIE_CUDA_TEST_DEVICE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    match CudaDevice::new(ordinal) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipping CUDA test: {e}");
-            None
         }
     }
 }
