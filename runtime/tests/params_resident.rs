@@ -1,12 +1,26 @@
 //! Resident parameter sets: uploaded once, updated in place, seen by the next run (also through
 //! a replayed CUDA graph), freed when dropped; and clear errors for sets that do not fit.
+//! The CUDA tests are reported ignored, with the reason, on machines without a CUDA device.
+
+mod gpu_harness;
 
 use qie_ir::{BinaryOp, DType, Graph, Op, TensorType};
 use qie_runtime::cpu::CpuBackend;
+use qie_runtime::cuda::CudaBackend;
+use qie_runtime::StorageMode;
 use qie_runtime::{
     Backend, CompileOptions, Executable, ParamData, ParamStore, RuntimeError, Tensor,
 };
 use std::collections::HashMap;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    gpu_harness::run(gpu_tests![
+        Cpu => cpu_updates_are_seen, cpu_bad_updates_and_sets;
+        Cuda => cuda_updates_are_seen, cuda_bad_updates_and_sets,
+            cuda_memory_returns_when_a_set_is_dropped;
+    ])
+}
 
 const M: usize = 16;
 const K: usize = 64;
@@ -160,78 +174,61 @@ fn bad_updates_and_sets(backend: &dyn Backend) {
     ));
 }
 
-#[test]
 fn cpu_updates_are_seen() {
     updates_are_seen(&CpuBackend, 1e-6);
 }
 
-#[test]
 fn cpu_bad_updates_and_sets() {
     bad_updates_and_sets(&CpuBackend);
 }
 
-mod cuda {
-    use super::*;
-    use qie_runtime::cuda::CudaBackend;
-    use qie_runtime::StorageMode;
+fn backend(mode: StorageMode) -> CudaBackend {
+    CudaBackend::on_device(qie_runtime::cuda::test_device(), mode).expect("CUDA backend")
+}
 
-    fn backend(mode: StorageMode) -> Option<CudaBackend> {
-        let dev = qie_runtime::cuda::test_device()?;
-        Some(CudaBackend::on_device(dev, mode).expect("CUDA backend"))
+fn cuda_updates_are_seen() {
+    for (mode, tol) in [(StorageMode::F32, 1e-5), (StorageMode::Bf16, 2e-2)] {
+        updates_are_seen(&backend(mode), tol);
     }
+}
 
-    #[test]
-    fn cuda_updates_are_seen() {
-        for (mode, tol) in [(StorageMode::F32, 1e-5), (StorageMode::Bf16, 2e-2)] {
-            let Some(b) = backend(mode) else { return };
-            updates_are_seen(&b, tol);
-        }
-    }
+fn cuda_bad_updates_and_sets() {
+    let b = backend(StorageMode::Bf16);
+    bad_updates_and_sets(&b);
+    // A set of another backend instance cannot be read.
+    let other = backend(StorageMode::Bf16);
+    let exe = b.compile(&linear(), &CompileOptions::default()).unwrap();
+    let host: HashMap<String, Vec<f32>> =
+        HashMap::from([("w".into(), values(K * N, 2)), ("b".into(), values(N, 3))]);
+    let foreign = other.upload_params(&exe.params(), &host).unwrap();
+    let x = Tensor::from_f32(&[M, K], values(M * K, 1)).unwrap();
+    let inputs = HashMap::from([("x".to_string(), x)]);
+    let err = exe.run(&inputs, &foreign).unwrap_err().to_string();
+    assert!(err.contains("cannot be read"), "{err}");
+    // A CPU set on CUDA, and a CUDA set on the CPU.
+    let cpu_exe = CpuBackend
+        .compile(&linear(), &CompileOptions::default())
+        .unwrap();
+    let cpu_set = CpuBackend.upload_params(&exe.params(), &host).unwrap();
+    assert!(exe.run(&inputs, &cpu_set).is_err());
+    assert!(cpu_exe.run(&inputs, &foreign).is_err());
+}
 
-    #[test]
-    fn cuda_bad_updates_and_sets() {
-        let Some(b) = backend(StorageMode::Bf16) else {
-            return;
-        };
-        bad_updates_and_sets(&b);
-        // A set of another backend instance cannot be read.
-        let other = backend(StorageMode::Bf16).unwrap();
-        let exe = b.compile(&linear(), &CompileOptions::default()).unwrap();
-        let host: HashMap<String, Vec<f32>> =
-            HashMap::from([("w".into(), values(K * N, 2)), ("b".into(), values(N, 3))]);
-        let foreign = other.upload_params(&exe.params(), &host).unwrap();
-        let x = Tensor::from_f32(&[M, K], values(M * K, 1)).unwrap();
-        let inputs = HashMap::from([("x".to_string(), x)]);
-        let err = exe.run(&inputs, &foreign).unwrap_err().to_string();
-        assert!(err.contains("cannot be read"), "{err}");
-        // A CPU set on CUDA, and a CUDA set on the CPU.
-        let cpu_exe = CpuBackend
-            .compile(&linear(), &CompileOptions::default())
-            .unwrap();
-        let cpu_set = CpuBackend.upload_params(&exe.params(), &host).unwrap();
-        assert!(exe.run(&inputs, &cpu_set).is_err());
-        assert!(cpu_exe.run(&inputs, &foreign).is_err());
-    }
-
-    #[test]
-    fn cuda_memory_returns_when_a_set_is_dropped() {
-        let Some(b) = backend(StorageMode::Bf16) else {
-            return;
-        };
-        let exe = b.compile(&linear(), &CompileOptions::default()).unwrap();
-        let big: HashMap<String, Vec<f32>> =
-            HashMap::from([("w".into(), values(K * N, 2)), ("b".into(), values(N, 3))]);
-        let before = b.memory().unwrap();
-        let set = b.upload_params(&exe.params(), &big).unwrap();
-        let during = b.memory().unwrap();
-        assert!(during.weights >= (K * N + N) * 2, "{during:?}");
-        assert!(
-            during.allocated > before.allocated,
-            "{before:?} -> {during:?}"
-        );
-        drop(set);
-        let after = b.memory().unwrap();
-        assert_eq!(after.weights, before.weights, "{after:?}");
-        assert_eq!(after.allocated, before.allocated, "{before:?} -> {after:?}");
-    }
+fn cuda_memory_returns_when_a_set_is_dropped() {
+    let b = backend(StorageMode::Bf16);
+    let exe = b.compile(&linear(), &CompileOptions::default()).unwrap();
+    let big: HashMap<String, Vec<f32>> =
+        HashMap::from([("w".into(), values(K * N, 2)), ("b".into(), values(N, 3))]);
+    let before = b.memory().unwrap();
+    let set = b.upload_params(&exe.params(), &big).unwrap();
+    let during = b.memory().unwrap();
+    assert!(during.weights >= (K * N + N) * 2, "{during:?}");
+    assert!(
+        during.allocated > before.allocated,
+        "{before:?} -> {during:?}"
+    );
+    drop(set);
+    let after = b.memory().unwrap();
+    assert_eq!(after.weights, before.weights, "{after:?}");
+    assert_eq!(after.allocated, before.allocated, "{before:?} -> {after:?}");
 }

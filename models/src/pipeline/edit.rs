@@ -154,15 +154,7 @@ impl EditPipeline {
     /// The output size for these inputs and settings (multiples of 16).
     pub fn output_size(&self, images: &[RgbImage], settings: &EditSettings) -> (usize, usize) {
         let last = images.last().expect("at least one image");
-        let ratio = last.width() as f64 / last.height() as f64;
-        // diffusers derives the default from a fixed 1024² area, independent of the VAE area.
-        let area = settings.output_area.unwrap_or(1024 * 1024) as f64;
-        let (w, h) = calculate_dimensions(area, ratio);
-        let (w, h) = (w as usize, h as usize);
-        let multiple = 16;
-        let w = settings.width.unwrap_or(w) / multiple * multiple;
-        let h = settings.height.unwrap_or(h) / multiple * multiple;
-        (w, h)
+        settings.output_size(last.width(), last.height())
     }
 
     /// Runs one edit. `init_noise` ([1, S, 64] packed, diffusers' layout) replaces the seeded noise.
