@@ -1,6 +1,6 @@
 //! Backend test bodies: each `pub fn` takes a backend and checks graphs against the f64 reference
 //! interpreter (`qie_ir::eval`), unfused and fused, with the arena poisoned before every run.
-//! The CUDA / wgpu backends reuse these bodies with their own `Backend`.
+//! The CUDA backend reuses these bodies with its own `Backend` (`cuda_backend_ops.rs`).
 #![allow(dead_code)]
 
 mod compare;
