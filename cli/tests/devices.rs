@@ -1,6 +1,8 @@
 //! `qie devices` and `--device`: the backends compiled in, the devices found or why none was,
 //! and clear errors for devices that cannot be used.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,7 +13,7 @@ fn fixture(rel: &str) -> PathBuf {
 }
 
 fn qie(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qie"))
+    let out = Command::new(common::qie_bin())
         .args(args)
         .env_remove("QIE_DEVICE")
         .output()

@@ -2,6 +2,8 @@
 //! every launch of the plan; bad input gives one clear error, a non-zero exit and no panic;
 //! bench without a GPU says why (with one, it times the export).
 
+mod common;
+
 use qie_ir::dsl::StaticValue;
 use qie_ir::{DType, TensorType};
 use qie_runtime::cuda::manifest::{Manifest, Param};
@@ -21,7 +23,7 @@ const IMG_SHAPES: &str = "img_shapes=[[1,4,6]]";
 
 /// Runs qie; returns (exit code, stdout, stderr). Asserts it did not panic.
 fn qie(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qie"))
+    let out = Command::new(common::qie_bin())
         .args(args)
         .env_remove("QIE_DEVICE")
         .output()

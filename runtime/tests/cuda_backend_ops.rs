@@ -11,13 +11,13 @@
 mod cpu_suite;
 mod gpu_harness;
 
-use cpu_suite::{check_values, f32_type, random_values, tensor_type, GraphBuilder};
+use cpu_suite::{
+    check_values_within, f32_type, random_values, tensor_type, GraphBuilder, Tolerance,
+};
 use qie_ir::{BinaryOp, DType, Graph, Op, ReduceOp, UnaryOp};
 use qie_runtime::cuda::{CudaBackend, StorageMode};
 use std::process::ExitCode;
 use std::sync::OnceLock;
-
-const BF16_TOL: f64 = 2e-2;
 
 fn main() -> ExitCode {
     let timing = gpu_tests![Cuda => bench_real_width_block]
@@ -74,7 +74,12 @@ f32_suite!(
 
 fn check_bf16(g: &Graph, seed: u64) {
     let values = random_values(g, seed, 8);
-    check_values(backend(StorageMode::Bf16), g, &values, BF16_TOL);
+    check_values_within(
+        backend(StorageMode::Bf16),
+        g,
+        &values,
+        Tolerance::bf16_storage(),
+    );
 }
 
 fn bf16_dit_block_small_generic_attention() {

@@ -21,12 +21,26 @@ pub struct Tolerance {
 }
 
 impl Tolerance {
-    /// All three bounds at `tol` (f32 storage: 1e-5; bf16 storage: 2e-2).
+    /// All three bounds at `tol` (f32 storage: 1e-5).
     pub fn uniform(tol: f64) -> Tolerance {
         Tolerance {
             rel_l2: tol,
             rel: tol,
             abs: tol,
+        }
+    }
+
+    /// bf16 storage through a whole block: rel-L2 2e-2 over the tensor, and per element
+    /// 2e-2 x |ref| + 0.25 x RMS. Rounding every stored intermediate to bf16 compounds per
+    /// element: measured on an H200, 4.1% of the RMS in a small DiT block and 10.4% in one
+    /// element of the 256-wide block (bf16 logits move a near one-hot softmax), while both
+    /// tensors stay within 2e-2. A quarter of the RMS still catches an element that was not
+    /// written (outputs are poisoned to NaN) or is wrong by the scale of the data.
+    pub fn bf16_storage() -> Tolerance {
+        Tolerance {
+            rel_l2: 2e-2,
+            rel: 2e-2,
+            abs: 0.25,
         }
     }
 }

@@ -186,6 +186,16 @@ pub fn option_sets() -> Vec<CompileOptions> {
 /// Runs `g` on the backend (unfused and fused, twice each to exercise plan reuse) and compares
 /// every output with the reference.
 pub fn check_values(b: &dyn Backend, g: &Graph, values: &HashMap<String, eval::Tensor>, tol: f64) {
+    check_values_within(b, g, values, Tolerance::uniform(tol))
+}
+
+/// [`check_values`] with a [`Tolerance`] of its own (bf16 storage: [`Tolerance::bf16_storage`]).
+pub fn check_values_within(
+    b: &dyn Backend,
+    g: &Graph,
+    values: &HashMap<String, eval::Tensor>,
+    tol: Tolerance,
+) {
     // Graph constants as the f32 graph holds them, for the backend and the reference alike (the
     // generated graphs carry f64 constants; simplify folds them in f64 before rounding).
     let g = &f32_constants(g);
@@ -219,7 +229,7 @@ pub fn check_values(b: &dyn Backend, g: &Graph, values: &HashMap<String, eval::T
                 let got = out
                     .get(name)
                     .unwrap_or_else(|| panic!("output {name} missing"));
-                if let Err(e) = compare(name, got, want, Tolerance::uniform(tol)) {
+                if let Err(e) = compare(name, got, want, tol) {
                     panic!(
                         "{e}\n(run {run}, optimize={}, fuse={}, QIE_TEST_SEED={:?})\n{}",
                         opts.optimize,
