@@ -14,6 +14,7 @@ pub mod qwen25vl;
 pub mod qwen_image;
 pub mod scheduler;
 pub mod sources;
+pub mod train;
 
 pub use dsl_model::DslModel;
 pub use error::ModelError;

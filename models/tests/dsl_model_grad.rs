@@ -103,6 +103,7 @@ fn gradients() -> Gradients {
         loss: "loss".to_string(),
         params: vec!["fc.weight".to_string(), "scale".to_string()],
         inputs: vec!["x".to_string()],
+        objective: None,
     }
 }
 

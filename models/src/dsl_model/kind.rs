@@ -2,6 +2,7 @@
 //! The kind is part of the plan-cache key, so a training step and an inference call of equal shapes
 //! get separate plans.
 
+use super::objective::Objective;
 use qie_ir::passes::{grad, AutodiffError, Seeds, Trainable};
 use qie_ir::Graph;
 
@@ -14,12 +15,14 @@ pub enum GraphKind {
 }
 
 /// Gradients of the scalar output `loss` with respect to chosen params (by the names the source
-/// gives them, before any checkpoint prefix) and float inputs.
+/// gives them, before any checkpoint prefix) and float inputs. With an `objective`, the loss is
+/// first appended to the forward graph (and `loss` names the objective's output).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Gradients {
     pub loss: String,
     pub params: Vec<String>,
     pub inputs: Vec<String>,
+    pub objective: Option<Objective>,
 }
 
 impl Gradients {
@@ -31,17 +34,23 @@ impl Gradients {
 
 impl GraphKind {
     /// `forward` turned into this kind's graph.
-    pub fn build(&self, forward: Graph) -> Result<Graph, AutodiffError> {
+    pub fn build(&self, mut forward: Graph) -> Result<Graph, String> {
         match self {
             GraphKind::Forward => Ok(forward),
-            GraphKind::ForwardBackward(g) => grad(
-                &forward,
-                &Seeds::Loss(g.loss.clone()),
-                &Trainable::Leaves {
-                    params: g.params.clone(),
-                    inputs: g.inputs.clone(),
-                },
-            ),
+            GraphKind::ForwardBackward(g) => {
+                if let Some(objective) = &g.objective {
+                    objective.append(&mut forward)?;
+                }
+                grad(
+                    &forward,
+                    &Seeds::Loss(g.loss.clone()),
+                    &Trainable::Leaves {
+                        params: g.params.clone(),
+                        inputs: g.inputs.clone(),
+                    },
+                )
+                .map_err(|e: AutodiffError| e.to_string())
+            }
         }
     }
 

@@ -7,10 +7,12 @@
 //! tables, tiling, prefixes in its checkpoints) stays in the wrapper.
 
 mod kind;
+pub mod objective;
 mod program;
 mod weights;
 
 pub use kind::{Gradients, GraphKind};
+pub use objective::Objective;
 pub use program::{static_int_rows, DslProgram, DslSource, Specialisation};
 
 use crate::{HostWeights, ModelError, ModelOptions, PlanCache};
@@ -117,6 +119,16 @@ impl<K: ShapeKey> DslModel<K> {
     /// host and in place on the backend: the next run of every plan reads the new values.
     pub fn update_weight(&mut self, name: &str, values: &[f32]) -> Result<(), ModelError> {
         self.weights.update(name, values)
+    }
+
+    /// The current values of the weight the source calls `name`, in f32.
+    pub fn weight_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        let checkpoint = self.weights.checkpoint_name(name);
+        self.weights
+            .host()
+            .get_f32(&checkpoint)
+            .map(|v| v.into_owned())
+            .ok_or_else(|| ModelError::new(format!("the model has no weight \"{checkpoint}\"")))
     }
 
     /// How many weight updates the backend's copy has seen (`None` before the first run uploads it).

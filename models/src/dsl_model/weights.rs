@@ -146,4 +146,9 @@ impl ModelWeights {
             .as_ref()
             .map(ParamSet::version)
     }
+
+    /// The host weights, by checkpoint name.
+    pub fn host(&self) -> &HostWeights {
+        &self.host
+    }
 }

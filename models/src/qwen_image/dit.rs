@@ -13,6 +13,9 @@ use qie_runtime::weights::CheckMode;
 use qie_runtime::Tensor;
 use std::path::Path;
 
+mod train;
+pub use train::LossAndGrads;
+
 /// The DiT's options (see [`ModelOptions`]).
 pub type DitOptions = ModelOptions;
 

@@ -1,0 +1,98 @@
+//! One training step of the DiT: the flow-matching loss over the target image's tokens and its
+//! gradients with respect to chosen weights, from one plan (forward, loss and backward compiled
+//! together and cached per shapes and trainable set).
+
+use super::{specialisation, PlanKey, QwenImageDit};
+use crate::dsl_model::objective::{LOSS, LOSS_TARGET, LOSS_WEIGHT};
+use crate::dsl_model::{Gradients, GraphKind, Objective};
+use crate::qwen_image::inputs::DitInputs;
+use crate::ModelError;
+use qie_runtime::Tensor;
+use std::collections::HashMap;
+
+pub struct LossAndGrads {
+    pub loss: f32,
+    /// By the weights' source names (checkpoint names for the DiT).
+    pub grads: HashMap<String, Tensor>,
+}
+
+impl QwenImageDit {
+    /// `loss = mean_b(weight[b] * mean((sample[b, :S_target] - target[b])^2))` and its gradient
+    /// with respect to each weight of `trainable`; `target` is [B, S_target, out_channels * 4],
+    /// `weight` [B].
+    pub fn loss_and_grads(
+        &self,
+        inputs: &DitInputs,
+        target: &Tensor,
+        weight: &Tensor,
+        trainable: &[String],
+    ) -> Result<LossAndGrads, ModelError> {
+        inputs.validate(&self.config)?;
+        let batch = inputs.batch();
+        let channels = self.config.patch_size * self.config.patch_size * self.config.out_channels;
+        let t = target.shape();
+        if t.len() != 3 || t[0] != batch || t[2] != channels || t[1] == 0 {
+            return Err(ModelError::new(format!(
+                "loss target has shape {t:?}; expected [{batch}, S_target, {channels}]"
+            )));
+        }
+        if t[1] > inputs.img_tokens() {
+            return Err(ModelError::new(format!(
+                "loss target covers {} tokens but hidden_states has only {}",
+                t[1],
+                inputs.img_tokens()
+            )));
+        }
+        if weight.shape() != [batch] {
+            return Err(ModelError::new(format!(
+                "loss weights have shape {:?}; expected [{batch}]",
+                weight.shape()
+            )));
+        }
+        let known: std::collections::HashSet<&str> = self
+            .model
+            .expected_weights()
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if let Some(missing) = trainable.iter().find(|n| !known.contains(n.as_str())) {
+            return Err(ModelError::new(format!(
+                "trainable weight `{missing}` is not a weight of the DiT"
+            )));
+        }
+        let kind = GraphKind::ForwardBackward(Gradients {
+            loss: LOSS.to_string(),
+            params: trainable.to_vec(),
+            inputs: Vec::new(),
+            objective: Some(Objective::WeightedTokenMse {
+                output: "sample".to_string(),
+                tokens: t[1],
+            }),
+        });
+        let mut bindings = inputs.bindings();
+        bindings.insert(LOSS_TARGET.to_string(), target.cast(qie_ir::DType::F32));
+        bindings.insert(LOSS_WEIGHT.to_string(), weight.cast(qie_ir::DType::F32));
+        let mut out = self.model.run(
+            &kind,
+            &PlanKey::of(inputs),
+            &specialisation(inputs),
+            &bindings,
+        )?;
+        let loss = out.take(LOSS)?.to_f32_vec()[0];
+        let mut grads = HashMap::with_capacity(trainable.len());
+        for name in trainable {
+            grads.insert(name.clone(), out.take(&Gradients::output_name(name))?);
+        }
+        Ok(LossAndGrads { loss, grads })
+    }
+
+    /// The current f32 values of weight `name` (a source / checkpoint name).
+    pub fn weight_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        self.model.weight_f32(name)
+    }
+
+    /// Replaces weight `name` everywhere the model's plans read it (no recompilation).
+    pub fn update_weight(&mut self, name: &str, values: &[f32]) -> Result<(), ModelError> {
+        self.model.update_weight(name, values)
+    }
+}
