@@ -4,10 +4,18 @@
 //! gradients.
 
 pub mod adamw;
+pub mod checkpoint;
+pub mod log;
 pub mod lr;
+pub mod order;
 pub mod rng;
+pub mod sample;
 pub mod timesteps;
+pub mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig, AdamWState};
+pub use log::{StepLog, StepRecord};
 pub use lr::LrSchedule;
+pub use sample::{InMemoryData, TrainSample, TrainingData};
 pub use timesteps::{TimestepDraw, TimestepSampler, TimestepScheme};
+pub use trainer::{LoopSettings, StepReport, Trainer};

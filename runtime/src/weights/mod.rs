@@ -39,4 +39,7 @@ pub use prefix::Prefixed;
 pub use safetensors::Dtype;
 pub use store::{TensorInfo, WeightStore};
 pub use stored::StoredTensor;
-pub use write::{save_raw, save_safetensors, save_safetensors_as, RawTensor};
+pub use write::{
+    save_raw, save_raw_with_metadata, save_safetensors, save_safetensors_as,
+    save_safetensors_with_metadata, RawTensor,
+};

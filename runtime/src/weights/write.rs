@@ -52,6 +52,16 @@ pub fn save_safetensors_as<S: AsRef<str>>(
     tensors: &[(S, Vec<usize>, &[f32])],
     dtype: Dtype,
 ) -> Result<()> {
+    save_safetensors_with_metadata(path, tensors, dtype, &HashMap::new())
+}
+
+/// [`save_safetensors_as`] with extra header metadata (e.g. diffusers' `lora_adapter_metadata`).
+pub fn save_safetensors_with_metadata<S: AsRef<str>>(
+    path: impl AsRef<Path>,
+    tensors: &[(S, Vec<usize>, &[f32])],
+    dtype: Dtype,
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
     let path = path.as_ref();
     let mut raw = Vec::with_capacity(tensors.len());
     for (name, shape, values) in tensors {
@@ -84,12 +94,21 @@ pub fn save_safetensors_as<S: AsRef<str>>(
             data: Cow::Owned(data),
         });
     }
-    save_raw(path, &raw)
+    save_raw_with_metadata(path, &raw, metadata)
 }
 
 /// Writes tensors of any dtype, with `{"format": "pt"}` metadata as
 /// transformers and diffusers write it.
 pub fn save_raw(path: impl AsRef<Path>, tensors: &[RawTensor<'_>]) -> Result<()> {
+    save_raw_with_metadata(path, tensors, &HashMap::new())
+}
+
+/// [`save_raw`] with extra header metadata next to `format`.
+pub fn save_raw_with_metadata(
+    path: impl AsRef<Path>,
+    tensors: &[RawTensor<'_>],
+    extra: &HashMap<String, String>,
+) -> Result<()> {
     let path = path.as_ref();
     let mut names = HashSet::with_capacity(tensors.len());
     for t in tensors {
@@ -116,7 +135,8 @@ pub fn save_raw(path: impl AsRef<Path>, tensors: &[RawTensor<'_>]) -> Result<()>
             ));
         }
     }
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut metadata = extra.clone();
+    metadata.insert("format".to_string(), "pt".to_string());
     let bytes =
         safetensors::serialize(tensors.iter().map(|t| (t.name.as_str(), t)), Some(metadata))
             .map_err(|e| WeightsError::write(path, e.to_string()))?;

@@ -86,6 +86,11 @@ impl QwenImageDit {
         Ok(LossAndGrads { loss, grads })
     }
 
+    /// Source names and shapes of every weight the model reads.
+    pub fn model_weights(&self) -> &[(String, Vec<usize>)] {
+        self.model.expected_weights()
+    }
+
     /// The current f32 values of weight `name` (a source / checkpoint name).
     pub fn weight_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
         self.model.weight_f32(name)

@@ -1,0 +1,321 @@
+//! The training loop: micro-batches -> loss and gradients from one plan -> global-norm clipping
+//! -> the fused AdamW update on the f32 master copies -> the new values written into the model
+//! in place (no recompilation). Every draw depends only on (seed, step), and the data order only
+//! on (seed, epoch), so a run resumed from a checkpoint repeats the uninterrupted run exactly.
+
+use super::adamw::{AdamW, AdamWConfig, AdamWState};
+use super::checkpoint::{self, LoopState};
+use super::lr::LrSchedule;
+use super::order::epoch_batches;
+use super::sample::{noise_batch, TrainingData};
+use super::timesteps::{TimestepSampler, TimestepScheme};
+use crate::qwen_image::QwenImageDit;
+use crate::ModelError;
+use qie_runtime::Backend;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What the loop does (the optimizer-step view of the config).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoopSettings {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub schedule: LrSchedule,
+    pub optimizer: AdamWConfig,
+    /// Clip the global gradient norm to this (None: no clipping).
+    pub max_grad_norm: Option<f64>,
+    pub seed: u64,
+    pub timesteps: TimestepScheme,
+}
+
+impl LoopSettings {
+    /// What must stay equal for a resumed run to continue the same run.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "bs={} accum={} lr={} schedule={:?} opt={:?} clip={:?} seed={} timesteps={:?}",
+            self.batch_size,
+            self.grad_accum,
+            self.lr,
+            self.schedule,
+            self.optimizer,
+            self.max_grad_norm,
+            self.seed,
+            self.timesteps
+        )
+    }
+}
+
+/// One optimizer step's figures.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepReport {
+    /// 1-based: the number of optimizer steps taken so far.
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    /// Global L2 norm of the (accumulated) gradient, before clipping.
+    pub grad_norm: f64,
+    pub step_s: f64,
+    pub samples: usize,
+    pub epoch: u64,
+}
+
+pub struct Trainer {
+    settings: LoopSettings,
+    /// Trainable weights (source names) and shapes, in master-vector order.
+    layout: Vec<(String, Vec<usize>)>,
+    master: Vec<f32>,
+    optimizer: AdamW,
+    moments: AdamWState,
+    sampler: TimestepSampler,
+    state: LoopState,
+}
+
+impl Trainer {
+    /// Starts from the model's current values of `trainable`.
+    pub fn new(
+        dit: &QwenImageDit,
+        trainable: Vec<String>,
+        settings: LoopSettings,
+        backend: &dyn Backend,
+    ) -> Result<Trainer, ModelError> {
+        if trainable.is_empty() {
+            return Err(ModelError::new(
+                "nothing to train: the trainable set is empty",
+            ));
+        }
+        if settings.batch_size == 0 || settings.grad_accum == 0 {
+            return Err(ModelError::new(
+                "batch size and gradient accumulation must be >= 1",
+            ));
+        }
+        if !(settings.lr.is_finite() && settings.lr > 0.0) {
+            return Err(ModelError::new(format!("lr {} must be > 0", settings.lr)));
+        }
+        let shapes: std::collections::HashMap<&str, &Vec<usize>> = dit
+            .model_weights()
+            .iter()
+            .map(|(n, s)| (n.as_str(), s))
+            .collect();
+        let mut layout = Vec::with_capacity(trainable.len());
+        let mut master = Vec::new();
+        for name in trainable {
+            let shape = shapes.get(name.as_str()).ok_or_else(|| {
+                ModelError::new(format!(
+                    "trainable weight `{name}` is not a weight of the DiT"
+                ))
+            })?;
+            master.extend(dit.weight_f32(&name)?);
+            layout.push((name, (*shape).clone()));
+        }
+        let optimizer = AdamW::new(settings.optimizer.clone(), master.len(), backend)?;
+        let sampler = TimestepSampler::new(&settings.timesteps).map_err(ModelError::new)?;
+        let state = LoopState {
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            seed: settings.seed,
+            fingerprint: settings.fingerprint(),
+        };
+        Ok(Trainer {
+            moments: AdamWState::new(master.len()),
+            settings,
+            layout,
+            master,
+            optimizer,
+            sampler,
+            state,
+        })
+    }
+
+    pub fn step(&self) -> u64 {
+        self.state.step
+    }
+
+    pub fn layout(&self) -> &[(String, Vec<usize>)] {
+        &self.layout
+    }
+
+    /// The master value of each trainable tensor.
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        let mut at = 0;
+        self.layout
+            .iter()
+            .map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                let v = &self.master[at..at + n];
+                at += n;
+                (name.clone(), shape.clone(), v)
+            })
+            .collect()
+    }
+
+    /// Number of trainable values.
+    pub fn trainable_values(&self) -> usize {
+        self.master.len()
+    }
+
+    /// One optimizer step (grad_accum micro-batches of batch_size rows).
+    pub fn train_step(
+        &mut self,
+        dit: &mut QwenImageDit,
+        data: &dyn TrainingData,
+    ) -> Result<StepReport, ModelError> {
+        let start = Instant::now();
+        let step = self.state.step;
+        let names: Vec<String> = self.layout.iter().map(|(n, _)| n.clone()).collect();
+        let mut grads = vec![0.0f32; self.master.len()];
+        let mut loss_sum = 0.0f64;
+        let mut samples = 0;
+        for micro in 0..self.settings.grad_accum {
+            let rows = self.next_batch(data)?;
+            let loaded = rows
+                .iter()
+                .map(|&i| data.load(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            samples += loaded.len();
+            let batch = noise_batch(
+                &loaded,
+                &self.sampler,
+                self.settings.seed,
+                step,
+                micro as u64,
+            )?;
+            let out = dit.loss_and_grads(&batch.inputs, &batch.target, &batch.weight, &names)?;
+            let sources = || {
+                loaded
+                    .iter()
+                    .map(|s| s.source.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if !out.loss.is_finite() {
+                return Err(ModelError::new(format!(
+                    "step {}: the loss is {} (rows {})",
+                    step + 1,
+                    out.loss,
+                    sources()
+                )));
+            }
+            loss_sum += out.loss as f64;
+            let mut at = 0;
+            for (name, shape) in &self.layout {
+                let n: usize = shape.iter().product();
+                let g = out.grads[name].to_f32_vec();
+                if let Some(bad) = g.iter().find(|v| !v.is_finite()) {
+                    return Err(ModelError::new(format!(
+                        "step {}: the gradient of `{name}` has a non-finite value ({bad}) (rows {})",
+                        step + 1,
+                        sources()
+                    )));
+                }
+                for (acc, v) in grads[at..at + n].iter_mut().zip(&g) {
+                    *acc += v;
+                }
+                at += n;
+            }
+        }
+        let accum = self.settings.grad_accum as f64;
+        let grad_norm = grads
+            .iter()
+            .map(|&g| (g as f64) * (g as f64))
+            .sum::<f64>()
+            .sqrt()
+            / accum;
+        // torch.nn.utils.clip_grad_norm_: coefficient max_norm / (norm + 1e-6), at most 1.
+        let clip = match self.settings.max_grad_norm {
+            Some(max) => (max / (grad_norm + 1e-6)).min(1.0),
+            None => 1.0,
+        };
+        let lr = self
+            .settings
+            .schedule
+            .rate(self.settings.lr, step, self.settings.steps);
+        self.optimizer
+            .step(&mut self.moments, &mut self.master, grads, lr, clip / accum)?;
+        if let Some(bad) = self.master.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::new(format!(
+                "step {}: the update made `{}` non-finite",
+                step + 1,
+                self.name_at(bad)
+            )));
+        }
+        self.write_back(dit)?;
+        self.state.step += 1;
+        Ok(StepReport {
+            step: self.state.step,
+            loss: loss_sum / accum,
+            lr,
+            grad_norm,
+            step_s: start.elapsed().as_secs_f64(),
+            samples,
+            epoch: self.state.epoch,
+        })
+    }
+
+    fn name_at(&self, index: usize) -> &str {
+        let mut at = 0;
+        for (name, shape) in &self.layout {
+            at += shape.iter().product::<usize>();
+            if index < at {
+                return name;
+            }
+        }
+        "?"
+    }
+
+    fn write_back(&self, dit: &mut QwenImageDit) -> Result<(), ModelError> {
+        for (name, _, values) in self.tensors() {
+            dit.update_weight(&name, values)?;
+        }
+        Ok(())
+    }
+
+    /// The rows of the next batch, moving to the next epoch when this one is used up.
+    fn next_batch(&mut self, data: &dyn TrainingData) -> Result<Vec<usize>, ModelError> {
+        loop {
+            let batches = epoch_batches(
+                data,
+                self.settings.batch_size,
+                self.settings.seed,
+                self.state.epoch,
+            );
+            if batches.is_empty() {
+                return Err(ModelError::new(format!(
+                    "no batch of {} rows with equal image sizes can be formed from the {} rows",
+                    self.settings.batch_size,
+                    data.len()
+                )));
+            }
+            if let Some(rows) = batches.get(self.state.batch_in_epoch as usize) {
+                self.state.batch_in_epoch += 1;
+                return Ok(rows.clone());
+            }
+            self.state.epoch += 1;
+            self.state.batch_in_epoch = 0;
+        }
+    }
+
+    /// Writes a resumable checkpoint into `out` (see [`checkpoint::save`]).
+    pub fn save_checkpoint(&self, out: &Path) -> Result<PathBuf, ModelError> {
+        checkpoint::save(out, &self.layout, &self.master, &self.moments, &self.state)
+    }
+
+    /// Continues from checkpoint `dir`: the master values go into `dit` too.
+    pub fn resume(&mut self, dit: &mut QwenImageDit, dir: &Path) -> Result<(), ModelError> {
+        let ckpt = checkpoint::load(dir, &self.layout)?;
+        if ckpt.state.fingerprint != self.settings.fingerprint() {
+            return Err(ModelError::new(format!(
+                "{}: the checkpoint was made with other settings; a resumed run must keep them.\n  checkpoint: {}\n  now:        {}",
+                dir.display(),
+                ckpt.state.fingerprint,
+                self.settings.fingerprint()
+            )));
+        }
+        self.master = ckpt.master;
+        self.moments = ckpt.optimizer;
+        self.state = ckpt.state;
+        self.write_back(dit)
+    }
+}
