@@ -2,9 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "schedule", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LrSchedule {
+    #[default]
     Constant,
     /// Linear from lr / warmup_steps up to lr over `warmup_steps`, then constant.
     Warmup {
@@ -17,12 +18,6 @@ pub enum LrSchedule {
         #[serde(default)]
         min_lr: f64,
     },
-}
-
-impl Default for LrSchedule {
-    fn default() -> Self {
-        LrSchedule::Constant
-    }
 }
 
 impl LrSchedule {
