@@ -3,6 +3,7 @@
 //! the fly without merging is not implemented.
 
 pub mod dit;
+pub mod export;
 pub mod file;
 pub mod keys;
 pub mod merge;
@@ -10,6 +11,7 @@ pub mod metadata;
 pub mod spec;
 
 pub use dit::load_dit_with_loras;
+pub use export::{write_adapter, AdapterConfig, AdapterModule, DIFFUSERS_FILE};
 pub use file::{LoraFile, LoraModule};
 pub use keys::{LoraFormat, ModuleName};
 pub use merge::{merge_into, unmerge, FileReport, LoraSet, MergeReport};

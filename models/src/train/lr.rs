@@ -8,9 +8,7 @@ pub enum LrSchedule {
     #[default]
     Constant,
     /// Linear from lr / warmup_steps up to lr over `warmup_steps`, then constant.
-    Warmup {
-        warmup_steps: u64,
-    },
+    Warmup { warmup_steps: u64 },
     /// Linear warmup, then half a cosine from lr down to `min_lr` at the last step.
     Cosine {
         #[serde(default)]
