@@ -5,6 +5,7 @@
 
 pub mod adamw;
 pub mod checkpoint;
+pub mod config;
 pub mod log;
 pub mod lr;
 pub mod order;
@@ -14,6 +15,7 @@ pub mod timesteps;
 pub mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig, AdamWState};
+pub use config::{matches_target, TrainConfig, DEFAULT_LORA_TARGETS};
 pub use log::{StepLog, StepRecord};
 pub use lr::LrSchedule;
 pub use sample::{InMemoryData, TrainSample, TrainingData};
