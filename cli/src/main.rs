@@ -11,6 +11,7 @@ mod cmd_forward_text;
 mod cmd_forward_vae;
 mod cmd_infer;
 mod cmd_kernels;
+mod cmd_lora;
 mod image_out;
 mod kernels_table;
 mod model_args;
@@ -51,6 +52,9 @@ enum Command {
     /// Export every generated CUDA kernel of a model, or time an export on a GPU.
     #[command(subcommand)]
     Kernels(cmd_kernels::KernelsCommand),
+    /// LoRA files: convert between the peft/diffusers, DiffSynth, kohya and ComfyUI layouts.
+    #[command(subcommand)]
+    Lora(cmd_lora::LoraCommand),
     /// List the compute backends compiled in and the devices found.
     Devices,
 }
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Forward(cmd) => cmd_forward::run(cmd),
         Command::Bench(cmd) => cmd_bench::run(cmd),
         Command::Kernels(cmd) => cmd_kernels::run(cmd),
+        Command::Lora(cmd) => cmd_lora::run(cmd),
         Command::Devices => {
             devices();
             Ok(())

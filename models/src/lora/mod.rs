@@ -8,6 +8,7 @@ pub mod file;
 pub mod keys;
 pub mod merge;
 pub mod metadata;
+pub mod resolve;
 pub mod spec;
 
 pub use dit::load_dit_with_loras;
