@@ -60,15 +60,7 @@ impl QwenImageDit {
                 "trainable weight `{missing}` is not a weight of the DiT"
             )));
         }
-        let kind = GraphKind::ForwardBackward(Gradients {
-            loss: LOSS.to_string(),
-            params: trainable.to_vec(),
-            inputs: Vec::new(),
-            objective: Some(Objective::WeightedTokenMse {
-                output: "sample".to_string(),
-                tokens: t[1],
-            }),
-        });
+        let kind = training_kind(t[1], trainable);
         let mut bindings = inputs.bindings();
         bindings.insert(LOSS_TARGET.to_string(), target.cast(qie_ir::DType::F32));
         bindings.insert(LOSS_WEIGHT.to_string(), weight.cast(qie_ir::DType::F32));
@@ -86,6 +78,21 @@ impl QwenImageDit {
         Ok(LossAndGrads { loss, grads })
     }
 
+    /// The training graph of [`Self::loss_and_grads`] (before optimisation), e.g. to plan it
+    /// for another backend.
+    pub fn lower_training(
+        &self,
+        inputs: &DitInputs,
+        target_tokens: usize,
+        trainable: &[String],
+    ) -> Result<qie_ir::Graph, ModelError> {
+        inputs.validate(&self.config)?;
+        self.model.program().lower_kind(
+            &training_kind(target_tokens, trainable),
+            &specialisation(inputs),
+        )
+    }
+
     /// Source names and shapes of every weight the model reads.
     pub fn model_weights(&self) -> &[(String, Vec<usize>)] {
         self.model.expected_weights()
@@ -100,4 +107,16 @@ impl QwenImageDit {
     pub fn update_weight(&mut self, name: &str, values: &[f32]) -> Result<(), ModelError> {
         self.model.update_weight(name, values)
     }
+}
+
+fn training_kind(target_tokens: usize, trainable: &[String]) -> GraphKind {
+    GraphKind::ForwardBackward(Gradients {
+        loss: LOSS.to_string(),
+        params: trainable.to_vec(),
+        inputs: Vec::new(),
+        objective: Some(Objective::WeightedTokenMse {
+            output: "sample".to_string(),
+            tokens: target_tokens,
+        }),
+    })
 }
