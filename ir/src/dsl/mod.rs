@@ -27,6 +27,7 @@ mod instance;
 mod items;
 mod lower;
 mod ops;
+mod param_init;
 mod parse;
 mod value;
 

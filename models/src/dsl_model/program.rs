@@ -4,9 +4,9 @@
 use super::kind::GraphKind;
 use crate::{sources, ModelError};
 use qie_ir::dsl::{Program, StaticValue};
-use qie_ir::{Graph, TensorType};
+use qie_ir::{Graph, ParamInit, TensorType};
 use qie_runtime::Tensor;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Where a model's `.qie` text comes from.
@@ -88,6 +88,16 @@ pub struct DslProgram {
     name: String,
     program: Program,
     config: serde_json::Value,
+    /// Mixed into the seed of every weight created from its initialiser.
+    init_seed: u64,
+}
+
+/// The weights a program reads, from one probe lowering: names and shapes in node order, and the
+/// initialisers of those the source can create when a checkpoint lacks them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ParamTable {
+    pub shapes: Vec<(String, Vec<usize>)>,
+    pub inits: BTreeMap<String, ParamInit>,
 }
 
 impl DslProgram {
@@ -101,7 +111,19 @@ impl DslProgram {
             name: name.to_string(),
             program: source.load()?,
             config,
+            init_seed: 0,
         })
+    }
+
+    /// The user seed of weights created from their initialisers (default 0); each weight's
+    /// stream also depends on its name, so adding a weight never changes the others.
+    pub fn with_init_seed(mut self, seed: u64) -> Self {
+        self.init_seed = seed;
+        self
+    }
+
+    pub fn init_seed(&self) -> u64 {
+        self.init_seed
     }
 
     pub fn name(&self) -> &str {
@@ -127,11 +149,29 @@ impl DslProgram {
         &self,
         probe: &Specialisation,
     ) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
+        Ok(self.param_table(probe)?.shapes)
+    }
+
+    /// [`DslProgram::param_shapes`] plus the declared initialisers, from one lowering at `probe`.
+    pub fn param_table(&self, probe: &Specialisation) -> Result<ParamTable, ModelError> {
         let graph = self.lower(probe)?;
-        Ok(graph
+        let shapes: Vec<(String, Vec<usize>)> = graph
             .params()
             .into_iter()
             .map(|(name, id)| (name.to_string(), graph.ty(id).shape.to_vec()))
-            .collect())
+            .collect();
+        let inits = shapes
+            .iter()
+            .filter_map(|(name, _)| Some((name.clone(), *graph.param_init(name)?)))
+            .collect();
+        Ok(ParamTable { shapes, inits })
+    }
+
+    /// Initialisers of the params read at `probe` that declare one, by source name.
+    pub fn param_inits(
+        &self,
+        probe: &Specialisation,
+    ) -> Result<BTreeMap<String, ParamInit>, ModelError> {
+        Ok(self.param_table(probe)?.inits)
     }
 }
