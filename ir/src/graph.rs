@@ -1,8 +1,9 @@
 //! The SSA graph: nodes in topological order, each with its op, operands and inferred type.
 
 use crate::infer::{infer_type, TypeError};
-use crate::{DType, Op, TensorType};
+use crate::{DType, Op, ParamInit, TensorType};
 use smallvec::SmallVec;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -40,6 +41,9 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     /// Named results, in declaration order.
     pub outputs: Vec<(String, NodeId)>,
+    /// Initialisers of the params that declare one, by param name: how to create a weight the
+    /// checkpoint lacks. A side table keyed by name, so rewriting passes keep it as it is.
+    pub param_inits: BTreeMap<String, ParamInit>,
 }
 
 impl Graph {
@@ -125,6 +129,15 @@ impl Graph {
     pub fn constant(&mut self, value: f64, dtype: DType) -> NodeId {
         self.add(Op::Constant { value, dtype }, &[])
             .expect("constants always type-check")
+    }
+
+    /// The initialiser the source declares for param `name`, if any.
+    pub fn param_init(&self, name: &str) -> Option<&ParamInit> {
+        self.param_inits.get(name)
+    }
+
+    pub fn set_param_init(&mut self, name: &str, init: ParamInit) {
+        self.param_inits.insert(name.to_string(), init);
     }
 
     pub fn set_output(&mut self, name: &str, id: NodeId) {

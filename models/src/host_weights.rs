@@ -202,6 +202,9 @@ pub fn round_to_bf16(values: &mut [f32]) {
         .for_each(|v| *v = bf16::from_f32(*v).to_f32());
 }
 
+#[path = "host_weights_init.rs"]
+pub mod init;
+
 #[cfg(test)]
 #[path = "host_weights_tests.rs"]
 mod tests;

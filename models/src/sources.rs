@@ -26,6 +26,8 @@ pub const BUNDLED: &[(&str, &str)] = &[
         "qwen25vl_vision.qie",
         include_str!("../qie/qwen25vl_vision.qie"),
     ),
+    // Adapters layered on a model (DslProgram::with_adapter), not models of their own.
+    ("lora.qie", include_str!("../qie/adapters/lora.qie")),
 ];
 
 pub fn bundled(name: &str) -> Option<&'static str> {

@@ -201,6 +201,8 @@ pub struct ParamMember {
     pub name: Name,
     pub dtype: DType,
     pub dims: Vec<Expr>,
+    /// `= normal(0.02)`: how to create the weight when the checkpoint lacks it.
+    pub init: Option<Expr>,
     pub cond: Option<Expr>,
     pub span: Span,
 }

@@ -70,6 +70,9 @@ pub(crate) struct Lowerer<'p> {
     pub prog: &'p Program,
     pub graph: Graph,
     config: Value,
+    /// The `adapter` namespace: settings of an adapter layered on the model (LoRA); an empty
+    /// object when none is, so `adapter.rank ?? 0` reads 0.
+    adapter: Value,
     consts: Vec<ConstState>,
     origins: OriginCache,
     pub(crate) constants: HashMap<(u64, DType), NodeId>,
@@ -83,11 +86,19 @@ impl<'p> Lowerer<'p> {
             prog,
             graph: Graph::new(),
             config: Value::from_json(config, "config"),
+            adapter: Value::from_json(&serde_json::json!({}), "adapter"),
             consts: prog.items.consts.iter().map(|_| ConstState::Todo).collect(),
             origins: HashMap::new(),
             constants: HashMap::new(),
             param_names: HashMap::new(),
             depth: 0,
+        }
+    }
+
+    /// Sets the `adapter` namespace (a JSON object; anything else reads as empty).
+    pub fn set_adapter(&mut self, adapter: &serde_json::Value) {
+        if adapter.is_object() {
+            self.adapter = Value::from_json(adapter, "adapter");
         }
     }
 
@@ -194,7 +205,9 @@ impl<'p> Lowerer<'p> {
         }
         cands.extend(self.prog.items.table.keys().map(|k| k.as_str()));
         cands.extend(Builtin::ALL.iter().map(|b| b.name()));
-        cands.extend(["config", "f32", "bf16", "f16", "i32", "i64", "bool"]);
+        cands.extend([
+            "config", "adapter", "f32", "bf16", "f16", "i32", "i64", "bool",
+        ]);
         Err(self.err(
             span,
             format!("unknown name `{name}`{}", suggestion(name, cands)),
@@ -222,6 +235,9 @@ impl<'p> Lowerer<'p> {
         }
         if name == "config" {
             return Ok(Some(self.config.clone()));
+        }
+        if name == "adapter" {
+            return Ok(Some(self.adapter.clone()));
         }
         if let Some(d) = DType::parse(name) {
             return Ok(Some(Value::DType(d)));
@@ -424,6 +440,20 @@ impl<'p> Lowerer<'p> {
                     ),
                 )
             }
+            Value::Dict(d) if d.path == "adapter" || d.path.starts_with("adapter.") => self
+                .err(
+                    name.span,
+                    format!(
+                        "missing adapter key `{}`: the adapter settings{} have no such key{}",
+                        name.text,
+                        if d.path == "adapter" { String::new() } else { format!(" at `{}`", d.path) },
+                        suggestion(&name.text, d.entries.keys().map(|k| k.as_str()))
+                    ),
+                )
+                .with_note(format!(
+                    "write `{}.{} ?? default` to make it optional (no adapter is layered on the model, or it lacks the key)",
+                    d.path, name.text
+                )),
             Value::Dict(d) => {
                 let file = if d.path == "config" {
                     "config.json"

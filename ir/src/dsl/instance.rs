@@ -124,6 +124,17 @@ impl<'p> Lowerer<'p> {
             return Err(self.err(pm.name.span, msg));
         }
         self.param_names.insert(name.clone(), pm.name.span);
+        if let Some(init) = &pm.init {
+            if !pm.dtype.is_float() {
+                let msg = format!(
+                    "param `{}` is {}: only float params can have an initialiser",
+                    pm.name.text, pm.dtype
+                );
+                return Err(self.err(init.span, msg));
+            }
+            let init = self.param_init(sc, init)?;
+            self.graph.set_param_init(&name, init);
+        }
         let ty = TensorType {
             dtype: pm.dtype,
             shape,

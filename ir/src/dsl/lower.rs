@@ -63,11 +63,15 @@ pub(crate) fn signature(prog: &Program) -> R<Vec<InputDecl>> {
 pub(crate) fn lower(
     prog: &Program,
     config: &serde_json::Value,
+    adapter: Option<&serde_json::Value>,
     inputs: &[(String, TensorType)],
     statics: &[(String, StaticValue)],
 ) -> R<Graph> {
     let (def, f) = forward_of(prog)?;
     let mut lw = Lowerer::new(prog, config);
+    if let Some(adapter) = adapter {
+        lw.set_adapter(adapter);
+    }
     let fwd = format!("`{}.forward`", def.name.text);
     let names = || f.params.iter().map(|p| p.name.text.as_str());
     // Reject unknown or misplaced names before doing any work.

@@ -27,6 +27,7 @@ mod instance;
 mod items;
 mod lower;
 mod ops;
+mod param_init;
 mod parse;
 mod value;
 
@@ -152,6 +153,19 @@ impl Program {
         inputs: &[(String, TensorType)],
         statics: &[(String, StaticValue)],
     ) -> Result<Graph, DslError> {
-        lower::lower(self, config, inputs, statics)
+        lower::lower(self, config, None, inputs, statics)
+    }
+
+    /// [`Program::lower`] with the `adapter` namespace set to `adapter` (a JSON object: the
+    /// settings of an adapter source layered on the model, e.g. LoRA's rank, alpha and targets).
+    /// Without one, `adapter.key` is missing like an absent optional config key.
+    pub fn lower_with_adapter(
+        &self,
+        config: &serde_json::Value,
+        adapter: &serde_json::Value,
+        inputs: &[(String, TensorType)],
+        statics: &[(String, StaticValue)],
+    ) -> Result<Graph, DslError> {
+        lower::lower(self, config, Some(adapter), inputs, statics)
     }
 }

@@ -566,14 +566,19 @@ impl Builder<'_> {
                         dtype = self.dtype(k.next().ok_or_else(bad)?)?;
                     }
                     let dims = self.expr_list(k.next().ok_or_else(bad)?)?;
-                    let cond = match k.next() {
-                        Some(c) => Some(self.cond(c)?),
-                        None => None,
-                    };
+                    let mut init = None;
+                    let mut cond = None;
+                    for rest in k {
+                        match rest.as_rule() {
+                            Rule::param_init => init = Some(self.cond(rest)?),
+                            _ => cond = Some(self.cond(rest)?),
+                        }
+                    }
                     members.push(Member::Param(ParamMember {
                         name,
                         dtype,
                         dims,
+                        init,
                         cond,
                         span: mspan,
                     }));

@@ -16,9 +16,11 @@ pub struct Rebuilder<'g> {
 
 impl<'g> Rebuilder<'g> {
     pub fn new(src: &'g Graph) -> Self {
+        let mut dst = Graph::new();
+        dst.param_inits = src.param_inits.clone();
         Rebuilder {
             src,
-            dst: Graph::new(),
+            dst,
             map: vec![None; src.len()],
         }
     }

@@ -13,7 +13,7 @@ mod weights;
 
 pub use kind::{Gradients, GraphKind};
 pub use objective::Objective;
-pub use program::{static_int_rows, DslProgram, DslSource, Specialisation};
+pub use program::{static_int_rows, DslProgram, DslSource, ParamTable, Specialisation};
 
 use crate::{HostWeights, ModelError, ModelOptions, PlanCache};
 use qie_runtime::weights::{CheckMode, WeightStore};
@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use weights::ModelWeights;
+use weights::{ModelWeights, WeightSources};
 
 /// A plan's shape key: calls with equal keys (and equal graph kinds) must lower to equal graphs.
 pub trait ShapeKey: Clone + Eq + Hash {
@@ -54,13 +54,18 @@ impl<K: ShapeKey> DslModel<K> {
         mode: CheckMode,
         options: &ModelOptions,
     ) -> Result<Self, ModelError> {
-        let expected = program.param_shapes(probe)?;
-        let checkpoint = with_prefix(&expected, prefix);
+        let table = program.param_table(probe)?;
+        let sources = WeightSources::split(&table, prefix, |name| store.contains(name));
+        let checkpoint = with_prefix(&sources.read, prefix);
         store
             .check_with(&checkpoint, mode)
             .map_err(|e| ModelError::new(e.to_string()))?;
-        let host = HostWeights::load(store, &checkpoint, options.precision)?;
-        Ok(Self::from_parts(program, expected, host, prefix, options))
+        let mut host = HostWeights::load(store, &checkpoint, options.precision)?;
+        let seed = program.init_seed();
+        let created = sources.create_into(&mut host, prefix, seed, options.precision);
+        let mut model = Self::from_parts(program, table.shapes, host, prefix, options);
+        model.weights.set_created(created);
+        Ok(model)
     }
 
     /// Like [`DslModel::load`] from weights already in memory (named `prefix` + source name).
@@ -71,11 +76,15 @@ impl<K: ShapeKey> DslModel<K> {
         prefix: &str,
         options: &ModelOptions,
     ) -> Result<Self, ModelError> {
-        let expected = program.param_shapes(probe)?;
-        weights.check(&with_prefix(&expected, prefix))?;
-        Ok(Self::from_parts(
-            program, expected, weights, prefix, options,
-        ))
+        let table = program.param_table(probe)?;
+        let sources = WeightSources::split(&table, prefix, |name| weights.contains(name));
+        let mut weights = weights;
+        let seed = program.init_seed();
+        let created = sources.create_into(&mut weights, prefix, seed, options.precision);
+        weights.check(&with_prefix(&table.shapes, prefix))?;
+        let mut model = Self::from_parts(program, table.shapes, weights, prefix, options);
+        model.weights.set_created(created);
+        Ok(model)
     }
 
     fn from_parts(
@@ -103,6 +112,12 @@ impl<K: ShapeKey> DslModel<K> {
     /// Source param names and shapes of every weight the program reads.
     pub fn expected_weights(&self) -> &[(String, Vec<usize>)] {
         &self.expected
+    }
+
+    /// Source names of the weights the checkpoint lacked and the source's initialisers created
+    /// (new layers, adapters), in program order: what a CLI reports after loading.
+    pub fn created_weights(&self) -> &[String] {
+        self.weights.created()
     }
 
     /// Name of the backend plans run on (`cpu`, `cuda:0`, ...).

@@ -2,9 +2,10 @@
 //! the first run into a parameter set resident on the model's backend ([`ParamSet`]), which every
 //! plan of the model (each shape, each graph kind) then reads without another upload.
 
+use super::program::ParamTable;
 use crate::host_weights::HostTensor;
-use crate::{HostWeights, ModelError};
-use qie_ir::{DType, TensorType};
+use crate::{HostWeights, ModelError, WeightPrecision};
+use qie_ir::{DType, ParamInit, TensorType};
 use qie_runtime::{
     Backend, Executable, ParamData, ParamSet, ParamStore, Profile, RuntimeError, Tensor,
 };
@@ -22,6 +23,57 @@ pub(crate) struct ModelWeights {
     backend: Arc<dyn Backend>,
     /// Uploaded on the first run; runs share it (read lock), updates write it in place.
     resident: RwLock<Option<ParamSet>>,
+    /// Source names of the weights created from their initialisers (the checkpoint lacked them).
+    created: Vec<String>,
+}
+
+/// Which of a program's weights come from the checkpoint and which its initialisers create: a
+/// weight is created only when the checkpoint lacks it and the source declares an initialiser;
+/// any other missing weight stays in `read`, so the checkpoint check reports it by name.
+pub(crate) struct WeightSources {
+    /// Source names and shapes to read from the checkpoint.
+    pub read: Vec<(String, Vec<usize>)>,
+    /// Source names, shapes and initialisers of the weights to create.
+    pub create: Vec<(String, Vec<usize>, ParamInit)>,
+}
+
+impl WeightSources {
+    /// Splits `table`; `has(checkpoint_name)` says whether the checkpoint holds a weight.
+    pub fn split(table: &ParamTable, prefix: &str, has: impl Fn(&str) -> bool) -> Self {
+        let mut sources = WeightSources {
+            read: Vec::new(),
+            create: Vec::new(),
+        };
+        for (name, shape) in &table.shapes {
+            match table.inits.get(name) {
+                Some(init) if !has(&format!("{prefix}{name}")) => {
+                    sources.create.push((name.clone(), shape.clone(), *init))
+                }
+                _ => sources.read.push((name.clone(), shape.clone())),
+            }
+        }
+        sources
+    }
+
+    /// Creates the missing weights in `host` (under their checkpoint names) and returns their
+    /// source names.
+    pub fn create_into(
+        &self,
+        host: &mut HostWeights,
+        prefix: &str,
+        seed: u64,
+        precision: WeightPrecision,
+    ) -> Vec<String> {
+        self.create
+            .iter()
+            .map(|(name, shape, init)| {
+                // Seeded by the source name, so a prefix in the files does not change the values.
+                let values = crate::host_weights::init::init_values(init, name, shape, seed);
+                host.set_f32(&format!("{prefix}{name}"), values, precision);
+                name.clone()
+            })
+            .collect()
+    }
 }
 
 /// The host weights under the source's names (what the plans' params are called).
@@ -53,7 +105,18 @@ impl ModelWeights {
             expected,
             backend,
             resident: RwLock::new(None),
+            created: Vec::new(),
         }
+    }
+
+    /// Records which weights were created from their initialisers (source names).
+    pub fn set_created(&mut self, created: Vec<String>) {
+        self.created = created;
+    }
+
+    /// Source names of the weights created from their initialisers, in program order.
+    pub fn created(&self) -> &[String] {
+        &self.created
     }
 
     /// The checkpoint name of the source's param `name`.

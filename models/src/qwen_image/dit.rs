@@ -55,8 +55,19 @@ pub struct QwenImageDit {
 impl QwenImageDit {
     /// Loads a diffusers `transformer/` folder (config.json + safetensors, sharded or not).
     pub fn load(dir: &Path, options: &DitOptions) -> Result<QwenImageDit, ModelError> {
+        Self::load_with_adapter(dir, options, None)
+    }
+
+    /// [`QwenImageDit::load`] with LoRA layered on the source (`lora.qie`, settings
+    /// `{"rank", "alpha", "targets"}`; see [`DslProgram::with_adapter`]). LoRA factors the
+    /// checkpoint lacks are created with peft's initialisation ([`QwenImageDit::created_weights`]).
+    pub fn load_with_adapter(
+        dir: &Path,
+        options: &DitOptions,
+        adapter: Option<&serde_json::Value>,
+    ) -> Result<QwenImageDit, ModelError> {
         let config = DitConfig::load(&config_json(dir, "a diffusers transformer/ folder")?)?;
-        let program = dit_program(&config, options.source.as_deref())?;
+        let program = dit_program(&config, options.source.as_deref(), adapter)?;
         let store = open_store(dir)?;
         let probe = probe(&config);
         let model = DslModel::load(program, &probe, &store, "", CheckMode::Strict, options)?;
@@ -69,9 +80,31 @@ impl QwenImageDit {
         weights: DitWeights,
         options: &DitOptions,
     ) -> Result<QwenImageDit, ModelError> {
-        let program = dit_program(&config, options.source.as_deref())?;
+        Self::from_weights_with_adapter(config, weights, options, None)
+    }
+
+    /// [`QwenImageDit::from_weights`] with LoRA layered on the source (see
+    /// [`QwenImageDit::load_with_adapter`]).
+    pub fn from_weights_with_adapter(
+        config: DitConfig,
+        weights: DitWeights,
+        options: &DitOptions,
+        adapter: Option<&serde_json::Value>,
+    ) -> Result<QwenImageDit, ModelError> {
+        let program = dit_program(&config, options.source.as_deref(), adapter)?;
         let model = DslModel::from_weights(program, &probe(&config), weights, "", options)?;
         Ok(QwenImageDit { config, model })
+    }
+
+    /// Replaces the weight `name` (same element count) on the host and on the backend: the next
+    /// forward reads it, without recompiling (LoRA factors of an adapter slot, training updates).
+    pub fn update_weight(&mut self, name: &str, values: &[f32]) -> Result<(), ModelError> {
+        self.model.update_weight(name, values)
+    }
+
+    /// Weights the checkpoint lacked and the source's initialisers created (e.g. LoRA factors).
+    pub fn created_weights(&self) -> &[String] {
+        self.model.created_weights()
     }
 
     /// The backend's device memory (`None` on the CPU).
@@ -123,7 +156,7 @@ pub fn expected_weights_for(
     config: &DitConfig,
     source: Option<&Path>,
 ) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
-    dit_program(config, source)?.param_shapes(&probe(config))
+    dit_program(config, source, None)?.param_shapes(&probe(config))
 }
 
 /// Lowers the model for `inputs` without weights (plan inspection, memory estimates).
@@ -133,12 +166,20 @@ pub fn lower_without_weights(
     inputs: &DitInputs,
 ) -> Result<Graph, ModelError> {
     inputs.validate(config)?;
-    dit_program(config, source)?.lower(&specialisation(inputs))
+    dit_program(config, source, None)?.lower(&specialisation(inputs))
 }
 
-fn dit_program(config: &DitConfig, source: Option<&Path>) -> Result<DslProgram, ModelError> {
+fn dit_program(
+    config: &DitConfig,
+    source: Option<&Path>,
+    adapter: Option<&serde_json::Value>,
+) -> Result<DslProgram, ModelError> {
     let source = DslSource::new(config.source_name(), source);
-    DslProgram::load("DiT", source, config.for_dsl())
+    let program = DslProgram::load("DiT", source, config.for_dsl())?;
+    match adapter {
+        Some(settings) => program.with_adapter(settings.clone()),
+        None => Ok(program),
+    }
 }
 
 fn specialisation(inputs: &DitInputs) -> Specialisation {

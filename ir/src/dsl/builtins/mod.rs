@@ -3,14 +3,15 @@
 //! The table below names every builtin and its parameters; `Lowerer::call_builtin` binds the
 //! call's arguments to them (`args`) and hands over to the module of the builtin's category:
 //! `elementwise` math, `reduce` (sum, mean, max, min), `shape` (views and data movement),
-//! `creation` (iota and filled tensors), `nn` (matmul, attention, conv2d) and `compile_time`
-//! (helpers that compute values instead of emitting nodes).
+//! `creation` (iota and filled tensors), `nn` (matmul, attention, conv2d), `compile_time`
+//! (helpers that compute values instead of emitting nodes) and `paths` (checkpoint paths).
 
 mod args;
 mod compile_time;
 mod creation;
 mod elementwise;
 mod nn;
+mod paths;
 mod reduce;
 mod shape;
 
@@ -97,6 +98,8 @@ builtins! {
     Enumerate "enumerate" ("xs") 1;
     Range "range" ("a", "b") 1;
     Assert "assert" ("cond", "message") 1;
+    ModulePath "module_path" () 0;
+    PathMatches "path_matches" ("path", "patterns") 2;
 }
 
 impl<'p> Lowerer<'p> {
@@ -154,6 +157,8 @@ impl<'p> Lowerer<'p> {
             B::Enumerate => self.enumerate_builtin(args),
             B::Range => self.range_builtin(args),
             B::Assert => self.assert_builtin(span, args),
+            B::ModulePath => Ok(self.module_path_builtin(sc)),
+            B::PathMatches => self.path_matches_builtin(args),
         }
     }
 }
