@@ -5,6 +5,7 @@ mod cmd_bench;
 mod cmd_bench_edit;
 mod cmd_chat;
 mod cmd_compile;
+mod cmd_data;
 mod cmd_edit;
 mod cmd_forward;
 mod cmd_forward_text;
@@ -51,6 +52,9 @@ enum Command {
     /// Export every generated CUDA kernel of a model, or time an export on a GPU.
     #[command(subcommand)]
     Kernels(cmd_kernels::KernelsCommand),
+    /// Training data: `qie data check DATA` reads, checks and summarises a dataset.
+    #[command(subcommand)]
+    Data(cmd_data::DataCommand),
     /// List the compute backends compiled in and the devices found.
     Devices,
 }
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Forward(cmd) => cmd_forward::run(cmd),
         Command::Bench(cmd) => cmd_bench::run(cmd),
         Command::Kernels(cmd) => cmd_kernels::run(cmd),
+        Command::Data(cmd) => cmd_data::run(cmd),
         Command::Devices => {
             devices();
             Ok(())

@@ -1,6 +1,6 @@
 //! Qwen-Image model family: DSL sources, config readers and drivers.
 
-pub mod dataset;
+pub mod data;
 pub mod dsl_model;
 pub mod error;
 pub mod host_weights;
@@ -15,6 +15,8 @@ pub mod qwen_image;
 pub mod scheduler;
 pub mod sources;
 
+/// The dataset reader's old path (`qie infer` and existing users).
+pub use data::rows as dataset;
 pub use dsl_model::DslModel;
 pub use error::ModelError;
 pub use host_weights::HostWeights;
