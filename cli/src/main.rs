@@ -3,6 +3,7 @@
 mod atomic;
 mod cmd_bench;
 mod cmd_bench_edit;
+mod cmd_cache;
 mod cmd_chat;
 mod cmd_compile;
 mod cmd_data;
@@ -52,6 +53,8 @@ enum Command {
     /// Export every generated CUDA kernel of a model, or time an export on a GPU.
     #[command(subcommand)]
     Kernels(cmd_kernels::KernelsCommand),
+    /// Encode a training dataset once (VAE latents, prompt embeddings) for `qie train`.
+    Cache(Box<cmd_cache::CacheArgs>),
     /// Training data: `qie data check DATA` reads, checks and summarises a dataset.
     #[command(subcommand)]
     Data(cmd_data::DataCommand),
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Forward(cmd) => cmd_forward::run(cmd),
         Command::Bench(cmd) => cmd_bench::run(cmd),
         Command::Kernels(cmd) => cmd_kernels::run(cmd),
+        Command::Cache(args) => cmd_cache::run(*args),
         Command::Data(cmd) => cmd_data::run(cmd),
         Command::Devices => {
             devices();

@@ -1,5 +1,6 @@
 //! Qwen-Image model family: DSL sources, config readers and drivers.
 
+pub mod cache;
 pub mod data;
 pub mod dsl_model;
 pub mod error;
