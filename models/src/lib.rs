@@ -15,6 +15,7 @@ pub mod qwen25vl;
 pub mod qwen_image;
 pub mod scheduler;
 pub mod sources;
+pub mod tensorboard;
 
 /// The dataset reader's old path (`qie infer` and existing users).
 pub use data::rows as dataset;
