@@ -3,8 +3,10 @@
 mod atomic;
 mod cmd_bench;
 mod cmd_bench_edit;
+mod cmd_cache;
 mod cmd_chat;
 mod cmd_compile;
+mod cmd_data;
 mod cmd_edit;
 mod cmd_forward;
 mod cmd_forward_text;
@@ -55,6 +57,11 @@ enum Command {
     /// LoRA files: convert between the peft/diffusers, DiffSynth, kohya and ComfyUI layouts.
     #[command(subcommand)]
     Lora(cmd_lora::LoraCommand),
+    /// Encode a training dataset once (VAE latents, prompt embeddings) for `qie train`.
+    Cache(Box<cmd_cache::CacheArgs>),
+    /// Training data: `qie data check DATA` reads, checks and summarises a dataset.
+    #[command(subcommand)]
+    Data(cmd_data::DataCommand),
     /// List the compute backends compiled in and the devices found.
     Devices,
 }
@@ -69,6 +76,8 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => cmd_bench::run(cmd),
         Command::Kernels(cmd) => cmd_kernels::run(cmd),
         Command::Lora(cmd) => cmd_lora::run(cmd),
+        Command::Cache(args) => cmd_cache::run(*args),
+        Command::Data(cmd) => cmd_data::run(cmd),
         Command::Devices => {
             devices();
             Ok(())

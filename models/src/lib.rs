@@ -1,6 +1,7 @@
 //! Qwen-Image model family: DSL sources, config readers and drivers.
 
-pub mod dataset;
+pub mod cache;
+pub mod data;
 pub mod dsl_model;
 pub mod error;
 pub mod host_weights;
@@ -15,7 +16,10 @@ pub mod qwen_image;
 pub mod scheduler;
 pub mod sources;
 pub mod train;
+pub mod tensorboard;
 
+/// The dataset reader's old path (`qie infer` and existing users).
+pub use data::rows as dataset;
 pub use dsl_model::DslModel;
 pub use error::ModelError;
 pub use host_weights::HostWeights;

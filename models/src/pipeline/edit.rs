@@ -1,13 +1,13 @@
 //! `EditPipeline`: Qwen-Image-Edit(-Plus) end to end, step for step what diffusers'
 //! QwenImageEditPipeline / QwenImageEditPlusPipeline do (see docs/pipeline.md).
 
+use super::encoder::{at, prepare_images, vae_sizes, EditEncoder};
 use super::latents::{concat_tokens, f32_data, leading_tokens, pack, tensor, unpack};
-use super::prompt::prompt_embeds_from_hidden;
 use super::{EditSettings, Flavour, StageTimes};
 use crate::hub::ModelPaths;
 use crate::lora::{load_dit_with_loras, LoraSet};
-use crate::preprocess::qwen2vl_image::{expand_image_pads, ImageBackend, Qwen2VlImageProcessor};
-use crate::preprocess::{calculate_dimensions, resize_lanczos, QwenTokenizer, VaeImageProcessor};
+use crate::preprocess::qwen2vl_image::{ImageBackend, Qwen2VlImageProcessor};
+use crate::preprocess::{QwenTokenizer, VaeImageProcessor};
 use crate::qwen25vl::vision::QwenVisionTower;
 use crate::qwen25vl::{PositionMode, QwenVlLanguageModel};
 use crate::qwen_image::vae::QwenImageVae;
@@ -24,12 +24,19 @@ pub struct EditPipeline {
     pub flavour: Flavour,
     pub paths: ModelPaths,
     dit: QwenImageDit,
-    vae: QwenImageVae,
-    vision: QwenVisionTower,
-    text: QwenVlLanguageModel,
-    tokenizer: QwenTokenizer,
-    image_processor: Qwen2VlImageProcessor,
+    encoder: EditEncoder,
     scheduler: SchedulerConfig,
+}
+
+/// The conditioning of one edit: what the DiT sees besides the noisy target tokens.
+pub struct EncodedInputs {
+    pub prompt_embeds: Tensor,
+    /// With CFG: the negative prompt's embeddings.
+    pub negative_embeds: Option<Tensor>,
+    /// Every input's packed latents, concatenated: [1, S_refs, 64].
+    pub image_latents: Tensor,
+    /// Latent grid of each input, [1, H/16, W/16].
+    pub ref_shapes: Vec<[usize; 3]>,
 }
 
 /// What an edit produced.
@@ -40,12 +47,6 @@ pub struct EditOutput {
     pub width: usize,
     pub height: usize,
     pub times: StageTimes,
-}
-
-/// Adds which component (and its folder) an error came from.
-fn at(what: &str, dir: &std::path::Path) -> impl Fn(ModelError) -> ModelError {
-    let place = format!("{what} ({})", dir.display());
-    move |e| e.context(&place)
 }
 
 /// Called after every denoising step with (step, total).
@@ -75,20 +76,7 @@ impl EditPipeline {
         let flavour = Flavour::from_class_name(&paths.pipeline_class)?;
         let scheduler = SchedulerConfig::load(&paths.scheduler.join("scheduler_config.json"))
             .map_err(at("scheduler", &paths.scheduler))?;
-        let tokenizer =
-            QwenTokenizer::load(&paths.tokenizer).map_err(at("tokenizer", &paths.tokenizer))?;
-        let processor_dir = paths
-            .processor
-            .clone()
-            .unwrap_or_else(|| paths.tokenizer.clone());
-        let image_processor =
-            Qwen2VlImageProcessor::load(&processor_dir).map_err(at("processor", &processor_dir))?;
-        let mut text = QwenVlLanguageModel::load(&paths.text_encoder, options)
-            .map_err(at("text_encoder", &paths.text_encoder))?;
-        text.position_mode = PositionMode::default();
-        let vision = QwenVisionTower::load(&paths.text_encoder, options)
-            .map_err(at("text_encoder", &paths.text_encoder))?;
-        let vae = QwenImageVae::load(&paths.vae, options).map_err(at("vae", &paths.vae))?;
+        let encoder = EditEncoder::load(&paths, options)?;
         let dit = if loras.is_empty() {
             QwenImageDit::load(&paths.transformer, options)
         } else {
@@ -99,11 +87,7 @@ impl EditPipeline {
             flavour,
             paths,
             dit,
-            vae,
-            vision,
-            text,
-            tokenizer,
-            image_processor,
+            encoder,
             scheduler,
         })
     }
@@ -125,13 +109,21 @@ impl EditPipeline {
             flavour,
             paths,
             dit,
-            vae,
-            vision,
-            text,
-            tokenizer,
-            image_processor,
+            encoder: EditEncoder {
+                flavour,
+                vae,
+                vision,
+                text,
+                tokenizer,
+                image_processor,
+            },
             scheduler,
         }
+    }
+
+    /// The conditioning half (VAE, VL model, preprocessors) that `qie cache` shares.
+    pub fn encoder(&self) -> &EditEncoder {
+        &self.encoder
     }
 
     /// The DiT's backend memory (`None` on the CPU); every component shares one backend.
@@ -142,13 +134,13 @@ impl EditPipeline {
     /// RoPE positions of the VL model: `Multimodal` (3-D, how the model was trained; transformers
     /// 4.x) or `Sequential` (what diffusers 0.42.1 with transformers 5.x computes, diffusers #14194).
     pub fn set_text_positions(&mut self, mode: PositionMode) {
-        self.text.position_mode = mode;
+        self.encoder.set_text_positions(mode);
     }
 
     /// How the VL image processor resizes: torchvision (transformers' default when it is
     /// installed, which Qwen2VLProcessor requires) or PIL.
     pub fn set_vl_resize(&mut self, backend: ImageBackend) {
-        self.image_processor = self.image_processor.clone().with_backend(backend);
+        self.encoder.set_vl_resize(backend);
     }
 
     /// The output size for these inputs and settings (multiples of 16).
@@ -191,51 +183,13 @@ impl EditPipeline {
             )));
         }
 
-        // Input images at the VL and VAE areas (PIL Lanczos, as VaeImageProcessor.resize).
-        let t = Instant::now();
-        let vl_area = settings.vl_area.unwrap_or(self.flavour.vl_area());
-        let vae_area = settings.vae_area.unwrap_or(self.flavour.vae_area());
-        let mut vl_images = Vec::new();
-        let mut vae_inputs = Vec::new();
-        let mut ref_shapes = Vec::new();
-        for img in images {
-            let ratio = img.width() as f64 / img.height() as f64;
-            let (vw, vh) = calculate_dimensions(vae_area as f64, ratio);
-            let vae_img = resize_lanczos(img, vw, vh);
-            let vl_img = match self.flavour {
-                // Edit: the VL model sees the VAE-sized image.
-                Flavour::Edit => vae_img.clone(),
-                Flavour::Plus => {
-                    let (cw, ch) = calculate_dimensions(vl_area as f64, ratio);
-                    resize_lanczos(img, cw, ch)
-                }
-            };
-            ref_shapes.push([1, vh as usize / 16, vw as usize / 16]);
-            vae_inputs.push(VaeImageProcessor::default().preprocess(&vae_img, vw, vh));
-            vl_images.push(vl_img);
-        }
-        times.preprocess_s = super::timings::since(t);
-
-        // Text: the prompt and (with CFG) the negative prompt, sharing the vision tower's output.
-        let t = Instant::now();
-        let mut prompts = vec![settings.prompt.as_str()];
-        if let (Some(neg), true) = (&settings.negative_prompt, settings.does_cfg()) {
-            prompts.push(neg);
-        }
-        let mut embeds = self.encode_text(&vl_images, &prompts)?.into_iter();
-        let prompt_embeds = embeds.next().expect("one per prompt");
-        let negative_embeds = embeds.next();
-        times.text_encoder_s = super::timings::since(t);
-
-        // Reference latents: VAE posterior mode, normalised, packed, concatenated in order.
-        let t = Instant::now();
-        let mut packed = Vec::new();
-        for x in &vae_inputs {
-            let raw = self.vae.encode(x)?;
-            packed.push(pack(&self.vae.normalize_latents(&raw))?);
-        }
-        let image_latents = concat_tokens(&packed.iter().collect::<Vec<_>>())?;
-        times.vae_encode_s = super::timings::since(t);
+        let inputs = self.encode_inputs_timed(images, settings, &mut times)?;
+        let EncodedInputs {
+            prompt_embeds,
+            negative_embeds,
+            image_latents,
+            ref_shapes,
+        } = inputs;
 
         // Sampling.
         let t = Instant::now();
@@ -301,11 +255,14 @@ impl EditPipeline {
 
         // Decoding.
         let t = Instant::now();
-        let z = self.vae.denormalize_latents(&unpack(&latents, lh, lw)?);
+        let z = self
+            .encoder
+            .vae
+            .denormalize_latents(&unpack(&latents, lh, lw)?);
         let decoded = if settings.tiled_decode {
-            self.vae.decode_tiled(&z, &Default::default())?
+            self.encoder.vae.decode_tiled(&z, &Default::default())?
         } else {
-            self.vae.decode(&z)?
+            self.encoder.vae.decode(&z)?
         };
         let image = VaeImageProcessor::default()
             .postprocess(&decoded)?
@@ -323,6 +280,56 @@ impl EditPipeline {
         })
     }
 
+    /// The conditioning [`Self::edit`] samples with: inputs resized (VL and VAE areas), prompt
+    /// (and negative prompt under CFG) encoded with them, reference latents packed.
+    pub fn encode_inputs(
+        &self,
+        images: &[RgbImage],
+        settings: &EditSettings,
+    ) -> Result<EncodedInputs, ModelError> {
+        self.flavour.check_image_count(images.len())?;
+        self.encode_inputs_timed(images, settings, &mut StageTimes::default())
+    }
+
+    fn encode_inputs_timed(
+        &self,
+        images: &[RgbImage],
+        settings: &EditSettings,
+        times: &mut StageTimes,
+    ) -> Result<EncodedInputs, ModelError> {
+        // Input images at the VL and VAE areas (PIL Lanczos, as VaeImageProcessor.resize).
+        let t = Instant::now();
+        let vl_area = settings.vl_area.unwrap_or(self.flavour.vl_area());
+        let vae_area = settings.vae_area.unwrap_or(self.flavour.vae_area());
+        let prepared = prepare_images(self.flavour, images, &vae_sizes(images, vae_area), vl_area);
+        times.preprocess_s = super::timings::since(t);
+
+        // Text: the prompt and (with CFG) the negative prompt, sharing the vision tower's output.
+        let t = Instant::now();
+        let mut prompts = vec![settings.prompt.as_str()];
+        if let (Some(neg), true) = (&settings.negative_prompt, settings.does_cfg()) {
+            prompts.push(neg);
+        }
+        let mut embeds = self
+            .encoder
+            .encode_text(&prepared.vl_images, &prompts)?
+            .into_iter();
+        let prompt_embeds = embeds.next().expect("one per prompt");
+        let negative_embeds = embeds.next();
+        times.text_encoder_s = super::timings::since(t);
+
+        // Reference latents: VAE posterior mode, normalised, packed, concatenated in order.
+        let t = Instant::now();
+        let image_latents = self.encoder.encode_references(&prepared.vae_inputs)?;
+        times.vae_encode_s = super::timings::since(t);
+        Ok(EncodedInputs {
+            prompt_embeds,
+            negative_embeds,
+            image_latents,
+            ref_shapes: prepared.grids,
+        })
+    }
+
     /// Prompt embeddings [1, S - 64, D] per prompt for the VL-sized input images (each prompt
     /// encoded alone, as diffusers does, so there is no padding mask); the vision tower runs once.
     pub fn encode_text(
@@ -330,34 +337,7 @@ impl EditPipeline {
         vl_images: &[RgbImage],
         prompts: &[&str],
     ) -> Result<Vec<Tensor>, ModelError> {
-        let (pixel_values, grids) = self.image_processor.preprocess(vl_images)?;
-        let image_embeds = self.vision.forward(&pixel_values, &grids)?;
-        prompts
-            .iter()
-            .map(|p| self.encode_prompt(p, &image_embeds, &grids))
-            .collect()
-    }
-
-    fn encode_prompt(
-        &self,
-        prompt: &str,
-        image_embeds: &Tensor,
-        grids: &[[usize; 3]],
-    ) -> Result<Tensor, ModelError> {
-        let text = self.flavour.prompt_text(prompt, grids.len());
-        let merge = self.vision.config.spatial_merge_size;
-        let text = expand_image_pads(&[text], grids, merge)?.remove(0);
-        let ids: Vec<i64> = self
-            .tokenizer
-            .encode(&text)?
-            .into_iter()
-            .map(i64::from)
-            .collect();
-        let mask = vec![1i64; ids.len()];
-        let hidden = self
-            .text
-            .forward(&[ids], &[mask], Some(image_embeds), grids)?;
-        prompt_embeds_from_hidden(&hidden, self.flavour.drop_tokens())
+        self.encoder.encode_text(vl_images, prompts)
     }
 
     fn denoise(

@@ -1,6 +1,7 @@
 //! The edit pipelines (Edit and Plus): text encoding, VAE encoding, sampling and decoding.
 
 mod edit;
+pub mod encoder;
 mod flavour;
 pub mod latents;
 pub mod prompt;
@@ -8,7 +9,8 @@ pub mod random;
 mod settings;
 mod timings;
 
-pub use edit::{EditOutput, EditPipeline, StepCallback, StepState};
+pub use edit::{EditOutput, EditPipeline, EncodedInputs, StepCallback, StepState};
+pub use encoder::{EditEncoder, PreparedImages};
 pub use flavour::Flavour;
 pub use settings::EditSettings;
 pub use timings::StageTimes;

@@ -1,16 +1,23 @@
-//! The project's edit dataset schema (DiffSynth-Studio's): a JSON array or JSONL file of rows
-//! `{"prompt": ..., "image": target, "edit_image": input or [inputs], "ref_gt"?: ..., "back_mask"?: ...}`,
-//! paths relative to the dataset file. Rows are parsed one by one so a bad row is reported and
-//! skipped instead of failing the whole file.
+//! The project's edit dataset schema (DiffSynth-Studio's): rows
+//! `{"prompt": ..., "image": target, "edit_image": input or [inputs], "ref_gt"?: ..., "back_mask"?: ...}`
+//! in a JSON array, a JSONL file or a `metadata.csv`, paths relative to the dataset file. Rows
+//! are parsed one by one so a bad row is reported and skipped instead of failing the whole file.
+//! [`read_dataset`] is the inference view (`edit_image` required); the training view is
+//! [`super::read_training_rows`].
 
+use super::problem::ProblemKind;
+use super::source::{read_records, RawRecord};
 use crate::ModelError;
-use serde_json::Value;
+use serde_json::{Map, Value};
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DatasetRow {
     /// 0-based position in the file (JSONL: line order, blank lines skipped).
     pub index: usize,
+    /// 1-based line the row starts on.
+    pub line: usize,
     pub prompt: String,
     /// Target image (training target; for inference only recorded).
     pub image: Option<PathBuf>,
@@ -52,109 +59,138 @@ pub struct BadRow {
     pub index: usize,
     /// Where in the file ("data.jsonl:12" or "data.json[3]").
     pub location: String,
+    /// 1-based line the row starts on (for a JSON array, the element's first line).
+    pub line: usize,
+    pub kind: ProblemKind,
     pub message: String,
+}
+
+impl BadRow {
+    /// "data.jsonl:12" as is; "data.json[3] (line 5)" for array elements.
+    pub fn place(&self) -> String {
+        place(&self.location, self.line)
+    }
+}
+
+impl fmt::Display for BadRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.place(), self.message)
+    }
+}
+
+/// A location with the line added when the location does not already end in it.
+pub(crate) fn place(location: &str, line: usize) -> String {
+    if location.ends_with(']') {
+        format!("{location} (line {line})")
+    } else {
+        location.to_string()
+    }
 }
 
 /// Reads every row; malformed rows come back as `BadRow`s, a malformed file is an error.
 /// A UTF-8 byte-order mark (Windows editors write one) is skipped. In JSONL a line that is not
-/// UTF-8 is a bad row like any other; a JSON array must be UTF-8 throughout.
+/// UTF-8 is a bad row like any other; a JSON array (and a CSV file) must be UTF-8 throughout.
 pub fn read_dataset(path: &Path) -> Result<(Vec<DatasetRow>, Vec<BadRow>), ModelError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| ModelError::new(format!("{}: {e}", path.display())))?;
-    let name = path.display().to_string();
-    let bytes = strip_bom(&name, &bytes)?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut rows = Vec::new();
     let mut bad = Vec::new();
-    let mut push = |index: usize, location: String, value: Result<Value, String>| match value
-        .and_then(|v| parse_row(index, &v, &base))
-    {
-        Ok(row) => rows.push(row),
-        Err(message) => bad.push(BadRow {
-            index,
-            location,
-            message,
-        }),
-    };
-    if bytes.trim_ascii_start().starts_with(b"[") {
-        let text = std::str::from_utf8(bytes).map_err(|e| {
-            let line = line_of(bytes, e.valid_up_to());
-            ModelError::new(format!(
-                "{name}:{line}: not UTF-8 (byte {}); save the file as UTF-8",
-                e.valid_up_to()
-            ))
-        })?;
-        let values: Vec<Value> = serde_json::from_str(text)
-            .map_err(|e| ModelError::new(format!("{name}: not a JSON array of rows: {e}")))?;
-        for (i, v) in values.into_iter().enumerate() {
-            push(i, format!("{name}[{i}]"), Ok(v));
-        }
-    } else {
-        let lines = bytes
-            .split(|&b| b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .enumerate()
-            .filter(|(_, l)| !l.trim_ascii().is_empty());
-        for (index, (line_no, line)) in lines.enumerate() {
-            let value = std::str::from_utf8(line)
-                .map_err(|e| format!("not UTF-8 (byte {} of the line)", e.valid_up_to() + 1))
-                .and_then(|l| serde_json::from_str(l).map_err(|e| format!("invalid JSON: {e}")));
-            push(index, format!("{name}:{}", line_no + 1), value);
+    for record in read_records(path)? {
+        match parse_record(&record, &base).and_then(|row| {
+            if row.edit_images.is_empty() {
+                Err(malformed(
+                    "missing `edit_image` (the input image or a list of them)",
+                ))
+            } else {
+                Ok(row)
+            }
+        }) {
+            Ok(row) => rows.push(row),
+            Err((kind, message)) => bad.push(bad_row(&record, kind, message)),
         }
     }
     Ok((rows, bad))
 }
 
-/// The file without its UTF-8 byte-order mark; UTF-16 (BOM FF FE or FE FF) is refused by name
-/// rather than reported as garbage on every line.
-fn strip_bom<'a>(name: &str, bytes: &'a [u8]) -> Result<&'a [u8], ModelError> {
-    if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
-        return Err(ModelError::new(format!(
-            "{name}: UTF-16 text; save the dataset as UTF-8"
-        )));
+/// What is wrong with a row, before it becomes a [`BadRow`].
+pub(crate) type RowError = (ProblemKind, String);
+
+fn malformed(message: impl Into<String>) -> RowError {
+    (ProblemKind::Malformed, message.into())
+}
+
+fn path_shape(message: String) -> RowError {
+    (ProblemKind::PathShape, message)
+}
+
+pub(crate) fn bad_row(record: &RawRecord, kind: ProblemKind, message: String) -> BadRow {
+    BadRow {
+        index: record.index,
+        location: record.location.clone(),
+        line: record.line,
+        kind,
+        message,
     }
-    Ok(bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes))
 }
 
-/// 1-based line number of byte `offset`.
-fn line_of(bytes: &[u8], offset: usize) -> usize {
-    1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count()
-}
-
-fn parse_row(index: usize, v: &Value, base: &Path) -> Result<DatasetRow, String> {
-    let obj = v.as_object().ok_or("a row must be a JSON object")?;
+/// One record to a row; `edit_image` may be absent here (empty list), callers decide.
+pub(crate) fn parse_record(record: &RawRecord, base: &Path) -> Result<DatasetRow, RowError> {
+    let v = record.value.as_ref().map_err(|e| malformed(e.clone()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| malformed("a row must be a JSON object"))?;
     let prompt = match obj.get("prompt") {
         Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err("`prompt` must be a string".into()),
-        None => return Err("missing `prompt`".into()),
-    };
-    let path = |key: &str| -> Result<Option<PathBuf>, String> {
-        match obj.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if !s.is_empty() => Ok(Some(base.join(s))),
-            Some(_) => Err(format!("`{key}` must be a non-empty path string")),
-        }
-    };
-    let edit_images = match obj.get("edit_image") {
-        Some(Value::String(s)) if !s.is_empty() => vec![base.join(s)],
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|i| match i {
-                Value::String(s) if !s.is_empty() => Ok(base.join(s)),
-                _ => Err("`edit_image` entries must be path strings".to_string()),
-            })
-            .collect::<Result<_, _>>()?,
-        None => return Err("missing `edit_image` (the input image or a list of them)".into()),
-        Some(_) => return Err("`edit_image` must be a path or a non-empty list of paths".into()),
+        Some(_) => return Err(malformed("`prompt` must be a string")),
+        None => return Err(malformed("missing `prompt`")),
     };
     Ok(DatasetRow {
-        index,
+        index: record.index,
+        line: record.line,
         prompt,
-        image: path("image")?,
-        edit_images,
-        ref_gt: path("ref_gt")?,
-        back_mask: path("back_mask")?,
+        image: single_path(obj, "image", base)?,
+        edit_images: input_paths(obj, base)?,
+        ref_gt: single_path(obj, "ref_gt", base)?,
+        back_mask: single_path(obj, "back_mask", base)?,
     })
+}
+
+fn single_path(
+    obj: &Map<String, Value>,
+    key: &str,
+    base: &Path,
+) -> Result<Option<PathBuf>, RowError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(base.join(s))),
+        Some(Value::Array(items)) => Err(path_shape(format!(
+            "`{key}` must be one path, got a list of {} (only `edit_image` takes a list)",
+            items.len()
+        ))),
+        Some(_) => Err(malformed(format!(
+            "`{key}` must be a non-empty path string"
+        ))),
+    }
+}
+
+fn input_paths(obj: &Map<String, Value>, base: &Path) -> Result<Vec<PathBuf>, RowError> {
+    match obj.get("edit_image") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) if !s.is_empty() => Ok(vec![base.join(s)]),
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(s) if !s.is_empty() => Ok(base.join(s)),
+                Value::Array(_) => Err(path_shape(format!(
+                    "`edit_image` entry {i} is itself a list; write one flat list of paths"
+                ))),
+                _ => Err(malformed("`edit_image` entries must be path strings")),
+            })
+            .collect(),
+        Some(_) => Err(malformed(
+            "`edit_image` must be a path or a non-empty list of paths",
+        )),
+    }
 }
 
 fn sanitize(s: &str) -> String {
