@@ -1,6 +1,7 @@
 //! `qie`: compile, run and (later) train Qwen-Image-Edit models from one binary.
 
 mod atomic;
+mod cmd_backward;
 mod cmd_bench;
 mod cmd_bench_edit;
 mod cmd_cache;
@@ -48,6 +49,10 @@ enum Command {
     /// Run one model component on tensors from a safetensors file (for parity checks with PyTorch).
     #[command(subcommand)]
     Forward(cmd_forward::ForwardCommand),
+    /// Gradients of one training step (with a LoRA) from tensors in safetensors files, for parity
+    /// checks with PyTorch.
+    #[command(subcommand)]
+    Backward(cmd_backward::BackwardCommand),
     /// Time a model at real size with random weights.
     #[command(subcommand)]
     Bench(cmd_bench::BenchCommand),
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
         Command::Infer(args) => cmd_infer::run(*args),
         Command::Compile(args) => cmd_compile::run(args),
         Command::Forward(cmd) => cmd_forward::run(cmd),
+        Command::Backward(cmd) => cmd_backward::run(cmd),
         Command::Bench(cmd) => cmd_bench::run(cmd),
         Command::Kernels(cmd) => cmd_kernels::run(cmd),
         Command::Lora(cmd) => cmd_lora::run(cmd),

@@ -26,6 +26,7 @@ pub struct Cache {
 }
 
 /// One cached row, ready for a training step.
+#[derive(Clone, Debug)]
 pub struct CachedRow {
     /// [1, S_target, 64] f32, packed normalised latents.
     pub target: Tensor,

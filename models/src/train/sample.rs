@@ -4,26 +4,14 @@
 
 use super::rng::{normal_tensor, stream_seed, Purpose};
 use super::timesteps::{TimestepDraw, TimestepSampler};
+use crate::cache::Cache;
+use crate::data::ShapeKey;
 use crate::qwen_image::{DitInputs, ImgShape};
 use crate::ModelError;
 use qie_runtime::Tensor;
 
-/// One row, encoded (see `qie cache`).
-#[derive(Clone, Debug)]
-pub struct TrainSample {
-    /// [1, S_target, C] packed, normalised clean latents of the target image.
-    pub target: Tensor,
-    pub target_grid: ImgShape,
-    /// [1, S_refs, C] the control images' tokens in order; None without control images.
-    pub references: Option<Tensor>,
-    pub reference_grids: Vec<ImgShape>,
-    /// [1, S_txt, D].
-    pub prompt_embeds: Tensor,
-    /// S_txt entries, true = a real token.
-    pub prompt_mask: Vec<bool>,
-    /// Where the row came from, for messages ("data.jsonl:12").
-    pub source: String,
-}
+/// One row as the trainer reads it: a cached row (see `qie cache`).
+pub use crate::cache::CachedRow as TrainSample;
 
 impl TrainSample {
     /// Image grids the DiT sees: the target, then every reference.
@@ -31,6 +19,14 @@ impl TrainSample {
         let mut v = vec![self.target_grid];
         v.extend(self.reference_grids.iter().copied());
         v
+    }
+
+    /// What must match within a batch.
+    pub fn shape_key(&self) -> ShapeKey {
+        ShapeKey {
+            target: self.target_grid,
+            references: self.reference_grids.clone(),
+        }
     }
 }
 
@@ -41,8 +37,20 @@ pub trait TrainingData {
         self.len() == 0
     }
     /// The row's image grids (what must match within a batch).
-    fn grids(&self, index: usize) -> Vec<ImgShape>;
+    fn shape_key(&self, index: usize) -> ShapeKey;
     fn load(&self, index: usize) -> Result<TrainSample, ModelError>;
+}
+
+impl TrainingData for Cache {
+    fn len(&self) -> usize {
+        Cache::len(self)
+    }
+    fn shape_key(&self, index: usize) -> ShapeKey {
+        Cache::shape_key(self, index)
+    }
+    fn load(&self, index: usize) -> Result<TrainSample, ModelError> {
+        Cache::load(self, index)
+    }
 }
 
 /// Rows held in memory (tests, small experiments).
@@ -52,8 +60,8 @@ impl TrainingData for InMemoryData {
     fn len(&self) -> usize {
         self.0.len()
     }
-    fn grids(&self, index: usize) -> Vec<ImgShape> {
-        self.0[index].img_shapes()
+    fn shape_key(&self, index: usize) -> ShapeKey {
+        self.0[index].shape_key()
     }
     fn load(&self, index: usize) -> Result<TrainSample, ModelError> {
         self.0

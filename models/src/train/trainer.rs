@@ -6,7 +6,6 @@
 use super::adamw::{AdamW, AdamWConfig, AdamWState};
 use super::checkpoint::{self, LoopState};
 use super::lr::LrSchedule;
-use super::order::epoch_batches;
 use super::sample::{noise_batch, TrainingData};
 use super::timesteps::{TimestepSampler, TimestepScheme};
 use crate::qwen_image::QwenImageDit;
@@ -275,11 +274,15 @@ impl Trainer {
     /// The rows of the next batch, moving to the next epoch when this one is used up.
     fn next_batch(&mut self, data: &dyn TrainingData) -> Result<Vec<usize>, ModelError> {
         loop {
-            let batches = epoch_batches(
-                data,
+            let keys: Vec<_> = (0..data.len()).map(|i| data.shape_key(i)).collect();
+            // A batch needs equal sizes; with batch_size > 1 a shape group's remainder waits
+            // for the next epoch (in another order) rather than forming a short batch.
+            let batches = crate::data::batches(
+                &keys,
                 self.settings.batch_size,
                 self.settings.seed,
                 self.state.epoch,
+                self.settings.batch_size > 1,
             );
             if batches.is_empty() {
                 return Err(ModelError::new(format!(

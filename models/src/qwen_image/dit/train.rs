@@ -102,11 +102,6 @@ impl QwenImageDit {
     pub fn weight_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
         self.model.weight_f32(name)
     }
-
-    /// Replaces weight `name` everywhere the model's plans read it (no recompilation).
-    pub fn update_weight(&mut self, name: &str, values: &[f32]) -> Result<(), ModelError> {
-        self.model.update_weight(name, values)
-    }
 }
 
 fn training_kind(target_tokens: usize, trainable: &[String]) -> GraphKind {
