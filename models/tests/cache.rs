@@ -113,6 +113,10 @@ fn build(job: CacheJob, pipeline: &EditPipeline) -> qie_models::cache::CacheRepo
     report
 }
 
+fn rows_grids(cache: &Cache, i: usize) -> Vec<[usize; 3]> {
+    cache.manifest().rows[i].reference_grids.clone()
+}
+
 fn data(t: &Tensor) -> &[f32] {
     t.as_f32().unwrap()
 }
@@ -192,6 +196,12 @@ fn cached_tensors_equal_the_pipelines_encoding() {
     assert!(cache.load(1).unwrap().references.is_some());
     assert!(cache.load(2).unwrap().references.is_none());
     assert!(cache.load(3).is_err());
+
+    // Three different shapes: no batch mixes them.
+    let keys = cache.shape_keys();
+    assert_eq!(keys[0].references, rows_grids(&cache, 0));
+    let batches = qie_models::data::batches(&keys, 2, 0, 0, false);
+    assert_eq!(batches.len(), 3, "{batches:?}");
 }
 
 #[test]
@@ -363,6 +373,8 @@ fn damaged_files_other_models_and_bad_rows_are_explained() {
     let cache = Cache::open(&out2).unwrap();
     assert_eq!(cache.manifest().skipped.len(), 1);
     assert!(cache.manifest().skipped[0].reason.contains("missing.png"));
+    assert_eq!(cache.manifest().skipped[0].source, "data.jsonl:2");
+    assert_eq!(cache.manifest().dataset.rows, 2);
 
     // An interrupted cache is not opened for training.
     let mut m: serde_json::Value =
