@@ -388,3 +388,35 @@ fn damaged_files_other_models_and_bad_rows_are_explained() {
         "{err}"
     );
 }
+
+#[test]
+fn buckets_and_max_pixels_set_the_grids() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = plus_dataset(dir.path());
+    let out = dir.path().join("cache");
+    let mut j = job(&dataset, &out, "plus", Flavour::Plus);
+    j.settings.size.buckets = true;
+    j.settings.size.max_pixels = Some(12000);
+    let rule = j.settings.size.clone();
+    build(j, plus());
+    let cache = Cache::open(&out).unwrap();
+    let grid = |name: &str| {
+        let img = load_rgb(dir.path().join(name)).unwrap();
+        let (w, h) = rule.size_for(img.width(), img.height());
+        assert!(w * h <= 12000, "{name}: {w}x{h}");
+        [1, h as usize / 16, w as usize / 16]
+    };
+    let expected = [
+        (grid("t.png"), vec![grid("a.png"), grid("b.png")]),
+        (grid("c.png"), vec![grid("a.png")]),
+        (grid("b.png"), vec![]),
+    ];
+    for (i, (target, refs)) in expected.iter().enumerate() {
+        let row = cache.load(i).unwrap();
+        assert_eq!(&row.target_grid, target, "row {i}");
+        assert_eq!(&row.reference_grids, refs, "row {i}");
+        assert_eq!(row.target.shape()[1], target[1] * target[2]);
+    }
+    // t.png (96x192) and b.png (48x96) are both 1:2: one bucket, one grid.
+    assert_eq!(grid("t.png"), grid("b.png"));
+}
