@@ -113,6 +113,10 @@ fn build(job: CacheJob, pipeline: &EditPipeline) -> qie_models::cache::CacheRepo
     report
 }
 
+fn rows_grids(cache: &Cache, i: usize) -> Vec<[usize; 3]> {
+    cache.manifest().rows[i].reference_grids.clone()
+}
+
 fn data(t: &Tensor) -> &[f32] {
     t.as_f32().unwrap()
 }
@@ -192,6 +196,12 @@ fn cached_tensors_equal_the_pipelines_encoding() {
     assert!(cache.load(1).unwrap().references.is_some());
     assert!(cache.load(2).unwrap().references.is_none());
     assert!(cache.load(3).is_err());
+
+    // Three different shapes: no batch mixes them.
+    let keys = cache.shape_keys();
+    assert_eq!(keys[0].references, rows_grids(&cache, 0));
+    let batches = qie_models::data::batches(&keys, 2, 0, 0, false);
+    assert_eq!(batches.len(), 3, "{batches:?}");
 }
 
 #[test]
@@ -363,6 +373,8 @@ fn damaged_files_other_models_and_bad_rows_are_explained() {
     let cache = Cache::open(&out2).unwrap();
     assert_eq!(cache.manifest().skipped.len(), 1);
     assert!(cache.manifest().skipped[0].reason.contains("missing.png"));
+    assert_eq!(cache.manifest().skipped[0].source, "data.jsonl:2");
+    assert_eq!(cache.manifest().dataset.rows, 2);
 
     // An interrupted cache is not opened for training.
     let mut m: serde_json::Value =
@@ -375,4 +387,36 @@ fn damaged_files_other_models_and_bad_rows_are_explained() {
         err.contains("incomplete") && err.contains("--resume"),
         "{err}"
     );
+}
+
+#[test]
+fn buckets_and_max_pixels_set_the_grids() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = plus_dataset(dir.path());
+    let out = dir.path().join("cache");
+    let mut j = job(&dataset, &out, "plus", Flavour::Plus);
+    j.settings.size.buckets = true;
+    j.settings.size.max_pixels = Some(12000);
+    let rule = j.settings.size.clone();
+    build(j, plus());
+    let cache = Cache::open(&out).unwrap();
+    let grid = |name: &str| {
+        let img = load_rgb(dir.path().join(name)).unwrap();
+        let (w, h) = rule.size_for(img.width(), img.height());
+        assert!(w * h <= 12000, "{name}: {w}x{h}");
+        [1, h as usize / 16, w as usize / 16]
+    };
+    let expected = [
+        (grid("t.png"), vec![grid("a.png"), grid("b.png")]),
+        (grid("c.png"), vec![grid("a.png")]),
+        (grid("b.png"), vec![]),
+    ];
+    for (i, (target, refs)) in expected.iter().enumerate() {
+        let row = cache.load(i).unwrap();
+        assert_eq!(&row.target_grid, target, "row {i}");
+        assert_eq!(&row.reference_grids, refs, "row {i}");
+        assert_eq!(row.target.shape()[1], target[1] * target[2]);
+    }
+    // t.png (96x192) and b.png (48x96) are both 1:2: one bucket, one grid.
+    assert_eq!(grid("t.png"), grid("b.png"));
 }

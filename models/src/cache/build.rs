@@ -12,6 +12,7 @@ use super::manifest::{
     DatasetInfo, Shard, SkippedRow, FORMAT, VERSION,
 };
 use super::row_file::{read_row, write_row};
+use crate::data::training::row_source;
 use crate::data::{read_training_rows, TrainRow};
 use crate::pipeline::EditEncoder;
 use crate::ModelError;
@@ -50,6 +51,7 @@ pub fn plan_cache(job: CacheJob) -> Result<CachePlan, ModelError> {
     let bytes = std::fs::read(&job.dataset)
         .map_err(|e| ModelError::new(format!("{}: {e}", job.dataset.display())))?;
     let (rows, bad) = read_training_rows(&job.dataset)?;
+    let total_rows = read_total(&rows, &bad);
     let mine = |index: usize| job.shard.is_none_or(|s| index % s.count == s.index);
     let rows: Vec<TrainRow> = rows.into_iter().filter(|r| mine(r.index)).collect();
     let bad: Vec<_> = bad.into_iter().filter(|b| mine(b.index)).collect();
@@ -84,7 +86,6 @@ pub fn plan_cache(job: CacheJob) -> Result<CachePlan, ModelError> {
     }
     std::fs::create_dir_all(job.out.join("rows"))
         .map_err(|e| ModelError::new(format!("{}: {e}", job.out.display())))?;
-    let total_rows = read_total(&rows, &bad);
     let mut manifest = CacheManifest {
         format: FORMAT.to_string(),
         version: VERSION,
@@ -102,7 +103,7 @@ pub fn plan_cache(job: CacheJob) -> Result<CachePlan, ModelError> {
             .iter()
             .map(|b| SkippedRow {
                 index: b.index,
-                source: b.place(),
+                source: row_source(&job.dataset, b.line),
                 reason: b.message.clone(),
             })
             .collect(),

@@ -157,13 +157,16 @@ impl Cache {
         )))
     }
 
-    /// The shape key of row `i`, for [`crate::data::batches`].
-    pub fn shape_key(&self, i: usize) -> crate::data::ShapeKey {
-        let r = &self.manifest.rows[i];
-        crate::data::ShapeKey {
-            target: r.target_grid,
-            references: r.reference_grids.clone(),
-        }
+    /// Every row's shape key, in cache order, for [`crate::data::batches`].
+    pub fn shape_keys(&self) -> Vec<crate::data::ShapeKey> {
+        self.manifest
+            .rows
+            .iter()
+            .map(|r| crate::data::ShapeKey {
+                target: r.target_grid,
+                references: r.reference_grids.clone(),
+            })
+            .collect()
     }
 }
 

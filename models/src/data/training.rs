@@ -37,20 +37,25 @@ impl TrainRow {
 /// file, line and what is wrong. A file that cannot be read at all is an error.
 pub fn read_training_rows(path: &Path) -> Result<(Vec<TrainRow>, Vec<BadRow>), ModelError> {
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string());
     let mut rows = Vec::new();
     let mut bad = Vec::new();
     for record in read_records(path)? {
-        let source = format!("{file_name}:{}", record.line);
+        let source = row_source(path, record.line);
         match parse_record(&record, &base).and_then(|r| training_row(r, source)) {
             Ok(row) => rows.push(row),
             Err((kind, message)) => bad.push(bad_row(&record, kind, message)),
         }
     }
     Ok((rows, bad))
+}
+
+/// "data.jsonl:12": the dataset's file name and a 1-based line, for short messages.
+pub fn row_source(dataset: &Path, line: usize) -> String {
+    let name = dataset
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dataset.display().to_string());
+    format!("{name}:{line}")
 }
 
 fn training_row(row: DatasetRow, source: String) -> Result<TrainRow, RowError> {

@@ -183,13 +183,12 @@ impl EditPipeline {
             )));
         }
 
-        let inputs = self.encode_inputs_timed(images, settings, &mut times)?;
         let EncodedInputs {
             prompt_embeds,
             negative_embeds,
             image_latents,
             ref_shapes,
-        } = inputs;
+        } = self.encode_inputs_timed(images, settings, &mut times)?;
 
         // Sampling.
         let t = Instant::now();

@@ -1,5 +1,6 @@
 //! Appends events to `events.out.tfevents.<secs>.<host>.<pid>.qie` in a log folder, as
-//! TensorFlow's summary writer names and frames them. The first record is the file version.
+//! TensorFlow's summary writer names and frames them (`.<n>` before `.qie` when a second writer
+//! starts in the same second). The first record is the file version.
 
 use super::crc32c::masked_crc32c;
 use super::proto::{Event, Image, Value, ValueKind};
@@ -49,14 +50,28 @@ impl EventWriter {
         std::fs::create_dir_all(dir)
             .map_err(|e| ModelError::new(format!("{}: {e}", dir.display())))?;
         let secs = now() as u64;
-        let name = format!(
-            "events.out.tfevents.{secs}.{}.{}.qie",
-            hostname(),
-            std::process::id()
-        );
-        let path = dir.join(name);
-        let file =
-            File::create(&path).map_err(|e| ModelError::new(format!("{}: {e}", path.display())))?;
+        let (host, pid) = (hostname(), std::process::id());
+        // A second writer in the same second and process must not truncate the first's file.
+        let mut n = 0;
+        let (path, file) = loop {
+            let suffix = if n == 0 {
+                String::new()
+            } else {
+                format!(".{n}")
+            };
+            let path = dir.join(format!(
+                "events.out.tfevents.{secs}.{host}.{pid}{suffix}.qie"
+            ));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => break (path, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+                Err(e) => return Err(ModelError::new(format!("{}: {e}", path.display()))),
+            }
+        };
         let mut writer = EventWriter {
             path,
             out: BufWriter::new(file),
