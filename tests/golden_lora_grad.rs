@@ -35,13 +35,20 @@ fn check(case: &str) {
         "{case}: loss {} vs {loss}",
         out.loss
     );
-    assert_eq!(out.grads.len(), expected.names().len() - 1, "{case}: one gradient per tensor");
+    assert_eq!(
+        out.grads.len(),
+        expected.names().len() - 1,
+        "{case}: one gradient per tensor"
+    );
     let mut worst = (0.0, String::new());
     for (name, shape, values) in &out.grads {
         assert_eq!(&expected.info(name).unwrap().shape, shape, "{name}");
         let want = expected.load_f32(name).unwrap();
         if want.iter().all(|&v| v == 0.0) {
-            assert!(values.iter().all(|&v| v == 0.0), "{case}: {name} should be zero");
+            assert!(
+                values.iter().all(|&v| v == 0.0),
+                "{case}: {name} should be zero"
+            );
             continue;
         }
         let e = rel_l2(values, &want);
@@ -50,7 +57,10 @@ fn check(case: &str) {
             worst = (e, name.clone());
         }
     }
-    println!("{case}: worst gradient rel-L2 {:.2e} ({})", worst.0, worst.1);
+    println!(
+        "{case}: worst gradient rel-L2 {:.2e} ({})",
+        worst.0, worst.1
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod cmd_forward_vae;
 mod cmd_infer;
 mod cmd_kernels;
 mod cmd_lora;
+mod cmd_train;
 mod image_out;
 mod kernels_table;
 mod model_args;
@@ -49,6 +50,8 @@ enum Command {
     /// Run one model component on tensors from a safetensors file (for parity checks with PyTorch).
     #[command(subcommand)]
     Forward(cmd_forward::ForwardCommand),
+    /// Fine-tune the DiT (LoRA, full, DSL variant) from a `qie cache` folder.
+    Train(Box<cmd_train::TrainArgs>),
     /// Gradients of one training step (with a LoRA) from tensors in safetensors files, for parity
     /// checks with PyTorch.
     #[command(subcommand)]
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Infer(args) => cmd_infer::run(*args),
         Command::Compile(args) => cmd_compile::run(args),
         Command::Forward(cmd) => cmd_forward::run(cmd),
+        Command::Train(args) => cmd_train::run(*args),
         Command::Backward(cmd) => cmd_backward::run(cmd),
         Command::Bench(cmd) => cmd_bench::run(cmd),
         Command::Kernels(cmd) => cmd_kernels::run(cmd),

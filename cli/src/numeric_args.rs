@@ -23,6 +23,20 @@ pub fn non_negative_f64(text: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// A finite number (LoRA alpha).
+pub fn finite_f64(text: &str) -> Result<f64, String> {
+    finite(text)
+}
+
+/// A finite number > 0 (learning rates).
+pub fn positive_f64(text: &str) -> Result<f64, String> {
+    let v = finite(text)?;
+    if v <= 0.0 {
+        return Err(format!("{v} is not > 0"));
+    }
+    Ok(v)
+}
+
 /// A noise level in [0, 1] (one of `--sigmas`).
 pub fn sigma(text: &str) -> Result<f32, String> {
     let v = finite(text)?;

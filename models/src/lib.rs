@@ -15,8 +15,8 @@ pub mod qwen25vl;
 pub mod qwen_image;
 pub mod scheduler;
 pub mod sources;
-pub mod train;
 pub mod tensorboard;
+pub mod train;
 
 /// The dataset reader's old path (`qie infer` and existing users).
 pub use data::rows as dataset;

@@ -31,7 +31,10 @@ pub fn lora_file_gradients(
     let config = DitConfig::load(&dir.join("config.json"))?;
     let resolver = ModuleResolver::for_config(&config)?;
     let at = |key: &str, m: String| {
-        ModelError::new(format!("LoRA file {}: key `{key}`: {m}", lora_path.display()))
+        ModelError::new(format!(
+            "LoRA file {}: key `{key}`: {m}",
+            lora_path.display()
+        ))
     };
     let first = file
         .modules

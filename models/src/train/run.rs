@@ -77,9 +77,10 @@ impl TrainRun {
                 "targets": l.targets,
             })
         });
-        let mut dit = QwenImageDit::load_with_adapter(&paths.transformer, &options, adapter.as_ref())?;
+        let mut dit =
+            QwenImageDit::load_with_adapter(&paths.transformer, &options, adapter.as_ref())?;
         let trainable = select_trainable(&dit, &config)?;
-        let keys: Vec<_> = (0..cache.len()).map(|i| cache.shape_key(i)).collect();
+        let keys = cache.shape_keys();
         let per_epoch = crate::data::batches(
             &keys,
             config.train.batch_size,
@@ -177,8 +178,10 @@ impl TrainRun {
             let s = report.step as i64;
             self.events.scalar("train/loss", s, report.loss as f32)?;
             self.events.scalar("train/lr", s, report.lr as f32)?;
-            self.events.scalar("train/grad_norm", s, report.grad_norm as f32)?;
-            self.events.scalar("train/step_s", s, report.step_s as f32)?;
+            self.events
+                .scalar("train/grad_norm", s, report.grad_norm as f32)?;
+            self.events
+                .scalar("train/step_s", s, report.step_s as f32)?;
             self.events.flush()?;
         }
         let save = self.config.output.save_every;
@@ -279,7 +282,11 @@ fn select_trainable(dit: &QwenImageDit, config: &TrainConfig) -> Result<Vec<Stri
     }
     if let Some(f) = &config.full {
         for p in &f.weights {
-            if !dit.model_weights().iter().any(|(n, _)| matches_target(n, p)) {
+            if !dit
+                .model_weights()
+                .iter()
+                .any(|(n, _)| matches_target(n, p))
+            {
                 return Err(ModelError::new(format!(
                     "[full] weights pattern `{p}` matches no weight of the DiT"
                 )));

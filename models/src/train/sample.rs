@@ -36,8 +36,8 @@ pub trait TrainingData {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The row's image grids (what must match within a batch).
-    fn shape_key(&self, index: usize) -> ShapeKey;
+    /// Every row's image grids (what must match within a batch).
+    fn shape_keys(&self) -> Vec<ShapeKey>;
     fn load(&self, index: usize) -> Result<TrainSample, ModelError>;
 }
 
@@ -45,8 +45,8 @@ impl TrainingData for Cache {
     fn len(&self) -> usize {
         Cache::len(self)
     }
-    fn shape_key(&self, index: usize) -> ShapeKey {
-        Cache::shape_key(self, index)
+    fn shape_keys(&self) -> Vec<ShapeKey> {
+        Cache::shape_keys(self)
     }
     fn load(&self, index: usize) -> Result<TrainSample, ModelError> {
         Cache::load(self, index)
@@ -60,8 +60,8 @@ impl TrainingData for InMemoryData {
     fn len(&self) -> usize {
         self.0.len()
     }
-    fn shape_key(&self, index: usize) -> ShapeKey {
-        self.0[index].shape_key()
+    fn shape_keys(&self) -> Vec<ShapeKey> {
+        self.0.iter().map(TrainSample::shape_key).collect()
     }
     fn load(&self, index: usize) -> Result<TrainSample, ModelError> {
         self.0

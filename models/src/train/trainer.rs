@@ -274,7 +274,7 @@ impl Trainer {
     /// The rows of the next batch, moving to the next epoch when this one is used up.
     fn next_batch(&mut self, data: &dyn TrainingData) -> Result<Vec<usize>, ModelError> {
         loop {
-            let keys: Vec<_> = (0..data.len()).map(|i| data.shape_key(i)).collect();
+            let keys = data.shape_keys();
             // A batch needs equal sizes; with batch_size > 1 a shape group's remainder waits
             // for the next epoch (in another order) rather than forming a short batch.
             let batches = crate::data::batches(

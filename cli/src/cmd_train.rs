@@ -1,0 +1,197 @@
+//! `qie train`: LoRA / full / DSL-variant fine-tuning of the DiT from a `qie cache` folder, from a
+//! TOML file, flags, or both (flags override the file). Ctrl-C writes a resumable checkpoint;
+//! `--resume OUT` continues a run exactly where it stopped.
+
+use crate::cmd_forward::{make_backend, DTypeArg};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use qie_models::train::config::{LoraSection, TrainConfig};
+use qie_models::train::run::TrainRun;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// train.toml (see docs/training.md); flags below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in this output folder (its config.toml unless --config is given) from
+    /// its newest checkpoint.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Pipeline folder (or hub id) the cache was made with.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// A `.qie` DiT variant; its new parameters are trained.
+    #[arg(long)]
+    pub variant: Option<PathBuf>,
+    /// A `qie cache` folder.
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Train a LoRA of this rank (default targets: DiffSynth-Studio's twelve).
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    #[arg(long, value_parser = crate::numeric_args::finite_f64)]
+    pub lora_alpha: Option<f64>,
+    /// Comma-separated peft target patterns (`to_q,to_k,img_mlp.net.2`).
+    #[arg(long)]
+    pub lora_targets: Option<String>,
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long, value_parser = crate::numeric_args::positive_f64)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, env = "QIE_DEVICE")]
+    pub device: Option<String>,
+    /// Steps between resumable checkpoints (0: only at the end).
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    /// LoRA file layout: peft (diffusers), diffsynth, kohya, comfyui.
+    #[arg(long)]
+    pub export_format: Option<String>,
+}
+
+pub fn run(args: TrainArgs) -> Result<(), String> {
+    let config = resolve_config(&args)?;
+    let dtype = match config.model.dtype.as_str() {
+        "f32" => DTypeArg::F32,
+        _ => DTypeArg::Bf16,
+    };
+    let backend = make_backend(&config.model.device, dtype)?;
+    let resume = args.resume.clone();
+    let mut run =
+        TrainRun::prepare(config, backend, resume.as_deref()).map_err(|e| e.to_string())?;
+    let s = run.summary();
+    eprintln!(
+        "training {} values: {} LoRA tensors, {} full, {} new; steps {} -> {}",
+        s.values,
+        s.lora_tensors,
+        s.full_tensors,
+        s.new_tensors,
+        run.step(),
+        run.total_steps()
+    );
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        // A second handler cannot be installed (tests run several in one process): ignore.
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+    let bar = ProgressBar::new(run.total_steps());
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed} < {eta}, {per_sec}] {msg}")
+            .expect("valid template"),
+    );
+    bar.set_position(run.step());
+    while !run.is_done() {
+        let r = run.step_once().map_err(|e| e.to_string())?;
+        bar.set_position(r.step);
+        bar.set_message(format!(
+            "loss {:.4} lr {:.2e} |g| {:.3}",
+            r.loss, r.lr, r.grad_norm
+        ));
+        if interrupted.load(Ordering::SeqCst) {
+            let ckpt = run.save_checkpoint().map_err(|e| e.to_string())?;
+            bar.abandon();
+            return Err(format!(
+                "interrupted after step {}: checkpoint {}; continue with `qie train --resume {}`",
+                r.step,
+                ckpt.display(),
+                run.out_dir().display()
+            ));
+        }
+    }
+    bar.finish_and_clear();
+    let out = run.out_dir().to_path_buf();
+    let written = run.finish().map_err(|e| e.to_string())?;
+    for p in written {
+        eprintln!("wrote {}", p.display());
+    }
+    eprintln!("train.jsonl and tensorboard/ in {}", out.display());
+    Ok(())
+}
+
+fn resolve_config(args: &TrainArgs) -> Result<TrainConfig, String> {
+    let mut c = match (&args.config, &args.resume) {
+        (Some(path), _) => TrainConfig::load(path)?,
+        (None, Some(dir)) => {
+            let path = dir.join("config.toml");
+            if !path.exists() {
+                return Err(format!(
+                    "--resume {}: no config.toml there (give --config)",
+                    dir.display()
+                ));
+            }
+            TrainConfig::load(&path)?
+        }
+        (None, None) => TrainConfig::default(),
+    };
+    if let Some(v) = &args.model {
+        c.model.path = Some(v.clone());
+    }
+    if let Some(v) = &args.variant {
+        c.model.variant = Some(v.clone());
+    }
+    if let Some(v) = &args.cache {
+        c.data.cache = Some(v.clone());
+    }
+    if let Some(v) = &args.out {
+        c.output.dir = Some(v.clone());
+    }
+    if args.resume.is_some() && c.output.dir.is_none() {
+        c.output.dir = args.resume.clone();
+    }
+    if args.lora_rank.is_some() || args.lora_alpha.is_some() || args.lora_targets.is_some() {
+        let lora = c.lora.get_or_insert_with(LoraSection::default);
+        if let Some(r) = args.lora_rank {
+            lora.rank = r;
+        }
+        if let Some(a) = args.lora_alpha {
+            lora.alpha = Some(a);
+        }
+        if let Some(t) = &args.lora_targets {
+            lora.targets = t
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+    }
+    if let Some(v) = args.steps {
+        c.train.steps = Some(v);
+        c.train.epochs = None;
+    }
+    if let Some(v) = args.lr {
+        c.train.lr = v;
+    }
+    if let Some(v) = args.batch_size {
+        c.train.batch_size = v;
+    }
+    if let Some(v) = args.grad_accum {
+        c.train.grad_accum = v;
+    }
+    if let Some(v) = args.seed {
+        c.train.seed = v;
+    }
+    if let Some(v) = &args.device {
+        c.model.device = v.clone();
+    }
+    if let Some(v) = args.save_every {
+        c.output.save_every = v;
+    }
+    if let Some(v) = &args.export_format {
+        c.output.export_format = v.clone();
+    }
+    c.validate()?;
+    Ok(c)
+}
