@@ -68,7 +68,7 @@ impl BinOp {
             BinOp::Sub => "-",
             BinOp::Mul => "*",
             BinOp::Div => "/",
-            BinOp::FloorDiv => "//",
+            BinOp::FloorDiv => "~/",
             BinOp::Rem => "%",
             BinOp::Range => "..",
         }
