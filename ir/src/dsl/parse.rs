@@ -615,7 +615,7 @@ impl Builder<'_> {
                             Rule::at_path => {
                                 let s = kids(rest).next().ok_or_else(bad)?;
                                 let sp = self.span(&s);
-                                path = Some((self.string(s)?, sp));
+                                path = Some((self.path_template(s)?, sp));
                             }
                             _ => cond = Some(self.cond(rest)?),
                         }
@@ -651,6 +651,82 @@ impl Builder<'_> {
         let e = kids(p)
             .next()
             .ok_or_else(|| self.err(span, "missing condition"))?;
+        self.expr(e)
+    }
+
+    /// An `@` path with `{expr}` interpolations; `{{` and `}}` stand for braces.
+    fn path_template(&self, p: Pair<'_, Rule>) -> R<Vec<PathPart>> {
+        let start = p.as_span().start();
+        let raw = p.as_str();
+        if !raw.contains(['{', '}']) {
+            return Ok(vec![PathPart::Text(self.string(p)?)]);
+        }
+        let sp = self.span(&p);
+        if raw.contains('\\') {
+            return Err(self.err(sp, "a path with `{..}` interpolations cannot hold escapes"));
+        }
+        let body = &raw[1..raw.len() - 1];
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut i = 0;
+        let b = body.as_bytes();
+        while i < b.len() {
+            match b[i] {
+                b'{' if b.get(i + 1) == Some(&b'{') => {
+                    text.push('{');
+                    i += 2;
+                }
+                b'}' if b.get(i + 1) == Some(&b'}') => {
+                    text.push('}');
+                    i += 2;
+                }
+                b'{' => {
+                    let Some(len) = body[i + 1..].find('}') else {
+                        return Err(
+                            self.err(sp, "unclosed `{` in the path (write `{{` for a brace)")
+                        );
+                    };
+                    let at = start + 1 + i + 1;
+                    let expr = self.interpolation(at, &body[i + 1..i + 1 + len])?;
+                    if !text.is_empty() {
+                        parts.push(PathPart::Text(std::mem::take(&mut text)));
+                    }
+                    parts.push(PathPart::Expr(expr));
+                    i += len + 2;
+                }
+                b'}' => {
+                    return Err(self.err(sp, "unmatched `}` in the path (write `}}` for a brace)"))
+                }
+                _ => {
+                    let c = body[i..].chars().next().unwrap_or(' ');
+                    text.push(c);
+                    i += c.len_utf8();
+                }
+            }
+        }
+        if !text.is_empty() {
+            parts.push(PathPart::Text(text));
+        }
+        Ok(parts)
+    }
+
+    /// Parses the expression `text` found at byte `at` of the file, with spans into the file.
+    fn interpolation(&self, at: usize, text: &str) -> R<Expr> {
+        let span = Span {
+            file: self.file,
+            start: at as u32,
+            end: (at + text.len()) as u32,
+        };
+        if text.trim().is_empty() {
+            return Err(self.err(span, "empty `{}` in the path"));
+        }
+        let padded = format!("{}{text}", " ".repeat(at));
+        let pairs = QieParser::parse(Rule::interp, &padded)
+            .map_err(|_| self.err(span, format!("`{text}` in the path is not an expression")))?;
+        let e = pairs
+            .flat_map(|p| p.into_inner())
+            .find(|p| p.as_rule() == Rule::expr)
+            .ok_or_else(|| self.err(span, "internal error: empty interpolation"))?;
         self.expr(e)
     }
 
