@@ -145,7 +145,7 @@ fn a_variant_file_with_loras_on_the_fly_equals_it_merged() {
 override fn text_position_start(img_shapes) {
     let start = 3;
     for s in img_shapes {
-        start = max(start, 3 + max(s[1] // 2, s[2] // 2));
+        start = max(start, 3 + max(s[1] ~/ 2, s[2] ~/ 2));
     }
     start
 }

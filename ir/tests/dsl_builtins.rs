@@ -185,7 +185,7 @@ module M() {
         output io = iota([2, 3], 1, f32) + arange(3, f32);
         output g = gather(x, cast(arange(2) + 1, i32), 1);
         output p = pow(maximum(x, 0.5), 2) - minimum(x, 0);
-        output fd = cast(cast(x * 3, i32) // 2, f32);
+        output fd = cast(cast(x * 3, i32) ~/ 2, f32);
     }
 }
 "#;
@@ -275,7 +275,7 @@ module M(k = 3) {
     let doubled = [k, k * 2];
     fn forward(x: f32[N], img_shapes) {
         assert(base == 9, "const from config");
-        assert(7 // 2 == 3 && -7 // 2 == -4 && -7 % 3 == 2 && 7 % -3 == -2, "floor division");
+        assert(7 ~/ 2 == 3 && -7 ~/ 2 == -4 && -7 % 3 == 2 && 7 % -3 == -2, "floor division");
         assert(7 / 2 == 3.5 && 1 + 2 * 3 == 7 && (1 + 2) * 3 == 9, "arithmetic");
         assert(!false && true || false, "bools");
         assert([1, 2] + [3] == [1, 2, 3] && len(0..5) == 5 && (0..10)[-1] == 9, "lists");

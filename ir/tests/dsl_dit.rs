@@ -11,7 +11,7 @@ const inner = config.num_attention_heads * config.attention_head_dim;
 
 // Sinusoidal timestep features as diffusers' Timesteps(256, flip_sin_to_cos=True, shift=0).
 fn timestep_features(t, n = 256) {
-    let half = n // 2;
+    let half = n ~/ 2;
     let freqs = exp(cast(arange(half), f32) * (0.0 - log(10000.0) / half));
     let args = unsqueeze(t, 1) * unsqueeze(freqs, 0);
     concat([cos(args), sin(args)], -1)
@@ -20,11 +20,11 @@ fn timestep_features(t, n = 256) {
 // Interleaved complex rotation of pairs (x[2i], x[2i+1]); cos/sin are [S, D/2].
 fn apply_rope(x, cos_t, sin_t) {
     let s = shape(x);
-    let pairs = reshape(x, [s[0], s[1], s[2], s[3] // 2, 2]);
+    let pairs = reshape(x, [s[0], s[1], s[2], s[3] ~/ 2, 2]);
     let x0 = squeeze(slice(pairs, 4, 0, 1), 4);
     let x1 = squeeze(slice(pairs, 4, 1, 2), 4);
-    let c = reshape(cos_t, [1, s[1], 1, s[3] // 2]);
-    let sn = reshape(sin_t, [1, s[1], 1, s[3] // 2]);
+    let c = reshape(cos_t, [1, s[1], 1, s[3] ~/ 2]);
+    let sn = reshape(sin_t, [1, s[1], 1, s[3] ~/ 2]);
     let r0 = x0 * c - x1 * sn;
     let r1 = x0 * sn + x1 * c;
     reshape(concat([unsqueeze(r0, -1), unsqueeze(r1, -1)], -1), s)
@@ -119,8 +119,8 @@ module QwenImageTransformer2DModel() {
                encoder_hidden_states: f32[B, S_txt, config.joint_attention_dim],
                encoder_hidden_states_mask: bool[B, S_txt] = none,
                timestep: f32[B],
-               img_cos: f32[S_img, head_dim // 2], img_sin: f32[S_img, head_dim // 2],
-               txt_cos: f32[S_txt, head_dim // 2], txt_sin: f32[S_txt, head_dim // 2]) {
+               img_cos: f32[S_img, head_dim ~/ 2], img_sin: f32[S_img, head_dim ~/ 2],
+               txt_cos: f32[S_txt, head_dim ~/ 2], txt_sin: f32[S_txt, head_dim ~/ 2]) {
         let img = img_in(hidden_states);
         let txt = txt_in(txt_norm(encoder_hidden_states));
         let temb = time_embed(timestep * 1000.0);

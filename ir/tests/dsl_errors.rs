@@ -84,7 +84,17 @@ fn floor_division_explains_comment_rule() {
     let src =
         "module M() {\n    fn forward(x: f32[2]) {\n        output y = x * 2 // double\n    }\n}\n";
     let e = program(src).unwrap_err();
-    assert!(e.to_string().contains("read as floor division"), "{e}");
+    // `//` is always a comment now: the statement is cut short, and the error says so.
+    assert!(
+        e.to_string().contains("`//` at 3:26 starts a comment"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("floor division is written `~/`"),
+        "{e}"
+    );
+    let div = "module M() {\n    fn forward(x: f32[2]) {\n        output y = x * (7 ~/ 2 + -7 ~/ 2); // 3 + -4\n    }\n}\n";
+    program(div).unwrap();
     // A comment after `;` is a comment.
     let ok = "module M() {\n    fn forward(x: f32[2]) {\n        output y = x * 2; // double it\n        // whole line\n    }\n}\n";
     program(ok).unwrap();

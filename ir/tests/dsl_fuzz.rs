@@ -10,7 +10,7 @@ const SOURCE: &str = r#"
 const hidden = config.dim * 2;
 fn act(x) { gelu_tanh(x) }
 fn split(x) {
-    let n = dim(x, -1) // 2;
+    let n = dim(x, -1) ~/ 2;
     (slice(x, -1, 0, n), slice(x, -1, n, 2 * n))
 }
 module Block(dim, gate = false) {

@@ -14,7 +14,7 @@ fn act(x) { gelu_tanh(x) }
 
 // Returns a tuple.
 fn split_half(x) {
-    let n = dim(x, -1) // 2;
+    let n = dim(x, -1) ~/ 2;
     (slice(x, -1, 0, n), slice(x, -1, n, 2 * n))
 }
 

@@ -26,6 +26,23 @@ pub const BUNDLED: &[(&str, &str)] = &[
         "qwen25vl_vision.qie",
         include_str!("../qie/qwen25vl_vision.qie"),
     ),
+    // Reference-image positional-encoding variants of the DiT (docs/dsl.md).
+    (
+        "kontext_shared_frame.qie",
+        include_str!("../qie/variants/kontext_shared_frame.qie"),
+    ),
+    (
+        "flux2_scaled_frame.qie",
+        include_str!("../qie/variants/flux2_scaled_frame.qie"),
+    ),
+    (
+        "uno_diagonal.qie",
+        include_str!("../qie/variants/uno_diagonal.qie"),
+    ),
+    (
+        "dreamomni2_width_shift.qie",
+        include_str!("../qie/variants/dreamomni2_width_shift.qie"),
+    ),
     // Adapters layered on a model (DslProgram::with_adapter), not models of their own.
     ("lora.qie", include_str!("../qie/adapters/lora.qie")),
 ];

@@ -192,9 +192,55 @@ def build(out_root: Path) -> None:
     print(f"  [{CASE}] wrote {files}")
 
 
+# A second layout: 3 stages, 1 residual block per stage, time downsampling in the first stage
+# only, z_dim 4. The encoder's flat down_blocks indices and the decoder's widths differ from the
+# released layout, so it checks that the source computes them from the config.
+LAYOUT_CASE = "layout"
+LAYOUT_CONFIG = dict(
+    base_dim=4,
+    z_dim=4,
+    dim_mult=[1, 2, 3],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[True, False],
+    dropout=0.0,
+    input_channels=3,
+    latents_mean=[0.1, -0.2, 0.3, 0.0],
+    latents_std=[1.5, 2.0, 0.5, 1.0],
+)
+LAYOUT_IMAGE_SHAPE = (1, 3, 32, 48)
+LAYOUT_LATENTS_SHAPE = (1, 4, 6, 8)
+
+
+def build_layout(out_root: Path) -> None:
+    gen = torch.Generator().manual_seed(SEED + 1)
+    torch.manual_seed(SEED + 1)
+    model = AutoencoderKLQwenImage(**LAYOUT_CONFIG).to(torch.float32).eval()
+    randomize_(model, gen)
+    image = bf16_round(torch.rand(LAYOUT_IMAGE_SHAPE, generator=gen) * 2.0 - 1.0)
+    latents = bf16_round(torch.randn(LAYOUT_LATENTS_SHAPE, generator=gen))
+    case_dir = out_root / LAYOUT_CASE
+    if case_dir.exists():
+        shutil.rmtree(case_dir)
+    vae_dir = case_dir / "vae"
+    vae_dir.mkdir(parents=True)
+    model.save_pretrained(vae_dir)
+    ref = AutoencoderKLQwenImage.from_pretrained(vae_dir, torch_dtype=torch.float32).eval()
+    expected = {"latent": f32c(encode(ref, image)), "sample": f32c(decode(ref, latents))}
+    for k, v in expected.items():
+        assert torch.isfinite(v).all(), k
+        stats(k, v)
+    save_file({"image": image.contiguous(), "latents": latents.contiguous()},
+              str(case_dir / "inputs.safetensors"), metadata={"format": "pt"})
+    save_file(expected, str(case_dir / "expected.safetensors"), metadata={"format": "pt"})
+    files = sorted(p.relative_to(case_dir).as_posix() for p in case_dir.rglob("*") if p.is_file())
+    print(f"  [{LAYOUT_CASE}] wrote {files}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--case", choices=["all", CASE, LAYOUT_CASE], default="all")
     args = ap.parse_args()
 
     if diffusers.__version__ != EXPECTED_DIFFUSERS:
@@ -206,7 +252,10 @@ def main() -> int:
     diffusers.utils.logging.disable_progress_bar()
 
     args.out.mkdir(parents=True, exist_ok=True)
-    build(args.out)
+    if args.case in ("all", CASE):
+        build(args.out)
+    if args.case in ("all", LAYOUT_CASE):
+        build_layout(args.out)
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"total fixture size under {args.out}: {total} bytes ({total / 1e6:.2f} MB)")
     return 0

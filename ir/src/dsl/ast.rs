@@ -68,7 +68,7 @@ impl BinOp {
             BinOp::Sub => "-",
             BinOp::Mul => "*",
             BinOp::Div => "/",
-            BinOp::FloorDiv => "//",
+            BinOp::FloorDiv => "~/",
             BinOp::Rem => "%",
             BinOp::Range => "..",
         }
@@ -213,10 +213,17 @@ pub struct SubMember {
     pub count: Option<Expr>,
     pub module: Name,
     pub args: Vec<Arg>,
-    /// Explicit checkpoint path (`@ "net.0.proj"`).
-    pub path: Option<(String, Span)>,
+    /// Explicit checkpoint path (`@ "net.0.proj"`, `@ "down_blocks.{first + 1}"`).
+    pub path: Option<(Vec<PathPart>, Span)>,
     pub cond: Option<Expr>,
     pub span: Span,
+}
+
+/// A piece of a sub's `@` path: literal text, or a `{expr}` interpolation (an int or a string).
+#[derive(Clone, Debug)]
+pub enum PathPart {
+    Text(String),
+    Expr(Expr),
 }
 
 #[derive(Clone, Debug)]

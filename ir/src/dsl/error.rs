@@ -100,8 +100,19 @@ pub struct SourceFile {
     pub name: String,
     pub text: String,
     line_starts: Vec<usize>,
-    /// Byte offsets where `//` was read as floor division (see parse.rs), to explain errors.
-    pub(crate) floordivs: Vec<usize>,
+    /// Comments that follow a value (`h // 2`, see parse.rs), to explain errors right after them.
+    pub(crate) suspect_comments: Vec<SuspectComment>,
+}
+
+/// A `//` comment between two values on one line: the old floor-division spelling, now a comment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SuspectComment {
+    /// End of the value before the comment.
+    pub value_end: usize,
+    /// Offset of the `//`.
+    pub comment: usize,
+    /// The first token after the comment (and any whitespace).
+    pub next_token: usize,
 }
 
 impl SourceFile {
@@ -112,7 +123,7 @@ impl SourceFile {
             name: name.to_string(),
             text: text.to_string(),
             line_starts,
-            floordivs: Vec::new(),
+            suspect_comments: Vec::new(),
         }
     }
 
@@ -166,15 +177,15 @@ impl SourceFile {
             width,
             notes: Vec::new(),
         };
-        if let Some(&fd) = self
-            .floordivs
+        if let Some(sc) = self
+            .suspect_comments
             .iter()
-            .find(|&&fd| fd < start && self.line_col(fd).0 == line)
+            .find(|sc| (sc.value_end..=sc.next_token).contains(&start))
         {
-            let (_, c) = self.line_col(fd);
+            let (l, c) = self.line_col(sc.comment);
             err.notes.push(format!(
-                "`//` at column {c} was read as floor division because it follows a value; \
-                 put a comment on its own line or after `;`, `,` or `{{`"
+                "`//` at {l}:{c} starts a comment, so the expression before it ends there; \
+                 floor division is written `~/` (`h ~/ 2`)"
             ));
         }
         err

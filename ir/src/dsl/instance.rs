@@ -147,6 +147,28 @@ impl<'p> Lowerer<'p> {
         )?))
     }
 
+    /// A sub's `@` path, its `{expr}` parts evaluated (ints or strings).
+    fn sub_path(&mut self, sc: &mut Scope<'p>, parts: &'p [PathPart]) -> R<String> {
+        let mut path = String::new();
+        for part in parts {
+            match part {
+                PathPart::Text(t) => path.push_str(t),
+                PathPart::Expr(e) => match self.eval(sc, e)? {
+                    Value::Int(i) => path.push_str(&i.to_string()),
+                    Value::Str(s) => path.push_str(&s),
+                    v => {
+                        let msg = format!(
+                            "a path interpolation must be an int or a string, got {}",
+                            self.describe(&v)
+                        );
+                        return Err(self.err(e.span, msg));
+                    }
+                },
+            }
+        }
+        Ok(path)
+    }
+
     fn sub_member(&mut self, sc: &mut Scope<'p>, sm: &'p SubMember, prefix: &str) -> R<Value> {
         if !self.present(sc, &sm.cond)? {
             return Ok(Value::None);
@@ -177,11 +199,11 @@ impl<'p> Lowerer<'p> {
                 return Err(self.err(sm.module.span, msg));
             }
         };
-        let path = sm
-            .path
-            .as_ref()
-            .map_or(sm.name.text.as_str(), |(p, _)| p.as_str());
-        let child = join(prefix, path);
+        let path = match &sm.path {
+            None => sm.name.text.clone(),
+            Some((parts, _)) => self.sub_path(sc, parts)?,
+        };
+        let child = join(prefix, &path);
         let count = match &sm.count {
             None => None,
             Some(c) => match self.eval(sc, c)? {

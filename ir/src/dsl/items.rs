@@ -52,9 +52,9 @@ struct Loader<'a> {
 impl Loader<'_> {
     fn add(&mut self, name: &str, text: &str) -> Result<u32, DslError> {
         let id = self.files.len() as u32;
-        let (masked, floordivs) = mask_comments(text);
+        let (masked, suspects) = mask_comments(text);
         let mut src = SourceFile::new(name, text);
-        src.floordivs = floordivs;
+        src.suspect_comments = suspects;
         self.files.push(src);
         self.seen.insert(name.to_string());
         let items = parse_file(id, &self.files[id as usize], &masked)?;

@@ -1,7 +1,7 @@
 //! Source text -> AST: comment masking, the pest parser, and syntax-error messages.
 
 use super::ast::*;
-use super::error::{DslError, SourceFile};
+use super::error::{DslError, SourceFile, SuspectComment};
 use crate::DType;
 use pest::iterators::Pair;
 use pest::pratt_parser::{Assoc, Op, PrattParser};
@@ -14,14 +14,13 @@ struct QieParser;
 
 type R<T> = Result<T, DslError>;
 
-/// Replaces comments with spaces (byte offsets are kept) and returns the masked text and the offsets
-/// of every `//` read as floor division. `//` is floor division when it sits between two values on
-/// one line: the previous token ends a value (a name that is not a keyword, a number, `)` or `]`) and
-/// the next one starts a value. Anywhere else it starts a comment.
-pub(crate) fn mask_comments(text: &str) -> (String, Vec<usize>) {
+/// Replaces `//` comments with spaces (byte offsets are kept) and returns the masked text and the
+/// comments that directly follow a value and precede one on the same line (`h // 2`): before `~/`
+/// became floor division those divided, so a syntax error right after one gets a note.
+pub(crate) fn mask_comments(text: &str) -> (String, Vec<SuspectComment>) {
     let b = text.as_bytes();
     let mut out = b.to_vec();
-    let mut floordivs = Vec::new();
+    let mut suspects = Vec::new();
     let mut i = 0;
     let mut in_string = false;
     while i < b.len() {
@@ -41,10 +40,14 @@ pub(crate) fn mask_comments(text: &str) -> (String, Vec<usize>) {
             continue;
         }
         if c == b'/' && b.get(i + 1) == Some(&b'/') {
-            if ends_value_before(b, i) && starts_value_after(b, i + 2) {
-                floordivs.push(i);
-                i += 2;
-                continue;
+            if let Some(value_end) = value_end_before(b, i) {
+                if starts_value_after(b, i + 2) {
+                    suspects.push(SuspectComment {
+                        value_end,
+                        comment: i,
+                        next_token: 0,
+                    });
+                }
             }
             while i < b.len() && b[i] != b'\n' {
                 out[i] = b' ';
@@ -54,10 +57,17 @@ pub(crate) fn mask_comments(text: &str) -> (String, Vec<usize>) {
         }
         i += 1;
     }
+    for s in &mut suspects {
+        let mut j = s.comment;
+        while j < out.len() && out[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        s.next_token = j;
+    }
     // Only ASCII bytes were replaced by spaces, whole comments at a time, so this stays UTF-8.
     (
         String::from_utf8(out).unwrap_or_else(|_| text.to_string()),
-        floordivs,
+        suspects,
     )
 }
 
@@ -65,27 +75,29 @@ fn is_word(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_'
 }
 
-fn ends_value_before(b: &[u8], i: usize) -> bool {
+/// Where the value ending just before offset `i` (spaces aside) ends, if one does: a name that is
+/// not a keyword, a number, `)` or `]`.
+fn value_end_before(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i;
     while j > 0 && (b[j - 1] == b' ' || b[j - 1] == b'\t') {
         j -= 1;
     }
     if j == 0 {
-        return false;
+        return None;
     }
     let c = b[j - 1];
     if c == b')' || c == b']' {
-        return true;
+        return Some(j);
     }
     if !is_word(c) {
-        return false;
+        return None;
     }
     let mut k = j;
     while k > 0 && is_word(b[k - 1]) {
         k -= 1;
     }
     let word = std::str::from_utf8(&b[k..j]).unwrap_or("");
-    !matches!(
+    let keyword = matches!(
         word,
         "import"
             | "const"
@@ -101,7 +113,8 @@ fn ends_value_before(b: &[u8], i: usize) -> bool {
             | "output"
             | "override"
             | "entry"
-    )
+    );
+    (!keyword).then_some(j)
 }
 
 fn starts_value_after(b: &[u8], i: usize) -> bool {
@@ -112,7 +125,8 @@ fn starts_value_after(b: &[u8], i: usize) -> bool {
     j < b.len() && (is_word(b[j]) || matches!(b[j], b'(' | b'[' | b'-'))
 }
 
-/// Parses one file. `src.floordivs` must already be filled by [`mask_comments`] of the same text.
+/// Parses one file. `src.suspect_comments` must already be filled by [`mask_comments`] of the same
+/// text.
 /// Deepest expression tree accepted (keeps the recursive evaluator far from the stack limit).
 const MAX_EXPR_DEPTH: u32 = 256;
 /// Deepest bracket nesting accepted.
@@ -230,7 +244,7 @@ fn rule_desc(r: Rule) -> Option<&'static str> {
 
 /// Literal tokens that stand for "an operator" or "an expression" (already described by rules).
 const COVERED_TOKENS: &[&str] = &[
-    "??", "||", "&&", "==", "!=", "<=", ">=", "<", ">", "+", "-", "//", "*", "/", "%", "..", ".",
+    "??", "||", "&&", "==", "!=", "<=", ">=", "<", ">", "+", "-", "~/", "*", "/", "%", "..", ".",
     "(", "[", "!", "\"", "\\", "_", "true", "false", "none", "if",
 ];
 
@@ -246,7 +260,7 @@ fn found_token(masked: &str, pos: usize) -> String {
             .collect();
         return format!("`{w}`");
     }
-    for op in ["??", "||", "&&", "==", "!=", "<=", ">=", "//", ".."] {
+    for op in ["??", "||", "&&", "==", "!=", "<=", ">=", "~/", ".."] {
         if rest.starts_with(op) {
             return format!("`{op}`");
         }
@@ -601,7 +615,7 @@ impl Builder<'_> {
                             Rule::at_path => {
                                 let s = kids(rest).next().ok_or_else(bad)?;
                                 let sp = self.span(&s);
-                                path = Some((self.string(s)?, sp));
+                                path = Some((self.path_template(s)?, sp));
                             }
                             _ => cond = Some(self.cond(rest)?),
                         }
@@ -637,6 +651,82 @@ impl Builder<'_> {
         let e = kids(p)
             .next()
             .ok_or_else(|| self.err(span, "missing condition"))?;
+        self.expr(e)
+    }
+
+    /// An `@` path with `{expr}` interpolations; `{{` and `}}` stand for braces.
+    fn path_template(&self, p: Pair<'_, Rule>) -> R<Vec<PathPart>> {
+        let start = p.as_span().start();
+        let raw = p.as_str();
+        if !raw.contains(['{', '}']) {
+            return Ok(vec![PathPart::Text(self.string(p)?)]);
+        }
+        let sp = self.span(&p);
+        if raw.contains('\\') {
+            return Err(self.err(sp, "a path with `{..}` interpolations cannot hold escapes"));
+        }
+        let body = &raw[1..raw.len() - 1];
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut i = 0;
+        let b = body.as_bytes();
+        while i < b.len() {
+            match b[i] {
+                b'{' if b.get(i + 1) == Some(&b'{') => {
+                    text.push('{');
+                    i += 2;
+                }
+                b'}' if b.get(i + 1) == Some(&b'}') => {
+                    text.push('}');
+                    i += 2;
+                }
+                b'{' => {
+                    let Some(len) = body[i + 1..].find('}') else {
+                        return Err(
+                            self.err(sp, "unclosed `{` in the path (write `{{` for a brace)")
+                        );
+                    };
+                    let at = start + 1 + i + 1;
+                    let expr = self.interpolation(at, &body[i + 1..i + 1 + len])?;
+                    if !text.is_empty() {
+                        parts.push(PathPart::Text(std::mem::take(&mut text)));
+                    }
+                    parts.push(PathPart::Expr(expr));
+                    i += len + 2;
+                }
+                b'}' => {
+                    return Err(self.err(sp, "unmatched `}` in the path (write `}}` for a brace)"))
+                }
+                _ => {
+                    let c = body[i..].chars().next().unwrap_or(' ');
+                    text.push(c);
+                    i += c.len_utf8();
+                }
+            }
+        }
+        if !text.is_empty() {
+            parts.push(PathPart::Text(text));
+        }
+        Ok(parts)
+    }
+
+    /// Parses the expression `text` found at byte `at` of the file, with spans into the file.
+    fn interpolation(&self, at: usize, text: &str) -> R<Expr> {
+        let span = Span {
+            file: self.file,
+            start: at as u32,
+            end: (at + text.len()) as u32,
+        };
+        if text.trim().is_empty() {
+            return Err(self.err(span, "empty `{}` in the path"));
+        }
+        let padded = format!("{}{text}", " ".repeat(at));
+        let pairs = QieParser::parse(Rule::interp, &padded)
+            .map_err(|_| self.err(span, format!("`{text}` in the path is not an expression")))?;
+        let e = pairs
+            .flat_map(|p| p.into_inner())
+            .find(|p| p.as_rule() == Rule::expr)
+            .ok_or_else(|| self.err(span, "internal error: empty interpolation"))?;
         self.expr(e)
     }
 

@@ -72,23 +72,27 @@ impl VaeConfig {
             latents_std,
             raw,
         };
-        // The source spells out the released layout (diffusers keeps the encoder's blocks in one
-        // flat list whose indices depend on it).
-        if cfg.dim_mult.len() != 4 || cfg.num_res_blocks != 2 || !attn_scales.is_empty() {
+        // The source computes the block layout from dim_mult and num_res_blocks; attention
+        // inside the stages (attn_scales) is not written.
+        if cfg.dim_mult.is_empty() || cfg.num_res_blocks == 0 || !attn_scales.is_empty() {
             return Err(ModelError::new(format!(
-                "unsupported VAE layout: dim_mult {:?} (need 4 stages), num_res_blocks {} (need 2), \
+                "unsupported VAE layout: dim_mult {:?} (need a stage), num_res_blocks {} (need >= 1), \
                  attn_scales {attn_scales:?} (need [])",
                 cfg.dim_mult, cfg.num_res_blocks
             )));
         }
-        if cfg.temperal_downsample.len() != 3 {
+        if cfg.temperal_downsample.len() + 1 != cfg.dim_mult.len() {
             return Err(ModelError::new(format!(
-                "config key `temperal_downsample` must have 3 entries, got {:?}",
+                "config key `temperal_downsample` must have len(dim_mult) - 1 = {} entries, got {:?}",
+                cfg.dim_mult.len() - 1,
                 cfg.temperal_downsample
             )));
         }
-        if !(cfg.base_dim * cfg.dim_mult[0]).is_multiple_of(2)
-            || !(cfg.base_dim * cfg.dim_mult[1]).is_multiple_of(2)
+        if cfg.dim_mult.len() > 1
+            && cfg
+                .dim_mult
+                .iter()
+                .any(|m| !(cfg.base_dim * m).is_multiple_of(2))
         {
             return Err(ModelError::new(
                 "base_dim * dim_mult must be even (the upsamplers halve the width)",
@@ -192,8 +196,12 @@ mod tests {
 
     #[test]
     fn rejects_unsupported_layouts_and_bad_statistics() {
-        let err = VaeConfig::from_json(serde_json::json!({"num_res_blocks": 1})).unwrap_err();
-        assert!(err.message.contains("num_res_blocks 1"), "{err}");
+        let err = VaeConfig::from_json(serde_json::json!({"num_res_blocks": 0})).unwrap_err();
+        assert!(err.message.contains("num_res_blocks"), "{err}");
+        let err = VaeConfig::from_json(serde_json::json!({"attn_scales": [0.5]})).unwrap_err();
+        assert!(err.message.contains("attn_scales"), "{err}");
+        let err = VaeConfig::from_json(serde_json::json!({"dim_mult": [1, 2]})).unwrap_err();
+        assert!(err.message.contains("len(dim_mult) - 1 = 1"), "{err}");
         let err = VaeConfig::from_json(serde_json::json!({"latents_mean": [0.0]})).unwrap_err();
         assert!(err.message.contains("latents_mean"), "{err}");
         let err = VaeConfig::from_json(serde_json::json!({"z_dim": "16"})).unwrap_err();
