@@ -16,7 +16,7 @@ pub struct InferArgs {
     pub pipeline: PipelineArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Dataset: JSON array or JSONL rows with `prompt`, `edit_image` (path or list), optional
+    /// Dataset: JSON array, JSONL or metadata.csv rows with `prompt`, `edit_image` (path or list), optional
     /// `image`, `ref_gt`, `back_mask`; paths relative to the dataset file.
     #[arg(long)]
     pub dataset: PathBuf,

@@ -53,6 +53,9 @@ pub struct TrainArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, env = "QIE_DEVICE")]
     pub device: Option<String>,
+    /// Storage of the frozen base on the GPU: bf16 (default) or f32 (exact checks).
+    #[arg(long, value_enum)]
+    pub dtype: Option<DTypeArg>,
     /// Steps between resumable checkpoints (0: only at the end).
     #[arg(long)]
     pub save_every: Option<u64>,
@@ -185,6 +188,12 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig, String> {
     }
     if let Some(v) = &args.device {
         c.model.device = v.clone();
+    }
+    if let Some(v) = args.dtype {
+        c.model.dtype = match v {
+            DTypeArg::F32 => "f32".into(),
+            DTypeArg::Bf16 => "bf16".into(),
+        };
     }
     if let Some(v) = args.save_every {
         c.output.save_every = v;
