@@ -6,11 +6,13 @@ use qie_models::qwen_image::{DitInputs, DitOptions, QwenImageDit};
 use qie_tests::{dit_expected, dit_img_shapes, fixture, rel_l2};
 use std::path::Path;
 
-const VARIANTS: [&str; 4] = [
+const VARIANTS: [&str; 6] = [
     "kontext_shared_frame.qie",
     "flux2_scaled_frame.qie",
     "uno_diagonal.qie",
     "dreamomni2_width_shift.qie",
+    "omnigen2_index_embedding.qie",
+    "diffsynth_aligned_grid.qie",
 ];
 
 fn run(source: Option<&Path>) -> Vec<f32> {
