@@ -90,7 +90,12 @@ fn positions(variant: &str) -> (Vec<[i64; 3]>, Vec<[i64; 3]>) {
         .unwrap_or_else(|e| panic!("{variant}: {e}"));
     let rows = |name: &str| {
         let t = &out[name];
-        assert_eq!(t.shape()[1], 3, "{variant}: {name} positions {:?}", t.shape());
+        assert_eq!(
+            t.shape()[1],
+            3,
+            "{variant}: {name} positions {:?}",
+            t.shape()
+        );
         (0..t.shape()[0])
             .map(|s| [0, 1, 2].map(|a| t.get(&[s, a]) as i64))
             .collect::<Vec<_>>()
