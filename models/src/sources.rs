@@ -43,6 +43,14 @@ pub const BUNDLED: &[(&str, &str)] = &[
         "dreamomni2_width_shift.qie",
         include_str!("../qie/variants/dreamomni2_width_shift.qie"),
     ),
+    (
+        "omnigen2_index_embedding.qie",
+        include_str!("../qie/variants/omnigen2_index_embedding.qie"),
+    ),
+    (
+        "diffsynth_aligned_grid.qie",
+        include_str!("../qie/variants/diffsynth_aligned_grid.qie"),
+    ),
     // Adapters layered on a model (DslProgram::with_adapter), not models of their own.
     ("lora.qie", include_str!("../qie/adapters/lora.qie")),
 ];
