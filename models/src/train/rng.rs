@@ -9,8 +9,6 @@ use crate::scheduler::{gaussian_noise, philox4x32_10};
 pub enum Purpose {
     Timestep = 1,
     Noise = 2,
-    Shuffle = 3,
-    Init = 4,
 }
 
 /// The seed of one stream (SplitMix64 finaliser over the packed fields).
