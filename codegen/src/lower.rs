@@ -47,13 +47,16 @@ pub enum Step {
         transpose_a: bool,
         transpose_b: bool,
     },
-    /// `out = softmax(q k^T * scale + mask) v`, layout [B, S, H, D]; dense output.
+    /// `out = softmax(q k^T * scale + mask) v`, layout [B, S, H, D]; dense output. With
+    /// `dout`, the backward instead: `out` = dq | dk | dv packed along the sequence axis
+    /// (see `Op::AttentionGrad`).
     Attention {
         out: Binding,
         q: Operand,
         k: Operand,
         v: Operand,
         mask: Option<Operand>,
+        dout: Option<Operand>,
         scale: f64,
     },
     /// NCHW convolution; dense output.
@@ -90,9 +93,14 @@ impl fmt::Display for Step {
                 k,
                 v,
                 mask,
+                dout,
                 scale,
             } => {
-                write!(f, "attention {} {} = q {q}, k {k}, v {v}", out.node, out.ty)?;
+                let what = if dout.is_some() { "attention_grad" } else { "attention" };
+                write!(f, "{what} {} {} = q {q}, k {k}, v {v}", out.node, out.ty)?;
+                if let Some(d) = dout {
+                    write!(f, ", dout {d}")?;
+                }
                 if let Some(m) = mask {
                     write!(f, ", mask {m}")?;
                 }
@@ -492,11 +500,16 @@ fn lower_anchored(
                 transpose_b: *transpose_b,
             });
         }
-        Op::Attention { scale } => {
+        Op::Attention { scale } | Op::AttentionGrad { scale } => {
+            let backward = matches!(node.op, Op::AttentionGrad { .. });
             let q = operand(&scope, lowered, args[0], false)?;
             let k = operand(&scope, lowered, args[1], false)?;
             let v = operand(&scope, lowered, args[2], false)?;
-            let mask = match args.get(3) {
+            let dout = match backward {
+                true => Some(operand(&scope, lowered, args[3], false)?),
+                false => None,
+            };
+            let mask = match args.get(if backward { 4 } else { 3 }) {
                 Some(&m) => Some(operand(&scope, lowered, m, false)?),
                 None => None,
             };
@@ -506,6 +519,7 @@ fn lower_anchored(
                 k,
                 v,
                 mask,
+                dout,
                 scale: *scale,
             });
         }

@@ -503,6 +503,7 @@ fn compute(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Vec<f64>, Strin
             transpose_b,
         } => Ok(matmul(args[0], args[1], *transpose_a, *transpose_b, ty)),
         Op::Attention { scale } => Ok(attention(args, *scale, ty)),
+        Op::AttentionGrad { scale } => Ok(attention_grad(args, *scale, ty)),
         Op::Conv2d {
             stride,
             padding,
@@ -729,6 +730,68 @@ fn attention(args: &[&Tensor], scale: f64, ty: &TensorType) -> Vec<f64> {
                     let p = s / sum;
                     for c in 0..dv {
                         out[o + c] += p * v.data[((bi * sk + j) * h + hi) * dv + c];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The packed gradients dq | dk | dv of `attention` (see [`Op::AttentionGrad`]), textbook
+/// formulas: P = softmax(S), dV = P^T dO, dS = P * (dO V^T - rowsum(P * dO V^T)) * scale,
+/// dQ = dS K, dK = dS^T Q. Rows with every key masked have P = 0.
+fn attention_grad(args: &[&Tensor], scale: f64, ty: &TensorType) -> Vec<f64> {
+    let (q, k, v, dout) = (args[0], args[1], args[2], args[3]);
+    let mask = args.get(4);
+    let (b, sq, h, d) = (q.ty.shape[0], q.ty.shape[1], q.ty.shape[2], q.ty.shape[3]);
+    let sk = k.ty.shape[1];
+    let rows = sq + 2 * sk;
+    let mut out = vec![0.0; ty.numel()];
+    let at = |bi: usize, s: usize, seq: usize, hi: usize| ((bi * seq + s) * h + hi) * d;
+    let packed = |bi: usize, s: usize, hi: usize| ((bi * rows + s) * h + hi) * d;
+    let mut p = vec![0.0; sk];
+    let mut dp = vec![0.0; sk];
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..sq {
+                let qi = at(bi, i, sq, hi);
+                let mut max = f64::NEG_INFINITY;
+                for (j, s) in p.iter_mut().enumerate() {
+                    let attend = mask.is_none_or(|m| m.data[bi * sk + j] != 0.0);
+                    *s = if attend {
+                        let kj = at(bi, j, sk, hi);
+                        (0..d).map(|c| q.data[qi + c] * k.data[kj + c]).sum::<f64>() * scale
+                    } else {
+                        f64::NEG_INFINITY
+                    };
+                    max = nan_max(max, *s);
+                }
+                if max == f64::NEG_INFINITY {
+                    continue;
+                }
+                let mut sum = 0.0;
+                for s in p.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let mut row_dot = 0.0;
+                for j in 0..sk {
+                    p[j] /= sum;
+                    let vj = at(bi, j, sk, hi);
+                    dp[j] = (0..d).map(|c| dout.data[qi + c] * v.data[vj + c]).sum();
+                    row_dot += p[j] * dp[j];
+                }
+                for j in 0..sk {
+                    let ds = p[j] * (dp[j] - row_dot) * scale;
+                    let kj = at(bi, j, sk, hi);
+                    let dq = packed(bi, i, hi);
+                    let dk = packed(bi, sq + j, hi);
+                    let dv = packed(bi, sq + sk + j, hi);
+                    for c in 0..d {
+                        out[dq + c] += ds * k.data[kj + c];
+                        out[dk + c] += ds * q.data[qi + c];
+                        out[dv + c] += p[j] * dout.data[qi + c];
                     }
                 }
             }

@@ -352,6 +352,36 @@ pub fn infer_type(op: &Op, args: &[&TensorType]) -> Result<TensorType, TypeError
             }
             Ok(TensorType::new(q.dtype, &[b, sq, h, v.shape[3]]))
         }
+        Op::AttentionGrad { .. } => {
+            expect_arity(op, args, 4..=5)?;
+            let (q, k, v, dout) = (args[0], args[1], args[2], args[3]);
+            if [q, k, v, dout].iter().any(|t| t.rank() != 4) {
+                return err(
+                    op,
+                    format!("q, k, v, dout must be [B, S, H, D]: {q}, {k}, {v}, {dout}"),
+                );
+            }
+            if [k, v, dout].iter().any(|t| t.dtype != q.dtype) || !q.dtype.is_float() {
+                return err(
+                    op,
+                    format!("q, k, v, dout must share a float dtype: {q}, {k}, {v}, {dout}"),
+                );
+            }
+            let (b, sq, h, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+            let sk = k.shape[1];
+            if k.shape.as_slice() != [b, sk, h, d] || v.shape.as_slice() != [b, sk, h, d] {
+                return err(op, format!("k {k} and v {v} must be [{b}, Sk, {h}, {d}]"));
+            }
+            if dout.shape != q.shape {
+                return err(op, format!("dout {dout} must match q {q}"));
+            }
+            if let Some(mask) = args.get(4) {
+                if mask.dtype != DType::Bool || mask.shape.as_slice() != [b, sk] {
+                    return err(op, format!("mask must be bool[{b}, {sk}], got {mask}"));
+                }
+            }
+            Ok(TensorType::new(q.dtype, &[b, sq + 2 * sk, h, d]))
+        }
         Op::Conv2d {
             stride,
             padding,

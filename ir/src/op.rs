@@ -135,6 +135,14 @@ pub enum Op {
     Attention {
         scale: f64,
     },
+    /// The gradients of `attention(q, k, v, mask)` for the output cotangent `dout`, packed along
+    /// the sequence axis. Operands q [B, Sq, H, D], k [B, Sk, H, D], v [B, Sk, H, D], dout
+    /// [B, Sq, H, D], optional key mask [B, Sk]; output [B, Sq + 2 Sk, H, D] = dq | dk | dv.
+    /// One op so that no backend stores the [Sq, Sk] probabilities: each recomputes them from
+    /// q and k block by block (flash-attention backward).
+    AttentionGrad {
+        scale: f64,
+    },
     /// 2D convolution, NCHW: x [N, C, H, W], w [O, C/groups, KH, KW]. No bias (add it explicitly).
     Conv2d {
         stride: [usize; 2],
@@ -166,6 +174,7 @@ impl Op {
             Op::Gather { .. } => "gather".into(),
             Op::MatMul { .. } => "matmul".into(),
             Op::Attention { .. } => "attention".into(),
+            Op::AttentionGrad { .. } => "attention_grad".into(),
             Op::Conv2d { .. } => "conv2d".into(),
         }
     }
@@ -198,7 +207,7 @@ impl Op {
     pub fn is_library_call(&self) -> bool {
         matches!(
             self,
-            Op::MatMul { .. } | Op::Attention { .. } | Op::Conv2d { .. }
+            Op::MatMul { .. } | Op::Attention { .. } | Op::AttentionGrad { .. } | Op::Conv2d { .. }
         )
     }
 }

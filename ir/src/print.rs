@@ -49,7 +49,7 @@ fn attributes(op: &Op) -> String {
             transpose_a,
             transpose_b,
         } => format!("ta={transpose_a}, tb={transpose_b}"),
-        Op::Attention { scale } => format!("scale={scale}"),
+        Op::Attention { scale } | Op::AttentionGrad { scale } => format!("scale={scale}"),
         Op::Conv2d {
             stride,
             padding,

@@ -552,14 +552,18 @@ fn matmul_rules() {
 
 #[test]
 fn attention_rule() {
-    // B=2, Sq=3, Sk=4, H=2, D=3, Dv=2; batch 1 has every key masked.
+    // B=2, Sq=3, Sk=4, H=2, D=3; batch 1 has every key masked. Dv=3 takes the fused
+    // AttentionGrad op, Dv=2 the decomposed rule; finite differences check both.
     let mask = vec![1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0];
-    for (i, with_mask) in [false, true].into_iter().enumerate() {
+    for (i, (with_mask, dv)) in [(false, 3), (true, 3), (false, 2), (true, 2)]
+        .into_iter()
+        .enumerate()
+    {
         let dg = check(
             |g| {
-                let q = g.input("q", f32t(&[2, 3, 2, 3]));
+                let q = g.param("q", f32t(&[2, 3, 2, 3]));
                 let k = g.param("k", f32t(&[2, 4, 2, 3]));
-                let v = g.input("v", f32t(&[2, 4, 2, 2]));
+                let v = g.param("v", f32t(&[2, 4, 2, dv]));
                 let mut args = vec![q, k, v];
                 if with_mask {
                     args.push(g.input("mask", TensorType::new(DType::Bool, &[2, 4])));
@@ -569,14 +573,10 @@ fn attention_rule() {
             &[("mask", mask.clone())],
             40 + i as u64,
         );
-        // The backward pass is decomposed into matmuls and a softmax: only the forward attention.
-        assert_eq!(
-            dg.nodes
-                .iter()
-                .filter(|n| matches!(n.op, Op::Attention { .. }))
-                .count(),
-            1
-        );
+        let count = |want: fn(&Op) -> bool| dg.nodes.iter().filter(|n| want(&n.op)).count();
+        assert_eq!(count(|op| matches!(op, Op::Attention { .. })), 1);
+        let fused = count(|op| matches!(op, Op::AttentionGrad { .. }));
+        assert_eq!(fused, usize::from(dv == 3), "dv {dv}");
     }
 }
 

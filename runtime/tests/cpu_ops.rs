@@ -27,6 +27,7 @@ cpu_tests!(
     matmul_forms,
     linear_with_epilogue,
     attention,
+    attention_grad,
     conv2d,
     gather_concat,
     large_shapes,

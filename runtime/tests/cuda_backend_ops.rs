@@ -64,6 +64,7 @@ f32_suite!(
     matmul_forms,
     linear_with_epilogue,
     attention,
+    attention_grad,
     conv2d,
     gather_concat,
     large_shapes,

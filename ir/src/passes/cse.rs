@@ -45,7 +45,10 @@ fn ops_equal(a: &Op, b: &Op) -> bool {
                 dtype: d2,
             },
         ) => v1.to_bits() == v2.to_bits() && d1 == d2,
-        (Op::Attention { scale: s1 }, Op::Attention { scale: s2 }) => s1.to_bits() == s2.to_bits(),
+        (Op::Attention { scale: s1 }, Op::Attention { scale: s2 })
+        | (Op::AttentionGrad { scale: s1 }, Op::AttentionGrad { scale: s2 }) => {
+            s1.to_bits() == s2.to_bits()
+        }
         _ => a == b,
     }
 }
@@ -76,7 +79,7 @@ fn hash_op<H: Hasher>(op: &Op, state: &mut H) {
             transpose_a,
             transpose_b,
         } => (transpose_a, transpose_b).hash(state),
-        Op::Attention { scale } => scale.to_bits().hash(state),
+        Op::Attention { scale } | Op::AttentionGrad { scale } => scale.to_bits().hash(state),
         Op::Conv2d {
             stride,
             padding,

@@ -24,13 +24,15 @@ pub struct MatMulCall<'a> {
     pub transpose_b: bool,
 }
 
-/// `out = softmax(q k^T * scale + mask) v` (see [`Step::Attention`]).
+/// `out = softmax(q k^T * scale + mask) v`, or with `dout` its packed gradients dq | dk | dv
+/// (see [`Step::Attention`]).
 pub struct AttentionCall<'a> {
     pub out: &'a Binding,
     pub q: &'a Operand,
     pub k: &'a Operand,
     pub v: &'a Operand,
     pub mask: Option<&'a Operand>,
+    pub dout: Option<&'a Operand>,
     pub scale: f64,
 }
 
@@ -168,6 +170,7 @@ pub fn bind_plan<L: StepLowering>(
                     k,
                     v,
                     mask,
+                    dout,
                     scale,
                 } => {
                     let call = AttentionCall {
@@ -176,6 +179,7 @@ pub fn bind_plan<L: StepLowering>(
                         k,
                         v,
                         mask: mask.as_ref(),
+                        dout: dout.as_ref(),
                         scale: *scale,
                     };
                     lowering.attention(&mut b, &site, call)?

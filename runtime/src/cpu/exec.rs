@@ -2,6 +2,7 @@
 //! order.
 
 use super::attention::{attention, AttentionArgs};
+use super::attention_grad::{attention_grad, AttentionGradArgs};
 use super::buffer::{Arena, RawBuf};
 use super::conv::{conv2d, ConvArgs};
 use super::interp::Interp;
@@ -49,6 +50,8 @@ enum ExecStep {
         k: (BufRef, View),
         v: (BufRef, View),
         mask: Option<(BufRef, View)>,
+        /// Set for the backward (`out` = dq | dk | dv).
+        dout: Option<(BufRef, View)>,
         out: BufRef,
         scale: f32,
     },
@@ -80,8 +83,13 @@ impl ExecStep {
         match self {
             ExecStep::Kernel { interp, .. } => interp.name.clone(),
             ExecStep::MatMul { plan, .. } => format!("matmul {}", plan.describe()),
-            ExecStep::Attention { q, k, .. } => format!(
-                "attention q{:?} k{:?}",
+            ExecStep::Attention { q, k, dout, .. } => format!(
+                "{} q{:?} k{:?}",
+                if dout.is_some() {
+                    "attention_grad"
+                } else {
+                    "attention"
+                },
                 q.1.shape.as_slice(),
                 k.1.shape.as_slice()
             ),
@@ -188,8 +196,16 @@ impl StepLowering for CpuLowering {
             Some(m) => Some(self.operand(b, m, name)?),
             None => None,
         };
+        let dout = match call.dout {
+            Some(g) => Some(self.operand(b, g, name)?),
+            None => None,
+        };
         check_f32(&[q.0, k.0, v.0, out], name)?;
         let mut ops = vec![q.0, k.0, v.0];
+        if let Some(g) = &dout {
+            check_f32(&[g.0], name)?;
+            ops.push(g.0);
+        }
         ops.extend(mask.as_ref().map(|m| m.0));
         check_disjoint(&ops, out, name)?;
         self.steps.push(ExecStep::Attention {
@@ -197,6 +213,7 @@ impl StepLowering for CpuLowering {
             k,
             v,
             mask,
+            dout,
             out,
             scale: call.scale as f32,
         });
@@ -502,12 +519,30 @@ unsafe fn exec_step(step: &ExecStep, raw: &dyn Fn(&BufRef) -> RawBuf) -> Result<
             k,
             v,
             mask,
+            dout: None,
             out,
             scale,
         } => attention(&AttentionArgs {
             q: (raw(&q.0), &q.1),
             k: (raw(&k.0), &k.1),
             v: (raw(&v.0), &v.1),
+            mask: mask.as_ref().map(|m| (raw(&m.0), &m.1)),
+            out: raw(out),
+            scale: *scale,
+        }),
+        ExecStep::Attention {
+            q,
+            k,
+            v,
+            mask,
+            dout: Some(g),
+            out,
+            scale,
+        } => attention_grad(&AttentionGradArgs {
+            q: (raw(&q.0), &q.1),
+            k: (raw(&k.0), &k.1),
+            v: (raw(&v.0), &v.1),
+            dout: (raw(&g.0), &g.1),
             mask: mask.as_ref().map(|m| (raw(&m.0), &m.1)),
             out: raw(out),
             scale: *scale,

@@ -7,6 +7,7 @@
 //! stored in f32 (casts to bf16 / f16 are no-ops).
 
 mod attention;
+mod attention_grad;
 mod buffer;
 mod conv;
 mod exec;

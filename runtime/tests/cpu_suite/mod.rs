@@ -692,6 +692,55 @@ pub fn attention(b: &dyn Backend) {
     check(b, &g.graph, 1004);
 }
 
+/// `attention_grad(q, k, v, dout[, mask])`: packed dq | dk | dv.
+pub fn attention_grad_graph(
+    bsz: usize,
+    sq: usize,
+    sk: usize,
+    h: usize,
+    d: usize,
+    masked: bool,
+) -> Graph {
+    let mut g = GraphBuilder::new();
+    let q = g.input("q", f32_type(&[bsz, sq, h, d]));
+    let k = g.input("k", f32_type(&[bsz, sk, h, d]));
+    let v = g.input("v", f32_type(&[bsz, sk, h, d]));
+    let dout = g.input("dout", f32_type(&[bsz, sq, h, d]));
+    let mut args = vec![q, k, v, dout];
+    if masked {
+        args.push(g.input("mask", tensor_type(DType::Bool, &[bsz, sk])));
+    }
+    let scale = 1.0 / (d as f64).sqrt();
+    let grads = g.op(Op::AttentionGrad { scale }, &args);
+    g.out("grads", grads);
+    g.graph
+}
+
+/// The fused attention backward: sizes across the block edges, a key mask with one batch fully
+/// masked (zero gradients), one query and one key, and strided operands.
+pub fn attention_grad(b: &dyn Backend) {
+    check(b, &attention_grad_graph(1, 70, 530, 2, 16, false), 1100);
+    check(b, &attention_grad_graph(1, 1, 1, 1, 4, false), 1101);
+    let g = attention_grad_graph(2, 67, 133, 3, 8, true);
+    let mut values = random_values(&g, 1102, 2);
+    let mask = values.get_mut("mask").expect("mask");
+    for j in 0..133 {
+        mask.data[133 + j] = 0.0;
+    }
+    check_values(b, &g, &values, REL_L2);
+    let mut g = GraphBuilder::new();
+    let names = ["q", "k", "v", "dout"];
+    let lens = [40, 50, 50, 40];
+    let mut args = Vec::new();
+    for (name, len) in names.iter().zip(lens) {
+        let x = g.input(name, f32_type(&[2, 3, len, 16]));
+        args.push(g.transpose(x, &[0, 2, 1, 3]));
+    }
+    let grads = g.op(Op::AttentionGrad { scale: 0.3 }, &args);
+    g.out("grads", grads);
+    check(b, &g.graph, 1103);
+}
+
 /// (x shape, w shape, stride, padding, dilation, groups)
 type ConvCase = (
     [usize; 4],

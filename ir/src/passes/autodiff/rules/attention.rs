@@ -3,15 +3,56 @@
 use crate::op::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use crate::passes::autodiff::builder::Builder;
 use crate::passes::autodiff::AutodiffError;
+use crate::Op;
 use crate::{Graph, NodeId, TensorType};
 
 /// `[batch, seq, heads, dim]` <-> `[batch, heads, seq, dim]` (its own inverse).
 const SWAP_SEQ_HEADS: [usize; 4] = [0, 2, 1, 3];
 
 impl Builder<'_> {
-    /// Attention backward, recomputing the probabilities from the primal q, k, v.
+    /// Attention backward: one fused [`Op::AttentionGrad`] (flash-style, the probabilities are
+    /// never stored) when the value head dim equals the query head dim, else the decomposed rule.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_grad(
+        &mut self,
+        g: &Graph,
+        [q, k, v]: [NodeId; 3],
+        mask: Option<NodeId>,
+        scale: f64,
+        gy: NodeId,
+        wants: &[bool],
+    ) -> Result<[Option<NodeId>; 3], AutodiffError> {
+        let (q_ty, k_ty, v_ty) = (g.ty(q), g.ty(k), g.ty(v));
+        if v_ty.shape[3] != q_ty.shape[3] {
+            return self.attention_grad_decomposed(g, [q, k, v], mask, scale, gy, wants);
+        }
+        let (sq, sk) = (q_ty.shape[1], k_ty.shape[1]);
+        let mut args = vec![q, k, v, gy];
+        args.extend(mask);
+        let packed = self.add(Op::AttentionGrad { scale }, &args)?;
+        let mut out = [None, None, None];
+        for (i, (start, end)) in [(0, sq), (sq, sq + sk), (sq + sk, sq + 2 * sk)]
+            .into_iter()
+            .enumerate()
+        {
+            if wants[i] {
+                out[i] = Some(self.add(
+                    Op::Slice {
+                        axis: 1,
+                        start,
+                        end,
+                    },
+                    &[packed],
+                )?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Attention backward from matmuls and elementwise ops, recomputing the probabilities
+    /// from the primal q, k, v (materialises [B, H, Sq, Sk]).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_grad_decomposed(
         &mut self,
         g: &Graph,
         [q, k, v]: [NodeId; 3],

@@ -59,7 +59,9 @@ impl Builder<'_> {
                 grads.resize(args.len(), None);
                 grads
             }
-            Op::Conv2d { .. } | Op::Compare(_) => return self.not_differentiable(g, id),
+            Op::Conv2d { .. } | Op::Compare(_) | Op::AttentionGrad { .. } => {
+                return self.not_differentiable(g, id)
+            }
             Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } | Op::Iota { .. } => {
                 vec![None; args.len()]
             }
