@@ -57,22 +57,23 @@ __device__ __forceinline__ float qa_block_reduce(float v, bool is_max, float* re
     return r;
 }
 
-template <typename TQ, typename TK, typename TV, typename TO>
-__device__ __forceinline__ void qie_attention(
-    const TQ* q, const TK* k, const TV* v, const u8_t* mask, TO* o, int Sq, int Sk, int H, int D,
-    int Dv, float scale, long long qb, long long qs, long long qh, long long qd, long long kb,
-    long long ks, long long kh, long long kd, long long vb, long long vs, long long vh,
-    long long vd, long long mb, long long ms) {
-    __shared__ float qrow[QA_MAX_D];
-    __shared__ float p[QA_THREADS];
-    __shared__ float red[QA_THREADS / 32];
+// The softmax pass of one query row (block = row i of head h, batch blockIdx.z): loads the row
+// into `qrow`, returns the row max of the scaled scores `mx` (-inf when every key is masked),
+// the sum `l` of exp(s - mx) and, per thread, acc[c] = sum_j exp(s_j - mx) v[j, t + c * 128].
+template <typename TQ, typename TK, typename TV>
+__device__ __forceinline__ void qa_softmax_row(
+    const TQ* q, const TK* k, const TV* v, const u8_t* mask, int Sk, int D, int Dv, float scale,
+    long long qb, long long qs, long long qh, long long qd, long long kb, long long ks,
+    long long kh, long long kd, long long vb, long long vs, long long vh, long long vd,
+    long long mb, long long ms, float* qrow, float* p, float* red, float* acc, float& mx,
+    float& l) {
     const int i = blockIdx.x, h = blockIdx.y, t = threadIdx.x;
     const long long bz = blockIdx.z;
     for (int d = t; d < D; d += QA_THREADS) qrow[d] = to_f(q[bz * qb + i * qs + h * qh + d * qd]);
     __syncthreads();
     const TK* kbase = k + bz * kb + h * kh;
     const TV* vbase = v + bz * vb + h * vh;
-    float mx = -QINF;
+    mx = -QINF;
     for (int j = t; j < Sk; j += QA_THREADS) {
         if (mask && !mask[bz * mb + j * ms]) continue;
         float s = 0.0f;
@@ -80,10 +81,9 @@ __device__ __forceinline__ void qie_attention(
         mx = fmaxf(mx, s * scale);
     }
     mx = qa_block_reduce(mx, true, red);
-    float acc[QA_MAX_D / QA_THREADS];
 #pragma unroll
     for (int c = 0; c < QA_MAX_D / QA_THREADS; ++c) acc[c] = 0.0f;
-    float l = 0.0f;
+    l = 0.0f;
     for (int j0 = 0; j0 < Sk; j0 += QA_THREADS) {
         const int j = j0 + t;
         float pj = 0.0f;
@@ -106,12 +106,169 @@ __device__ __forceinline__ void qie_attention(
         }
     }
     l = qa_block_reduce(l, false, red);
+}
+
+#define QA_ROW_ARGS                                                                             \
+    q, k, v, mask, Sk, D, Dv, scale, qb, qs, qh, qd, kb, ks, kh, kd, vb, vs, vh, vd, mb, ms
+
+template <typename TQ, typename TK, typename TV, typename TO>
+__device__ __forceinline__ void qie_attention(
+    const TQ* q, const TK* k, const TV* v, const u8_t* mask, TO* o, int Sq, int Sk, int H, int D,
+    int Dv, float scale, long long qb, long long qs, long long qh, long long qd, long long kb,
+    long long ks, long long kh, long long kd, long long vb, long long vs, long long vh,
+    long long vd, long long mb, long long ms) {
+    __shared__ float qrow[QA_MAX_D];
+    __shared__ float p[QA_THREADS];
+    __shared__ float red[QA_THREADS / 32];
+    float acc[QA_MAX_D / QA_THREADS];
+    float mx, l;
+    qa_softmax_row(QA_ROW_ARGS, qrow, p, red, acc, mx, l);
+    const int i = blockIdx.x, h = blockIdx.y, t = threadIdx.x;
+    const long long bz = blockIdx.z;
     const float inv = (mx == -QINF || l == 0.0f) ? 0.0f : 1.0f / l;
     TO* orow = o + ((bz * Sq + i) * (long long)H + h) * Dv;
 #pragma unroll
     for (int c = 0; c < QA_MAX_D / QA_THREADS; ++c) {
         const int d = t + c * QA_THREADS;
         if (d < Dv) orow[d] = from_f<TO>(acc[c] * inv);
+    }
+}
+
+// Attention backward, generic: out dense [B, Sq + 2 Sk, H, D] = dq | dk | dv (D == Dv). With
+// P = exp(s * scale - lse) and dS = P * (dO V^T - delta), delta = rowsum(dO * O):
+// qie_attention_grad_q (one block per query row) runs the softmax pass for lse and delta, writes
+// them to lse / delta ([B, H, Sq] f32), then dq = scale * dS K; qie_attention_grad_kv (one
+// block per key row, after it) computes dk = scale * dS^T Q and dv = P^T dO.
+template <typename TQ, typename TK, typename TV, typename TG, typename TO>
+__device__ __forceinline__ void qie_attention_grad_q(
+    const TQ* q, const TK* k, const TV* v, const TG* g, const u8_t* mask, TO* out, float* lse,
+    float* delta, int Sq, int Sk, int H, int D, float scale, long long qb, long long qs,
+    long long qh, long long qd, long long kb, long long ks, long long kh, long long kd,
+    long long vb, long long vs, long long vh, long long vd, long long gb, long long gs,
+    long long gh, long long gd, long long mb, long long ms) {
+    __shared__ float qrow[QA_MAX_D];
+    __shared__ float grow[QA_MAX_D];
+    __shared__ float p[QA_THREADS];
+    __shared__ float red[QA_THREADS / 32];
+    const int Dv = D;
+    const int i = blockIdx.x, h = blockIdx.y, t = threadIdx.x;
+    const long long bz = blockIdx.z;
+    for (int d = t; d < D; d += QA_THREADS) grow[d] = to_f(g[bz * gb + i * gs + h * gh + d * gd]);
+    float acc[QA_MAX_D / QA_THREADS];
+    float mx, l;
+    qa_softmax_row(QA_ROW_ARGS, qrow, p, red, acc, mx, l);
+    const bool empty = mx == -QINF || l == 0.0f;
+    float dot = 0.0f;
+#pragma unroll
+    for (int c = 0; c < QA_MAX_D / QA_THREADS; ++c) {
+        const int d = t + c * QA_THREADS;
+        if (d < D) dot += acc[c] * grow[d];
+    }
+    dot = qa_block_reduce(dot, false, red);
+    const float row_lse = empty ? QINF : mx + logf(l);
+    const float row_delta = empty ? 0.0f : dot / l;
+    if (t == 0) {
+        lse[(bz * H + h) * Sq + i] = row_lse;
+        delta[(bz * H + h) * Sq + i] = row_delta;
+    }
+    const TK* kbase = k + bz * kb + h * kh;
+    const TV* vbase = v + bz * vb + h * vh;
+#pragma unroll
+    for (int c = 0; c < QA_MAX_D / QA_THREADS; ++c) acc[c] = 0.0f;
+    for (int j0 = 0; j0 < Sk; j0 += QA_THREADS) {
+        const int j = j0 + t;
+        float ds = 0.0f;
+        if (j < Sk && !empty && !(mask && !mask[bz * mb + j * ms])) {
+            float s = 0.0f, dp = 0.0f;
+            for (int d = 0; d < D; ++d) {
+                s += qrow[d] * to_f(kbase[j * ks + d * kd]);
+                dp += grow[d] * to_f(vbase[j * vs + d * vd]);
+            }
+            ds = expf(s * scale - row_lse) * (dp - row_delta);
+        }
+        __syncthreads();
+        p[t] = ds;
+        __syncthreads();
+        const int cnt = min(QA_THREADS, Sk - j0);
+#pragma unroll
+        for (int c = 0; c < QA_MAX_D / QA_THREADS; ++c) {
+            const int d = t + c * QA_THREADS;
+            if (d < D)
+                for (int jj = 0; jj < cnt; ++jj)
+                    acc[c] += p[jj] * to_f(kbase[(long long)(j0 + jj) * ks + d * kd]);
+        }
+    }
+    TO* row = out + ((bz * (Sq + 2LL * Sk) + i) * H + h) * D;
+#pragma unroll
+    for (int c = 0; c < QA_MAX_D / QA_THREADS; ++c) {
+        const int d = t + c * QA_THREADS;
+        if (d < D) row[d] = from_f<TO>(acc[c] * scale);
+    }
+}
+
+template <typename TQ, typename TK, typename TV, typename TG, typename TO>
+__device__ __forceinline__ void qie_attention_grad_kv(
+    const TQ* q, const TK* k, const TV* v, const TG* g, const u8_t* mask, TO* out,
+    const float* lse, const float* delta, int Sq, int Sk, int H, int D, float scale,
+    long long qb, long long qs, long long qh, long long qd, long long kb, long long ks,
+    long long kh, long long kd, long long vb, long long vs, long long vh, long long vd,
+    long long gb, long long gs, long long gh, long long gd, long long mb, long long ms) {
+    __shared__ float krow[QA_MAX_D];
+    __shared__ float vrow[QA_MAX_D];
+    __shared__ float p[QA_THREADS];
+    __shared__ float dsh[QA_THREADS];
+    const int j = blockIdx.x, h = blockIdx.y, t = threadIdx.x;
+    const long long bz = blockIdx.z;
+    const bool keep = !(mask && !mask[bz * mb + j * ms]);
+    for (int d = t; d < D; d += QA_THREADS) {
+        krow[d] = to_f(k[bz * kb + j * ks + h * kh + d * kd]);
+        vrow[d] = to_f(v[bz * vb + j * vs + h * vh + d * vd]);
+    }
+    __syncthreads();
+    const TQ* qbase = q + bz * qb + h * qh;
+    const TG* gbase = g + bz * gb + h * gh;
+    const float* lrow = lse + (bz * H + h) * Sq;
+    const float* drow = delta + (bz * H + h) * Sq;
+    float acc_k[QA_MAX_D / QA_THREADS], acc_v[QA_MAX_D / QA_THREADS];
+#pragma unroll
+    for (int c = 0; c < QA_MAX_D / QA_THREADS; ++c) acc_k[c] = acc_v[c] = 0.0f;
+    for (int i0 = 0; keep && i0 < Sq; i0 += QA_THREADS) {
+        const int i = i0 + t;
+        float pi = 0.0f, ds = 0.0f;
+        if (i < Sq && lrow[i] != QINF) {
+            float s = 0.0f, dp = 0.0f;
+            for (int d = 0; d < D; ++d) {
+                s += krow[d] * to_f(qbase[i * qs + d * qd]);
+                dp += vrow[d] * to_f(gbase[i * gs + d * gd]);
+            }
+            pi = expf(s * scale - lrow[i]);
+            ds = pi * (dp - drow[i]);
+        }
+        __syncthreads();
+        p[t] = pi;
+        dsh[t] = ds;
+        __syncthreads();
+        const int cnt = min(QA_THREADS, Sq - i0);
+#pragma unroll
+        for (int c = 0; c < QA_MAX_D / QA_THREADS; ++c) {
+            const int d = t + c * QA_THREADS;
+            if (d < D)
+                for (int ii = 0; ii < cnt; ++ii) {
+                    const long long at = (long long)(i0 + ii);
+                    acc_v[c] += p[ii] * to_f(gbase[at * gs + d * gd]);
+                    acc_k[c] += dsh[ii] * to_f(qbase[at * qs + d * qd]);
+                }
+        }
+    }
+    TO* dk = out + ((bz * (Sq + 2LL * Sk) + Sq + j) * H + h) * D;
+    TO* dv = dk + (long long)Sk * H * D;
+#pragma unroll
+    for (int c = 0; c < QA_MAX_D / QA_THREADS; ++c) {
+        const int d = t + c * QA_THREADS;
+        if (d < D) {
+            dk[d] = from_f<TO>(acc_k[c] * scale);
+            dv[d] = from_f<TO>(acc_v[c]);
+        }
     }
 }
 

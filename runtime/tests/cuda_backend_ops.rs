@@ -25,7 +25,8 @@ fn main() -> ExitCode {
         .map(|t| t.timing());
     let bf16 = gpu_tests![
         Cuda => bf16_dit_block_small_generic_attention, bf16_dit_block_fast_paths,
-            bf16_matmul_layouts, bf16_attention_flash_and_generic, bf16_norms_reductions_and_gather;
+            bf16_matmul_layouts, bf16_attention_flash_and_generic, bf16_attention_grad_flash_and_generic,
+            bf16_norms_reductions_and_gather;
     ];
     gpu_harness::run(f32_suite().into_iter().chain(bf16).chain(timing))
 }
@@ -94,9 +95,12 @@ fn bf16_dit_block_fast_paths() {
 }
 
 fn bf16_matmul_layouts() {
-    let (m, k, n) = (37, 64, 48);
     let mut seed = 2100;
-    for ta in [false, true] {
+    // k = 1: the LoRA down-projection gradient of a per-sample modulation input (batch 1).
+    for (ta, (m, k, n)) in [false, true]
+        .into_iter()
+        .flat_map(|ta| [(ta, (37, 64, 48)), (ta, (37, 1, 48))])
+    {
         for tb in [false, true] {
             for (batch_a, batch_b) in [(vec![], vec![]), (vec![3], vec![3]), (vec![2, 2], vec![])] {
                 let shape = |batch: &Vec<usize>, r: usize, c: usize, tr: bool| {
@@ -183,6 +187,46 @@ fn bf16_attention_flash_and_generic() {
     let o = g.op(Op::Attention { scale: 0.08 }, &[q, k, v]);
     g.out("o", o);
     check_bf16(&g.graph, 2203);
+}
+
+fn bf16_attention_grad_flash_and_generic() {
+    use cpu_suite::attention_grad_graph;
+    check_bf16(&attention_grad_graph(2, 200, 130, 3, 128, true), 2250);
+    check_bf16(&attention_grad_graph(1, 77, 300, 2, 64, false), 2251);
+    check_bf16(&attention_grad_graph(2, 33, 45, 2, 40, true), 2252);
+    // Batch 1 fully masked: zero gradients there.
+    let g = attention_grad_graph(2, 70, 90, 2, 128, true);
+    let mut values = random_values(&g, 2253, 8);
+    let mask = values.get_mut("mask").expect("mask");
+    for j in 0..90 {
+        mask.data[j] = 1.0;
+        mask.data[90 + j] = 0.0;
+    }
+    check_values_within(
+        backend(StorageMode::Bf16),
+        &g,
+        &values,
+        Tolerance::bf16_storage(),
+    );
+    // Packed qkv [B, S, 3, H, D] sliced into q, k, v (strided operands of the flash kernels).
+    let mut g = GraphBuilder::new();
+    let qkv = g.input("qkv", f32_type(&[1, 150, 3, 2, 128]));
+    let dout = g.input("dout", f32_type(&[1, 150, 2, 128]));
+    let part = |g: &mut GraphBuilder, i: usize| {
+        let s = g.op(
+            Op::Slice {
+                axis: 2,
+                start: i,
+                end: i + 1,
+            },
+            &[qkv],
+        );
+        g.reshape(s, &[1, 150, 2, 128])
+    };
+    let (q, k, v) = (part(&mut g, 0), part(&mut g, 1), part(&mut g, 2));
+    let grads = g.op(Op::AttentionGrad { scale: 0.08 }, &[q, k, v, dout]);
+    g.out("grads", grads);
+    check_bf16(&g.graph, 2254);
 }
 
 fn bf16_norms_reductions_and_gather() {

@@ -14,7 +14,9 @@
 use super::exec::CudaExecutable;
 use super::nvrtc::{Kernel, Module};
 use super::plan::{CudaPlan, GENERIC};
-use super::{Blas, CudaDevice, CudaError, DeviceBuffer, FlashAttention, KernelCache};
+use super::{
+    Blas, CudaDevice, CudaError, DeviceBuffer, FlashAttention, FlashAttentionBackward, KernelCache,
+};
 use crate::backend::{
     Backend, CompileOptions, Executable, MemoryReport, ParamData, ParamStore, RuntimeError,
 };
@@ -54,6 +56,7 @@ pub(crate) struct Shared {
     pub blas: Blas,
     _workspace: DeviceBuffer,
     flash: Mutex<Option<Arc<FlashAttention>>>,
+    flash_backward: Mutex<Option<Arc<FlashAttentionBackward>>>,
     kernels: Mutex<HashMap<String, Kernel>>,
     /// Bytes held by this backend's live parameter sets.
     pub resident_weights: Arc<AtomicUsize>,
@@ -82,6 +85,7 @@ impl CudaBackend {
                 blas,
                 _workspace: workspace,
                 flash: Mutex::new(None),
+                flash_backward: Mutex::new(None),
                 kernels: Mutex::new(HashMap::new()),
             }),
         })
@@ -113,7 +117,18 @@ impl CudaBackend {
         } else {
             None
         };
-        CudaExecutable::new(self.shared.clone(), plan, kernels, flash, options)
+        let flash_backward = if plan.uses_flash_backward() {
+            Some(self.shared.flash_backward()?)
+        } else {
+            None
+        };
+        CudaExecutable::new(
+            self.shared.clone(),
+            plan,
+            kernels,
+            (flash, flash_backward),
+            options,
+        )
     }
 }
 
@@ -210,6 +225,19 @@ impl Shared {
         let fa = Arc::new(FlashAttention::new(&self.dev, &self.cache).map_err(cuda_err)?);
         *f = Some(fa.clone());
         Ok(fa)
+    }
+
+    fn flash_backward(&self) -> Result<Arc<FlashAttentionBackward>, RuntimeError> {
+        let mut f = self
+            .flash_backward
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(fb) = f.as_ref() {
+            return Ok(fb.clone());
+        }
+        let fb = Arc::new(FlashAttentionBackward::new(&self.dev, &self.cache).map_err(cuda_err)?);
+        *f = Some(fb.clone());
+        Ok(fb)
     }
 }
 

@@ -17,8 +17,13 @@
 use super::backend::{cuda_err, par_decode, to_storage_bytes, Shared};
 use super::nvrtc::{Arg, Kernel};
 use super::params::CudaParams;
-use super::plan::{BufRef, CudaPlan, FlashStep, GemmEpilogue, GemmStep, KArg, PlanStep};
-use super::{Arena, AttentionArgs, DevPtr, Epilogue, FlashAttention, GemmArgs, TensorStrides};
+use super::plan::{
+    BufRef, CudaPlan, FlashGradStep, FlashStep, GemmEpilogue, GemmStep, KArg, PlanStep,
+};
+use super::{
+    Arena, AttentionArgs, AttentionGradArgs, DevPtr, Epilogue, FlashAttention,
+    FlashAttentionBackward, GemmArgs, TensorStrides,
+};
 use crate::backend::{CompileOptions, Executable, ParamStore, PlanStats, RuntimeError};
 use crate::bind::validate::check_inputs;
 use crate::tensor::{Tensor, TensorData};
@@ -35,6 +40,7 @@ pub struct CudaExecutable {
     /// One entry per plan step (`None` for steps that launch no generated kernel).
     kernels: Vec<Option<Kernel>>,
     flash: Option<Arc<FlashAttention>>,
+    flash_backward: Option<Arc<FlashAttentionBackward>>,
     poison: bool,
     sync_each_step: bool,
     graphs: bool,
@@ -63,7 +69,10 @@ impl CudaExecutable {
         shared: Arc<Shared>,
         plan: CudaPlan,
         loaded: HashMap<String, Kernel>,
-        flash: Option<Arc<FlashAttention>>,
+        (flash, flash_backward): (
+            Option<Arc<FlashAttention>>,
+            Option<Arc<FlashAttentionBackward>>,
+        ),
         options: &CompileOptions,
     ) -> Result<CudaExecutable, RuntimeError> {
         let kernels = plan
@@ -85,6 +94,7 @@ impl CudaExecutable {
             plan,
             kernels,
             flash,
+            flash_backward,
             poison: options.poison,
             sync_each_step,
             graphs,
@@ -266,6 +276,14 @@ impl CudaExecutable {
                 .as_ref()
                 .expect("flash plans load the kernel")
                 .forward(&flash_args(flash, ptr)),
+            PlanStep::FlashGrad { flash, grad, .. } => self
+                .flash_backward
+                .as_ref()
+                .expect("flash backward plans load the kernels")
+                .backward(
+                    self.flash.as_ref().expect("flash plans load the kernel"),
+                    &flash_grad_args(flash, grad, ptr),
+                ),
             PlanStep::Copy { src, dst } => dev.dtod(ptr(dst), ptr(src), src.bytes()),
             PlanStep::Zero { dst } => dev.memset(ptr(dst), 0, dst.bytes()),
         }
@@ -329,6 +347,31 @@ fn flash_args(f: &FlashStep, ptr: &dyn Fn(&BufRef) -> DevPtr) -> AttentionArgs {
         out: ptr(&f.out),
         out_strides: TensorStrides::contiguous(f.seq_q, f.heads, f.head_dim),
         lse: ptr(&f.lse),
+    }
+}
+
+fn flash_grad_args(
+    f: &FlashStep,
+    g: &FlashGradStep,
+    ptr: &dyn Fn(&BufRef) -> DevPtr,
+) -> AttentionGradArgs {
+    let rows = f.seq_q + 2 * f.seq_k;
+    let out = ptr(&g.out);
+    // Element offset of row `s` of the packed [B, Sq + 2 Sk, H, D] output, in bytes.
+    let at = |s: usize| out.offset(s * f.heads * f.head_dim * 2);
+    AttentionGradArgs {
+        forward: flash_args(f, ptr),
+        dout: ptr(&g.dout.0).offset(g.dout.1),
+        dout_strides: TensorStrides {
+            batch: g.dout_strides[0],
+            seq: g.dout_strides[1],
+            head: g.dout_strides[2],
+        },
+        delta: ptr(&g.delta),
+        dq: at(0),
+        dk: at(f.seq_q),
+        dv: at(f.seq_q + f.seq_k),
+        grad_strides: TensorStrides::contiguous(rows, f.heads, f.head_dim),
     }
 }
 

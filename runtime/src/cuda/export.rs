@@ -183,6 +183,9 @@ impl ManifestBuilder<'_> {
                 self.library_step("attention", label, call, summary, bufs, bytes, flops, group);
                 Ok(())
             }
+            PlanStep::FlashGrad { label, .. } => Err(format!(
+                "{label}: attention backward steps are not exported yet (export inference plans)"
+            )),
             PlanStep::Copy { src, dst } => {
                 let mut bufs = Buffers::default();
                 let call = LibraryCall::Copy {

@@ -17,6 +17,7 @@
 
 pub mod arena;
 pub mod attention;
+pub mod attention_bwd;
 pub mod backend;
 mod bench_ceilings;
 mod bench_fill;
@@ -39,6 +40,7 @@ pub use crate::device::DeviceSpec;
 pub use crate::storage::StorageMode;
 pub use arena::{Arena, ArenaLayout, Region, WeightPool};
 pub use attention::{AttentionArgs, AttentionKernel, FlashAttention, TensorStrides};
+pub use attention_bwd::{AttentionGradArgs, FlashAttentionBackward};
 pub use backend::{build_plan, CudaBackend};
 pub use bench_ceilings::Ceilings;
 pub use blas::{Blas, Epilogue, GemmArgs};
@@ -135,4 +137,5 @@ impl DevPtr {
 /// The kernel sources of this backend (CUDA C, compiled by NVRTC at run time).
 pub mod sources {
     pub const FLASH_ATTENTION: &str = include_str!("../../kernels/flash_attention.cu");
+    pub const FLASH_ATTENTION_BWD: &str = include_str!("../../kernels/flash_attention_bwd.cu");
 }

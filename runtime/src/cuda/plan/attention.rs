@@ -55,17 +55,7 @@ impl CudaLowering {
             }
         }
         let label = format!("attention {name} [B{batch} Sq{sq} Sk{sk} H{heads} D{d}]");
-        let strides = |v: &View| -> Option<[usize; 3]> {
-            if v.strides.iter().any(|&s| s < 0) || (v.shape[3] > 1 && v.strides[3] != 1) {
-                return None;
-            }
-            let s = [
-                v.strides[0] as usize,
-                v.strides[1] as usize,
-                v.strides[2] as usize,
-            ];
-            (s.iter().all(|x| x % 8 == 0) && v.offset % 8 == 0).then_some(s)
-        };
+        let strides = flash_strides;
         let bf16 = [qb.dtype(), kb.dtype(), vb.dtype(), out_r.dtype()]
             .iter()
             .all(|&t| t == DType::BF16);
@@ -168,4 +158,18 @@ impl CudaLowering {
         self.launches += 1;
         Ok(())
     }
+}
+
+/// Element strides (batch, seq, head) of a [B, S, H, D] view the flash kernels can read: the
+/// head dim contiguous, the others multiples of 8 elements, the offset too.
+pub(super) fn flash_strides(v: &View) -> Option<[usize; 3]> {
+    if v.strides.iter().any(|&s| s < 0) || (v.shape[3] > 1 && v.strides[3] != 1) {
+        return None;
+    }
+    let s = [
+        v.strides[0] as usize,
+        v.strides[1] as usize,
+        v.strides[2] as usize,
+    ];
+    (s.iter().all(|x| x % 8 == 0) && v.offset % 8 == 0).then_some(s)
 }

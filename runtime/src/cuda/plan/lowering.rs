@@ -101,6 +101,9 @@ impl StepLowering for CudaLowering {
         site: &StepSite,
         call: AttentionCall,
     ) -> Result<(), RuntimeError> {
+        if call.dout.is_some() {
+            return self.attention_grad_step(b, &call, &site.name);
+        }
         self.attention_step(
             b, call.out, call.q, call.k, call.v, call.mask, call.scale, &site.name,
         )

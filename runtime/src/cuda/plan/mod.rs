@@ -12,6 +12,7 @@
 //! whose index maps are not strided are first copied to dense scratch by a generated kernel.
 
 mod attention;
+mod attention_grad;
 mod conv;
 mod conv_gemm;
 mod epilogue;
@@ -100,6 +101,16 @@ pub struct FlashStep {
     pub mask_batch_stride: usize,
 }
 
+/// The gradient half of an attention backward step: the output cotangent, the delta scratch
+/// ([B, H, Sq] f32) and the packed output dq | dk | dv (dense [B, Sq + 2 Sk, H, D] bf16).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlashGradStep {
+    pub dout: (BufRef, usize),
+    pub dout_strides: [usize; 3],
+    pub delta: BufRef,
+    pub out: BufRef,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum PlanStep {
     Kernel {
@@ -119,6 +130,13 @@ pub enum PlanStep {
         label: String,
         flash: FlashStep,
     },
+    /// Attention backward: `flash` recomputes O and the lse into scratch, then the gradient
+    /// kernels run (see [`FlashGradStep`]).
+    FlashGrad {
+        label: String,
+        flash: FlashStep,
+        grad: FlashGradStep,
+    },
     /// Device-to-device copy of `src`'s bytes into `dst` (an alias that got its own slot).
     Copy {
         src: BufRef,
@@ -134,7 +152,9 @@ impl PlanStep {
     pub fn label(&self) -> String {
         match self {
             PlanStep::Kernel { label, name, .. } => format!("{label} ({name})"),
-            PlanStep::Gemm { label, .. } | PlanStep::Flash { label, .. } => label.clone(),
+            PlanStep::Gemm { label, .. }
+            | PlanStep::Flash { label, .. }
+            | PlanStep::FlashGrad { label, .. } => label.clone(),
             PlanStep::Copy { dst, .. } => format!("copy {} bytes", dst.bytes()),
             PlanStep::Zero { dst } => format!("zero {} bytes", dst.bytes()),
         }
@@ -204,6 +224,13 @@ impl CudaPlan {
     pub fn uses_flash(&self) -> bool {
         self.steps
             .iter()
-            .any(|s| matches!(s, PlanStep::Flash { .. }))
+            .any(|s| matches!(s, PlanStep::Flash { .. } | PlanStep::FlashGrad { .. }))
+    }
+
+    /// Whether any step uses the flash-attention backward kernels (loaded on demand).
+    pub fn uses_flash_backward(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, PlanStep::FlashGrad { .. }))
     }
 }

@@ -1,0 +1,183 @@
+//! Flash-attention backward on tensor cores: `runtime/kernels/flash_attention_bwd.cu`.
+//!
+//! One call: the forward kernel again (O and the log-sum-exp into scratch), `delta =
+//! rowsum(dO * O)`, then dQ (one block per 64 query rows) and dK / dV (one block per 64 key
+//! rows), bf16 in and out, f32 accumulation. The [Sq, Sk] probabilities are never stored.
+
+use std::sync::Arc;
+
+use super::attention::{AttentionArgs, FlashAttention, TensorStrides};
+use super::nvrtc::{Arg, Kernel};
+use super::{sources, CudaDevice, CudaError, DevPtr, KernelCache, Result};
+
+/// Rows per block of both gradient kernels and columns per tile (the .cu `FB_BM` / `FB_BN`).
+const ROWS: usize = 64;
+const COLS: usize = 64;
+const THREADS: u32 = 128;
+
+/// One backward call. `forward` names q, k, v, the mask and the scratch it recomputes into
+/// (`out`: dense [B, Sq, H, D] bf16, `lse`: [B, H, Sq] f32).
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionGradArgs {
+    pub forward: AttentionArgs,
+    pub dout: DevPtr,
+    pub dout_strides: TensorStrides,
+    /// [B, H, Sq] f32 scratch.
+    pub delta: DevPtr,
+    /// The three gradients; they share `grad_strides` (slices of one packed tensor).
+    pub dq: DevPtr,
+    pub dk: DevPtr,
+    pub dv: DevPtr,
+    pub grad_strides: TensorStrides,
+}
+
+impl AttentionGradArgs {
+    /// The usual count: 2.5x the forward's matmul FLOPs.
+    pub fn flops(&self) -> f64 {
+        2.5 * self.forward.flops()
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |m: &str| {
+            Err(CudaError::Invalid(format!(
+                "attention backward: {m} ({self:?})"
+            )))
+        };
+        for (name, p, s) in [
+            ("dout", self.dout, self.dout_strides),
+            ("dq", self.dq, self.grad_strides),
+            ("dk", self.dk, self.grad_strides),
+            ("dv", self.dv, self.grad_strides),
+        ] {
+            if p.is_null() || !p.0.is_multiple_of(16) {
+                return bad(&format!("{name} must be non-null and 16-byte aligned"));
+            }
+            if ![s.batch, s.seq, s.head].iter().all(|x| x.is_multiple_of(8)) {
+                return bad(&format!("{name} strides must be multiples of 8 elements"));
+            }
+        }
+        if self.delta.is_null() || !self.delta.0.is_multiple_of(4) {
+            return bad("delta must be non-null and 4-byte aligned");
+        }
+        if self.forward.seq_k == 0 || self.forward.seq_k > i32::MAX as usize {
+            return bad("seq_k must be in 1..2^31");
+        }
+        Ok(())
+    }
+}
+
+/// The compiled backward kernels, loaded on one device.
+pub struct FlashAttentionBackward {
+    delta: Kernel,
+    dq: [Kernel; 2],
+    dkdv: [Kernel; 2],
+}
+
+impl FlashAttentionBackward {
+    /// Compiles (or reads from `cache`) the backward program (the forward's source, whose
+    /// helpers it uses, then the backward kernels) and loads it on `dev`.
+    pub fn new(dev: &Arc<CudaDevice>, cache: &KernelCache) -> Result<Self> {
+        let source = format!(
+            "{}\n{}",
+            sources::FLASH_ATTENTION,
+            sources::FLASH_ATTENTION_BWD
+        );
+        let compiled = cache.compile(
+            &source,
+            "flash_attention_bwd.cu",
+            &dev.arch(),
+            dev.driver_version(),
+            &[],
+        )?;
+        let module = super::Module::load(dev, &compiled)?;
+        let load = |name: &str, d: usize| -> Result<Kernel> {
+            let k = module.function(name)?;
+            k.set_max_dynamic_shared(shared_bytes(d) as u32)?;
+            Ok(k)
+        };
+        Ok(FlashAttentionBackward {
+            delta: module.function("flash_attn_bwd_delta")?,
+            dq: [
+                load("flash_attn_bwd_dq_d64", 64)?,
+                load("flash_attn_bwd_dq_d128", 128)?,
+            ],
+            dkdv: [
+                load("flash_attn_bwd_dkdv_d64", 64)?,
+                load("flash_attn_bwd_dkdv_d128", 128)?,
+            ],
+        })
+    }
+
+    /// Queues the backward on the device's stream (`forward` recomputes O and the lse).
+    pub fn backward(&self, forward: &FlashAttention, a: &AttentionGradArgs) -> Result<()> {
+        a.check()?;
+        let f = &a.forward;
+        forward.forward(f)?;
+        let i = |x: usize| Arg::I64(x as i64);
+        let rows = f.batch * f.heads * f.seq_q;
+        self.delta.launch(
+            (rows.div_ceil(256) as u32, 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::Ptr(f.out),
+                Arg::Ptr(a.dout),
+                Arg::Ptr(a.delta),
+                Arg::I32(f.batch as i32),
+                Arg::I32(f.seq_q as i32),
+                Arg::I32(f.heads as i32),
+                Arg::I32(f.head_dim as i32),
+                i(f.out_strides.batch),
+                i(f.out_strides.seq),
+                i(f.out_strides.head),
+                i(a.dout_strides.batch),
+                i(a.dout_strides.seq),
+                i(a.dout_strides.head),
+            ],
+        )?;
+        let args = [
+            Arg::Ptr(f.q),
+            Arg::Ptr(f.k),
+            Arg::Ptr(f.v),
+            Arg::Ptr(a.dout),
+            Arg::Ptr(f.mask),
+            Arg::Ptr(f.lse),
+            Arg::Ptr(a.delta),
+            Arg::Ptr(a.dq),
+            Arg::Ptr(a.dk),
+            Arg::Ptr(a.dv),
+            Arg::I32(f.seq_q as i32),
+            Arg::I32(f.seq_k as i32),
+            Arg::I32(f.heads as i32),
+            i(f.q_strides.batch),
+            i(f.q_strides.seq),
+            i(f.q_strides.head),
+            i(f.k_strides.batch),
+            i(f.k_strides.seq),
+            i(f.k_strides.head),
+            i(f.v_strides.batch),
+            i(f.v_strides.seq),
+            i(f.v_strides.head),
+            i(a.dout_strides.batch),
+            i(a.dout_strides.seq),
+            i(a.dout_strides.head),
+            i(a.grad_strides.batch),
+            i(a.grad_strides.seq),
+            i(a.grad_strides.head),
+            i(f.mask_batch_stride),
+            Arg::F32(f.scale * std::f32::consts::LOG2_E),
+            Arg::F32(f.scale),
+        ];
+        let which = usize::from(f.head_dim == 128);
+        let smem = shared_bytes(f.head_dim) as u32;
+        let grid = |n: usize| (n.div_ceil(ROWS) as u32, f.heads as u32, f.batch as u32);
+        self.dq[which].launch(grid(f.seq_q), (THREADS, 1, 1), smem, &args)?;
+        self.dkdv[which].launch(grid(f.seq_k), (THREADS, 1, 1), smem, &args)
+    }
+}
+
+/// Dynamic shared memory of one block (either kernel): two row tiles, two double-buffered column
+/// tiles, and two rows of 2 x [`COLS`] floats (bias, or lse and delta).
+pub fn shared_bytes(head_dim: usize) -> usize {
+    2 * ROWS * head_dim * 2 + 4 * COLS * head_dim * 2 + 4 * COLS * 4
+}
