@@ -104,6 +104,7 @@ fn gradients() -> Gradients {
         params: vec!["fc.weight".to_string(), "scale".to_string()],
         inputs: vec!["x".to_string()],
         objective: None,
+        checkpoint: None,
     }
 }
 

@@ -185,6 +185,9 @@ pub struct CompileOptions {
     /// Fill the arena with 0xFF bytes (NaN for floats) before every run, so that a value a kernel
     /// forgot to write shows up in the outputs. For tests.
     pub poison: bool,
+    /// Gradient checkpointing: recompute the segments' forward values for the backward
+    /// (`qie_ir::passes::recompute`, run after the optimizer).
+    pub recompute: Option<qie_ir::passes::RecomputeOptions>,
 }
 
 impl Default for CompileOptions {
@@ -194,6 +197,7 @@ impl Default for CompileOptions {
             fuse: true,
             threads: None,
             poison: false,
+            recompute: None,
         }
     }
 }

@@ -5,7 +5,7 @@
 use crate::backend::{CompileOptions, RuntimeError};
 use qie_codegen::LoweredGroup;
 use qie_ir::passes::{
-    fuse, optimize_with, plan_memory, FusionOptions, MemoryOptions, PipelineOptions,
+    fuse, optimize_with, plan_memory, recompute, FusionOptions, MemoryOptions, PipelineOptions,
 };
 use qie_ir::plan::{FusionPlan, MemoryPlan};
 use qie_ir::{DType, Graph, Op, TensorType};
@@ -21,6 +21,11 @@ pub fn optimize_and_fuse(
             .map_err(|e| RuntimeError::Compile(e.to_string()))?
     } else {
         g
+    };
+    // After CSE, which would merge the recomputed copies back into the originals.
+    let g = match &options.recompute {
+        Some(r) => recompute(&g, r),
+        None => g,
     };
     let fusion_options = if options.fuse {
         FusionOptions::default()

@@ -9,6 +9,7 @@ pub mod fusion;
 pub mod memplan;
 pub mod pipeline;
 pub mod rebuild;
+pub mod recompute;
 pub mod schedule_dump;
 pub mod simplify;
 
@@ -21,5 +22,6 @@ pub use pipeline::{
     optimize, optimize_with, run_pipeline, standard_passes, Pass, PipelineError, PipelineOptions,
 };
 pub use rebuild::{rebuild, Rebuilder};
+pub use recompute::{recompute, RecomputeOptions};
 pub use schedule_dump::{dump_fusion, dump_memplan};
 pub use simplify::simplify;

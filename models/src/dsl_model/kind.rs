@@ -3,8 +3,9 @@
 //! get separate plans.
 
 use super::objective::Objective;
-use qie_ir::passes::{grad, AutodiffError, Seeds, Trainable};
+use qie_ir::passes::{grad, AutodiffError, RecomputeOptions, Seeds, Trainable};
 use qie_ir::Graph;
+use qie_runtime::CompileOptions;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum GraphKind {
@@ -23,6 +24,9 @@ pub struct Gradients {
     pub params: Vec<String>,
     pub inputs: Vec<String>,
     pub objective: Option<Objective>,
+    /// Gradient checkpointing: the module-path prefix of the recomputed segments
+    /// (`transformer_blocks.` recomputes each block's forward values for its backward).
+    pub checkpoint: Option<String>,
 }
 
 impl Gradients {
@@ -33,6 +37,19 @@ impl Gradients {
 }
 
 impl GraphKind {
+    /// The compile options of this kind's plans: `base` plus the recompute pass when the
+    /// gradients are checkpointed.
+    pub fn compile_options(&self, base: &CompileOptions) -> CompileOptions {
+        let mut options = base.clone();
+        if let GraphKind::ForwardBackward(g) = self {
+            options.recompute = g.checkpoint.as_ref().map(|prefix| RecomputeOptions {
+                loss: g.loss.clone(),
+                segment_prefix: prefix.clone(),
+            });
+        }
+        options
+    }
+
     /// `forward` turned into this kind's graph.
     pub fn build(&self, mut forward: Graph) -> Result<Graph, String> {
         match self {

@@ -162,7 +162,7 @@ impl<K: ShapeKey> DslModel<K> {
         self.plans.get_or_compile(
             &(kind.clone(), key.clone()),
             &*self.backend,
-            &self.compile,
+            &kind.compile_options(&self.compile),
             &what,
             || self.program.lower_kind(kind, spec),
         )

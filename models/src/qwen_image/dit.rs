@@ -14,7 +14,7 @@ use qie_runtime::Tensor;
 use std::path::Path;
 
 mod train;
-pub use train::LossAndGrads;
+pub use train::{LossAndGrads, CHECKPOINT_SEGMENTS};
 
 /// The DiT's options (see [`ModelOptions`]).
 pub type DitOptions = ModelOptions;
@@ -50,6 +50,8 @@ impl PlanKey {
 pub struct QwenImageDit {
     pub config: DitConfig,
     model: DslModel<PlanKey>,
+    /// Training plans recompute each transformer block's forward values for its backward.
+    gradient_checkpointing: bool,
 }
 
 impl QwenImageDit {
@@ -71,7 +73,11 @@ impl QwenImageDit {
         let store = open_store(dir)?;
         let probe = probe(&config);
         let model = DslModel::load(program, &probe, &store, "", CheckMode::Strict, options)?;
-        Ok(QwenImageDit { config, model })
+        Ok(QwenImageDit {
+            config,
+            model,
+            gradient_checkpointing: false,
+        })
     }
 
     /// Builds a DiT from weights already in memory (benchmarks, random-weight runs).
@@ -93,7 +99,11 @@ impl QwenImageDit {
     ) -> Result<QwenImageDit, ModelError> {
         let program = dit_program(&config, options.source.as_deref(), adapter)?;
         let model = DslModel::from_weights(program, &probe(&config), weights, "", options)?;
-        Ok(QwenImageDit { config, model })
+        Ok(QwenImageDit {
+            config,
+            model,
+            gradient_checkpointing: false,
+        })
     }
 
     /// Replaces the weight `name` (same element count) on the host and on the backend: the next

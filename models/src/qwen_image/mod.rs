@@ -11,6 +11,6 @@ pub mod vae_tiling;
 
 pub use crate::WeightPrecision;
 pub use config::DitConfig;
-pub use dit::{DitOptions, DitWeights, QwenImageDit};
+pub use dit::{DitOptions, DitWeights, QwenImageDit, CHECKPOINT_SEGMENTS};
 pub use img_shapes::{parse_img_shapes, token_count, ImgShape};
 pub use inputs::{format_img_shapes, DitInputs};

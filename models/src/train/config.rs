@@ -311,9 +311,6 @@ impl TrainConfig {
         if self.validation.is_some() {
             return Err("[validation] is not implemented yet: remove the section (validation edits during training are planned)".into());
         }
-        if t.gradient_checkpointing {
-            return Err("[train] gradient_checkpointing is not implemented yet (the recompute pass is planned)".into());
-        }
         self.optimizer.check()?;
         crate::train::TimestepSampler::new(&self.timesteps)?;
         Ok(())

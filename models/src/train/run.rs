@@ -79,6 +79,7 @@ impl TrainRun {
         });
         let mut dit =
             QwenImageDit::load_with_adapter(&paths.transformer, &options, adapter.as_ref())?;
+        dit.set_gradient_checkpointing(config.train.gradient_checkpointing);
         let trainable = select_trainable(&dit, &config)?;
         let keys = cache.shape_keys();
         let per_epoch = crate::data::batches(

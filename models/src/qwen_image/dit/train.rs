@@ -60,7 +60,7 @@ impl QwenImageDit {
                 "trainable weight `{missing}` is not a weight of the DiT"
             )));
         }
-        let kind = training_kind(t[1], trainable);
+        let kind = training_kind(t[1], trainable, self.gradient_checkpointing);
         let mut bindings = inputs.bindings();
         bindings.insert(LOSS_TARGET.to_string(), target.cast(qie_ir::DType::F32));
         bindings.insert(LOSS_WEIGHT.to_string(), weight.cast(qie_ir::DType::F32));
@@ -78,6 +78,12 @@ impl QwenImageDit {
         Ok(LossAndGrads { loss, grads })
     }
 
+    /// Gradient checkpointing per transformer block for the training plans (the recompute
+    /// pass: less memory, about one more forward pass of compute).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.gradient_checkpointing = on;
+    }
+
     /// The training graph of [`Self::loss_and_grads`] (before optimisation), e.g. to plan it
     /// for another backend.
     pub fn lower_training(
@@ -88,7 +94,7 @@ impl QwenImageDit {
     ) -> Result<qie_ir::Graph, ModelError> {
         inputs.validate(&self.config)?;
         self.model.program().lower_kind(
-            &training_kind(target_tokens, trainable),
+            &training_kind(target_tokens, trainable, self.gradient_checkpointing),
             &specialisation(inputs),
         )
     }
@@ -104,7 +110,10 @@ impl QwenImageDit {
     }
 }
 
-fn training_kind(target_tokens: usize, trainable: &[String]) -> GraphKind {
+/// The segments gradient checkpointing recomputes: one per transformer block.
+pub const CHECKPOINT_SEGMENTS: &str = "transformer_blocks.";
+
+fn training_kind(target_tokens: usize, trainable: &[String], checkpoint: bool) -> GraphKind {
     GraphKind::ForwardBackward(Gradients {
         loss: LOSS.to_string(),
         params: trainable.to_vec(),
@@ -113,5 +122,6 @@ fn training_kind(target_tokens: usize, trainable: &[String]) -> GraphKind {
             output: "sample".to_string(),
             tokens: target_tokens,
         }),
+        checkpoint: checkpoint.then(|| CHECKPOINT_SEGMENTS.to_string()),
     })
 }
