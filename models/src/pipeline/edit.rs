@@ -386,7 +386,12 @@ impl EditStages {
         let t = Instant::now();
         let vl_area = settings.vl_area.unwrap_or(self.flavour().vl_area());
         let vae_area = settings.vae_area.unwrap_or(self.flavour().vae_area());
-        let prepared = prepare_images(self.flavour(), images, &vae_sizes(images, vae_area), vl_area);
+        let prepared = prepare_images(
+            self.flavour(),
+            images,
+            &vae_sizes(images, vae_area),
+            vl_area,
+        );
         times.preprocess_s = super::timings::since(t);
 
         // Text: the prompt and (with CFG) the negative prompt, sharing the vision tower's output.
