@@ -505,6 +505,28 @@ scheme = "shift"
     }
 
     #[test]
+    fn validation_and_init_seed_read_with_their_defaults() {
+        let mut c: TrainConfig = toml::from_str(
+            "[model]\npath = \"m\"\ninit_seed = 9\n[data]\ncache = \"c\"\n[output]\ndir = \"o\"\n\
+             [train]\nsteps = 3\n[lora]\n[validation]\nevery = 50\n",
+        )
+        .unwrap();
+        assert_eq!(c.model.init_seed, 9);
+        assert_eq!(c.validation, Some(ValidationSection::every(50)));
+        let v = c.validation.as_ref().unwrap();
+        assert_eq!(
+            (v.rows.as_slice(), v.steps, v.cfg, v.seed),
+            (&[0][..], 20, 4.0, 0)
+        );
+        c.validate().unwrap();
+        let again: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(again, c);
+        assert_eq!(TrainConfig::default().model.init_seed, 0);
+        c.validation.as_mut().unwrap().cfg = f32::INFINITY;
+        assert!(c.validate().unwrap_err().contains("[validation] cfg"));
+    }
+
+    #[test]
     fn peft_target_matching() {
         let m = "transformer_blocks.0.attn.to_q";
         assert!(matches_target(m, "to_q"));
