@@ -75,7 +75,7 @@ impl Validation {
 
     /// Whether step `step` (1-based) of a run of `total` steps validates.
     pub fn is_due(&self, step: u64, total: u64) -> bool {
-        step % self.every == 0 || step == total
+        step.is_multiple_of(self.every) || step == total
     }
 
     pub fn rows(&self) -> &[ValidationRow] {
