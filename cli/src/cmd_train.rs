@@ -105,6 +105,9 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
     );
     bar.set_position(run.step());
     while !run.is_done() {
+        if run.validates_after(run.step() + 1) {
+            bar.set_message("training, then validation edits");
+        }
         let r = run.step_once().map_err(|e| e.to_string())?;
         bar.set_position(r.step);
         bar.set_message(format!(

@@ -179,8 +179,8 @@ impl TrainRun {
         }
     }
 
-    /// One optimizer step, logged; validation edits and a checkpoint when `[validation] every`
-    /// and `save_every` say so (validation also after the last step).
+    /// One optimizer step, logged; a checkpoint and validation edits when `save_every` and
+    /// `[validation] every` say so (validation also after the last step).
     pub fn step_once(&mut self) -> Result<StepReport, ModelError> {
         let report = self.trainer.train_step(&mut self.dit, &self.cache)?;
         let every = self.config.output.log_every.max(1);
@@ -203,16 +203,22 @@ impl TrainRun {
                 .scalar("train/step_s", s, report.step_s as f32)?;
             self.events.flush()?;
         }
-        if let Some(v) = &self.validation {
-            if v.is_due(report.step, self.total_steps) {
-                self.validate()?;
-            }
-        }
         let save = self.config.output.save_every;
         if save > 0 && report.step % save == 0 && report.step < self.total_steps {
             self.save_checkpoint()?;
         }
+        // After the checkpoint, so a failing edit (out of memory) loses no training.
+        if self.validates_after(report.step) {
+            self.validate()?;
+        }
         Ok(report)
+    }
+
+    /// Whether step `step` (1-based) is followed by validation edits.
+    pub fn validates_after(&self, step: u64) -> bool {
+        self.validation
+            .as_ref()
+            .is_some_and(|v| v.is_due(step, self.total_steps))
     }
 
     /// The validation edits with the weights as they are now, written under
