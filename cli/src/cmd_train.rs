@@ -5,7 +5,7 @@
 use crate::cmd_forward::{make_backend, DTypeArg};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use qie_models::train::config::{LoraSection, TrainConfig};
+use qie_models::train::config::{LoraSection, TrainConfig, ValidationSection};
 use qie_models::train::run::TrainRun;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,6 +62,13 @@ pub struct TrainArgs {
     /// LoRA file layout: peft (diffusers), diffsynth, kohya, comfyui.
     #[arg(long)]
     pub export_format: Option<String>,
+    /// Validation edits every N steps (and after the last) with the weights being trained:
+    /// images under OUT/validation/step-<step>/ and in TensorBoard.
+    #[arg(long, value_name = "N")]
+    pub validate_every: Option<u64>,
+    /// Comma-separated cache rows (0-based) the validation edits (default 0).
+    #[arg(long, value_name = "ROWS")]
+    pub validate_rows: Option<String>,
 }
 
 pub fn run(args: TrainArgs) -> Result<(), String> {
@@ -72,6 +79,7 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
     };
     let backend = make_backend(&config.model.device, dtype)?;
     let resume = args.resume.clone();
+    let validates = config.validation.is_some();
     let mut run =
         TrainRun::prepare(config, backend, resume.as_deref()).map_err(|e| e.to_string())?;
     let s = run.summary();
@@ -97,6 +105,9 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
     );
     bar.set_position(run.step());
     while !run.is_done() {
+        if run.validates_after(run.step() + 1) {
+            bar.set_message("training, then validation edits");
+        }
         let r = run.step_once().map_err(|e| e.to_string())?;
         bar.set_position(r.step);
         bar.set_message(format!(
@@ -121,6 +132,9 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         eprintln!("wrote {}", p.display());
     }
     eprintln!("train.jsonl and tensorboard/ in {}", out.display());
+    if validates {
+        eprintln!("validation edits in {}", out.join("validation").display());
+    }
     Ok(())
 }
 
@@ -201,6 +215,36 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig, String> {
     if let Some(v) = &args.export_format {
         c.output.export_format = v.clone();
     }
+    if args.validate_every.is_some() || args.validate_rows.is_some() {
+        let v = match (&mut c.validation, args.validate_every) {
+            (Some(v), _) => v,
+            (None, Some(every)) => c.validation.insert(ValidationSection::every(every)),
+            (None, None) => {
+                return Err(
+                    "--validate-rows: give --validate-every N too (or a [validation] section)"
+                        .into(),
+                )
+            }
+        };
+        if let Some(every) = args.validate_every {
+            v.every = every;
+        }
+        if let Some(rows) = &args.validate_rows {
+            v.rows = parse_rows(rows)?;
+        }
+    }
     c.validate()?;
     Ok(c)
+}
+
+/// `0,3` -> [0, 3].
+fn parse_rows(text: &str) -> Result<Vec<usize>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| format!("--validate-rows: `{s}` is not a row number (0-based)"))
+        })
+        .collect()
 }

@@ -22,6 +22,9 @@ pub struct ModelOptions {
     /// A `.qie` file to use instead of the bundled source (variants).
     pub source: Option<PathBuf>,
     pub compile: CompileOptions,
+    /// Seed of the weights a checkpoint lacks and the source's initialisers create (a
+    /// variant's new parameters, LoRA factors); read by the DiT. Default 0.
+    pub init_seed: u64,
 }
 
 impl ModelOptions {

@@ -24,6 +24,14 @@ pub struct EditPipeline {
     pub flavour: Flavour,
     pub paths: ModelPaths,
     dit: QwenImageDit,
+    stages: EditStages,
+}
+
+/// Everything of an edit but the DiT: the encoders, the scheduler's configuration, the denoising
+/// loop and the VAE decode. Each call borrows the DiT, so one owned elsewhere (the model
+/// `qie train` is training) runs exactly the loop [`EditPipeline`] runs, without a copy of its
+/// weights.
+pub struct EditStages {
     encoder: EditEncoder,
     scheduler: SchedulerConfig,
 }
@@ -73,10 +81,7 @@ impl EditPipeline {
         options: &ModelOptions,
         loras: &LoraSet,
     ) -> Result<EditPipeline, ModelError> {
-        let flavour = Flavour::from_class_name(&paths.pipeline_class)?;
-        let scheduler = SchedulerConfig::load(&paths.scheduler.join("scheduler_config.json"))
-            .map_err(at("scheduler", &paths.scheduler))?;
-        let encoder = EditEncoder::load(&paths, options)?;
+        let stages = EditStages::load(&paths, options)?;
         let dit = if loras.is_empty() {
             QwenImageDit::load(&paths.transformer, options)
         } else {
@@ -84,11 +89,10 @@ impl EditPipeline {
         }
         .map_err(at("transformer", &paths.transformer))?;
         Ok(EditPipeline {
-            flavour,
+            flavour: stages.flavour(),
             paths,
             dit,
-            encoder,
-            scheduler,
+            stages,
         })
     }
 
@@ -109,21 +113,23 @@ impl EditPipeline {
             flavour,
             paths,
             dit,
-            encoder: EditEncoder {
-                flavour,
-                vae,
-                vision,
-                text,
-                tokenizer,
-                image_processor,
+            stages: EditStages {
+                encoder: EditEncoder {
+                    flavour,
+                    vae,
+                    vision,
+                    text,
+                    tokenizer,
+                    image_processor,
+                },
+                scheduler,
             },
-            scheduler,
         }
     }
 
     /// The conditioning half (VAE, VL model, preprocessors) that `qie cache` shares.
     pub fn encoder(&self) -> &EditEncoder {
-        &self.encoder
+        self.stages.encoder()
     }
 
     /// The DiT's backend memory (`None` on the CPU); every component shares one backend.
@@ -134,19 +140,18 @@ impl EditPipeline {
     /// RoPE positions of the VL model: `Multimodal` (3-D, how the model was trained; transformers
     /// 4.x) or `Sequential` (what diffusers 0.42.1 with transformers 5.x computes, diffusers #14194).
     pub fn set_text_positions(&mut self, mode: PositionMode) {
-        self.encoder.set_text_positions(mode);
+        self.stages.set_text_positions(mode);
     }
 
     /// How the VL image processor resizes: torchvision (transformers' default when it is
     /// installed, which Qwen2VLProcessor requires) or PIL.
     pub fn set_vl_resize(&mut self, backend: ImageBackend) {
-        self.encoder.set_vl_resize(backend);
+        self.stages.set_vl_resize(backend);
     }
 
     /// The output size for these inputs and settings (multiples of 16).
     pub fn output_size(&self, images: &[RgbImage], settings: &EditSettings) -> (usize, usize) {
-        let last = images.last().expect("at least one image");
-        settings.output_size(last.width(), last.height())
+        self.stages.output_size(images, settings)
     }
 
     /// Runs one edit. `init_noise` ([1, S, 64] packed, diffusers' layout) replaces the seeded noise.
@@ -157,9 +162,8 @@ impl EditPipeline {
         init_noise: Option<&Tensor>,
         on_step: StepCallback<'_>,
     ) -> Result<EditOutput, ModelError> {
-        self.edit_observed(images, settings, init_noise, &mut |s| {
-            on_step(s.step, s.total)
-        })
+        self.stages
+            .edit(&self.dit, images, settings, init_noise, on_step)
     }
 
     /// [`Self::edit`], showing every step's noise prediction and latents to `on_step`.
@@ -170,9 +174,91 @@ impl EditPipeline {
         init_noise: Option<&Tensor>,
         on_step: &mut dyn FnMut(&StepState<'_>),
     ) -> Result<EditOutput, ModelError> {
+        self.stages
+            .edit_observed(&self.dit, images, settings, init_noise, on_step)
+    }
+
+    /// The conditioning [`Self::edit`] samples with (see [`EditStages::encode_inputs`]).
+    pub fn encode_inputs(
+        &self,
+        images: &[RgbImage],
+        settings: &EditSettings,
+    ) -> Result<EncodedInputs, ModelError> {
+        self.stages.encode_inputs(images, settings)
+    }
+
+    /// Prompt embeddings [1, S - 64, D] per prompt for the VL-sized input images (each prompt
+    /// encoded alone, as diffusers does, so there is no padding mask); the vision tower runs once.
+    pub fn encode_text(
+        &self,
+        vl_images: &[RgbImage],
+        prompts: &[&str],
+    ) -> Result<Vec<Tensor>, ModelError> {
+        self.stages.encoder.encode_text(vl_images, prompts)
+    }
+}
+
+impl EditStages {
+    /// Loads the encoders and the scheduler's configuration of a diffusers-layout edit
+    /// checkpoint (not the transformer).
+    pub fn load(paths: &ModelPaths, options: &ModelOptions) -> Result<EditStages, ModelError> {
+        let scheduler = SchedulerConfig::load(&paths.scheduler.join("scheduler_config.json"))
+            .map_err(at("scheduler", &paths.scheduler))?;
+        let encoder = EditEncoder::load(paths, options)?;
+        Ok(EditStages { encoder, scheduler })
+    }
+
+    pub fn flavour(&self) -> Flavour {
+        self.encoder.flavour
+    }
+
+    /// The conditioning half (VAE, VL model, preprocessors).
+    pub fn encoder(&self) -> &EditEncoder {
+        &self.encoder
+    }
+
+    /// See [`EditPipeline::set_text_positions`].
+    pub fn set_text_positions(&mut self, mode: PositionMode) {
+        self.encoder.set_text_positions(mode);
+    }
+
+    /// See [`EditPipeline::set_vl_resize`].
+    pub fn set_vl_resize(&mut self, backend: ImageBackend) {
+        self.encoder.set_vl_resize(backend);
+    }
+
+    /// The output size for these inputs and settings (multiples of 16).
+    pub fn output_size(&self, images: &[RgbImage], settings: &EditSettings) -> (usize, usize) {
+        let last = images.last().expect("at least one image");
+        settings.output_size(last.width(), last.height())
+    }
+
+    /// [`EditPipeline::edit`] with the DiT `dit`.
+    pub fn edit(
+        &self,
+        dit: &QwenImageDit,
+        images: &[RgbImage],
+        settings: &EditSettings,
+        init_noise: Option<&Tensor>,
+        on_step: StepCallback<'_>,
+    ) -> Result<EditOutput, ModelError> {
+        self.edit_observed(dit, images, settings, init_noise, &mut |s| {
+            on_step(s.step, s.total)
+        })
+    }
+
+    /// [`EditPipeline::edit_observed`] with the DiT `dit`.
+    pub fn edit_observed(
+        &self,
+        dit: &QwenImageDit,
+        images: &[RgbImage],
+        settings: &EditSettings,
+        init_noise: Option<&Tensor>,
+        on_step: &mut dyn FnMut(&StepState<'_>),
+    ) -> Result<EditOutput, ModelError> {
         let start = Instant::now();
         let mut times = StageTimes::default();
-        self.flavour.check_image_count(images.len())?;
+        self.flavour().check_image_count(images.len())?;
         if settings.steps == 0 && settings.sigmas.is_none() {
             return Err(ModelError::new("--steps must be at least 1"));
         }
@@ -194,7 +280,7 @@ impl EditPipeline {
         let t = Instant::now();
         let (lh, lw) = (height / 8, width / 8);
         let target_tokens = (lh / 2) * (lw / 2);
-        let channels = self.dit.config.in_channels;
+        let channels = dit.config.in_channels;
         let mut latents = match init_noise {
             Some(noise) => {
                 if noise.shape() != [1, target_tokens, channels] {
@@ -224,10 +310,10 @@ impl EditPipeline {
         for (i, &ts) in timesteps.iter().enumerate() {
             let step_start = Instant::now();
             let input = concat_tokens(&[&latents, &image_latents])?;
-            let cond = self.denoise(&input, &prompt_embeds, ts, &img_shapes, target_tokens)?;
+            let cond = self.denoise(dit, &input, &prompt_embeds, ts, &img_shapes, target_tokens)?;
             let pred = match &negative_embeds {
                 Some(neg) => {
-                    let uncond = self.denoise(&input, neg, ts, &img_shapes, target_tokens)?;
+                    let uncond = self.denoise(dit, &input, neg, ts, &img_shapes, target_tokens)?;
                     let combined = true_cfg(
                         f32_data(&cond)?,
                         f32_data(&uncond)?,
@@ -286,7 +372,7 @@ impl EditPipeline {
         images: &[RgbImage],
         settings: &EditSettings,
     ) -> Result<EncodedInputs, ModelError> {
-        self.flavour.check_image_count(images.len())?;
+        self.flavour().check_image_count(images.len())?;
         self.encode_inputs_timed(images, settings, &mut StageTimes::default())
     }
 
@@ -298,9 +384,14 @@ impl EditPipeline {
     ) -> Result<EncodedInputs, ModelError> {
         // Input images at the VL and VAE areas (PIL Lanczos, as VaeImageProcessor.resize).
         let t = Instant::now();
-        let vl_area = settings.vl_area.unwrap_or(self.flavour.vl_area());
-        let vae_area = settings.vae_area.unwrap_or(self.flavour.vae_area());
-        let prepared = prepare_images(self.flavour, images, &vae_sizes(images, vae_area), vl_area);
+        let vl_area = settings.vl_area.unwrap_or(self.flavour().vl_area());
+        let vae_area = settings.vae_area.unwrap_or(self.flavour().vae_area());
+        let prepared = prepare_images(
+            self.flavour(),
+            images,
+            &vae_sizes(images, vae_area),
+            vl_area,
+        );
         times.preprocess_s = super::timings::since(t);
 
         // Text: the prompt and (with CFG) the negative prompt, sharing the vision tower's output.
@@ -329,18 +420,9 @@ impl EditPipeline {
         })
     }
 
-    /// Prompt embeddings [1, S - 64, D] per prompt for the VL-sized input images (each prompt
-    /// encoded alone, as diffusers does, so there is no padding mask); the vision tower runs once.
-    pub fn encode_text(
-        &self,
-        vl_images: &[RgbImage],
-        prompts: &[&str],
-    ) -> Result<Vec<Tensor>, ModelError> {
-        self.encoder.encode_text(vl_images, prompts)
-    }
-
     fn denoise(
         &self,
+        dit: &QwenImageDit,
         input: &Tensor,
         prompt_embeds: &Tensor,
         timestep: f32,
@@ -355,7 +437,7 @@ impl EditPipeline {
             additional_t_cond: None,
             img_shapes: img_shapes.to_vec(),
         };
-        let sample = self.dit.forward(&inputs)?;
+        let sample = dit.forward(&inputs)?;
         leading_tokens(&sample, target_tokens)
     }
 }

@@ -1,4 +1,5 @@
-//! The edit pipelines (Edit and Plus): text encoding, VAE encoding, sampling and decoding.
+//! The edit pipelines (Edit and Plus): text encoding, VAE encoding, sampling and decoding;
+//! [`EditStages`] runs them with a borrowed DiT.
 
 mod edit;
 pub mod encoder;
@@ -9,7 +10,7 @@ pub mod random;
 mod settings;
 mod timings;
 
-pub use edit::{EditOutput, EditPipeline, EncodedInputs, StepCallback, StepState};
+pub use edit::{EditOutput, EditPipeline, EditStages, EncodedInputs, StepCallback, StepState};
 pub use encoder::{EditEncoder, PreparedImages};
 pub use flavour::Flavour;
 pub use settings::EditSettings;

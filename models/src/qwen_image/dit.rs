@@ -69,7 +69,8 @@ impl QwenImageDit {
         adapter: Option<&serde_json::Value>,
     ) -> Result<QwenImageDit, ModelError> {
         let config = DitConfig::load(&config_json(dir, "a diffusers transformer/ folder")?)?;
-        let program = dit_program(&config, options.source.as_deref(), adapter)?;
+        let program = dit_program(&config, options.source.as_deref(), adapter)?
+            .with_init_seed(options.init_seed);
         let store = open_store(dir)?;
         let probe = probe(&config);
         let model = DslModel::load(program, &probe, &store, "", CheckMode::Strict, options)?;
@@ -97,7 +98,8 @@ impl QwenImageDit {
         options: &DitOptions,
         adapter: Option<&serde_json::Value>,
     ) -> Result<QwenImageDit, ModelError> {
-        let program = dit_program(&config, options.source.as_deref(), adapter)?;
+        let program = dit_program(&config, options.source.as_deref(), adapter)?
+            .with_init_seed(options.init_seed);
         let model = DslModel::from_weights(program, &probe(&config), weights, "", options)?;
         Ok(QwenImageDit {
             config,

@@ -62,6 +62,12 @@ pub struct ModelSection {
     /// Storage of the frozen base on the GPU: bf16 (default) or f32.
     #[serde(default = "default_dtype")]
     pub dtype: String,
+    /// Seed of the parameters the checkpoint lacks and the source creates from its
+    /// initialisers (a variant's `param x[..] = normal(0.02);`, new LoRA factors): the same
+    /// seed creates the same values. Default 0. A resumed run takes the trained values from
+    /// its checkpoint whatever this says.
+    #[serde(default)]
+    pub init_seed: u64,
 }
 
 impl Default for ModelSection {
@@ -71,6 +77,7 @@ impl Default for ModelSection {
             variant: None,
             device: default_device(),
             dtype: default_dtype(),
+            init_seed: 0,
         }
     }
 }
@@ -177,16 +184,58 @@ pub struct FullSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidationSection {
-    /// Steps between validations.
+    /// Steps between validations (and one after the last step).
     pub every: u64,
-    /// Cache rows (0-based) whose prompt and control images are edited.
+    /// Cache rows (0-based) whose prompt and control images are edited (default: row 0).
+    #[serde(default = "first_row")]
     pub rows: Vec<usize>,
+    /// Denoising steps of each validation edit.
     #[serde(default = "default_val_steps")]
     pub steps: usize,
+    /// True CFG scale, with the negative prompt " " (1 or less: no CFG).
     #[serde(default = "default_cfg")]
     pub cfg: f32,
+    /// Noise seed of every row's edit, the same at each validation so they compare.
     #[serde(default)]
     pub seed: u64,
+}
+
+impl ValidationSection {
+    /// The defaults for a run that asks for validation with flags only.
+    pub fn every(every: u64) -> ValidationSection {
+        ValidationSection {
+            every,
+            rows: first_row(),
+            steps: default_val_steps(),
+            cfg: default_cfg(),
+            seed: 0,
+        }
+    }
+
+    /// Checks the values; errors name the `[validation]` key. Rows are checked against the
+    /// cache when it is opened.
+    pub fn check(&self) -> Result<(), String> {
+        if self.every == 0 {
+            return Err("[validation] every must be >= 1 (steps between validations)".into());
+        }
+        if self.rows.is_empty() {
+            return Err("[validation] rows is empty: name at least one cache row (0-based)".into());
+        }
+        let max = crate::pipeline::EditSettings::MAX_STEPS;
+        if self.steps == 0 || self.steps > max {
+            return Err(format!(
+                "[validation] steps {} is not in 1..={max} (denoising steps per edit)",
+                self.steps
+            ));
+        }
+        if !(self.cfg.is_finite() && self.cfg >= 0.0) {
+            return Err(format!(
+                "[validation] cfg {} is not a finite scale >= 0 (1 disables CFG)",
+                self.cfg
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_device() -> String {
@@ -215,6 +264,9 @@ fn default_rank() -> usize {
 }
 fn default_targets() -> Vec<String> {
     DEFAULT_LORA_TARGETS.map(String::from).to_vec()
+}
+fn first_row() -> Vec<usize> {
+    vec![0]
 }
 fn default_val_steps() -> usize {
     20
@@ -307,9 +359,8 @@ impl TrainConfig {
                 self.model.dtype
             ));
         }
-        // Refused rather than ignored until they run.
-        if self.validation.is_some() {
-            return Err("[validation] is not implemented yet: remove the section (validation edits during training are planned)".into());
+        if let Some(v) = &self.validation {
+            v.check()?;
         }
         self.optimizer.check()?;
         crate::train::TimestepSampler::new(&self.timesteps)?;
@@ -447,6 +498,28 @@ scheme = "shift"
         assert!(c.validate().unwrap_err().contains("nothing to train"));
         c.lora = Some(LoraSection::default());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn validation_and_init_seed_read_with_their_defaults() {
+        let mut c: TrainConfig = toml::from_str(
+            "[model]\npath = \"m\"\ninit_seed = 9\n[data]\ncache = \"c\"\n[output]\ndir = \"o\"\n\
+             [train]\nsteps = 3\n[lora]\n[validation]\nevery = 50\n",
+        )
+        .unwrap();
+        assert_eq!(c.model.init_seed, 9);
+        assert_eq!(c.validation, Some(ValidationSection::every(50)));
+        let v = c.validation.as_ref().unwrap();
+        assert_eq!(
+            (v.rows.as_slice(), v.steps, v.cfg, v.seed),
+            (&[0][..], 20, 4.0, 0)
+        );
+        c.validate().unwrap();
+        let again: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(again, c);
+        assert_eq!(TrainConfig::default().model.init_seed, 0);
+        c.validation.as_mut().unwrap().cfg = f32::INFINITY;
+        assert!(c.validate().unwrap_err().contains("[validation] cfg"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Training: timestep schemes, the fused AdamW update, learning-rate schedules, the training
 //! loop with its checkpoints and logs. The loss is appended to the model's forward graph
 //! ([`crate::dsl_model::Objective`]) and differentiated with it, so one plan computes loss and
-//! gradients.
+//! gradients. Validation edits run the edit pipeline with the DiT being trained.
 
 pub mod adamw;
 pub mod checkpoint;
@@ -14,6 +14,7 @@ pub mod run;
 pub mod sample;
 pub mod timesteps;
 pub mod trainer;
+pub mod validation;
 
 pub use adamw::{AdamW, AdamWConfig, AdamWState};
 pub use config::{matches_target, TrainConfig, DEFAULT_LORA_TARGETS};

@@ -1,18 +1,20 @@
 //! One `qie train` run: the model (with the LoRA adapter and/or a DSL variant layered on it) and
 //! its trainable set, the cache, the loop, and what lands in the output folder: checkpoints,
-//! `train.jsonl`, TensorBoard events, the resolved config and the exported adapter.
+//! `train.jsonl`, TensorBoard events, validation edits, the resolved config and the exported
+//! adapter.
 
 use super::checkpoint::find_latest;
 use super::config::{matches_target, TrainConfig};
 use super::log::{StepLog, StepRecord};
 use super::trainer::{StepReport, Trainer};
+use super::validation::{Validation, ValidationImage};
 use crate::cache::{Cache, ModelIdentity};
 use crate::hub::resolve_model;
 use crate::lora::export::{write_adapter, AdapterConfig, AdapterModule, DIFFUSERS_FILE};
 use crate::lora::LoraFormat;
 use crate::qwen_image::{DitOptions, QwenImageDit};
 use crate::tensorboard::EventWriter;
-use crate::{ModelError, WeightPrecision};
+use crate::{ModelError, ModelOptions, WeightPrecision};
 use qie_runtime::weights::save_safetensors;
 use qie_runtime::Backend;
 use serde_json::json;
@@ -27,6 +29,7 @@ pub struct TrainRun {
     trainer: Trainer,
     log: StepLog,
     events: EventWriter,
+    validation: Option<Validation>,
     total_steps: u64,
 }
 
@@ -59,15 +62,29 @@ impl TrainRun {
         }
 
         let on_gpu = backend.is_some();
+        // The frozen base in bf16 on the GPU; the CPU reference computes in f32.
+        let precision = if on_gpu && config.model.dtype == "bf16" {
+            WeightPrecision::Bf16
+        } else {
+            WeightPrecision::F32
+        };
+        // The encoders validation edits with (the DiT is the one being trained).
+        let validation = match &config.validation {
+            Some(section) => {
+                let options = ModelOptions {
+                    backend: backend.clone(),
+                    precision,
+                    ..ModelOptions::default()
+                };
+                Some(Validation::prepare(section, &cache, &paths, &options)?)
+            }
+            None => None,
+        };
         let options = DitOptions {
             backend: backend.clone(),
-            // The frozen base in bf16 on the GPU; the CPU reference computes in f32.
-            precision: if on_gpu && config.model.dtype == "bf16" {
-                WeightPrecision::Bf16
-            } else {
-                WeightPrecision::F32
-            },
+            precision,
             source: config.model.variant.clone(),
+            init_seed: config.model.init_seed,
             ..DitOptions::default()
         };
         let adapter = config.lora.as_ref().map(|l| {
@@ -124,6 +141,7 @@ impl TrainRun {
             trainer,
             log,
             events,
+            validation,
             total_steps,
         })
     }
@@ -162,7 +180,8 @@ impl TrainRun {
         }
     }
 
-    /// One optimizer step, logged; a checkpoint when `save_every` says so.
+    /// One optimizer step, logged; a checkpoint and validation edits when `save_every` and
+    /// `[validation] every` say so (validation also after the last step).
     pub fn step_once(&mut self) -> Result<StepReport, ModelError> {
         let report = self.trainer.train_step(&mut self.dit, &self.cache)?;
         let every = self.config.output.log_every.max(1);
@@ -189,7 +208,27 @@ impl TrainRun {
         if save > 0 && report.step % save == 0 && report.step < self.total_steps {
             self.save_checkpoint()?;
         }
+        // After the checkpoint, so a failing edit (out of memory) loses no training.
+        if self.validates_after(report.step) {
+            self.validate()?;
+        }
         Ok(report)
+    }
+
+    /// Whether step `step` (1-based) is followed by validation edits.
+    pub fn validates_after(&self, step: u64) -> bool {
+        self.validation
+            .as_ref()
+            .is_some_and(|v| v.is_due(step, self.total_steps))
+    }
+
+    /// The validation edits with the weights as they are now, written under
+    /// `validation/step-<step>/` and to TensorBoard; nothing without a `[validation]` section.
+    pub fn validate(&mut self) -> Result<Vec<ValidationImage>, ModelError> {
+        match &self.validation {
+            Some(v) => v.run(&self.dit, self.trainer.step(), &self.out, &mut self.events),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// A resumable checkpoint now (also what Ctrl-C writes).
