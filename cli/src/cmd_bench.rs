@@ -16,6 +16,8 @@ pub enum BenchCommand {
     Dit(BenchDitArgs),
     /// The whole edit pipeline (Plus) at real size with random weights.
     Edit(crate::cmd_bench_edit::BenchEditArgs),
+    /// One LoRA training step of the real-size DiT with random weights.
+    Train(crate::cmd_bench_train::BenchTrainArgs),
 }
 
 #[derive(Args)]
@@ -53,6 +55,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Dit(args) => run_dit(args),
         BenchCommand::Edit(args) => crate::cmd_bench_edit::run(args),
+        BenchCommand::Train(args) => crate::cmd_bench_train::run(args),
     }
 }
 

@@ -4,6 +4,7 @@ mod atomic;
 mod cmd_backward;
 mod cmd_bench;
 mod cmd_bench_edit;
+mod cmd_bench_train;
 mod cmd_cache;
 mod cmd_chat;
 mod cmd_compile;

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     let bf16 = gpu_tests![
         Cuda => bf16_dit_block_small_generic_attention, bf16_dit_block_fast_paths,
             bf16_matmul_layouts, bf16_attention_flash_and_generic, bf16_attention_grad_flash_and_generic,
-            bf16_norms_reductions_and_gather;
+            bf16_norms_reductions_and_gather, bf16_lora_on_one_row;
     ];
     gpu_harness::run(f32_suite().into_iter().chain(bf16).chain(timing))
 }
@@ -227,6 +227,26 @@ fn bf16_attention_grad_flash_and_generic() {
     let grads = g.op(Op::AttentionGrad { scale: 0.08 }, &[q, k, v, dout]);
     g.out("grads", grads);
     check_bf16(&g.graph, 2254);
+}
+
+/// A rank-4 LoRA on a layer whose input is one row per sample (the modulation `img_mod.1`):
+/// forward and the backward matmuls with M = 1, K = 1 and N = 4.
+fn bf16_lora_on_one_row() {
+    let (din, dout, r) = (3072, 18432, 4);
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", f32_type(&[1, din]));
+    let a = g.param("a", f32_type(&[r, din]));
+    let b = g.param("b", f32_type(&[dout, r]));
+    let dy = g.input("dy", f32_type(&[1, dout]));
+    let mid = g.matmul(x, a, false, true);
+    let y = g.matmul(mid, b, false, true);
+    let dmid = g.matmul(dy, b, false, false);
+    let da = g.matmul(dmid, x, true, false);
+    let db = g.matmul(dy, mid, true, false);
+    for (name, id) in [("y", y), ("dmid", dmid), ("da", da), ("db", db)] {
+        g.out(name, id);
+    }
+    check_bf16(&g.graph, 2300);
 }
 
 fn bf16_norms_reductions_and_gather() {

@@ -201,7 +201,18 @@ impl<K: ShapeKey> DslModel<K> {
         spec: &Specialisation,
         inputs: &HashMap<String, Tensor>,
     ) -> Result<Profile, ModelError> {
-        let exe = self.plan(&GraphKind::Forward, key, spec)?;
+        self.profile_kind(&GraphKind::Forward, key, spec, inputs)
+    }
+
+    /// Runs the plan of `kind` once with every step timed.
+    pub fn profile_kind(
+        &self,
+        kind: &GraphKind,
+        key: &K,
+        spec: &Specialisation,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<Profile, ModelError> {
+        let exe = self.plan(kind, key, spec)?;
         let (_, profile) = self.execute(&*exe, key, inputs, true)?;
         Ok(profile.expect("a profiled run returns a profile"))
     }

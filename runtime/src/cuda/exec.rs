@@ -15,6 +15,7 @@
 //! `QIE_CUDA_GRAPHS=0` turns graphs off.
 
 use super::backend::{cuda_err, par_decode, to_storage_bytes, Shared};
+use super::nan_watch::NanWatch;
 use super::nvrtc::{Arg, Kernel};
 use super::params::CudaParams;
 use super::plan::{
@@ -182,7 +183,8 @@ impl CudaExecutable {
                 })?;
             dev.htod(ptr(&i.buf), &bytes).map_err(cuda_err)?;
         }
-        let use_graph = self.graphs && !self.sync_each_step && times.is_none();
+        let mut watch = NanWatch::enabled().then(NanWatch::default);
+        let use_graph = self.graphs && !self.sync_each_step && times.is_none() && watch.is_none();
         let replay = use_graph && state.graph.as_ref().is_some_and(|c| c.params == param_ptrs);
         if replay {
             let c = state.graph.as_ref().expect("checked");
@@ -198,10 +200,13 @@ impl CudaExecutable {
                 };
                 self.exec_step(si, step, &ptr)
                     .map_err(|e| RuntimeError::Execution(format!("{}: {e}", step.label())))?;
-                if self.sync_each_step {
+                if self.sync_each_step || watch.is_some() {
                     dev.synchronize().map_err(|e| {
                         RuntimeError::Execution(format!("{} failed: {e}", step.label()))
                     })?;
+                }
+                if let Some(w) = watch.as_mut() {
+                    w.check(dev, si, step, &ptr);
                 }
                 if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                     let end = dev.record_event().map_err(cuda_err)?;

@@ -31,6 +31,7 @@ pub mod export_dir;
 pub mod kernel_bench;
 pub mod libs;
 pub mod manifest;
+mod nan_watch;
 pub mod nvrtc;
 mod params;
 pub mod plan;

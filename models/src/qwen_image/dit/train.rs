@@ -60,10 +60,7 @@ impl QwenImageDit {
                 "trainable weight `{missing}` is not a weight of the DiT"
             )));
         }
-        let kind = training_kind(t[1], trainable, self.gradient_checkpointing);
-        let mut bindings = inputs.bindings();
-        bindings.insert(LOSS_TARGET.to_string(), target.cast(qie_ir::DType::F32));
-        bindings.insert(LOSS_WEIGHT.to_string(), weight.cast(qie_ir::DType::F32));
+        let (kind, bindings) = self.training_call(inputs, target, weight, trainable);
         let mut out = self.model.run(
             &kind,
             &PlanKey::of(inputs),
@@ -76,6 +73,39 @@ impl QwenImageDit {
             grads.insert(name.clone(), out.take(&Gradients::output_name(name))?);
         }
         Ok(LossAndGrads { loss, grads })
+    }
+
+    /// Runs the training plan of [`Self::loss_and_grads`] once with every step timed.
+    pub fn profile_training(
+        &self,
+        inputs: &DitInputs,
+        target: &Tensor,
+        weight: &Tensor,
+        trainable: &[String],
+    ) -> Result<qie_runtime::Profile, ModelError> {
+        // Same checks and plan as a training step.
+        self.loss_and_grads(inputs, target, weight, trainable)?;
+        let (kind, bindings) = self.training_call(inputs, target, weight, trainable);
+        self.model.profile_kind(
+            &kind,
+            &PlanKey::of(inputs),
+            &specialisation(inputs),
+            &bindings,
+        )
+    }
+
+    fn training_call(
+        &self,
+        inputs: &DitInputs,
+        target: &Tensor,
+        weight: &Tensor,
+        trainable: &[String],
+    ) -> (GraphKind, HashMap<String, Tensor>) {
+        let kind = training_kind(target.shape()[1], trainable, self.gradient_checkpointing);
+        let mut bindings = inputs.bindings();
+        bindings.insert(LOSS_TARGET.to_string(), target.cast(qie_ir::DType::F32));
+        bindings.insert(LOSS_WEIGHT.to_string(), weight.cast(qie_ir::DType::F32));
+        (kind, bindings)
     }
 
     /// Gradient checkpointing per transformer block for the training plans (the recompute
