@@ -59,6 +59,10 @@ pub struct TrainArgs {
     /// Steps between resumable checkpoints (0: only at the end).
     #[arg(long)]
     pub save_every: Option<u64>,
+    /// Recompute each transformer block in the backward pass (less memory, about one more
+    /// forward of compute); DiffSynth's --use_gradient_checkpointing.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// LoRA file layout: peft (diffusers), diffsynth, kohya, comfyui.
     #[arg(long)]
     pub export_format: Option<String>,
@@ -211,6 +215,9 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig, String> {
     }
     if let Some(v) = args.save_every {
         c.output.save_every = v;
+    }
+    if args.gradient_checkpointing {
+        c.train.gradient_checkpointing = true;
     }
     if let Some(v) = &args.export_format {
         c.output.export_format = v.clone();

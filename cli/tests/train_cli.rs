@@ -147,6 +147,19 @@ fn lora_training_writes_every_output_and_resumes_exactly() {
     let (code, err) = qie(&["train", "--resume", split.to_str().unwrap(), "--steps", "4"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(losses(&split), losses(&out), "resumed run");
+
+    // Gradient checkpointing recomputes the blocks: the same losses (up to rounding).
+    let gc = dir.path().join("gc");
+    let (code, err) = train(&cache, &gc, &["--steps", "4", "--gradient-checkpointing"]);
+    assert_eq!(code, 0, "{err}");
+    for (a, b) in losses(&gc).iter().zip(losses(&out)) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+    }
+    let resolved = std::fs::read_to_string(gc.join("config.toml")).unwrap();
+    assert!(
+        resolved.contains("gradient_checkpointing = true"),
+        "{resolved}"
+    );
 }
 
 #[test]

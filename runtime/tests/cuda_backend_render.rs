@@ -19,7 +19,8 @@ use std::sync::{Mutex, OnceLock};
 
 fn main() -> ExitCode {
     gpu_harness::run(gpu_tests![
-        Cpu => every_suite_graph_plans, real_width_block_uses_the_fast_paths;
+        Cpu => every_suite_graph_plans, real_width_block_uses_the_fast_paths,
+            concat_operands_in_place_keep_their_format;
         Nvrtc => every_suite_kernel_compiles, real_width_block_kernels_compile;
     ])
 }
@@ -55,6 +56,8 @@ impl Backend for PlanningBackend {
                     );
                 }
             }
+            qie_ir::passes::validate_memory_plan(&plan.graph, &plan.fusion, &plan.memory)
+                .unwrap_or_else(|e| panic!("memory plan ({mode:?}): {e}"));
             self.kernels.lock().unwrap().extend(plan.kernels);
             *self.plans.lock().unwrap() += 1;
         }
@@ -127,6 +130,23 @@ fn every_suite_graph_plans() {
 
 fn every_suite_kernel_compiles() {
     nvrtc_compile_all(suite_kernels());
+}
+
+/// A reduction stored in f32 is never written in place into a bf16 concat result (its bytes
+/// would be read as bf16); the memory plan of every suite graph validates.
+fn concat_operands_in_place_keep_their_format() {
+    let g = cpu_suite::concat_of_a_reduction_graph();
+    for mode in [StorageMode::Bf16, StorageMode::F32] {
+        let plan = build_plan(&g, &CompileOptions::default(), mode).unwrap();
+        qie_ir::passes::validate_memory_plan(&plan.graph, &plan.fusion, &plan.memory).unwrap();
+        for &(c, a) in &plan.memory.concat_in_place {
+            assert_eq!(
+                plan.graph.ty(c).dtype,
+                plan.graph.ty(a).dtype,
+                "{mode:?}: {a} in {c}"
+            );
+        }
+    }
 }
 
 /// d = 256, 2 heads of 128: cuBLASLt GEMMs and flash attention in bf16 mode.

@@ -459,7 +459,8 @@ pub fn concat_slice_offsets(g: &Graph, concat: NodeId) -> Option<Vec<usize>> {
 /// classes made of aliases only. An operand qualifies when it is a group output (seen through
 /// aliases or not) that no other operand of the concat shares bytes with, not a graph input or
 /// output (nor aliased with one), not already placed in another concat, not itself a concat result
-/// with placed operands, non-empty, and its slice starts at an aligned offset.
+/// with placed operands, non-empty, of the concat's dtype, and its slice starts at an aligned
+/// offset.
 fn place_concat_operands(
     g: &Graph,
     fusion: &FusionPlan,
@@ -504,6 +505,9 @@ fn place_concat_operands(
                 || pinned[ra]
                 || bufs.composite[ra]
                 || g.ty(a).size_bytes() == 0
+                // A storage graph may concatenate an f32 value into a bf16 result (the copy
+                // converts): written in place, it would be stored in the wrong format.
+                || g.ty(a).dtype != g.ty(c).dtype
                 || offsets[i] % MemoryPlan::ALIGN != 0
                 || matches!(g.node(a).op, Op::Input { .. } | Op::Param { .. })
             {
@@ -638,6 +642,13 @@ pub fn validate_memory_plan(
         let Some(offsets) = concat_slice_offsets(g, c) else {
             return err("not a concat whose operands are contiguous slices");
         };
+        if g.ty(a).dtype != g.ty(c).dtype {
+            return err(&format!(
+                "a {} operand of a {} concat",
+                g.ty(a).dtype,
+                g.ty(c).dtype
+            ));
+        }
         let args = &g.node(c).args;
         let mut at = args.iter().enumerate().filter(|(_, &x)| x == a);
         let (Some((i, _)), None) = (at.next(), at.next()) else {

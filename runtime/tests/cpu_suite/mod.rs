@@ -692,6 +692,21 @@ pub fn attention(b: &dyn Backend) {
     check(b, &g.graph, 1004);
 }
 
+/// A concat whose operands have different storage in bf16 mode: a reduction (kept in f32) next
+/// to a plain value (bf16), then used, as attention and modulation gradients are assembled.
+pub fn concat_of_a_reduction_graph() -> Graph {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", f32_type(&[40, 32]));
+    let y = g.input("y", f32_type(&[1, 32]));
+    let z = g.input("z", f32_type(&[2, 32]));
+    let r = g.reduce(ReduceOp::Sum, x, &[0]);
+    let r = g.reshape(r, &[1, 32]);
+    let c = g.op(Op::Concat { axis: 0 }, &[r, y]);
+    let out = g.binary(BinaryOp::Add, c, z);
+    g.out("out", out);
+    g.graph
+}
+
 /// `attention_grad(q, k, v, dout[, mask])`: packed dq | dk | dv.
 pub fn attention_grad_graph(
     bsz: usize,
