@@ -34,6 +34,10 @@ pub struct BenchTrainArgs {
     /// LoRA rank on the default targets (alpha = rank).
     #[arg(long, default_value_t = 32, value_parser = positive)]
     pub lora_rank: usize,
+    /// A `.qie` architecture variant of the DiT (e.g. models/qie/variants/*.qie); its new
+    /// parameters train along with the LoRA.
+    #[arg(long)]
+    pub variant: Option<std::path::PathBuf>,
     /// Recompute each transformer block in the backward pass.
     #[arg(long)]
     pub gradient_checkpointing: bool,
@@ -67,6 +71,7 @@ pub fn run(args: BenchTrainArgs) -> Result<(), String> {
     let config = real_dit_config(args.layers, false);
     let options = DitOptions {
         backend: make_backend(&args.device, args.dtype)?,
+        source: args.variant.clone(),
         ..DitOptions::default()
     };
     let start = Instant::now();
@@ -127,7 +132,7 @@ pub fn run(args: BenchTrainArgs) -> Result<(), String> {
         String::new()
     };
     crate::write_stdout(&format!(
-        "bench train on {}: {} layers, {}x{} px + {} reference image(s), {} text tokens, LoRA rank {} on {} tensors, gradient checkpointing {}\n  setup {:.1} s, first step {:.3} s, median of {} {:.4} s, min {:.4} s, max {:.4} s\n{memory}{profile}",
+        "bench train on {}: {} layers, {}x{} px + {} reference image(s), {} text tokens, LoRA rank {} + new parameters: {} tensors{}, gradient checkpointing {}\n  setup {:.1} s, first step {:.3} s, median of {} {:.4} s, min {:.4} s, max {:.4} s\n{memory}{profile}",
         dit.backend_name(),
         args.layers,
         args.size,
@@ -136,6 +141,10 @@ pub fn run(args: BenchTrainArgs) -> Result<(), String> {
         args.txt,
         args.lora_rank,
         trainable.len(),
+        args.variant
+            .as_ref()
+            .map(|v| format!(", variant {}", v.display()))
+            .unwrap_or_default(),
         if args.gradient_checkpointing { "on" } else { "off" },
         setup.as_secs_f64(),
         first,
