@@ -55,7 +55,6 @@ impl CudaLowering {
             }
         }
         let label = format!("attention {name} [B{batch} Sq{sq} Sk{sk} H{heads} D{d}]");
-        let strides = flash_strides;
         let bf16 = [qb.dtype(), kb.dtype(), vb.dtype(), out_r.dtype()]
             .iter()
             .all(|&t| t == DType::BF16);
@@ -66,33 +65,17 @@ impl CudaLowering {
             && sk > 0
             && batch <= 65535
             && heads <= 65535;
-        if let (true, Some(qs), Some(ks), Some(vs)) =
-            (flash, strides(&qv), strides(&kv), strides(&vv))
-        {
+        if flash && flash_readable(&[&qv, &kv, &vv]) {
             let lse = b.scratch(&TensorType::new(DType::F32, &[batch, heads, sq]));
-            let el = DType::BF16.size_bytes();
             self.steps.push(PlanStep::Flash {
                 label,
-                flash: FlashStep {
-                    q: (qb, qv.offset as usize * el),
-                    k: (kb, kv.offset as usize * el),
-                    v: (vb, vv.offset as usize * el),
-                    mask: m.as_ref().map(|(mb, mv)| (*mb, mv.offset as usize)),
-                    out: out_r,
+                flash: flash_step(
+                    [(qb, &qv), (kb, &kv), (vb, &vv)],
+                    m.as_ref(),
+                    out_r,
                     lse,
-                    batch,
-                    seq_q: sq,
-                    seq_k: sk,
-                    heads,
-                    head_dim: d,
-                    scale: scale as f32,
-                    q_strides: qs,
-                    k_strides: ks,
-                    v_strides: vs,
-                    mask_batch_stride: m
-                        .as_ref()
-                        .map_or(0, |(_, mv)| mv.strides[0].max(0) as usize),
-                },
+                    scale,
+                ),
             });
             self.launches += 1;
             return Ok(());
@@ -172,4 +155,40 @@ pub(super) fn flash_strides(v: &View) -> Option<[usize; 3]> {
         v.strides[2] as usize,
     ];
     (s.iter().all(|x| x % 8 == 0) && v.offset % 8 == 0).then_some(s)
+}
+
+/// Whether the flash kernels can read all these views (see [`flash_strides`]).
+pub(super) fn flash_readable(views: &[&View]) -> bool {
+    views.iter().all(|v| flash_strides(v).is_some())
+}
+
+/// The flash kernels' description of `attention(q, k, v, mask)` with bf16 operands whose views
+/// are [`flash_readable`], writing `out` (dense) and `lse`.
+pub(super) fn flash_step(
+    [(qb, qv), (kb, kv), (vb, vv)]: [(BufRef, &View); 3],
+    mask: Option<&(BufRef, View)>,
+    out: BufRef,
+    lse: BufRef,
+    scale: f64,
+) -> FlashStep {
+    let el = DType::BF16.size_bytes();
+    let strides = |v: &View| flash_strides(v).expect("flash_readable views");
+    FlashStep {
+        q: (qb, qv.offset as usize * el),
+        k: (kb, kv.offset as usize * el),
+        v: (vb, vv.offset as usize * el),
+        mask: mask.map(|(mb, mv)| (*mb, mv.offset as usize)),
+        out,
+        lse,
+        batch: qv.shape[0],
+        seq_q: qv.shape[1],
+        seq_k: kv.shape[1],
+        heads: qv.shape[2],
+        head_dim: qv.shape[3],
+        scale: scale as f32,
+        q_strides: strides(qv),
+        k_strides: strides(kv),
+        v_strides: strides(vv),
+        mask_batch_stride: mask.map_or(0, |(_, mv)| mv.strides[0].max(0) as usize),
+    }
 }

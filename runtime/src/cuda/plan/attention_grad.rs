@@ -2,9 +2,9 @@
 //! head dim 64 / 128 and strides that are multiples of 8, otherwise the two generic kernels.
 //! The output is the dense packed [B, Sq + 2 Sk, H, D] = dq | dk | dv.
 
-use super::attention::flash_strides;
+use super::attention::{flash_readable, flash_step, flash_strides};
 use super::lowering::{dtype_tag, float_type, CudaLowering};
-use super::{FlashGradStep, FlashStep, KArg, PlanStep};
+use super::{FlashGradStep, KArg, PlanStep};
 use crate::backend::RuntimeError;
 use crate::bind::checks::check_disjoint;
 use crate::bind::{AttentionCall, Binder, BufRef, StepLowering};
@@ -63,40 +63,22 @@ impl CudaLowering {
             && (d == 64 || d == 128)
             && batch <= 65535
             && heads <= 65535;
-        if let (true, Some(qs), Some(ks), Some(vs), Some(gs)) = (
-            flash,
-            flash_strides(&qv),
-            flash_strides(&kv),
-            flash_strides(&vv),
-            flash_strides(&gv),
-        ) {
+        if flash && flash_readable(&[&qv, &kv, &vv, &gv]) {
             let el = DType::BF16.size_bytes();
             let o = b.scratch(&TensorType::new(DType::BF16, &[batch, sq, heads, d]));
+            let forward = flash_step(
+                [(qb, &qv), (kb, &kv), (vb, &vv)],
+                m.as_ref(),
+                o,
+                lse,
+                call.scale,
+            );
             self.steps.push(PlanStep::FlashGrad {
                 label,
-                flash: FlashStep {
-                    q: (qb, qv.offset as usize * el),
-                    k: (kb, kv.offset as usize * el),
-                    v: (vb, vv.offset as usize * el),
-                    mask: m.as_ref().map(|(mb, mv)| (*mb, mv.offset as usize)),
-                    out: o,
-                    lse,
-                    batch,
-                    seq_q: sq,
-                    seq_k: sk,
-                    heads,
-                    head_dim: d,
-                    scale: call.scale as f32,
-                    q_strides: qs,
-                    k_strides: ks,
-                    v_strides: vs,
-                    mask_batch_stride: m
-                        .as_ref()
-                        .map_or(0, |(_, mv)| mv.strides[0].max(0) as usize),
-                },
+                flash: forward,
                 grad: FlashGradStep {
                     dout: (gb, gv.offset as usize * el),
-                    dout_strides: gs,
+                    dout_strides: flash_strides(&gv).expect("flash_readable"),
                     delta,
                     out: out_r,
                 },
