@@ -8,25 +8,8 @@ use qie_models::lora::{LoraFile, LoraFormat};
 use qie_models::tensorboard::{read_events, ValueKind};
 use qie_models::train::log::read_log;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/edit/plus")
-        .join(rel)
-}
-
-fn qie(args: &[&str]) -> (i32, String) {
-    let out = Command::new(common::qie_bin())
-        .args(args)
-        .env_remove("QIE_DEVICE")
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("run qie");
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "qie panicked: {stderr}");
-    (out.status.code().unwrap_or(-1), stderr)
-}
+use common::{plus_fixture as fixture, run_qie as qie};
 
 /// A 3-row dataset and its cache (small areas so the CPU run is quick).
 fn make_cache(dir: &Path) -> PathBuf {
