@@ -7,7 +7,9 @@ use qie_ir::passes::{
     Trainable,
 };
 use qie_ir::testing::{arb_case, RandomGraphOptions};
-use qie_ir::{shape, verify, BinaryOp, DType, Graph, Node, NodeId, Op, TensorType, UnaryOp};
+use qie_ir::{
+    infer_type, shape, verify, BinaryOp, DType, Graph, Node, NodeId, Op, TensorType, UnaryOp,
+};
 use smallvec::smallvec;
 use std::sync::Arc;
 
@@ -241,5 +243,35 @@ proptest! {
         prop_assert!(verify(&d).is_ok(), "grad: {:?}", verify(&d));
         let od = optimize_with(&d, &PipelineOptions { verify: true, ..Default::default() });
         prop_assert!(od.is_ok(), "{:?}", od.err());
+    }
+}
+
+#[test]
+fn attention_grad_types_and_errors() {
+    let bool_t = |dims: &[usize]| TensorType::new(DType::Bool, dims);
+    let (q, kv) = (f32t(&[2, 5, 3, 8]), f32t(&[2, 7, 3, 8]));
+    let op = Op::AttentionGrad { scale: 0.5 };
+    let ok = infer_type(&op, &[&q, &kv, &kv, &q, &bool_t(&[2, 7])]).unwrap();
+    assert_eq!(
+        ok,
+        f32t(&[2, 5 + 2 * 7, 3, 8]),
+        "dq | dk | dv along the sequence"
+    );
+    let cases: [(Vec<TensorType>, &str); 4] = [
+        (vec![q.clone(), kv.clone(), kv.clone(), kv.clone()], "dout"),
+        (
+            vec![q.clone(), kv.clone(), f32t(&[2, 7, 3, 4]), q.clone()],
+            "must be [2, Sk, 3, 8]",
+        ),
+        (
+            vec![q.clone(), kv.clone(), kv.clone(), q.clone(), f32t(&[2, 7])],
+            "mask must be bool",
+        ),
+        (vec![q.clone(), kv.clone(), kv.clone()], "operand"),
+    ];
+    for (args, want) in cases {
+        let refs: Vec<&TensorType> = args.iter().collect();
+        let e = infer_type(&op, &refs).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
     }
 }
