@@ -112,19 +112,12 @@ pub unsafe fn attention(args: &AttentionArgs) {
                         }
                     }
                 }
-                let m_new = simd::max_f32(st.m[i], simd::max_slice(srow));
-                if m_new == f32::NEG_INFINITY {
-                    // Every key so far is masked: contributes nothing.
-                    srow.fill(0.0);
-                    continue;
-                }
-                let corr = simd::exp_f32(st.m[i] - m_new);
-                let sum = simd::exp_sub_sum(srow, m_new);
-                st.l[i] = st.l[i] * corr + sum;
-                if corr != 1.0 {
-                    simd::scale(&mut st.o[i * dv..(i + 1) * dv], corr);
-                }
-                st.m[i] = m_new;
+                online_softmax_row(
+                    srow,
+                    &mut st.m[i],
+                    &mut st.l[i],
+                    &mut st.o[i * dv..(i + 1) * dv],
+                );
             }
             // O += P V over this key block.
             sgemm(
@@ -169,4 +162,22 @@ pub unsafe fn attention(args: &AttentionArgs) {
     } else {
         (0..tasks).into_par_iter().for_each_init(new_scratch, task);
     }
+}
+
+/// One block of the online softmax for one query row: `s` holds the row's scaled scores over the
+/// block (masked keys -inf) and becomes exp(s - m_new); the running max `m`, the running sum `l`
+/// and the output accumulator `o` are updated / rescaled. Keys all masked so far contribute 0.
+pub(super) fn online_softmax_row(s: &mut [f32], m: &mut f32, l: &mut f32, o: &mut [f32]) {
+    let m_new = simd::max_f32(*m, simd::max_slice(s));
+    if m_new == f32::NEG_INFINITY {
+        s.fill(0.0);
+        return;
+    }
+    let corr = simd::exp_f32(*m - m_new);
+    let sum = simd::exp_sub_sum(s, m_new);
+    *l = *l * corr + sum;
+    if corr != 1.0 {
+        simd::scale(o, corr);
+    }
+    *m = m_new;
 }

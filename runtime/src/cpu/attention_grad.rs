@@ -10,6 +10,7 @@
 //!
 //! No atomics and no reduction across tasks: each output row has one writer.
 
+use super::attention::online_softmax_row;
 use super::buffer::{RawBuf, SendPtr};
 use super::matmul::sgemm;
 use super::simd;
@@ -168,18 +169,8 @@ pub unsafe fn attention_grad(args: &AttentionGradArgs) {
                         *x = f32::NEG_INFINITY;
                     }
                 }
-                let m_new = simd::max_f32(st.m[i], simd::max_slice(srow));
-                if m_new == f32::NEG_INFINITY {
-                    srow.fill(0.0);
-                    continue;
-                }
-                let corr = simd::exp_f32(st.m[i] - m_new);
-                let sum = simd::exp_sub_sum(srow, m_new);
-                st.l[i] = st.l[i] * corr + sum;
-                if corr != 1.0 {
-                    simd::scale(&mut st.acc1[i * d..(i + 1) * d], corr);
-                }
-                st.m[i] = m_new;
+                let o = &mut st.acc1[i * d..(i + 1) * d];
+                online_softmax_row(srow, &mut st.m[i], &mut st.l[i], o);
             }
             // O += P V.
             sgemm(
