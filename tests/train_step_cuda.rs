@@ -6,6 +6,7 @@
 //! still plans the backward graph for CUDA in both storage modes.
 
 use qie_models::qwen_image::{DitInputs, DitOptions, QwenImageDit};
+use qie_models::train::adamw::{AdamW, AdamWConfig, AdamWState};
 use qie_models::train::sample::{noise_batch, NoisedBatch};
 use qie_models::train::{TimestepSampler, TimestepScheme, TrainSample};
 use qie_runtime::cuda::{build_plan, CudaBackend, StorageMode};
@@ -17,7 +18,7 @@ use std::sync::Arc;
 fn main() -> ExitCode {
     gpu_harness::run(gpu_tests![
         Cpu => training_plans_for_cuda;
-        Cuda => training_step_f32_storage, training_step_bf16_storage;
+        Cuda => training_step_f32_storage, training_step_bf16_storage, adamw_state_stays_f32_on_bf16_storage;
     ])
 }
 
@@ -128,4 +129,37 @@ fn training_plans_for_cuda() {
             plan.kernels.len()
         );
     }
+}
+
+/// The master weights and moments of AdamW are f32 on a bf16 device: updates of 1e-5 to values
+/// near 1 (below bf16's spacing of 2^-7 there) survive, and every value equals the CPU update.
+fn adamw_state_stays_f32_on_bf16_storage() {
+    let n = 4099;
+    let cuda = CudaBackend::new(0, StorageMode::Bf16).unwrap();
+    let cpu = qie_runtime::cpu::CpuBackend;
+    let on_gpu = AdamW::new(AdamWConfig::default(), n, &cuda).unwrap();
+    let on_cpu = AdamW::new(AdamWConfig::default(), n, &cpu).unwrap();
+    let start: Vec<f32> = values(7, n).iter().map(|v| 1.0 + v * 0.01).collect();
+    let (mut p_gpu, mut p_cpu) = (start.clone(), start.clone());
+    let (mut s_gpu, mut s_cpu) = (AdamWState::new(n), AdamWState::new(n));
+    for t in 0..3 {
+        let g = values(20 + t, n);
+        on_gpu
+            .step(&mut s_gpu, &mut p_gpu, g.clone(), 1e-5, 0.5)
+            .unwrap();
+        on_cpu.step(&mut s_cpu, &mut p_cpu, g, 1e-5, 0.5).unwrap();
+    }
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    assert!(
+        max_diff(&p_gpu, &p_cpu) < 1e-6,
+        "params differ by {}",
+        max_diff(&p_gpu, &p_cpu)
+    );
+    assert!(max_diff(&s_gpu.exp_avg_sq, &s_cpu.exp_avg_sq) < 1e-6);
+    assert!(max_diff(&p_gpu, &start) > 2e-5, "the updates were lost");
 }

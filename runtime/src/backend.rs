@@ -188,6 +188,9 @@ pub struct CompileOptions {
     /// Gradient checkpointing: recompute the segments' forward values for the backward
     /// (`qie_ir::passes::recompute`, run after the optimizer).
     pub recompute: Option<qie_ir::passes::RecomputeOptions>,
+    /// Store this plan's floats as `mode` instead of as the backend's mode (device backends;
+    /// the CPU always stores f32). `Some(F32)` on a bf16 device keeps optimizer state exact.
+    pub storage: Option<crate::storage::StorageMode>,
 }
 
 impl Default for CompileOptions {
@@ -198,6 +201,7 @@ impl Default for CompileOptions {
             threads: None,
             poison: false,
             recompute: None,
+            storage: None,
         }
     }
 }
@@ -293,6 +297,17 @@ pub trait Backend: Send + Sync {
             "{} cannot hold parameter sets",
             self.name()
         )))
+    }
+
+    /// [`Backend::upload_params`] with the floats stored as `mode` (for plans compiled with
+    /// [`CompileOptions::storage`]); backends that store only f32 ignore it.
+    fn upload_params_stored(
+        &self,
+        params: &[(String, TensorType)],
+        store: &dyn ParamStore,
+        _mode: crate::storage::StorageMode,
+    ) -> Result<ParamSet, RuntimeError> {
+        self.upload_params(params, store)
     }
 }
 

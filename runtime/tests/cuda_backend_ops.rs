@@ -26,7 +26,8 @@ fn main() -> ExitCode {
     let bf16 = gpu_tests![
         Cuda => bf16_dit_block_small_generic_attention, bf16_dit_block_fast_paths,
             bf16_matmul_layouts, bf16_attention_flash_and_generic, bf16_attention_grad_flash_and_generic,
-            bf16_norms_reductions_and_gather, bf16_lora_on_one_row, bf16_concat_of_a_reduction;
+            bf16_norms_reductions_and_gather, bf16_lora_on_one_row, bf16_concat_of_a_reduction,
+            bf16_token_axis_reductions;
     ];
     gpu_harness::run(f32_suite().into_iter().chain(bf16).chain(timing))
 }
@@ -251,6 +252,10 @@ fn bf16_lora_on_one_row() {
 
 fn bf16_concat_of_a_reduction() {
     check_bf16(&cpu_suite::concat_of_a_reduction_graph(), 2310);
+}
+
+fn bf16_token_axis_reductions() {
+    check_bf16(&cpu_suite::token_axis_reductions_graph(), 2320);
 }
 
 fn bf16_norms_reductions_and_gather() {

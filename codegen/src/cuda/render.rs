@@ -456,14 +456,23 @@ impl<'a> Renderer<'a> {
         let index_type = self.index.c_type();
         let mut out = String::new();
         self.signature(&mut out, block);
+        // `lane`: which slice of the row this thread folds.
+        let (row_in_block, lane) = if plan.columns {
+            (
+                format!("threadIdx.x % {rows_per_block}"),
+                format!("threadIdx.x / {rows_per_block}"),
+            )
+        } else {
+            (
+                format!("threadIdx.x / {threads_per_row}"),
+                format!("threadIdx.x % {threads_per_row}"),
+            )
+        };
         let _ = writeln!(
             out,
-            "    const {index_type} row = ({index_type})blockIdx.x * {rows_per_block} + threadIdx.x / {threads_per_row};"
+            "    const {index_type} row = ({index_type})blockIdx.x * {rows_per_block} + {row_in_block};"
         );
-        let _ = writeln!(
-            out,
-            "    const unsigned lane = threadIdx.x % {threads_per_row};"
-        );
+        let _ = writeln!(out, "    const unsigned lane = {lane};");
         let _ = writeln!(
             out,
             "    const bool active = row < {};",
@@ -497,7 +506,9 @@ impl<'a> Renderer<'a> {
             );
         }
         out.push_str("        }\n    }\n");
-        if threads_per_row > 1 {
+        if plan.columns {
+            self.combine_column_slices(&mut out, threads_per_row, rows_per_block);
+        } else if threads_per_row > 1 {
             self.combine_threads(&mut out, threads_per_row);
         }
         let _ = writeln!(out, "    if (active && lane == 0) {{");
@@ -513,6 +524,38 @@ impl<'a> Renderer<'a> {
         self.section(&mut out, "        ", &p.epilogue)?;
         out.push_str("    }\n}\n");
         Ok((out, plan.launch()?))
+    }
+
+    /// Column layout: the `slices` partial values of each of the block's `tile` rows meet in
+    /// shared memory and slice 0 folds them in slice order (deterministic, like the row layout).
+    fn combine_column_slices(&self, out: &mut String, slices: u32, tile: u32) {
+        for r in &self.p.reduces {
+            let acc = acc_name(r);
+            let _ = writeln!(
+                out,
+                "    __shared__ {} s_{acc}[{}];",
+                acc_type(r),
+                slices * tile
+            );
+            let _ = writeln!(out, "    s_{acc}[threadIdx.x] = {acc};");
+        }
+        out.push_str("    __syncthreads();\n");
+        out.push_str("    if (lane == 0) {\n");
+        let _ = writeln!(out, "        for (unsigned k = 1; k < {slices}; ++k) {{");
+        for r in &self.p.reduces {
+            let acc = acc_name(r);
+            let _ = writeln!(
+                out,
+                "            {acc} = {};",
+                reduce_combine(
+                    r.op,
+                    r.dtype,
+                    &acc,
+                    &format!("s_{acc}[k * {tile} + threadIdx.x]")
+                )
+            );
+        }
+        out.push_str("        }\n    }\n");
     }
 
     /// Combines the per-thread partial values of each row (warp shuffles, then shared memory
@@ -661,6 +704,34 @@ mod tests {
             KernelLaunch {
                 grid: 1,
                 block: 256
+            }
+        );
+    }
+
+    #[test]
+    fn column_reduction_tiles_consecutive_rows() {
+        // A sum over tokens of [tokens, channels]: a warp must read consecutive channels.
+        let mut g = Graph::new();
+        let x = g.input("x", TensorType::new(DType::BF16, &[4096, 3072]));
+        let s = g
+            .add(
+                Op::Reduce {
+                    op: ReduceOp::Sum,
+                    axes: qie_ir::shape(&[0]),
+                },
+                &[x],
+            )
+            .unwrap();
+        g.set_output("s", s);
+        let k = &kernels(&g)[0];
+        assert!(k.source.contains("threadIdx.x % 16"), "{}", k.source);
+        assert!(k.source.contains("s_a"), "{}", k.source);
+        assert!(!k.source.contains("__shfl_xor_sync"), "{}", k.source);
+        assert_eq!(
+            k.launch,
+            KernelLaunch {
+                grid: 3072 / 16,
+                block: 1024
             }
         );
     }

@@ -4,7 +4,7 @@
 
 use crate::ModelError;
 use qie_ir::{BinaryOp, DType, Graph, NodeId, Op, TensorType, UnaryOp};
-use qie_runtime::{Backend, CompileOptions, Executable, NoParams, Tensor};
+use qie_runtime::{Backend, CompileOptions, Executable, NoParams, StorageMode, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -168,8 +168,13 @@ impl AdamW {
         config.check().map_err(ModelError::new)?;
         let graph = update_graph(n, config.eps)
             .map_err(|e| ModelError::new(format!("building the AdamW update: {e}")))?;
+        // Master weights and moments stay f32 on a bf16 device too.
+        let options = CompileOptions {
+            storage: Some(StorageMode::F32),
+            ..CompileOptions::default()
+        };
         let exe = backend
-            .compile(&graph, &CompileOptions::default())
+            .compile(&graph, &options)
             .map_err(|e| ModelError::new(format!("compiling the AdamW update: {e}")))?;
         Ok(AdamW {
             config,

@@ -110,7 +110,7 @@ impl CudaBackend {
         graph: &Graph,
         options: &CompileOptions,
     ) -> Result<CudaExecutable, RuntimeError> {
-        let plan = build_plan(graph, options, self.shared.mode)?;
+        let plan = build_plan(graph, options, options.storage.unwrap_or(self.shared.mode))?;
         let kernels = self.shared.load_kernels(&plan.kernels)?;
         let flash = if plan.uses_flash() {
             Some(self.shared.flash()?)
@@ -273,7 +273,16 @@ impl Backend for CudaBackend {
         params: &[(String, TensorType)],
         store: &dyn ParamStore,
     ) -> Result<ParamSet, RuntimeError> {
-        super::params::upload(&self.shared, params, store)
+        super::params::upload(&self.shared, params, store, self.shared.mode)
+    }
+
+    fn upload_params_stored(
+        &self,
+        params: &[(String, TensorType)],
+        store: &dyn ParamStore,
+        mode: StorageMode,
+    ) -> Result<ParamSet, RuntimeError> {
+        super::params::upload(&self.shared, params, store, mode)
     }
 }
 

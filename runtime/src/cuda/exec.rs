@@ -141,7 +141,7 @@ impl CudaExecutable {
         let set = match store.resident() {
             Some(set) => set,
             None => {
-                temporary = super::params::upload(&self.shared, &self.params(), store)?;
+                temporary = super::params::upload(&self.shared, &self.params(), store, plan.mode)?;
                 &temporary
             }
         };

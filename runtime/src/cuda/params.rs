@@ -72,16 +72,18 @@ impl ParamBuffers for CudaParams {
     }
 }
 
-/// Uploads the weights `params` names from `store` to the backend's device.
+/// Uploads the weights `params` names from `store` to the backend's device, floats stored as
+/// `mode`.
 pub(crate) fn upload(
     shared: &Arc<Shared>,
     params: &[(String, TensorType)],
     store: &dyn ParamStore,
+    mode: StorageMode,
 ) -> Result<ParamSet, RuntimeError> {
     let data = param_data(params.iter().map(|(n, t)| (n.as_str(), t)), store)?;
     let dtypes: Vec<DType> = params
         .iter()
-        .map(|(_, t)| storage_dtype(t.dtype, shared.mode))
+        .map(|(_, t)| storage_dtype(t.dtype, mode))
         .collect();
     let align = |b: usize| b.max(1).div_ceil(super::arena::ALIGN) * super::arena::ALIGN;
     let total: usize = params

@@ -524,6 +524,26 @@ pub fn reductions(b: &dyn Backend) {
     let s = g.reduce(ReduceOp::Sum, x, &[1]);
     g.out("s", s);
     check(b, &g.graph, 611);
+    check(b, &token_axis_reductions_graph(), 612);
+}
+
+/// Sums over the token axis of [batch, tokens, channels] (the gradients of modulation
+/// parameters): two reduce stages in one group with a prologue and an epilogue, rows that do not
+/// fill the last tile, and a max whose identity must not leak.
+pub fn token_axis_reductions_graph() -> Graph {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", f32_type(&[2, 3001, 201]));
+    let y = g.input("y", f32_type(&[2, 3001, 201]));
+    let xy = g.binary(BinaryOp::Mul, x, y);
+    let s = g.reduce(ReduceOp::Sum, xy, &[1]);
+    let sq = g.binary(BinaryOp::Mul, x, x);
+    let q = g.reduce(ReduceOp::Sum, sq, &[1]);
+    let ratio = g.binary(BinaryOp::Div, s, q);
+    g.out("ratio", ratio);
+    g.out("s", s);
+    let m = g.reduce(ReduceOp::Max, y, &[0, 1]);
+    g.out("m", m);
+    g.graph
 }
 
 /// Layer norm and softmax as the model writes them (fusion makes reduction groups with prologues
