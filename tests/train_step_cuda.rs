@@ -6,7 +6,7 @@
 //! still plans the backward graph for CUDA in both storage modes.
 
 use qie_models::qwen_image::{DitInputs, DitOptions, QwenImageDit};
-use qie_models::train::adamw::{AdamW, AdamWConfig, AdamWState};
+use qie_models::train::adamw::{AdamW, AdamWConfig};
 use qie_models::train::sample::{noise_batch, NoisedBatch};
 use qie_models::train::{TimestepSampler, TimestepScheme, TrainSample};
 use qie_runtime::cuda::{build_plan, CudaBackend, StorageMode};
@@ -136,30 +136,36 @@ fn training_plans_for_cuda() {
 fn adamw_state_stays_f32_on_bf16_storage() {
     let n = 4099;
     let cuda = CudaBackend::new(0, StorageMode::Bf16).unwrap();
-    let cpu = qie_runtime::cpu::CpuBackend;
-    let on_gpu = AdamW::new(AdamWConfig::default(), n, &cuda).unwrap();
-    let on_cpu = AdamW::new(AdamWConfig::default(), n, &cpu).unwrap();
     let start: Vec<f32> = values(7, n).iter().map(|v| 1.0 + v * 0.01).collect();
-    let (mut p_gpu, mut p_cpu) = (start.clone(), start.clone());
-    let (mut s_gpu, mut s_cpu) = (AdamWState::new(n), AdamWState::new(n));
+    let mut on_gpu = AdamW::new(AdamWConfig::default(), &start, &cuda).unwrap();
+    let mut on_cpu = AdamW::new(
+        AdamWConfig::default(),
+        &start,
+        &qie_runtime::cpu::CpuBackend,
+    )
+    .unwrap();
     for t in 0..3 {
         let g = values(20 + t, n);
-        on_gpu
-            .step(&mut s_gpu, &mut p_gpu, g.clone(), 1e-5, 0.5)
-            .unwrap();
-        on_cpu.step(&mut s_cpu, &mut p_cpu, g, 1e-5, 0.5).unwrap();
+        for opt in [&mut on_gpu, &mut on_cpu] {
+            opt.set_grad(&g).unwrap();
+            assert!(opt.step(1e-5, 0.5).unwrap());
+        }
     }
+    let sq = (on_gpu.grad_sq_sum().unwrap(), on_cpu.grad_sq_sum().unwrap());
+    assert!((sq.0 - sq.1).abs() <= 1e-5 * sq.1, "grad norms {sq:?}");
     let max_diff = |a: &[f32], b: &[f32]| {
         a.iter()
             .zip(b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0f32, f32::max)
     };
+    let (p_gpu, p_cpu) = (on_gpu.master().unwrap(), on_cpu.master().unwrap());
     assert!(
         max_diff(&p_gpu, &p_cpu) < 1e-6,
         "params differ by {}",
         max_diff(&p_gpu, &p_cpu)
     );
+    let (s_gpu, s_cpu) = (on_gpu.state().unwrap(), on_cpu.state().unwrap());
     assert!(max_diff(&s_gpu.exp_avg_sq, &s_cpu.exp_avg_sq) < 1e-6);
     assert!(max_diff(&p_gpu, &start) > 2e-5, "the updates were lost");
 }

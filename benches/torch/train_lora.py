@@ -1,5 +1,6 @@
 """diffusers + peft LoRA training step of QwenImageTransformer2DModel (random bf16 weights), the
-counterpart of `qie bench train`: forward, flow-matching MSE over the target tokens, backward.
+counterpart of `qie bench train`: forward, flow-matching MSE over the target tokens, backward,
+global-norm clipping and a fused AdamW step on the f32 LoRA weights.
 
     python benches/torch/train_lora.py --layers 60 --img 64 --refs 1 --rank 32 [--checkpointing]
 (--img 64 is 1024 px, 32 is 512 px.) Prints the median step time and the peak CUDA memory.
@@ -40,6 +41,8 @@ def main():
     if a.checkpointing:
         model.enable_gradient_checkpointing()
     model.train()
+    lora = [prm for n, prm in model.named_parameters() if "lora_" in n]
+    opt = torch.optim.AdamW(lora, lr=1e-4, weight_decay=0.01, fused=True)
     n_img = 1 + a.refs
     tgt = a.img * a.img
     hs = torch.randn(1, n_img * tgt, 64, device="cuda", dtype=torch.bfloat16)
@@ -55,7 +58,9 @@ def main():
                         timestep=t, img_shapes=shapes, return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(out[:, :tgt].float(), target)
         loss.backward()
-        model.zero_grad(set_to_none=True)
+        torch.nn.utils.clip_grad_norm_(lora, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
 
     step()

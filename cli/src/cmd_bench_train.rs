@@ -1,6 +1,8 @@
-//! `qie bench train`: one training step (forward, flow-matching loss, backward) of the real-size
-//! DiT with random weights and a LoRA adapter on the default targets: median step time and
-//! peak device memory. PyTorch (diffusers + peft) on the same shapes: benches/torch/train_lora.py.
+//! `qie bench train`: one optimizer step of `qie train` (forward, flow-matching loss, backward,
+//! global-norm clipping, the fused AdamW update and the new LoRA values written into the model)
+//! of the real-size DiT with random weights and a LoRA adapter on the default targets: median
+//! step time and peak device memory. PyTorch (diffusers + peft, with its fused AdamW) on the
+//! same shapes: benches/torch/train_lora.py.
 
 use crate::cmd_forward::{make_backend, DTypeArg};
 use crate::numeric_args::positive;
@@ -9,7 +11,9 @@ use qie_models::qwen_image::dit::expected_weights_for;
 use qie_models::qwen_image::img_shapes::MAX_IMAGE_TOKENS;
 use qie_models::qwen_image::random::{random_inputs, random_weights, real_dit_config};
 use qie_models::qwen_image::{DitOptions, QwenImageDit};
-use qie_models::train::DEFAULT_LORA_TARGETS;
+use qie_models::train::{
+    InMemoryData, LoopSettings, TimestepScheme, TrainSample, Trainer, DEFAULT_LORA_TARGETS,
+};
 use qie_runtime::Tensor;
 use serde_json::json;
 use std::time::Instant;
@@ -100,16 +104,43 @@ pub fn run(args: BenchTrainArgs) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let weight = Tensor::from_f32(&[1], vec![1.0]).map_err(|e| e.to_string())?;
+    // One row as `qie cache` writes it: the target's and the references' latents, the prompt.
+    let ref_tokens = args.ref_images * target_tokens;
+    let row = TrainSample {
+        target: target.clone(),
+        target_grid: [1, side, side],
+        references: (args.ref_images > 0).then(|| {
+            let hs = inputs.hidden_states.to_f32_vec();
+            Tensor::from_f32(
+                &[1, ref_tokens, channels],
+                hs[target_tokens * channels..].to_vec(),
+            )
+            .expect("the reference tokens of the inputs")
+        }),
+        reference_grids: vec![[1, side, side]; args.ref_images],
+        prompt_embeds: inputs.encoder_hidden_states.clone(),
+        prompt_mask: vec![true; args.txt],
+        source: "random row".to_string(),
+    };
+    let data = InMemoryData(vec![row]);
+    let settings = LoopSettings {
+        steps: args.runs as u64 + 1,
+        batch_size: 1,
+        grad_accum: 1,
+        lr: 1e-4,
+        schedule: Default::default(),
+        optimizer: Default::default(),
+        max_grad_norm: Some(1.0),
+        seed: 0,
+        timesteps: TimestepScheme::default(),
+    };
+    let mut trainer = Trainer::new(&dit, trainable.clone(), settings).map_err(|e| e.to_string())?;
     let setup = start.elapsed();
-    let step = || {
-        let start = Instant::now();
-        let r = dit
-            .loss_and_grads(&inputs, &target, &weight, &trainable)
+    let mut step = || {
+        let r = trainer
+            .train_step(&mut dit, &data)
             .map_err(|e| e.to_string())?;
-        if !r.loss.is_finite() {
-            return Err(format!("non-finite loss {}", r.loss));
-        }
-        Ok::<f64, String>(start.elapsed().as_secs_f64())
+        Ok::<f64, String>(r.step_s)
     };
     let first = step()?;
     let mut times = (0..args.runs)

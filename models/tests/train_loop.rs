@@ -8,7 +8,6 @@ use qie_models::train::{
     AdamWConfig, InMemoryData, LoopSettings, LrSchedule, TimestepSampler, TimestepScheme,
     TrainSample, Trainer,
 };
-use qie_runtime::cpu::CpuBackend;
 use qie_runtime::Tensor;
 use std::path::PathBuf;
 
@@ -100,7 +99,7 @@ fn training_lowers_the_loss() {
     let data = InMemoryData(rows.clone());
     let mut dit = load_dit();
     let before = eval_loss(&dit, &rows);
-    let mut trainer = Trainer::new(&dit, trainable(), settings(40), &CpuBackend).unwrap();
+    let mut trainer = Trainer::new(&dit, trainable(), settings(40)).unwrap();
     for _ in 0..40 {
         let r = trainer.train_step(&mut dit, &data).unwrap();
         assert!(r.loss.is_finite() && r.grad_norm > 0.0, "{r:?}");
@@ -194,18 +193,18 @@ fn a_resumed_run_repeats_the_uninterrupted_run() {
             .collect()
     };
     let mut dit = load_dit();
-    let mut straight = Trainer::new(&dit, trainable(), settings(6), &CpuBackend).unwrap();
+    let mut straight = Trainer::new(&dit, trainable(), settings(6)).unwrap();
     let expected = run(6, &mut dit, &mut straight);
 
     let out = tempfile::tempdir().unwrap();
     let mut dit = load_dit();
-    let mut first = Trainer::new(&dit, trainable(), settings(6), &CpuBackend).unwrap();
+    let mut first = Trainer::new(&dit, trainable(), settings(6)).unwrap();
     let mut losses = run(3, &mut dit, &mut first);
     let ckpt = first.save_checkpoint(out.path()).unwrap();
     drop((dit, first));
 
     let mut dit = load_dit();
-    let mut resumed = Trainer::new(&dit, trainable(), settings(6), &CpuBackend).unwrap();
+    let mut resumed = Trainer::new(&dit, trainable(), settings(6)).unwrap();
     resumed.resume(&mut dit, &ckpt).unwrap();
     assert_eq!(resumed.step(), 3);
     losses.extend(run(3, &mut dit, &mut resumed));
@@ -218,7 +217,7 @@ fn a_resumed_run_repeats_the_uninterrupted_run() {
     let mut other = settings(6);
     other.lr = 1e-3;
     let mut dit = load_dit();
-    let mut t = Trainer::new(&dit, trainable(), other, &CpuBackend).unwrap();
+    let mut t = Trainer::new(&dit, trainable(), other).unwrap();
     let err = t.resume(&mut dit, &ckpt).unwrap_err().to_string();
     assert!(err.contains("other settings"), "{err}");
 }
@@ -231,7 +230,7 @@ fn a_non_finite_row_stops_the_run_naming_it() {
     bad.target = Tensor::from_f32(&[1, 24, 16], v).unwrap();
     let data = InMemoryData(vec![bad]);
     let mut dit = load_dit();
-    let mut trainer = Trainer::new(&dit, trainable(), settings(1), &CpuBackend).unwrap();
+    let mut trainer = Trainer::new(&dit, trainable(), settings(1)).unwrap();
     let err = trainer.train_step(&mut dit, &data).unwrap_err().to_string();
     assert!(err.contains("step 1") && err.contains("row4"), "{err}");
 }
@@ -239,7 +238,7 @@ fn a_non_finite_row_stops_the_run_naming_it() {
 #[test]
 fn unknown_trainable_weights_are_refused() {
     let dit = load_dit();
-    let err = Trainer::new(&dit, vec!["nope.weight".into()], settings(1), &CpuBackend)
+    let err = Trainer::new(&dit, vec!["nope.weight".into()], settings(1))
         .err()
         .unwrap()
         .to_string();

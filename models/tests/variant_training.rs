@@ -7,7 +7,6 @@ use qie_models::qwen_image::{DitOptions, QwenImageDit};
 use qie_models::train::{
     AdamWConfig, InMemoryData, LoopSettings, LrSchedule, TimestepScheme, TrainSample, Trainer,
 };
-use qie_runtime::cpu::CpuBackend;
 use qie_runtime::Tensor;
 use serde_json::json;
 use std::path::PathBuf;
@@ -110,7 +109,7 @@ fn each_variant_trains_three_steps() {
             dit.created_weights()
         );
         let before = omnigen2.then(|| dit.weight_f32(&embedding).unwrap());
-        let mut trainer = Trainer::new(&dit, names.clone(), settings(), &CpuBackend)
+        let mut trainer = Trainer::new(&dit, names.clone(), settings())
             .unwrap_or_else(|e| panic!("{variant}: {e}"));
         for _ in 0..3 {
             let r = trainer

@@ -4,7 +4,7 @@
 //! traits, so one test body can run on every backend (see `runtime/tests/cpu_suite`). Both bind
 //! plans through the shared [`crate::bind`] layer.
 
-use crate::params::ParamSet;
+use crate::params::{ParamCopy, ParamSet, ParamWrite};
 use crate::profile::Profile;
 use crate::tensor::{Storage, Tensor};
 use qie_ir::{Graph, TensorType};
@@ -83,6 +83,19 @@ impl ParamData<'_> {
         self.len() == 0
     }
 
+    /// Elements `offset..offset + len` (in range: checked by the caller).
+    pub fn slice(&self, offset: usize, len: usize) -> ParamData<'_> {
+        let r = offset..offset + len;
+        match self {
+            ParamData::F32(v) => ParamData::F32(&v[r]),
+            ParamData::BF16(v) => ParamData::BF16(&v[r]),
+            ParamData::F16(v) => ParamData::F16(&v[r]),
+            ParamData::I32(v) => ParamData::I32(&v[r]),
+            ParamData::I64(v) => ParamData::I64(&v[r]),
+            ParamData::Bool(v) => ParamData::Bool(&v[r]),
+        }
+    }
+
     /// The host storage class a graph value needs to bind this data (every float is `F32`).
     pub fn storage(&self) -> Storage {
         match self {
@@ -148,12 +161,7 @@ pub trait ParamStore: Sync {
 
 impl ParamStore for HashMap<String, Tensor> {
     fn param(&self, name: &str) -> Option<ParamData<'_>> {
-        self.get(name).map(|t| match t.data() {
-            crate::tensor::TensorData::F32(v) => ParamData::F32(v),
-            crate::tensor::TensorData::I32(v) => ParamData::I32(v),
-            crate::tensor::TensorData::I64(v) => ParamData::I64(v),
-            crate::tensor::TensorData::Bool(v) => ParamData::Bool(v),
-        })
+        self.get(name).map(Tensor::param_data)
     }
 }
 
@@ -267,6 +275,35 @@ pub trait Executable: Send + Sync {
     /// The weights the plan reads: checkpoint name and type as bound (on a bf16 device the
     /// dtype is bf16). Pass them to [`Backend::upload_params`].
     fn params(&self) -> Vec<(String, TensorType)>;
+
+    /// Runs the plan with weights from `params`; the outputs named in `writes` go into `sink`
+    /// (a parameter set of the same backend) instead of coming back, and the rest are
+    /// returned. On a device backend the written outputs never leave the device: this is how
+    /// gradients reach an optimizer's state.
+    fn run_into(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        params: &dyn ParamStore,
+        sink: &mut ParamSet,
+        writes: &[ParamWrite],
+    ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        let mut out = self.run(inputs, params)?;
+        crate::params::write_outputs_to_set(&mut out, sink, writes)?;
+        Ok(out)
+    }
+
+    /// [`Executable::run_into`] with `set` as both the weights and the sink: an in-place
+    /// update (every write lands after the plan's last read).
+    fn run_in_place(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        set: &mut ParamSet,
+        writes: &[ParamWrite],
+    ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        let mut out = self.run(inputs, &*set)?;
+        crate::params::write_outputs_to_set(&mut out, set, writes)?;
+        Ok(out)
+    }
 }
 
 /// A device that compiles graphs.
@@ -297,6 +334,17 @@ pub trait Backend: Send + Sync {
             "{} cannot hold parameter sets",
             self.name()
         )))
+    }
+
+    /// Copies element ranges between two parameter sets of this backend, floats converted to
+    /// the destination's storage dtype (on a device, without leaving it).
+    fn copy_params(
+        &self,
+        from: &ParamSet,
+        to: &mut ParamSet,
+        copies: &[ParamCopy],
+    ) -> Result<(), RuntimeError> {
+        crate::params::copy_params_on_host(from, to, copies)
     }
 
     /// [`Backend::upload_params`] with the floats stored as `mode` (for plans compiled with

@@ -27,7 +27,7 @@ pub use backend::{
     RuntimeError,
 };
 pub use device::DeviceSpec;
-pub use params::{BackendId, ParamInfo, ParamSet};
+pub use params::{BackendId, ParamCopy, ParamInfo, ParamSet, ParamWrite};
 pub use profile::Profile;
 pub use storage::StorageMode;
 pub use tensor::{Storage, Tensor, TensorData, TensorError};

@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A backend's storage of a parameter set, indexed like [`ParamSet::entries`].
 pub trait ParamBuffers: Send + Sync + 'static {
-    /// Overwrites parameter `index` with `data` (already checked against its type).
-    fn write(&mut self, index: usize, data: &ParamData<'_>) -> Result<(), String>;
+    /// Overwrites elements `offset..offset + data.len()` of parameter `index` with `data`
+    /// (already checked against its type and range).
+    fn write(&mut self, index: usize, offset: usize, data: &ParamData<'_>) -> Result<(), String>;
     /// Parameter `index` as host data (f32 for every float).
     fn read(&self, index: usize) -> Result<TensorData, String>;
     /// Bytes of memory the set holds.
@@ -165,15 +166,72 @@ impl ParamSet {
             .position(name)
             .ok_or_else(|| RuntimeError::MissingParam(name.to_string()))?;
         check_param_data(name, &self.entries[i].ty, &data)?;
+        self.write_checked(i, 0, &data)
+    }
+
+    /// Overwrites elements `offset..offset + data.len()` of the parameter `name`.
+    pub fn update_range(
+        &mut self,
+        name: &str,
+        offset: usize,
+        data: ParamData<'_>,
+    ) -> Result<(), RuntimeError> {
+        let i = self.check_range(name, offset, data.len(), Some(data.storage()))?;
+        self.write_checked(i, offset, &data)
+    }
+
+    fn write_checked(
+        &mut self,
+        i: usize,
+        offset: usize,
+        data: &ParamData<'_>,
+    ) -> Result<(), RuntimeError> {
         self.buffers
-            .write(i, &data)
+            .write(i, offset, data)
             .map_err(|message| RuntimeError::BadParam {
-                name: name.to_string(),
+                name: self.entries[i].name.clone(),
                 message,
             })?;
+        self.mark_written(i);
+        Ok(())
+    }
+
+    /// Records that a backend wrote parameter `i` itself (on its device).
+    pub(crate) fn mark_written(&mut self, i: usize) {
         self.entries[i].version += 1;
         self.version += 1;
-        Ok(())
+    }
+
+    /// The index of `name` after checking that `len` elements from `offset` lie inside it and,
+    /// when `storage` is given, that data of that class binds to it.
+    pub(crate) fn check_range(
+        &self,
+        name: &str,
+        offset: usize,
+        len: usize,
+        storage: Option<crate::tensor::Storage>,
+    ) -> Result<usize, RuntimeError> {
+        let i = self
+            .position(name)
+            .ok_or_else(|| RuntimeError::MissingParam(name.to_string()))?;
+        let ty = &self.entries[i].ty;
+        let bad = |message: String| RuntimeError::BadParam {
+            name: name.to_string(),
+            message,
+        };
+        if let Some(class) = storage {
+            if class != crate::tensor::Storage::of(ty.dtype) {
+                return Err(bad(format!("{ty} cannot take {class:?} data")));
+            }
+        }
+        if offset.checked_add(len).is_none_or(|end| end > ty.numel()) {
+            return Err(bad(format!(
+                "elements {offset}..{} lie outside {ty} ({} elements)",
+                offset.saturating_add(len),
+                ty.numel()
+            )));
+        }
+        Ok(i)
     }
 
     /// Updates every parameter of the set that `store` has.
@@ -202,6 +260,65 @@ impl ParamSet {
         });
         Tensor::new(ty, data).map_err(|err| RuntimeError::Execution(err.to_string()))
     }
+}
+
+/// An output of a run that goes into a parameter set instead of coming back to the host
+/// ([`crate::Executable::run_into`]): its elements overwrite `param` from element `offset` on,
+/// floats converted to the parameter's storage dtype.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamWrite {
+    pub output: String,
+    pub param: String,
+    pub offset: usize,
+}
+
+/// `len` elements of `from` (from element `from_offset`) copied over `to` (from `to_offset`),
+/// between two parameter sets of one backend ([`crate::Backend::copy_params`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamCopy {
+    pub from: String,
+    pub from_offset: usize,
+    pub to: String,
+    pub to_offset: usize,
+    pub len: usize,
+}
+
+/// The host path of [`crate::Executable::run_into`]: moves the written outputs out of `outputs`
+/// into `sink`.
+pub(crate) fn write_outputs_to_set(
+    outputs: &mut HashMap<String, Tensor>,
+    sink: &mut ParamSet,
+    writes: &[ParamWrite],
+) -> Result<(), RuntimeError> {
+    for w in writes {
+        let t = outputs.get(&w.output).ok_or_else(|| {
+            RuntimeError::Execution(format!("the plan has no output \"{}\"", w.output))
+        })?;
+        sink.update_range(&w.param, w.offset, t.param_data())?;
+    }
+    for w in writes {
+        outputs.remove(&w.output);
+    }
+    Ok(())
+}
+
+/// The host path of [`crate::Backend::copy_params`].
+pub(crate) fn copy_params_on_host(
+    from: &ParamSet,
+    to: &mut ParamSet,
+    copies: &[ParamCopy],
+) -> Result<(), RuntimeError> {
+    let mut read: HashMap<&str, Tensor> = HashMap::new();
+    for c in copies {
+        from.check_range(&c.from, c.from_offset, c.len, None)?;
+        if !read.contains_key(c.from.as_str()) {
+            read.insert(&c.from, from.read(&c.from)?);
+        }
+        let src = read[c.from.as_str()].param_data();
+        let part = src.slice(c.from_offset, c.len);
+        to.update_range(&c.to, c.to_offset, part)?;
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for ParamSet {

@@ -182,6 +182,17 @@ impl Tensor {
         &self.data
     }
 
+    /// The elements as weight data (to update a parameter with).
+    pub fn param_data(&self) -> crate::backend::ParamData<'_> {
+        use crate::backend::ParamData;
+        match &self.data {
+            TensorData::F32(v) => ParamData::F32(v),
+            TensorData::I32(v) => ParamData::I32(v),
+            TensorData::I64(v) => ParamData::I64(v),
+            TensorData::Bool(v) => ParamData::Bool(v),
+        }
+    }
+
     pub fn into_data(self) -> TensorData {
         self.data
     }

@@ -17,7 +17,9 @@ pub use program::{static_int_rows, DslProgram, DslSource, ParamTable, Specialisa
 
 use crate::{HostWeights, ModelError, ModelOptions, PlanCache};
 use qie_runtime::weights::{CheckMode, WeightStore};
-use qie_runtime::{Backend, CompileOptions, Executable, Profile, Tensor};
+use qie_runtime::{
+    Backend, CompileOptions, Executable, ParamCopy, ParamSet, ParamWrite, Profile, Tensor,
+};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
@@ -140,10 +142,48 @@ impl<K: ShapeKey> DslModel<K> {
     pub fn weight_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
         let checkpoint = self.weights.checkpoint_name(name);
         self.weights
-            .host()
-            .get_f32(&checkpoint)
-            .map(|v| v.into_owned())
+            .read_f32(name)
+            .map_err(|e| ModelError::new(format!("reading {checkpoint}: {e}")))?
             .ok_or_else(|| ModelError::new(format!("the model has no weight \"{checkpoint}\"")))
+    }
+
+    /// Overwrites ranges of the weights (source names in `copies`' `to`) from `from`, another
+    /// parameter set of the model's backend, without a host round trip.
+    pub fn copy_weights_from(
+        &mut self,
+        from: &ParamSet,
+        copies: &[ParamCopy],
+    ) -> Result<(), ModelError> {
+        self.weights.copy_into_resident(from, copies).map_err(|e| {
+            ModelError::new(format!("updating the {} weights: {e}", self.program.name()))
+        })
+    }
+
+    /// [`DslModel::run`] with the outputs named in `writes` going into `sink`, a parameter set
+    /// of the model's backend, instead of coming back.
+    pub fn run_into(
+        &self,
+        kind: &GraphKind,
+        key: &K,
+        spec: &Specialisation,
+        inputs: &HashMap<String, Tensor>,
+        sink: &mut ParamSet,
+        writes: &[ParamWrite],
+    ) -> Result<Outputs, ModelError> {
+        let exe = self.plan(kind, key, spec)?;
+        let tensors = self
+            .weights
+            .run_into(&*exe, inputs, sink, writes)
+            .map_err(|e| ModelError::new(format!("running the {}: {e}", self.what(key))))?;
+        Ok(Outputs {
+            model: self.program.name().to_string(),
+            tensors,
+        })
+    }
+
+    /// The backend the model's plans run on.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
     }
 
     /// How many weight updates the backend's copy has seen (`None` before the first run uploads it).

@@ -7,9 +7,10 @@ use crate::host_weights::HostTensor;
 use crate::{HostWeights, ModelError, WeightPrecision};
 use qie_ir::{DType, ParamInit, TensorType};
 use qie_runtime::{
-    Backend, Executable, ParamData, ParamSet, ParamStore, Profile, RuntimeError, Tensor,
+    Backend, Executable, ParamCopy, ParamData, ParamSet, ParamStore, ParamWrite, Profile,
+    RuntimeError, Tensor,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 /// Host tensors by checkpoint name, the prefix that turns the source's param names into
@@ -25,6 +26,9 @@ pub(crate) struct ModelWeights {
     resident: RwLock<Option<ParamSet>>,
     /// Source names of the weights created from their initialisers (the checkpoint lacked them).
     created: Vec<String>,
+    /// Source names whose newest values exist only in the resident set (written on the
+    /// device by [`ModelWeights::copy_into_resident`]); reads of them go to the set.
+    device_newer: HashSet<String>,
 }
 
 /// Which of a program's weights come from the checkpoint and which its initialisers create: a
@@ -106,6 +110,7 @@ impl ModelWeights {
             backend,
             resident: RwLock::new(None),
             created: Vec::new(),
+            device_newer: HashSet::new(),
         }
     }
 
@@ -172,6 +177,50 @@ impl ModelWeights {
         }
     }
 
+    /// [`ModelWeights::run`] with the outputs named in `writes` going into `sink` on the backend.
+    pub fn run_into(
+        &self,
+        exe: &dyn Executable,
+        inputs: &HashMap<String, Tensor>,
+        sink: &mut ParamSet,
+        writes: &[ParamWrite],
+    ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        self.ensure_resident()?;
+        let guard = self.resident.read().unwrap_or_else(|e| e.into_inner());
+        let set = guard.as_ref().expect("uploaded above");
+        exe.run_into(inputs, set, sink, writes)
+    }
+
+    /// Overwrites ranges of resident weights (source names in `to`) from another set of the
+    /// backend, on the device; the host copies of those weights are no longer read.
+    pub fn copy_into_resident(
+        &mut self,
+        from: &ParamSet,
+        copies: &[ParamCopy],
+    ) -> Result<(), RuntimeError> {
+        self.ensure_resident()?;
+        let resident = self.resident.get_mut().unwrap_or_else(|e| e.into_inner());
+        let set = resident.as_mut().expect("uploaded above");
+        self.backend.copy_params(from, set, copies)?;
+        self.device_newer
+            .extend(copies.iter().map(|c| c.to.clone()));
+        Ok(())
+    }
+
+    /// The current values of the weight the source calls `name`, in f32 (`None`: no such
+    /// weight).
+    pub fn read_f32(&self, name: &str) -> Result<Option<Vec<f32>>, RuntimeError> {
+        if self.device_newer.contains(name) {
+            let guard = self.resident.read().unwrap_or_else(|e| e.into_inner());
+            let set = guard.as_ref().expect("device-newer weights are resident");
+            return Ok(Some(set.read(name)?.to_f32_vec()));
+        }
+        Ok(self
+            .host
+            .get_f32(&self.checkpoint_name(name))
+            .map(|v| v.into_owned()))
+    }
+
     /// Replaces the weight the source calls `name` (same element count), on the host in its
     /// storage dtype and in place on the backend: the next run of every plan reads it.
     pub fn update(&mut self, name: &str, values: &[f32]) -> Result<(), ModelError> {
@@ -192,6 +241,7 @@ impl ModelWeights {
             HostTensor::Bf16(_) => HostTensor::Bf16(crate::host_weights::to_bf16(values)),
         };
         self.host.insert_tensor(checkpoint.clone(), tensor);
+        self.device_newer.remove(name);
         let resident = self.resident.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(set) = resident.as_mut() {
             let data = self.host.param(&checkpoint).expect("inserted above");
@@ -208,10 +258,5 @@ impl ModelWeights {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map(ParamSet::version)
-    }
-
-    /// The host weights, by checkpoint name.
-    pub fn host(&self) -> &HostWeights {
-        &self.host
     }
 }

@@ -1,10 +1,15 @@
 //! AdamW (torch.optim.AdamW, decoupled weight decay) over every trainable value at once: the
-//! trainable tensors live in one flat f32 vector, and the update is one elementwise IR graph that
-//! the backend compiles (and fusion turns into one kernel), so every backend runs the same update.
+//! trainable tensors live in flat f32 vectors (master weights, moments, gradient) of one
+//! parameter set resident on the training backend, and the update is one elementwise IR graph
+//! that the backend compiles (fusion turns it into one kernel) and runs in place on that set, so
+//! every backend runs the same update and on a GPU the state never leaves the device. The set
+//! and every plan over it store f32, also on a bf16 device.
 
 use crate::ModelError;
-use qie_ir::{BinaryOp, DType, Graph, NodeId, Op, TensorType, UnaryOp};
-use qie_runtime::{Backend, CompileOptions, Executable, NoParams, StorageMode, Tensor};
+use qie_ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceOp, TensorType, UnaryOp};
+use qie_runtime::{
+    Backend, CompileOptions, Executable, ParamData, ParamSet, ParamWrite, StorageMode, Tensor,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,26 +67,77 @@ impl AdamWConfig {
     }
 }
 
-/// Names of the update graph's inputs and outputs.
-const PARAM: &str = "param";
-const GRAD: &str = "grad";
+/// Names of the state vectors in the optimizer's parameter set (and of the update graph's
+/// params and outputs).
+pub const PARAM: &str = "param";
+pub const GRAD: &str = "grad";
+/// Where the gradients of micro-batches after the first land before they are added to `grad`.
+pub const GRAD_MICRO: &str = "grad_micro";
 const EXP_AVG: &str = "exp_avg";
 const EXP_AVG_SQ: &str = "exp_avg_sq";
 const COEF: &str = "coef";
+const SQ_SUM: &str = "sq_sum";
+const ABS_SUM: &str = "abs_sum";
 /// Scalars per step, in `coef` order.
 const COEFS: usize = 7;
+/// The flat vectors are [ROWS, n_padded / ROWS], so that their sums run over many blocks.
+const ROWS: usize = 1024;
 
-/// The update for `n` values. `coef` = [1 - lr wd, grad scale, 1 - beta1, beta2, 1 - beta2,
-/// lr / (1 - beta1^t), 1 / sqrt(1 - beta2^t)] and the graph also reads `eps` as a constant:
-/// torch's single-tensor AdamW, in its order of operations.
-pub fn update_graph(n: usize, eps: f64) -> Result<Graph, qie_ir::TypeError> {
+/// Elements of the flat vectors for `n` trainable values: padded with zeros (which the update
+/// keeps at zero) to a multiple of [`ROWS`].
+pub fn padded_len(n: usize) -> usize {
+    n.max(1).div_ceil(ROWS) * ROWS
+}
+
+fn matrix(padded: usize) -> TensorType {
+    TensorType::new(DType::F32, &[ROWS, padded / ROWS])
+}
+
+/// `sum(f(x))` over a [ROWS, C] value, in two reductions.
+fn total(g: &mut Graph, x: NodeId) -> Result<NodeId, qie_ir::TypeError> {
+    let rows = g.add(
+        Op::Reduce {
+            op: ReduceOp::Sum,
+            axes: qie_ir::shape(&[1]),
+        },
+        &[x],
+    )?;
+    g.add(
+        Op::Reduce {
+            op: ReduceOp::Sum,
+            axes: qie_ir::shape(&[0]),
+        },
+        &[rows],
+    )
+}
+
+/// The update of the `padded` flat values. `coef` = [1 - lr wd, grad scale, 1 - beta1, beta2,
+/// 1 - beta2, lr / (1 - beta1^t), 1 / sqrt(1 - beta2^t)] and the graph also reads `eps` as a
+/// constant: torch's single-tensor AdamW, in its order of operations. `abs_sum` (the sum of
+/// |new param|) is finite exactly when every new value is.
+pub fn update_graph(padded: usize, eps: f64) -> Result<Graph, qie_ir::TypeError> {
     let mut g = Graph::new();
-    let vec_ty = TensorType::new(DType::F32, &[n]);
-    let param = g.input(PARAM, vec_ty.clone());
-    let grad = g.input(GRAD, vec_ty.clone());
-    let m = g.input(EXP_AVG, vec_ty.clone());
-    let v = g.input(EXP_AVG_SQ, vec_ty);
+    let ty = matrix(padded);
+    let shape = ty.shape.clone();
+    let param = g.param(PARAM, ty.clone());
+    let grad = g.param(GRAD, ty.clone());
+    let m = g.param(EXP_AVG, ty.clone());
+    let v = g.param(EXP_AVG_SQ, ty);
     let coef = g.input(COEF, TensorType::new(DType::F32, &[COEFS]));
+    let spread = |g: &mut Graph, x: NodeId| -> Result<NodeId, qie_ir::TypeError> {
+        let x = g.add(
+            Op::Reshape {
+                shape: qie_ir::shape(&[1, 1]),
+            },
+            &[x],
+        )?;
+        g.add(
+            Op::Broadcast {
+                shape: shape.clone(),
+            },
+            &[x],
+        )
+    };
     let scalar = |g: &mut Graph, i: usize| -> Result<NodeId, qie_ir::TypeError> {
         let s = g.add(
             Op::Slice {
@@ -91,12 +147,7 @@ pub fn update_graph(n: usize, eps: f64) -> Result<Graph, qie_ir::TypeError> {
             },
             &[coef],
         )?;
-        g.add(
-            Op::Broadcast {
-                shape: [n].as_slice().into(),
-            },
-            &[s],
-        )
+        spread(g, s)
     };
     let decay = scalar(&mut g, 0)?;
     let grad_scale = scalar(&mut g, 1)?;
@@ -122,23 +173,42 @@ pub fn update_graph(n: usize, eps: f64) -> Result<Graph, qie_ir::TypeError> {
     let root = g.add(Op::Unary(UnaryOp::Sqrt), &[v_new])?;
     let denom = bin(&mut g, BinaryOp::Mul, root, inv_bc2_sqrt)?;
     let eps = g.constant(eps, DType::F32);
-    let eps = g.add(
-        Op::Broadcast {
-            shape: [n].as_slice().into(),
-        },
-        &[eps],
-    )?;
+    let eps = spread(&mut g, eps)?;
     let denom = bin(&mut g, BinaryOp::Add, denom, eps)?;
     let ratio = bin(&mut g, BinaryOp::Div, m_new, denom)?;
     let delta = bin(&mut g, BinaryOp::Mul, ratio, step_size)?;
     let p_new = bin(&mut g, BinaryOp::Sub, p, delta)?;
+    let magnitude = g.add(Op::Unary(UnaryOp::Abs), &[p_new])?;
+    let abs_sum = total(&mut g, magnitude)?;
     g.set_output(PARAM, p_new);
     g.set_output(EXP_AVG, m_new);
     g.set_output(EXP_AVG_SQ, v_new);
+    g.set_output(ABS_SUM, abs_sum);
     Ok(g)
 }
 
-/// Optimizer state: the moments of every trainable value and the step count.
+/// `sq_sum = sum(grad^2)`: the squared global gradient norm, before the update.
+fn norm_graph(padded: usize) -> Result<Graph, qie_ir::TypeError> {
+    let mut g = Graph::new();
+    let grad = g.param(GRAD, matrix(padded));
+    let sq = g.add(Op::Binary(BinaryOp::Mul), &[grad, grad])?;
+    let s = total(&mut g, sq)?;
+    g.set_output(SQ_SUM, s);
+    Ok(g)
+}
+
+/// `grad += grad_micro` (gradient accumulation over micro-batches).
+fn accumulate_graph(padded: usize) -> Result<Graph, qie_ir::TypeError> {
+    let mut g = Graph::new();
+    let grad = g.param(GRAD, matrix(padded));
+    let micro = g.param(GRAD_MICRO, matrix(padded));
+    let sum = g.add(Op::Binary(BinaryOp::Add), &[grad, micro])?;
+    g.set_output(GRAD, sum);
+    Ok(g)
+}
+
+/// Optimizer state on the host: the moments of every trainable value and the step count (what
+/// a checkpoint holds).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdamWState {
     pub step: u64,
@@ -156,53 +226,132 @@ impl AdamWState {
     }
 }
 
-/// AdamW compiled for one backend and one trainable size.
+/// AdamW over `n` values with its state resident on one backend.
 pub struct AdamW {
     config: AdamWConfig,
-    exe: Arc<dyn Executable>,
     n: usize,
+    padded: usize,
+    update: Arc<dyn Executable>,
+    norm: Arc<dyn Executable>,
+    accumulate: Arc<dyn Executable>,
+    set: ParamSet,
+    step: u64,
+}
+
+fn compile(
+    backend: &dyn Backend,
+    what: &str,
+    graph: Result<Graph, qie_ir::TypeError>,
+) -> Result<Arc<dyn Executable>, ModelError> {
+    let graph = graph.map_err(|e| ModelError::new(format!("building the {what}: {e}")))?;
+    // Master weights and moments stay f32 on a bf16 device too.
+    let options = CompileOptions {
+        storage: Some(StorageMode::F32),
+        ..CompileOptions::default()
+    };
+    backend
+        .compile(&graph, &options)
+        .map(Arc::from)
+        .map_err(|e| ModelError::new(format!("compiling the {what}: {e}")))
+}
+
+fn run_err(what: &str) -> impl Fn(qie_runtime::RuntimeError) -> ModelError + '_ {
+    move |e| ModelError::new(format!("running the {what}: {e}"))
 }
 
 impl AdamW {
-    pub fn new(config: AdamWConfig, n: usize, backend: &dyn Backend) -> Result<AdamW, ModelError> {
+    /// Master weights `initial` (moments and gradient zero), resident on `backend`.
+    pub fn new(
+        config: AdamWConfig,
+        initial: &[f32],
+        backend: &dyn Backend,
+    ) -> Result<AdamW, ModelError> {
         config.check().map_err(ModelError::new)?;
-        let graph = update_graph(n, config.eps)
-            .map_err(|e| ModelError::new(format!("building the AdamW update: {e}")))?;
-        // Master weights and moments stay f32 on a bf16 device too.
-        let options = CompileOptions {
-            storage: Some(StorageMode::F32),
-            ..CompileOptions::default()
-        };
-        let exe = backend
-            .compile(&graph, &options)
-            .map_err(|e| ModelError::new(format!("compiling the AdamW update: {e}")))?;
+        let n = initial.len();
+        let padded = padded_len(n);
+        let update = compile(backend, "AdamW update", update_graph(padded, config.eps))?;
+        let norm = compile(backend, "gradient norm", norm_graph(padded))?;
+        let accumulate = compile(backend, "gradient accumulation", accumulate_graph(padded))?;
+        let mut master = initial.to_vec();
+        master.resize(padded, 0.0);
+        let zeros = vec![0.0f32; padded];
+        let mut host: HashMap<String, &[f32]> = HashMap::new();
+        host.insert(PARAM.into(), &master);
+        for name in [GRAD, GRAD_MICRO, EXP_AVG, EXP_AVG_SQ] {
+            host.insert(name.into(), &zeros);
+        }
+        let specs: Vec<(String, TensorType)> = host
+            .keys()
+            .map(|k| (k.clone(), TensorType::new(DType::F32, &[padded])))
+            .collect();
+        let store: HashMap<String, Vec<f32>> =
+            host.into_iter().map(|(k, v)| (k, v.to_vec())).collect();
+        let set = backend
+            .upload_params_stored(&specs, &store, StorageMode::F32)
+            .map_err(|e| ModelError::new(format!("placing the optimizer state: {e}")))?;
         Ok(AdamW {
             config,
-            exe: Arc::from(exe),
             n,
+            padded,
+            update,
+            norm,
+            accumulate,
+            set,
+            step: 0,
         })
     }
 
-    /// One step: `params` updated in place with `grads * grad_scale` at learning rate `lr`.
-    pub fn step(
-        &self,
-        state: &mut AdamWState,
-        params: &mut Vec<f32>,
-        grads: Vec<f32>,
-        lr: f64,
-        grad_scale: f64,
-    ) -> Result<(), ModelError> {
-        let n = self.n;
-        if params.len() != n || grads.len() != n || state.exp_avg.len() != n {
-            return Err(ModelError::new(format!(
-                "AdamW was built for {n} values, got {} params, {} gradients, {} moments",
-                params.len(),
-                grads.len(),
-                state.exp_avg.len()
-            )));
-        }
-        state.step += 1;
-        let t = state.step as i32;
+    /// Number of trainable values.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// The resident state: gradients are written into its [`GRAD`] (or [`GRAD_MICRO`]) entry,
+    /// the master weights read from its [`PARAM`] entry.
+    pub fn set(&self) -> &ParamSet {
+        &self.set
+    }
+
+    pub fn set_mut(&mut self) -> &mut ParamSet {
+        &mut self.set
+    }
+
+    /// Overwrites the gradient from the host (for tests and host-side callers).
+    pub fn set_grad(&mut self, grad: &[f32]) -> Result<(), ModelError> {
+        self.write(GRAD, grad)
+    }
+
+    /// `grad += grad_micro`.
+    pub fn accumulate(&mut self) -> Result<(), ModelError> {
+        self.accumulate
+            .run_in_place(&HashMap::new(), &mut self.set, &[write(GRAD)])
+            .map_err(run_err("gradient accumulation"))?;
+        Ok(())
+    }
+
+    /// `sum(grad^2)` over every trainable value.
+    pub fn grad_sq_sum(&self) -> Result<f64, ModelError> {
+        let out = self
+            .norm
+            .run(&HashMap::new(), &self.set)
+            .map_err(run_err("gradient norm"))?;
+        Ok(out[SQ_SUM].to_f32_vec()[0] as f64)
+    }
+
+    /// One step at learning rate `lr` with the gradient scaled by `grad_scale`; the master
+    /// weights, moments and step count are updated in place. Returns whether every new master
+    /// value is finite.
+    pub fn step(&mut self, lr: f64, grad_scale: f64) -> Result<bool, ModelError> {
+        let t = (self.step + 1) as i32;
         let (b1, b2) = self.config.betas;
         let coef = [
             1.0 - lr * self.config.weight_decay,
@@ -214,40 +363,87 @@ impl AdamW {
             1.0 / (1.0 - b2.powi(t)).sqrt(),
         ]
         .map(|c| c as f32);
-        let vector = |v: Vec<f32>| Tensor::from_f32(&[n], v).expect("length checked");
-        let mut inputs = HashMap::new();
-        inputs.insert(PARAM.to_string(), vector(std::mem::take(params)));
-        inputs.insert(GRAD.to_string(), vector(grads));
-        inputs.insert(
-            EXP_AVG.to_string(),
-            vector(std::mem::take(&mut state.exp_avg)),
-        );
-        inputs.insert(
-            EXP_AVG_SQ.to_string(),
-            vector(std::mem::take(&mut state.exp_avg_sq)),
-        );
-        inputs.insert(
+        let inputs = HashMap::from([(
             COEF.to_string(),
             Tensor::from_f32(&[COEFS], coef.to_vec()).expect("seven values"),
-        );
-        let mut out = self
-            .exe
-            .run(&inputs, &NoParams)
-            .map_err(|e| ModelError::new(format!("running the AdamW update: {e}")))?;
-        let mut take = |name: &str| -> Vec<f32> {
-            out.remove(name)
-                .map(|t| t.to_f32_vec())
-                .expect("the update graph's outputs")
-        };
-        *params = take(PARAM);
-        state.exp_avg = take(EXP_AVG);
-        state.exp_avg_sq = take(EXP_AVG_SQ);
+        )]);
+        let out = self
+            .update
+            .run_in_place(
+                &inputs,
+                &mut self.set,
+                &[write(PARAM), write(EXP_AVG), write(EXP_AVG_SQ)],
+            )
+            .map_err(run_err("AdamW update"))?;
+        self.step += 1;
+        Ok(out[ABS_SUM].to_f32_vec()[0].is_finite())
+    }
+
+    /// The first `n` values of state vector `name` ([`PARAM`], [`GRAD`], ...) on the host.
+    pub fn read(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        let mut v = self
+            .set
+            .read(name)
+            .map_err(|e| ModelError::new(format!("reading the optimizer's {name}: {e}")))?
+            .to_f32_vec();
+        v.truncate(self.n);
+        Ok(v)
+    }
+
+    /// The master weights on the host.
+    pub fn master(&self) -> Result<Vec<f32>, ModelError> {
+        self.read(PARAM)
+    }
+
+    /// The moments and step count on the host (for checkpoints).
+    pub fn state(&self) -> Result<AdamWState, ModelError> {
+        Ok(AdamWState {
+            step: self.step,
+            exp_avg: self.read(EXP_AVG)?,
+            exp_avg_sq: self.read(EXP_AVG_SQ)?,
+        })
+    }
+
+    /// Replaces the master weights and moments (a resumed checkpoint).
+    pub fn load(&mut self, master: &[f32], state: &AdamWState) -> Result<(), ModelError> {
+        for (name, v) in [
+            (PARAM, master),
+            (EXP_AVG, &state.exp_avg[..]),
+            (EXP_AVG_SQ, &state.exp_avg_sq[..]),
+        ] {
+            self.write(name, v)?;
+        }
+        self.step = state.step;
         Ok(())
     }
 
-    /// Kernels in the compiled update (1 when fusion merged it, as intended).
+    fn write(&mut self, name: &str, values: &[f32]) -> Result<(), ModelError> {
+        if values.len() != self.n {
+            return Err(ModelError::new(format!(
+                "AdamW was built for {} values, got {} for its {name}",
+                self.n,
+                values.len()
+            )));
+        }
+        let mut padded = values.to_vec();
+        padded.resize(self.padded, 0.0);
+        self.set
+            .update(name, ParamData::F32(&padded))
+            .map_err(|e| ModelError::new(format!("writing the optimizer's {name}: {e}")))
+    }
+
+    /// Kernels in the compiled update (1 for the elementwise part when fusion merged it, plus
+    /// the two reductions of `abs_sum`).
     pub fn kernel_count(&self) -> usize {
-        self.exe.stats().kernels
+        self.update.stats().kernels
+    }
+}
+
+fn write(name: &str) -> ParamWrite {
+    ParamWrite {
+        output: name.to_string(),
+        param: name.to_string(),
+        offset: 0,
     }
 }
 
@@ -277,32 +473,63 @@ mod tests {
     }
 
     #[test]
-    fn matches_torch_adamw_and_is_one_kernel() {
+    fn matches_torch_adamw_with_few_kernels() {
         let n = 1000;
         let config = AdamWConfig::default();
-        let opt = AdamW::new(config.clone(), n, &CpuBackend).unwrap();
-        assert_eq!(
-            opt.kernel_count(),
-            1,
-            "the update should fuse into one kernel"
+        let p: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let mut opt = AdamW::new(config.clone(), &p, &CpuBackend).unwrap();
+        assert!(
+            opt.kernel_count() <= 3,
+            "the update should fuse into one kernel and the two sums: {}",
+            opt.kernel_count()
         );
-        let mut state = AdamWState::new(n);
-        let mut p: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.37).sin()).collect();
         let mut rp: Vec<f64> = p.iter().map(|&x| x as f64).collect();
         let (mut rm, mut rv) = (vec![0.0; n], vec![0.0; n]);
         for t in 1..=5 {
             let g: Vec<f32> = (0..n).map(|i| ((i * t) as f32 * 0.11).cos()).collect();
             let rg: Vec<f64> = g.iter().map(|&x| x as f64 * 0.5).collect();
-            opt.step(&mut state, &mut p, g, 1e-3, 0.5).unwrap();
+            opt.set_grad(&g).unwrap();
+            let sq: f64 = g.iter().map(|&x| x as f64 * x as f64).sum();
+            let got = opt.grad_sq_sum().unwrap();
+            assert!((got - sq).abs() <= 1e-5 * sq, "{got} vs {sq}");
+            assert!(opt.step(1e-3, 0.5).unwrap());
             reference(&mut rp, &rg, &mut rm, &mut rv, t as i32, 1e-3, &config);
         }
-        assert_eq!(state.step, 5);
-        let err = p
+        assert_eq!(opt.steps(), 5);
+        let got = opt.master().unwrap();
+        let err = got
             .iter()
             .zip(&rp)
             .map(|(&a, &b)| (a as f64 - b).abs())
             .fold(0.0, f64::max);
         assert!(err < 1e-6, "max |qie - torch| = {err}");
+        // A checkpoint round trip continues the same run.
+        let state = opt.state().unwrap();
+        let mut again = AdamW::new(config, &got, &CpuBackend).unwrap();
+        again.load(&got, &state).unwrap();
+        assert_eq!(again.state().unwrap(), state);
+    }
+
+    #[test]
+    fn accumulation_adds_micro_batches() {
+        let mut opt = AdamW::new(AdamWConfig::default(), &[0.0; 5], &CpuBackend).unwrap();
+        opt.set_grad(&[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+        let micro = [0.5f32; 5];
+        let mut padded = micro.to_vec();
+        padded.resize(padded_len(5), 0.0);
+        opt.set_mut()
+            .update(GRAD_MICRO, ParamData::F32(&padded))
+            .unwrap();
+        opt.accumulate().unwrap();
+        assert_eq!(opt.read(GRAD).unwrap(), vec![1.5, 2.5, 3.5, 4.5, 5.5]);
+    }
+
+    #[test]
+    fn a_non_finite_update_is_reported() {
+        let mut opt = AdamW::new(AdamWConfig::default(), &[1.0; 3], &CpuBackend).unwrap();
+        opt.set_grad(&[1.0, f32::NAN, 0.0]).unwrap();
+        assert!(opt.grad_sq_sum().unwrap().is_nan());
+        assert!(!opt.step(1e-3, 1.0).unwrap());
     }
 
     #[test]
@@ -311,12 +538,9 @@ mod tests {
             betas: (1.0, 0.999),
             ..AdamWConfig::default()
         };
-        assert!(AdamW::new(bad, 4, &CpuBackend).is_err());
-        let opt = AdamW::new(AdamWConfig::default(), 4, &CpuBackend).unwrap();
-        let mut p = vec![0.0; 3];
-        let err = opt
-            .step(&mut AdamWState::new(4), &mut p, vec![0.0; 3], 1e-3, 1.0)
-            .unwrap_err();
+        assert!(AdamW::new(bad, &[0.0; 4], &CpuBackend).is_err());
+        let mut opt = AdamW::new(AdamWConfig::default(), &[0.0; 4], &CpuBackend).unwrap();
+        let err = opt.set_grad(&[0.0; 3]).unwrap_err();
         assert!(err.message.contains("built for 4"), "{err}");
     }
 }

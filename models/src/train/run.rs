@@ -116,12 +116,7 @@ impl TrainRun {
         }
         let settings = config.loop_settings(per_epoch);
         let total_steps = settings.steps;
-        let cpu = qie_runtime::cpu::CpuBackend;
-        let optimizer_backend: &dyn Backend = match &backend {
-            Some(b) => &**b,
-            None => &cpu,
-        };
-        let mut trainer = Trainer::new(&dit, trainable, settings, optimizer_backend)?;
+        let mut trainer = Trainer::new(&dit, trainable, settings)?;
         if let Some(dir) = resume {
             let ckpt = find_latest(dir)?;
             trainer.resume(&mut dit, &ckpt)?;
@@ -242,7 +237,7 @@ impl TrainRun {
     /// new tensors under the checkpoint's own names (`trained_weights.safetensors`).
     pub fn finish(mut self) -> Result<Vec<PathBuf>, ModelError> {
         let mut written = vec![self.save_checkpoint()?];
-        let tensors = self.trainer.tensors();
+        let tensors = self.trainer.tensors()?;
         let is_lora = |n: &str| n.contains(".lora_A.") || n.contains(".lora_B.");
         if let Some(lora) = &self.config.lora {
             let format: LoraFormat = self
@@ -287,7 +282,7 @@ impl TrainRun {
         let others: Vec<(&str, Vec<usize>, &[f32])> = tensors
             .iter()
             .filter(|(n, _, _)| !is_lora(n))
-            .map(|(n, s, v)| (n.as_str(), s.clone(), *v))
+            .map(|(n, s, v)| (n.as_str(), s.clone(), v.as_slice()))
             .collect();
         if !others.is_empty() {
             let path = self.out.join("trained_weights.safetensors");

@@ -1,16 +1,18 @@
 //! The training loop: micro-batches -> loss and gradients from one plan -> global-norm clipping
 //! -> the fused AdamW update on the f32 master copies -> the new values written into the model
-//! in place (no recompilation). Every draw depends only on (seed, step), and the data order only
-//! on (seed, epoch), so a run resumed from a checkpoint repeats the uninterrupted run exactly.
+//! in place (no recompilation). Gradients, master copies and moments live in the optimizer's
+//! parameter set on the DiT's backend: on a GPU a step moves only the batch in and the loss and
+//! norm out. Every draw depends only on (seed, step), and the data order only on (seed, epoch),
+//! so a run resumed from a checkpoint repeats the uninterrupted run exactly.
 
-use super::adamw::{AdamW, AdamWConfig, AdamWState};
+use super::adamw::{AdamW, AdamWConfig, GRAD, GRAD_MICRO, PARAM};
 use super::checkpoint::{self, LoopState};
 use super::lr::LrSchedule;
 use super::sample::{noise_batch, TrainingData};
 use super::timesteps::{TimestepSampler, TimestepScheme};
 use crate::qwen_image::QwenImageDit;
 use crate::ModelError;
-use qie_runtime::Backend;
+use qie_runtime::ParamCopy;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -46,6 +48,9 @@ impl LoopSettings {
     }
 }
 
+/// A trainable tensor's name, shape and values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// One optimizer step's figures.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepReport {
@@ -64,9 +69,9 @@ pub struct Trainer {
     settings: LoopSettings,
     /// Trainable weights (source names) and shapes, in master-vector order.
     layout: Vec<(String, Vec<usize>)>,
-    master: Vec<f32>,
+    /// Element offset of each trainable tensor in the flat vectors.
+    offsets: Vec<usize>,
     optimizer: AdamW,
-    moments: AdamWState,
     sampler: TimestepSampler,
     state: LoopState,
 }
@@ -77,7 +82,6 @@ impl Trainer {
         dit: &QwenImageDit,
         trainable: Vec<String>,
         settings: LoopSettings,
-        backend: &dyn Backend,
     ) -> Result<Trainer, ModelError> {
         if trainable.is_empty() {
             return Err(ModelError::new(
@@ -98,6 +102,7 @@ impl Trainer {
             .map(|(n, s)| (n.as_str(), s))
             .collect();
         let mut layout = Vec::with_capacity(trainable.len());
+        let mut offsets = Vec::with_capacity(trainable.len());
         let mut master = Vec::new();
         for name in trainable {
             let shape = shapes.get(name.as_str()).ok_or_else(|| {
@@ -105,10 +110,11 @@ impl Trainer {
                     "trainable weight `{name}` is not a weight of the DiT"
                 ))
             })?;
+            offsets.push(master.len());
             master.extend(dit.weight_f32(&name)?);
             layout.push((name, (*shape).clone()));
         }
-        let optimizer = AdamW::new(settings.optimizer.clone(), master.len(), backend)?;
+        let optimizer = AdamW::new(settings.optimizer.clone(), &master, &**dit.backend())?;
         let sampler = TimestepSampler::new(&settings.timesteps).map_err(ModelError::new)?;
         let state = LoopState {
             step: 0,
@@ -118,10 +124,9 @@ impl Trainer {
             fingerprint: settings.fingerprint(),
         };
         Ok(Trainer {
-            moments: AdamWState::new(master.len()),
             settings,
             layout,
-            master,
+            offsets,
             optimizer,
             sampler,
             state,
@@ -136,23 +141,26 @@ impl Trainer {
         &self.layout
     }
 
-    /// The master value of each trainable tensor.
-    pub fn tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
-        let mut at = 0;
+    /// The master value of each trainable tensor (copied from the optimizer's state).
+    pub fn tensors(&self) -> Result<Vec<NamedTensor>, ModelError> {
+        let master = self.optimizer.master()?;
+        Ok(self.split(&master))
+    }
+
+    fn split(&self, flat: &[f32]) -> Vec<NamedTensor> {
         self.layout
             .iter()
-            .map(|(name, shape)| {
+            .zip(&self.offsets)
+            .map(|((name, shape), &at)| {
                 let n: usize = shape.iter().product();
-                let v = &self.master[at..at + n];
-                at += n;
-                (name.clone(), shape.clone(), v)
+                (name.clone(), shape.clone(), flat[at..at + n].to_vec())
             })
             .collect()
     }
 
     /// Number of trainable values.
     pub fn trainable_values(&self) -> usize {
-        self.master.len()
+        self.optimizer.len()
     }
 
     /// One optimizer step (grad_accum micro-batches of batch_size rows).
@@ -164,9 +172,9 @@ impl Trainer {
         let start = Instant::now();
         let step = self.state.step;
         let names: Vec<String> = self.layout.iter().map(|(n, _)| n.clone()).collect();
-        let mut grads = vec![0.0f32; self.master.len()];
         let mut loss_sum = 0.0f64;
         let mut samples = 0;
+        let mut sources = Vec::new();
         for micro in 0..self.settings.grad_accum {
             let rows = self.next_batch(data)?;
             let loaded = rows
@@ -174,6 +182,7 @@ impl Trainer {
                 .map(|&i| data.load(i))
                 .collect::<Result<Vec<_>, _>>()?;
             samples += loaded.len();
+            sources.extend(loaded.iter().map(|s| s.source.clone()));
             let batch = noise_batch(
                 &loaded,
                 &self.sampler,
@@ -181,47 +190,44 @@ impl Trainer {
                 step,
                 micro as u64,
             )?;
-            let out = dit.loss_and_grads(&batch.inputs, &batch.target, &batch.weight, &names)?;
-            let sources = || {
-                loaded
-                    .iter()
-                    .map(|s| s.source.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            if !out.loss.is_finite() {
+            // The first micro-batch's gradient lands in `grad`, later ones are added to it.
+            let sink = if micro == 0 { GRAD } else { GRAD_MICRO };
+            let places: Vec<(String, usize)> = self
+                .offsets
+                .iter()
+                .map(|&o| (sink.to_string(), o))
+                .collect();
+            let loss = dit.loss_into(
+                &batch.inputs,
+                &batch.target,
+                &batch.weight,
+                &names,
+                self.optimizer.set_mut(),
+                &places,
+            )?;
+            if !loss.is_finite() {
                 return Err(ModelError::new(format!(
-                    "step {}: the loss is {} (rows {})",
+                    "step {}: the loss is {loss} (rows {})",
                     step + 1,
-                    out.loss,
-                    sources()
+                    sources.join(", ")
                 )));
             }
-            loss_sum += out.loss as f64;
-            let mut at = 0;
-            for (name, shape) in &self.layout {
-                let n: usize = shape.iter().product();
-                let g = out.grads[name].to_f32_vec();
-                if let Some(bad) = g.iter().find(|v| !v.is_finite()) {
-                    return Err(ModelError::new(format!(
-                        "step {}: the gradient of `{name}` has a non-finite value ({bad}) (rows {})",
-                        step + 1,
-                        sources()
-                    )));
-                }
-                for (acc, v) in grads[at..at + n].iter_mut().zip(&g) {
-                    *acc += v;
-                }
-                at += n;
+            loss_sum += loss as f64;
+            if micro > 0 {
+                self.optimizer.accumulate()?;
             }
         }
+        let sq_sum = self.optimizer.grad_sq_sum()?;
+        if !sq_sum.is_finite() {
+            return Err(self.first_non_finite(GRAD, step, |name| {
+                format!(
+                    "the gradient of `{name}` has a non-finite value (rows {})",
+                    sources.join(", ")
+                )
+            }));
+        }
         let accum = self.settings.grad_accum as f64;
-        let grad_norm = grads
-            .iter()
-            .map(|&g| (g as f64) * (g as f64))
-            .sum::<f64>()
-            .sqrt()
-            / accum;
+        let grad_norm = sq_sum.sqrt() / accum;
         // torch.nn.utils.clip_grad_norm_: coefficient max_norm / (norm + 1e-6), at most 1.
         let clip = match self.settings.max_grad_norm {
             Some(max) => (max / (grad_norm + 1e-6)).min(1.0),
@@ -231,14 +237,10 @@ impl Trainer {
             .settings
             .schedule
             .rate(self.settings.lr, step, self.settings.steps);
-        self.optimizer
-            .step(&mut self.moments, &mut self.master, grads, lr, clip / accum)?;
-        if let Some(bad) = self.master.iter().position(|v| !v.is_finite()) {
-            return Err(ModelError::new(format!(
-                "step {}: the update made `{}` non-finite",
-                step + 1,
-                self.name_at(bad)
-            )));
+        if !self.optimizer.step(lr, clip / accum)? {
+            return Err(self.first_non_finite(PARAM, step, |name| {
+                format!("the update made `{name}` non-finite")
+            }));
         }
         self.write_back(dit)?;
         self.state.step += 1;
@@ -253,6 +255,24 @@ impl Trainer {
         })
     }
 
+    /// The error for a non-finite value in state vector `which`, naming the first tensor that
+    /// holds one (the vector is copied to the host only on this path).
+    fn first_non_finite(
+        &self,
+        which: &str,
+        step: u64,
+        describe: impl Fn(&str) -> String,
+    ) -> ModelError {
+        let what = match self.optimizer.read(which) {
+            Ok(values) => match values.iter().position(|v| !v.is_finite()) {
+                Some(i) => describe(self.name_at(i)),
+                None => describe("?"),
+            },
+            Err(e) => format!("{} (and reading it back failed: {e})", describe("?")),
+        };
+        ModelError::new(format!("step {}: {what}", step + 1))
+    }
+
     fn name_at(&self, index: usize) -> &str {
         let mut at = 0;
         for (name, shape) in &self.layout {
@@ -264,11 +284,21 @@ impl Trainer {
         "?"
     }
 
+    /// Copies the master values into the DiT's weights, on its backend.
     fn write_back(&self, dit: &mut QwenImageDit) -> Result<(), ModelError> {
-        for (name, _, values) in self.tensors() {
-            dit.update_weight(&name, values)?;
-        }
-        Ok(())
+        let copies: Vec<ParamCopy> = self
+            .layout
+            .iter()
+            .zip(&self.offsets)
+            .map(|((name, shape), &at)| ParamCopy {
+                from: PARAM.to_string(),
+                from_offset: at,
+                to: name.clone(),
+                to_offset: 0,
+                len: shape.iter().product(),
+            })
+            .collect();
+        dit.copy_weights_from(self.optimizer.set(), &copies)
     }
 
     /// The rows of the next batch, moving to the next epoch when this one is used up.
@@ -302,7 +332,9 @@ impl Trainer {
 
     /// Writes a resumable checkpoint into `out` (see [`checkpoint::save`]).
     pub fn save_checkpoint(&self, out: &Path) -> Result<PathBuf, ModelError> {
-        checkpoint::save(out, &self.layout, &self.master, &self.moments, &self.state)
+        let master = self.optimizer.master()?;
+        let moments = self.optimizer.state()?;
+        checkpoint::save(out, &self.layout, &master, &moments, &self.state)
     }
 
     /// Continues from checkpoint `dir`: the master values go into `dit` too.
@@ -316,8 +348,7 @@ impl Trainer {
                 self.settings.fingerprint()
             )));
         }
-        self.master = ckpt.master;
-        self.moments = ckpt.optimizer;
+        self.optimizer.load(&ckpt.master, &ckpt.optimizer)?;
         self.state = ckpt.state;
         self.write_back(dit)
     }

@@ -25,8 +25,21 @@ fn to_host(data: &ParamData<'_>) -> TensorData {
 }
 
 impl ParamBuffers for CpuParams {
-    fn write(&mut self, index: usize, data: &ParamData<'_>) -> Result<(), String> {
-        self.data[index] = to_host(data);
+    fn write(&mut self, index: usize, offset: usize, data: &ParamData<'_>) -> Result<(), String> {
+        let new = to_host(data);
+        let slot = &mut self.data[index];
+        if offset == 0 && new.len() == slot.len() {
+            *slot = new;
+            return Ok(());
+        }
+        let r = offset..offset + new.len();
+        match (slot, new) {
+            (TensorData::F32(d), TensorData::F32(v)) => d[r].copy_from_slice(&v),
+            (TensorData::I32(d), TensorData::I32(v)) => d[r].copy_from_slice(&v),
+            (TensorData::I64(d), TensorData::I64(v)) => d[r].copy_from_slice(&v),
+            (TensorData::Bool(d), TensorData::Bool(v)) => d[r].copy_from_slice(&v),
+            _ => return Err("the data's kind differs from the parameter's".to_string()),
+        }
         Ok(())
     }
 

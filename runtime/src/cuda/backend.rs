@@ -13,14 +13,16 @@
 
 use super::exec::CudaExecutable;
 use super::nvrtc::{Kernel, Module};
+use super::params::CudaParams;
 use super::plan::{CudaPlan, GENERIC};
 use super::{
-    Blas, CudaDevice, CudaError, DeviceBuffer, FlashAttention, FlashAttentionBackward, KernelCache,
+    Blas, CudaDevice, CudaError, DevPtr, DeviceBuffer, FlashAttention, FlashAttentionBackward,
+    KernelCache,
 };
 use crate::backend::{
     Backend, CompileOptions, Executable, MemoryReport, ParamData, ParamStore, RuntimeError,
 };
-use crate::params::{BackendId, ParamSet};
+use crate::params::{BackendId, ParamCopy, ParamSet};
 use crate::storage::{assign_storage, StorageMode};
 use qie_ir::passes::{plan_memory, MemoryOptions};
 use qie_ir::{DType, Graph, TensorType};
@@ -177,7 +179,7 @@ pub fn module_sources(kernels: &BTreeMap<String, String>) -> Vec<(Vec<String>, S
 impl Shared {
     /// Loads (compiling or reading the cache as needed) every kernel of `wanted` not loaded yet;
     /// returns handles to all of them by symbol.
-    fn load_kernels(
+    pub(crate) fn load_kernels(
         &self,
         wanted: &BTreeMap<String, String>,
     ) -> Result<HashMap<String, Kernel>, RuntimeError> {
@@ -274,6 +276,48 @@ impl Backend for CudaBackend {
         store: &dyn ParamStore,
     ) -> Result<ParamSet, RuntimeError> {
         super::params::upload(&self.shared, params, store, self.shared.mode)
+    }
+
+    fn copy_params(
+        &self,
+        from: &ParamSet,
+        to: &mut ParamSet,
+        copies: &[ParamCopy],
+    ) -> Result<(), RuntimeError> {
+        from.check_owner(self.shared.id, &self.shared.name)?;
+        to.check_owner(self.shared.id, &self.shared.name)?;
+        let held = |set: &ParamSet| -> (Vec<DevPtr>, Vec<DType>) {
+            let p = set
+                .buffers::<CudaParams>()
+                .expect("CUDA parameter sets hold CudaParams");
+            (p.ptrs.clone(), p.dtypes.clone())
+        };
+        let ((src_ptrs, src_dtypes), (dst_ptrs, dst_dtypes)) = (held(from), held(to));
+        let mut resolved = Vec::with_capacity(copies.len());
+        for c in copies {
+            let i = from.check_range(&c.from, c.from_offset, c.len, None)?;
+            let class = crate::tensor::Storage::of(src_dtypes[i]);
+            let j = to.check_range(&c.to, c.to_offset, c.len, Some(class))?;
+            resolved.push((i, j, c));
+        }
+        self.shared.dev.bind().map_err(cuda_err)?;
+        for &(i, j, c) in &resolved {
+            self.shared.copy_converting(
+                dst_ptrs[j].offset(c.to_offset * dst_dtypes[j].size_bytes()),
+                dst_dtypes[j],
+                src_ptrs[i].offset(c.from_offset * src_dtypes[i].size_bytes()),
+                src_dtypes[i],
+                c.len,
+            )?;
+        }
+        self.shared
+            .dev
+            .synchronize()
+            .map_err(|e| RuntimeError::Execution(format!("copying parameters: {e}")))?;
+        for (_, j, _) in resolved {
+            to.mark_written(j);
+        }
+        Ok(())
     }
 
     fn upload_params_stored(

@@ -27,10 +27,20 @@ use super::{
 };
 use crate::backend::{CompileOptions, Executable, ParamStore, PlanStats, RuntimeError};
 use crate::bind::validate::check_inputs;
+use crate::params::{ParamSet, ParamWrite};
 use crate::tensor::{Tensor, TensorData};
 use qie_ir::{DType, Graph, TensorType};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+/// An output copied into a parameter set's memory at the end of a run.
+struct DeviceWrite {
+    /// Index into the plan's outputs.
+    output: usize,
+    dst: DevPtr,
+    /// Storage dtype at `dst`.
+    dtype: DType,
+}
 
 /// Device time of each step of a run: (step label, milliseconds).
 pub type StepTimes = Vec<(String, f32)>;
@@ -121,7 +131,7 @@ impl CudaExecutable {
         params: &dyn ParamStore,
     ) -> Result<(HashMap<String, Tensor>, StepTimes), RuntimeError> {
         let mut times = vec![];
-        let out = self.run_inner(inputs, params, Some(&mut times))?;
+        let out = self.run_inner(inputs, params, Some(&mut times), &[])?;
         Ok((out, times))
     }
 
@@ -130,6 +140,7 @@ impl CudaExecutable {
         inputs: &HashMap<String, Tensor>,
         store: &dyn ParamStore,
         mut times: Option<&mut StepTimes>,
+        writes: &[DeviceWrite],
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
         let dev = &self.shared.dev;
         let plan = &self.plan;
@@ -239,8 +250,25 @@ impl CudaExecutable {
                 }
             }
         }
+        // Written outputs stay on the device (all writes come after the last step).
+        for w in writes {
+            let o = &plan.outputs[w.output];
+            let src = ptr(&o.buf);
+            if src != w.dst || o.buf.dtype() != w.dtype {
+                self.shared
+                    .copy_converting(w.dst, w.dtype, src, o.buf.dtype(), o.ty.numel())?;
+            }
+        }
+        if !writes.is_empty() {
+            dev.synchronize().map_err(|e| {
+                RuntimeError::Execution(format!("writing outputs into the parameter set: {e}"))
+            })?;
+        }
         let mut out = HashMap::new();
-        for o in &plan.outputs {
+        for (k, o) in plan.outputs.iter().enumerate() {
+            if writes.iter().any(|w| w.output == k) {
+                continue;
+            }
             let mut bytes = vec![0u8; o.buf.bytes()];
             dev.dtoh(&mut bytes, ptr(&o.buf)).map_err(cuda_err)?;
             let data = storage_to_host(&bytes, o.buf.dtype());
@@ -249,6 +277,42 @@ impl CudaExecutable {
             out.insert(o.name.clone(), t);
         }
         Ok(out)
+    }
+
+    /// Checks `writes` against the plan's outputs and `sink` (same backend, names, ranges,
+    /// float to float) and resolves their device addresses; also returns the entries written.
+    fn device_writes(
+        &self,
+        sink: &ParamSet,
+        writes: &[ParamWrite],
+    ) -> Result<(Vec<DeviceWrite>, Vec<usize>), RuntimeError> {
+        sink.check_owner(self.shared.id, &self.shared.name)?;
+        let held = sink
+            .buffers::<CudaParams>()
+            .expect("CUDA parameter sets hold CudaParams");
+        let mut targets = Vec::with_capacity(writes.len());
+        let mut written = Vec::with_capacity(writes.len());
+        for w in writes {
+            let k = self
+                .plan
+                .outputs
+                .iter()
+                .position(|o| o.name == w.output)
+                .ok_or_else(|| {
+                    RuntimeError::Execution(format!("the plan has no output \"{}\"", w.output))
+                })?;
+            let o = &self.plan.outputs[k];
+            let storage = crate::tensor::Storage::of(o.ty.dtype);
+            let i = sink.check_range(&w.param, w.offset, o.ty.numel(), Some(storage))?;
+            let dtype = held.dtypes[i];
+            targets.push(DeviceWrite {
+                output: k,
+                dst: held.ptrs[i].offset(w.offset * dtype.size_bytes()),
+                dtype,
+            });
+            written.push(i);
+        }
+        Ok((targets, written))
     }
 
     fn exec_step(
@@ -411,7 +475,36 @@ impl Executable for CudaExecutable {
         inputs: &HashMap<String, Tensor>,
         params: &dyn ParamStore,
     ) -> Result<HashMap<String, Tensor>, RuntimeError> {
-        self.run_inner(inputs, params, None)
+        self.run_inner(inputs, params, None, &[])
+    }
+
+    fn run_into(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        params: &dyn ParamStore,
+        sink: &mut ParamSet,
+        writes: &[ParamWrite],
+    ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        let (targets, written) = self.device_writes(sink, writes)?;
+        let out = self.run_inner(inputs, params, None, &targets)?;
+        for i in written {
+            sink.mark_written(i);
+        }
+        Ok(out)
+    }
+
+    fn run_in_place(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        set: &mut ParamSet,
+        writes: &[ParamWrite],
+    ) -> Result<HashMap<String, Tensor>, RuntimeError> {
+        let (targets, written) = self.device_writes(set, writes)?;
+        let out = self.run_inner(inputs, &*set, None, &targets)?;
+        for i in written {
+            set.mark_written(i);
+        }
+        Ok(out)
     }
 
     fn stats(&self) -> PlanStats {

@@ -23,6 +23,7 @@ mod bench_ceilings;
 mod bench_fill;
 mod bench_library;
 pub mod blas;
+mod convert;
 pub mod device;
 pub mod exec;
 pub mod export;

@@ -20,7 +20,7 @@ pub(crate) struct CudaParams {
     /// Owns the memory; freed when the set is dropped.
     _pool: WeightPool,
     pub ptrs: Vec<DevPtr>,
-    dtypes: Vec<DType>,
+    pub dtypes: Vec<DType>,
     /// Elements of each weight.
     lens: Vec<usize>,
     bytes: usize,
@@ -44,11 +44,12 @@ pub(crate) fn storage_dtype(dtype: DType, mode: StorageMode) -> DType {
 }
 
 impl ParamBuffers for CudaParams {
-    fn write(&mut self, index: usize, data: &ParamData<'_>) -> Result<(), String> {
-        let bytes = to_storage_bytes(data, self.dtypes[index])?;
+    fn write(&mut self, index: usize, offset: usize, data: &ParamData<'_>) -> Result<(), String> {
+        let dtype = self.dtypes[index];
+        let bytes = to_storage_bytes(data, dtype)?;
         self.dev.bind().map_err(|e| e.to_string())?;
         self.dev
-            .htod(self.ptrs[index], &bytes)
+            .htod(self.ptrs[index].offset(offset * dtype.size_bytes()), &bytes)
             .map_err(|e| e.to_string())
     }
 

@@ -7,7 +7,7 @@ use crate::dsl_model::objective::{LOSS, LOSS_TARGET, LOSS_WEIGHT};
 use crate::dsl_model::{Gradients, GraphKind, Objective};
 use crate::qwen_image::inputs::DitInputs;
 use crate::ModelError;
-use qie_runtime::Tensor;
+use qie_runtime::{ParamCopy, ParamSet, ParamWrite, Tensor};
 use std::collections::HashMap;
 
 pub struct LossAndGrads {
@@ -27,6 +27,90 @@ impl QwenImageDit {
         weight: &Tensor,
         trainable: &[String],
     ) -> Result<LossAndGrads, ModelError> {
+        self.check_training_call(inputs, target, weight, trainable)?;
+        let (kind, bindings) = self.training_call(inputs, target, weight, trainable);
+        let mut out = self.model.run(
+            &kind,
+            &PlanKey::of(inputs),
+            &specialisation(inputs),
+            &bindings,
+        )?;
+        let loss = out.take(LOSS)?.to_f32_vec()[0];
+        let mut grads = HashMap::with_capacity(trainable.len());
+        for name in trainable {
+            grads.insert(name.clone(), out.take(&Gradients::output_name(name))?);
+        }
+        Ok(LossAndGrads { loss, grads })
+    }
+
+    /// Runs the training plan of [`Self::loss_and_grads`] once with every step timed.
+    pub fn profile_training(
+        &self,
+        inputs: &DitInputs,
+        target: &Tensor,
+        weight: &Tensor,
+        trainable: &[String],
+    ) -> Result<qie_runtime::Profile, ModelError> {
+        // Same checks and plan as a training step.
+        self.loss_and_grads(inputs, target, weight, trainable)?;
+        let (kind, bindings) = self.training_call(inputs, target, weight, trainable);
+        self.model.profile_kind(
+            &kind,
+            &PlanKey::of(inputs),
+            &specialisation(inputs),
+            &bindings,
+        )
+    }
+
+    /// [`Self::loss_and_grads`] with the gradients kept on the DiT's backend: the gradient of
+    /// `trainable[i]` overwrites `sink`'s parameter `places[i].0` from element `places[i].1` on
+    /// (converted to its storage dtype). Returns the loss. This is how a training step reaches
+    /// the optimizer's state without a host round trip.
+    pub fn loss_into(
+        &self,
+        inputs: &DitInputs,
+        target: &Tensor,
+        weight: &Tensor,
+        trainable: &[String],
+        sink: &mut ParamSet,
+        places: &[(String, usize)],
+    ) -> Result<f32, ModelError> {
+        self.check_training_call(inputs, target, weight, trainable)?;
+        if places.len() != trainable.len() {
+            return Err(ModelError::new(format!(
+                "{} gradient places for {} trainable weights",
+                places.len(),
+                trainable.len()
+            )));
+        }
+        let writes: Vec<ParamWrite> = trainable
+            .iter()
+            .zip(places)
+            .map(|(name, (param, offset))| ParamWrite {
+                output: Gradients::output_name(name),
+                param: param.clone(),
+                offset: *offset,
+            })
+            .collect();
+        let (kind, bindings) = self.training_call(inputs, target, weight, trainable);
+        let mut out = self.model.run_into(
+            &kind,
+            &PlanKey::of(inputs),
+            &specialisation(inputs),
+            &bindings,
+            sink,
+            &writes,
+        )?;
+        Ok(out.take(LOSS)?.to_f32_vec()[0])
+    }
+
+    fn check_training_call(
+        &self,
+        inputs: &DitInputs,
+        target: &Tensor,
+        weight: &Tensor,
+        trainable: &[String],
+    ) -> Result<(), ModelError> {
         inputs.validate(&self.config)?;
         let batch = inputs.batch();
         let channels = self.config.patch_size * self.config.patch_size * self.config.out_channels;
@@ -60,38 +144,7 @@ impl QwenImageDit {
                 "trainable weight `{missing}` is not a weight of the DiT"
             )));
         }
-        let (kind, bindings) = self.training_call(inputs, target, weight, trainable);
-        let mut out = self.model.run(
-            &kind,
-            &PlanKey::of(inputs),
-            &specialisation(inputs),
-            &bindings,
-        )?;
-        let loss = out.take(LOSS)?.to_f32_vec()[0];
-        let mut grads = HashMap::with_capacity(trainable.len());
-        for name in trainable {
-            grads.insert(name.clone(), out.take(&Gradients::output_name(name))?);
-        }
-        Ok(LossAndGrads { loss, grads })
-    }
-
-    /// Runs the training plan of [`Self::loss_and_grads`] once with every step timed.
-    pub fn profile_training(
-        &self,
-        inputs: &DitInputs,
-        target: &Tensor,
-        weight: &Tensor,
-        trainable: &[String],
-    ) -> Result<qie_runtime::Profile, ModelError> {
-        // Same checks and plan as a training step.
-        self.loss_and_grads(inputs, target, weight, trainable)?;
-        let (kind, bindings) = self.training_call(inputs, target, weight, trainable);
-        self.model.profile_kind(
-            &kind,
-            &PlanKey::of(inputs),
-            &specialisation(inputs),
-            &bindings,
-        )
+        Ok(())
     }
 
     fn training_call(
@@ -132,6 +185,21 @@ impl QwenImageDit {
     /// Source names and shapes of every weight the model reads.
     pub fn model_weights(&self) -> &[(String, Vec<usize>)] {
         self.model.expected_weights()
+    }
+
+    /// Overwrites ranges of weights from `from`, another parameter set of the DiT's backend,
+    /// on the device (see [`crate::dsl_model::DslModel::copy_weights_from`]).
+    pub fn copy_weights_from(
+        &mut self,
+        from: &ParamSet,
+        copies: &[ParamCopy],
+    ) -> Result<(), ModelError> {
+        self.model.copy_weights_from(from, copies)
+    }
+
+    /// The backend the DiT runs on.
+    pub fn backend(&self) -> &std::sync::Arc<dyn qie_runtime::Backend> {
+        self.model.backend()
     }
 
     /// The current f32 values of weight `name` (a source / checkpoint name).
