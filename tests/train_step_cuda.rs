@@ -6,7 +6,9 @@
 //! still plans the backward graph for CUDA in both storage modes.
 
 use qie_models::qwen_image::{DitInputs, DitOptions, QwenImageDit};
-use qie_models::train::adamw::{AdamW, AdamWConfig};
+use qie_models::train::adamw::{
+    compile_options, padded_len, update_graph, AdamW, AdamWConfig, GRAD, GRAD_MICRO, UPDATED,
+};
 use qie_models::train::sample::{noise_batch, NoisedBatch};
 use qie_models::train::{TimestepSampler, TimestepScheme, TrainSample};
 use qie_runtime::cuda::{build_plan, CudaBackend, StorageMode};
@@ -17,7 +19,7 @@ use std::sync::Arc;
 
 fn main() -> ExitCode {
     gpu_harness::run(gpu_tests![
-        Cpu => training_plans_for_cuda;
+        Cpu => training_plans_for_cuda, adamw_updates_the_state_in_place_on_cuda;
         Cuda => training_step_f32_storage, training_step_bf16_storage, adamw_state_stays_f32_on_bf16_storage;
     ])
 }
@@ -137,13 +139,9 @@ fn adamw_state_stays_f32_on_bf16_storage() {
     let n = 4099;
     let cuda = CudaBackend::new(0, StorageMode::Bf16).unwrap();
     let start: Vec<f32> = values(7, n).iter().map(|v| 1.0 + v * 0.01).collect();
-    let mut on_gpu = AdamW::new(AdamWConfig::default(), &start, &cuda).unwrap();
-    let mut on_cpu = AdamW::new(
-        AdamWConfig::default(),
-        &start,
-        &qie_runtime::cpu::CpuBackend,
-    )
-    .unwrap();
+    let cpu = qie_runtime::cpu::CpuBackend;
+    let mut on_gpu = AdamW::new(AdamWConfig::default(), &start, true, &cuda).unwrap();
+    let mut on_cpu = AdamW::new(AdamWConfig::default(), &start, true, &cpu).unwrap();
     for t in 0..3 {
         let g = values(20 + t, n);
         for opt in [&mut on_gpu, &mut on_cpu] {
@@ -151,6 +149,16 @@ fn adamw_state_stays_f32_on_bf16_storage() {
             assert!(opt.step(1e-5, 0.5).unwrap());
         }
     }
+    // Accumulation in place: grad += grad_micro.
+    let mut micro = values(40, n);
+    micro.resize(padded_len(n), 0.0);
+    for opt in [&mut on_gpu, &mut on_cpu] {
+        opt.set_mut()
+            .update(GRAD_MICRO, qie_runtime::ParamData::F32(&micro))
+            .unwrap();
+        opt.accumulate().unwrap();
+    }
+    assert_eq!(on_gpu.read(GRAD).unwrap(), on_cpu.read(GRAD).unwrap());
     let sq = (on_gpu.grad_sq_sum().unwrap(), on_cpu.grad_sq_sum().unwrap());
     assert!((sq.0 - sq.1).abs() <= 1e-5 * sq.1, "grad norms {sq:?}");
     let max_diff = |a: &[f32], b: &[f32]| {
@@ -168,4 +176,23 @@ fn adamw_state_stays_f32_on_bf16_storage() {
     let (s_gpu, s_cpu) = (on_gpu.state().unwrap(), on_cpu.state().unwrap());
     assert!(max_diff(&s_gpu.exp_avg_sq, &s_cpu.exp_avg_sq) < 1e-6);
     assert!(max_diff(&p_gpu, &start) > 2e-5, "the updates were lost");
+}
+
+/// On CUDA the AdamW update writes the master weights and moments in the state's own memory:
+/// its arena holds no copy of the state (only the small sums).
+fn adamw_updates_the_state_in_place_on_cuda() {
+    let padded = padded_len(5_000_000);
+    let graph = update_graph(padded, 1e-8).unwrap();
+    let plan = build_plan(&graph, &compile_options(&UPDATED), StorageMode::Bf16).unwrap();
+    assert_eq!(
+        plan.memory.param_in_place.len(),
+        3,
+        "{:?}",
+        plan.memory.param_in_place
+    );
+    assert!(
+        plan.arena_bytes < padded * 4,
+        "arena {} B for {padded} values",
+        plan.arena_bytes
+    );
 }

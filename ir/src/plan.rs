@@ -168,7 +168,7 @@ pub enum Slot {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MemoryPlan {
     /// Indexed by node id; `None` for values that live only inside a kernel group (and for
-    /// `Constant`/`Iota` recomputed in their users). `Some(Slot::Param)` for every `Param` node,
+    /// `Constant`/`Iota` recomputed in their users). `Some(Slot::Param)` for every `Param` node (and the outputs of `param_in_place`),
     /// `Some(Slot::Arena)` for graph inputs and every group output (the outputs of an `Alias`
     /// group have the offset of the group's input).
     pub slots: Vec<Option<Slot>>,
@@ -191,6 +191,10 @@ pub struct MemoryPlan {
     /// lives from the operand's producer to the concat's last reader. Each operand appears once in
     /// the concat's arguments; in concat order, then argument order.
     pub concat_in_place: Vec<(NodeId, NodeId)>,
+    /// (graph output, param) pairs where the output is computed straight into the param's
+    /// memory (`Slot::Param`, no lifetime): the run updates the param in place, and the caller
+    /// must treat the output as the param's new value (see `MemoryOptions::param_outputs`).
+    pub param_in_place: Vec<(NodeId, NodeId)>,
     /// Indexed by node id, for arena values: `(first, last)` group index (inclusive) during which
     /// the value's bytes must stay intact. Graph inputs start at 0; graph outputs end at
     /// `groups.len()` (one past the last group). `None` where `slots` has no arena slot.

@@ -701,3 +701,43 @@ proptest! {
         check_case(&random_concat_case(seed))?;
     }
 }
+
+/// `param_outputs`: an elementwise update of a param that only its group reads is computed in
+/// the param's memory (no arena slot); a param another group also reads, or a type change, keeps
+/// the output in the arena.
+#[test]
+fn param_outputs_are_written_in_place_only_when_legal() {
+    let mut g = Graph::new();
+    let w = g.param("w", f32t(&[32, 32]));
+    let v = g.param("v", f32t(&[32, 32]));
+    let x = g.input("x", f32t(&[32, 32]));
+    let w_new = g.add(Op::Binary(BinaryOp::Add), &[w, x]).unwrap();
+    let v_new = g.add(Op::Binary(BinaryOp::Mul), &[v, x]).unwrap();
+    // A second reader of v in another group: a reduction.
+    let vs = g
+        .add(
+            Op::Reduce {
+                op: qie_ir::ReduceOp::Sum,
+                axes: shape(&[1]),
+            },
+            &[v],
+        )
+        .unwrap();
+    g.set_output("w", w_new);
+    g.set_output("v", v_new);
+    g.set_output("vs", vs);
+    let fusion = fuse(&g, &FusionOptions::default());
+    let opts = MemoryOptions {
+        param_outputs: vec![(w_new, w), (v_new, v), (x, w)],
+        ..MemoryOptions::default()
+    };
+    let plan = plan_memory(&g, &fusion, &opts);
+    validate_memory_plan(&g, &fusion, &plan).unwrap();
+    assert_eq!(plan.param_in_place, vec![(w_new, w)]);
+    assert_eq!(plan.slot(w_new), Some(Slot::Param));
+    assert!(matches!(plan.slot(v_new), Some(Slot::Arena { .. })));
+    // A plan claiming an illegal pair does not validate.
+    let mut forged = plan.clone();
+    forged.param_in_place.push((v_new, v));
+    assert!(validate_memory_plan(&g, &fusion, &forged).is_err());
+}

@@ -199,6 +199,11 @@ pub struct CompileOptions {
     /// Store this plan's floats as `mode` instead of as the backend's mode (device backends;
     /// the CPU always stores f32). `Some(F32)` on a bf16 device keeps optimizer state exact.
     pub storage: Option<crate::storage::StorageMode>,
+    /// (output, param) pairs the caller always writes back with [`Executable::run_in_place`]
+    /// (an optimizer step): a device backend may compute such an output straight into the
+    /// param's memory (no arena buffer, no copy), and then refuses runs that do not write it
+    /// back. The CPU ignores it.
+    pub param_outputs: Vec<(String, String)>,
 }
 
 impl Default for CompileOptions {
@@ -210,6 +215,7 @@ impl Default for CompileOptions {
             poison: false,
             recompute: None,
             storage: None,
+            param_outputs: Vec::new(),
         }
     }
 }

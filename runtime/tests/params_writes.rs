@@ -7,7 +7,8 @@ mod gpu_harness;
 
 use qie_ir::{BinaryOp, DType, Graph, Op, TensorType};
 use qie_runtime::cpu::CpuBackend;
-use qie_runtime::cuda::CudaBackend;
+use qie_runtime::cuda::plan::BufRef;
+use qie_runtime::cuda::{build_plan, CudaBackend};
 use qie_runtime::{
     Backend, CompileOptions, NoParams, ParamCopy, ParamWrite, RuntimeError, StorageMode, Tensor,
 };
@@ -16,8 +17,8 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     gpu_harness::run(gpu_tests![
-        Cpu => cpu_writes_and_copies;
-        Cuda => cuda_writes_and_copies;
+        Cpu => cpu_writes_and_copies, updates_are_planned_in_the_params_memory;
+        Cuda => cuda_writes_and_copies, cuda_updates_in_the_params_memory;
     ])
 }
 
@@ -191,4 +192,50 @@ fn cuda_writes_and_copies() {
             .unwrap_err();
         assert!(err.to_string().contains("cannot be read"), "{err}");
     }
+}
+
+fn updating() -> CompileOptions {
+    CompileOptions {
+        storage: Some(StorageMode::F32),
+        param_outputs: vec![("next".into(), "state".into())],
+        ..CompileOptions::default()
+    }
+}
+
+/// With `param_outputs`, the CUDA plan computes `next` straight into `state` (no arena buffer);
+/// a request the planner cannot honour (no such output) is a compile error.
+fn updates_are_planned_in_the_params_memory() {
+    let plan = build_plan(&increment(), &updating(), StorageMode::Bf16).unwrap();
+    assert_eq!(plan.memory.param_in_place.len(), 1);
+    let next = plan.outputs.iter().find(|o| o.name == "next").unwrap();
+    assert!(matches!(next.buf, BufRef::Param { .. }), "{:?}", next.buf);
+    let plain = build_plan(&increment(), &CompileOptions::default(), StorageMode::Bf16).unwrap();
+    assert!(plain.memory.param_in_place.is_empty());
+    assert!(plain.arena_bytes > plan.arena_bytes);
+    let bad = CompileOptions {
+        param_outputs: vec![("nope".into(), "state".into())],
+        ..CompileOptions::default()
+    };
+    let err = build_plan(&increment(), &bad, StorageMode::Bf16).unwrap_err();
+    assert!(err.to_string().contains("no output \"nope\""), "{err}");
+}
+
+/// Such a plan updates the set only through run_in_place; any other run is refused, the set
+/// unchanged.
+fn cuda_updates_in_the_params_memory() {
+    let b = CudaBackend::on_device(qie_runtime::cuda::test_device(), StorageMode::Bf16).unwrap();
+    let host = HashMap::from([("state".to_string(), vec![1.0f32; 8])]);
+    let specs = [("state".to_string(), f32_type(&[8]))];
+    let mut set = b
+        .upload_params_stored(&specs, &host, StorageMode::F32)
+        .unwrap();
+    let inc = b.compile(&increment(), &updating()).unwrap();
+    let err = inc.run(&HashMap::new(), &set).unwrap_err();
+    assert!(err.to_string().contains("run_in_place"), "{err}");
+    assert_eq!(set.read("state").unwrap().to_f32_vec(), vec![1.0; 8]);
+    for _ in 0..3 {
+        inc.run_in_place(&HashMap::new(), &mut set, &[write("next", "state", 0)])
+            .unwrap();
+    }
+    assert_eq!(set.read("state").unwrap().to_f32_vec(), vec![4.0; 8]);
 }

@@ -42,6 +42,13 @@ pub struct MemoryOptions {
     /// concat's result when those slices are contiguous (recorded in
     /// [`MemoryPlan::concat_in_place`]; the concat then copies only its other operands).
     pub concat_in_place: bool,
+    /// (graph output, param) pairs that the caller writes back into the param after the run
+    /// (an in-place update such as an optimizer step): where legal, the output is computed
+    /// straight into the param's memory and gets no arena slot (recorded in
+    /// [`MemoryPlan::param_in_place`]). Legal: the output's producer is an Elementwise group of
+    /// one output shape that reads the param only at the index it writes, no other group reads
+    /// the param, nothing reshapes the output, and both have the same type.
+    pub param_outputs: Vec<(NodeId, NodeId)>,
 }
 
 impl Default for MemoryOptions {
@@ -49,6 +56,7 @@ impl Default for MemoryOptions {
         MemoryOptions {
             in_place: true,
             concat_in_place: true,
+            param_outputs: Vec::new(),
         }
     }
 }
@@ -59,8 +67,55 @@ impl MemoryOptions {
         MemoryOptions {
             in_place: false,
             concat_in_place: false,
+            param_outputs: Vec::new(),
         }
     }
+}
+
+/// The pairs of `requested` (see [`MemoryOptions::param_outputs`]) that may share memory.
+fn params_written_in_place(
+    g: &Graph,
+    fusion: &FusionPlan,
+    requested: &[(NodeId, NodeId)],
+) -> Vec<(NodeId, NodeId)> {
+    let mut chosen: Vec<(NodeId, NodeId)> = Vec::new();
+    for &(o, p) in requested {
+        let valid = o.index() < g.len() && p.index() < g.len();
+        if !valid
+            || !matches!(g.node(p).op, Op::Param { .. })
+            || !g.outputs.iter().any(|(_, id)| *id == o)
+            || g.ty(o) != g.ty(p)
+            || chosen.iter().any(|&(co, cp)| co == o || cp == p)
+        {
+            continue;
+        }
+        let readers: Vec<usize> = (0..fusion.groups.len())
+            .filter(|&gi| fusion.groups[gi].inputs.contains(&p))
+            .collect();
+        let Some(gi) = fusion
+            .groups
+            .iter()
+            .position(|grp| grp.outputs.contains(&o))
+        else {
+            continue;
+        };
+        let grp = &fusion.groups[gi];
+        let shape = &g.ty(grp.outputs[0]).shape;
+        let reshaped = fusion
+            .groups
+            .iter()
+            .any(|other| other.kind == GroupKind::Alias && other.inputs.contains(&o));
+        if readers != [gi]
+            || grp.kind != GroupKind::Elementwise
+            || grp.outputs.iter().any(|&x| g.ty(x).shape != *shape)
+            || reshaped
+            || main_space_access(g, grp).get(&p) != Some(&Access::Same)
+        {
+            continue;
+        }
+        chosen.push((o, p));
+    }
+    chosen
 }
 
 /// The name `qie compile` uses for [`MemoryOptions`].
@@ -250,7 +305,11 @@ impl IntervalIndex {
 /// the result with [`validate_memory_plan`].
 pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> MemoryPlan {
     let n = g.len();
-    let life = value_lifetimes(g, fusion);
+    let param_in_place = params_written_in_place(g, fusion, &opts.param_outputs);
+    let mut life = value_lifetimes(g, fusion);
+    for &(o, _) in &param_in_place {
+        life[o.index()] = None;
+    }
     let end_of_run = fusion.groups.len();
     let mut bufs = Buffers::new(&life);
     for grp in &fusion.groups {
@@ -405,7 +464,8 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
     let mut slots: Vec<Option<Slot>> = vec![None; n];
     for id in g.ids() {
         let i = id.index();
-        if matches!(g.node(id).op, Op::Param { .. }) {
+        if matches!(g.node(id).op, Op::Param { .. }) || param_in_place.iter().any(|&(o, _)| o == id)
+        {
             slots[i] = Some(Slot::Param);
         } else if let Some((b, d)) = buffer_of[i] {
             slots[i] = Some(Slot::Arena {
@@ -420,6 +480,7 @@ pub fn plan_memory(g: &Graph, fusion: &FusionPlan, opts: &MemoryOptions) -> Memo
         peak_live_bytes,
         in_place,
         concat_in_place,
+        param_in_place,
         lifetimes: life,
     };
     if cfg!(debug_assertions) {
@@ -546,7 +607,17 @@ pub fn validate_memory_plan(
     if plan.slots.len() != n {
         return Err(format!("{} slots for {n} nodes", plan.slots.len()));
     }
-    let life = value_lifetimes(g, fusion);
+    let mut life = value_lifetimes(g, fusion);
+    let expected = params_written_in_place(g, fusion, &plan.param_in_place);
+    if expected != plan.param_in_place {
+        return Err(format!(
+            "params written in place {:?}, of which only {expected:?} are legal",
+            plan.param_in_place
+        ));
+    }
+    for &(o, _) in &plan.param_in_place {
+        life[o.index()] = None;
+    }
     if plan.lifetimes != life {
         return Err("lifetimes differ from value_lifetimes".into());
     }
@@ -554,7 +625,8 @@ pub fn validate_memory_plan(
     let mut values: Vec<(NodeId, usize, usize, usize, usize)> = Vec::new();
     for id in g.ids() {
         let i = id.index();
-        let is_param = matches!(g.node(id).op, Op::Param { .. });
+        let is_param = matches!(g.node(id).op, Op::Param { .. })
+            || plan.param_in_place.iter().any(|&(o, _)| o == id);
         match (plan.slots[i], life[i]) {
             (Some(Slot::Param), None) if is_param => {}
             (None, None) if !is_param => {}

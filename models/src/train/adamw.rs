@@ -233,22 +233,37 @@ pub struct AdamW {
     padded: usize,
     update: Arc<dyn Executable>,
     norm: Arc<dyn Executable>,
-    accumulate: Arc<dyn Executable>,
+    accumulate: Option<Arc<dyn Executable>>,
     set: ParamSet,
     step: u64,
 }
 
+/// The outputs of [`update_graph`] written back into the params of the same names.
+pub const UPDATED: [&str; 3] = [PARAM, EXP_AVG, EXP_AVG_SQ];
+
+/// How the optimizer's plans compile: f32 storage (master weights and moments stay f32 on a
+/// bf16 device too), and `updates` written back into the params of the same names.
+pub fn compile_options(updates: &[&str]) -> CompileOptions {
+    CompileOptions {
+        storage: Some(StorageMode::F32),
+        param_outputs: updates
+            .iter()
+            .map(|n| (n.to_string(), n.to_string()))
+            .collect(),
+        ..CompileOptions::default()
+    }
+}
+
+/// Compiles an optimizer plan whose outputs `updates` are written back into the params of the
+/// same names (on a GPU, computed in place: no second copy of the state).
 fn compile(
     backend: &dyn Backend,
     what: &str,
     graph: Result<Graph, qie_ir::TypeError>,
+    updates: &[&str],
 ) -> Result<Arc<dyn Executable>, ModelError> {
     let graph = graph.map_err(|e| ModelError::new(format!("building the {what}: {e}")))?;
-    // Master weights and moments stay f32 on a bf16 device too.
-    let options = CompileOptions {
-        storage: Some(StorageMode::F32),
-        ..CompileOptions::default()
-    };
+    let options = compile_options(updates);
     backend
         .compile(&graph, &options)
         .map(Arc::from)
@@ -260,25 +275,44 @@ fn run_err(what: &str) -> impl Fn(qie_runtime::RuntimeError) -> ModelError + '_ 
 }
 
 impl AdamW {
-    /// Master weights `initial` (moments and gradient zero), resident on `backend`.
+    /// Master weights `initial` (moments and gradient zero), resident on `backend`; with
+    /// `accumulates`, room for micro-batch gradients ([`GRAD_MICRO`], [`AdamW::accumulate`]).
     pub fn new(
         config: AdamWConfig,
         initial: &[f32],
+        accumulates: bool,
         backend: &dyn Backend,
     ) -> Result<AdamW, ModelError> {
         config.check().map_err(ModelError::new)?;
         let n = initial.len();
         let padded = padded_len(n);
-        let update = compile(backend, "AdamW update", update_graph(padded, config.eps))?;
-        let norm = compile(backend, "gradient norm", norm_graph(padded))?;
-        let accumulate = compile(backend, "gradient accumulation", accumulate_graph(padded))?;
+        let update = compile(
+            backend,
+            "AdamW update",
+            update_graph(padded, config.eps),
+            &UPDATED,
+        )?;
+        let norm = compile(backend, "gradient norm", norm_graph(padded), &[])?;
+        let accumulate = if accumulates {
+            Some(compile(
+                backend,
+                "gradient accumulation",
+                accumulate_graph(padded),
+                &[GRAD],
+            )?)
+        } else {
+            None
+        };
         let mut master = initial.to_vec();
         master.resize(padded, 0.0);
         let zeros = vec![0.0f32; padded];
         let mut host: HashMap<String, &[f32]> = HashMap::new();
         host.insert(PARAM.into(), &master);
-        for name in [GRAD, GRAD_MICRO, EXP_AVG, EXP_AVG_SQ] {
+        for name in [GRAD, EXP_AVG, EXP_AVG_SQ] {
             host.insert(name.into(), &zeros);
+        }
+        if accumulates {
+            host.insert(GRAD_MICRO.into(), &zeros);
         }
         let specs: Vec<(String, TensorType)> = host
             .keys()
@@ -332,8 +366,12 @@ impl AdamW {
 
     /// `grad += grad_micro`.
     pub fn accumulate(&mut self) -> Result<(), ModelError> {
-        self.accumulate
-            .run_in_place(&HashMap::new(), &mut self.set, &[write(GRAD)])
+        let Some(plan) = &self.accumulate else {
+            return Err(ModelError::new(
+                "this AdamW was built without gradient accumulation",
+            ));
+        };
+        plan.run_in_place(&HashMap::new(), &mut self.set, &[write(GRAD)])
             .map_err(run_err("gradient accumulation"))?;
         Ok(())
     }
@@ -477,7 +515,7 @@ mod tests {
         let n = 1000;
         let config = AdamWConfig::default();
         let p: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.37).sin()).collect();
-        let mut opt = AdamW::new(config.clone(), &p, &CpuBackend).unwrap();
+        let mut opt = AdamW::new(config.clone(), &p, false, &CpuBackend).unwrap();
         assert!(
             opt.kernel_count() <= 3,
             "the update should fuse into one kernel and the two sums: {}",
@@ -505,14 +543,14 @@ mod tests {
         assert!(err < 1e-6, "max |qie - torch| = {err}");
         // A checkpoint round trip continues the same run.
         let state = opt.state().unwrap();
-        let mut again = AdamW::new(config, &got, &CpuBackend).unwrap();
+        let mut again = AdamW::new(config, &got, false, &CpuBackend).unwrap();
         again.load(&got, &state).unwrap();
         assert_eq!(again.state().unwrap(), state);
     }
 
     #[test]
     fn accumulation_adds_micro_batches() {
-        let mut opt = AdamW::new(AdamWConfig::default(), &[0.0; 5], &CpuBackend).unwrap();
+        let mut opt = AdamW::new(AdamWConfig::default(), &[0.0; 5], true, &CpuBackend).unwrap();
         opt.set_grad(&[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
         let micro = [0.5f32; 5];
         let mut padded = micro.to_vec();
@@ -526,7 +564,7 @@ mod tests {
 
     #[test]
     fn a_non_finite_update_is_reported() {
-        let mut opt = AdamW::new(AdamWConfig::default(), &[1.0; 3], &CpuBackend).unwrap();
+        let mut opt = AdamW::new(AdamWConfig::default(), &[1.0; 3], false, &CpuBackend).unwrap();
         opt.set_grad(&[1.0, f32::NAN, 0.0]).unwrap();
         assert!(opt.grad_sq_sum().unwrap().is_nan());
         assert!(!opt.step(1e-3, 1.0).unwrap());
@@ -538,8 +576,9 @@ mod tests {
             betas: (1.0, 0.999),
             ..AdamWConfig::default()
         };
-        assert!(AdamW::new(bad, &[0.0; 4], &CpuBackend).is_err());
-        let mut opt = AdamW::new(AdamWConfig::default(), &[0.0; 4], &CpuBackend).unwrap();
+        assert!(AdamW::new(bad, &[0.0; 4], false, &CpuBackend).is_err());
+        let mut opt = AdamW::new(AdamWConfig::default(), &[0.0; 4], false, &CpuBackend).unwrap();
+        assert!(opt.accumulate().is_err());
         let err = opt.set_grad(&[0.0; 3]).unwrap_err();
         assert!(err.message.contains("built for 4"), "{err}");
     }

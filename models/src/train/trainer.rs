@@ -114,7 +114,12 @@ impl Trainer {
             master.extend(dit.weight_f32(&name)?);
             layout.push((name, (*shape).clone()));
         }
-        let optimizer = AdamW::new(settings.optimizer.clone(), &master, &**dit.backend())?;
+        let optimizer = AdamW::new(
+            settings.optimizer.clone(),
+            &master,
+            settings.grad_accum > 1,
+            &**dit.backend(),
+        )?;
         let sampler = TimestepSampler::new(&settings.timesteps).map_err(ModelError::new)?;
         let state = LoopState {
             step: 0,

@@ -120,9 +120,13 @@ impl<'a> Binder<'a> {
                     dtype: b.ty.dtype,
                 })
             }
-            Some(Slot::Param) => Err(compile_err(format!(
-                "memory plan marks non-param {id} as a param"
-            ))),
+            Some(Slot::Param) => match self.memory.param_in_place.iter().find(|(o, _)| *o == id) {
+                // An output computed in the memory of the param it updates.
+                Some(&(_, param)) => Ok(self.param(param)),
+                None => Err(compile_err(format!(
+                    "memory plan marks non-param {id} as a param"
+                ))),
+            },
             None => Err(compile_err(format!(
                 "{id} ({}, {}) has no memory slot but is needed across kernels",
                 self.graph.node(id).op.mnemonic(),

@@ -143,8 +143,41 @@ pub fn build_plan(
 ) -> Result<CudaPlan, RuntimeError> {
     let (g, fusion) = crate::compile::optimize_and_fuse(graph, options)?;
     let sg = assign_storage(&g, &fusion, mode)?;
-    let memory = plan_memory(&sg, &fusion, &MemoryOptions::default());
+    let memory_options = MemoryOptions {
+        param_outputs: param_output_nodes(&sg, &options.param_outputs)?,
+        ..MemoryOptions::default()
+    };
+    let memory = plan_memory(&sg, &fusion, &memory_options);
     CudaPlan::new(sg, &g, fusion, memory, mode)
+}
+
+/// The nodes of [`CompileOptions::param_outputs`] (output and param names) in `g`.
+fn param_output_nodes(
+    g: &Graph,
+    pairs: &[(String, String)],
+) -> Result<Vec<(qie_ir::NodeId, qie_ir::NodeId)>, RuntimeError> {
+    pairs
+        .iter()
+        .map(|(output, param)| {
+            let o = g
+                .outputs
+                .iter()
+                .find(|(n, _)| n == output)
+                .map(|&(_, id)| id)
+                .ok_or_else(|| {
+                    RuntimeError::Compile(format!("param_outputs: no output \"{output}\""))
+                })?;
+            let p = g
+                .params()
+                .into_iter()
+                .find(|(n, _)| n == param)
+                .map(|(_, id)| id)
+                .ok_or_else(|| {
+                    RuntimeError::Compile(format!("param_outputs: no param \"{param}\""))
+                })?;
+            Ok((o, p))
+        })
+        .collect()
 }
 
 /// The text of one NVRTC module holding `kernels` (symbol, source).

@@ -165,6 +165,33 @@ impl CudaExecutable {
             .iter()
             .map(|p| Ok(held.ptrs[set.bind(&p.name, &p.ty)?]))
             .collect::<Result<_, RuntimeError>>()?;
+        // Outputs computed in a param's memory change the set: only a run that writes them
+        // back to that very param may go ahead.
+        let updates: Vec<&str> = plan
+            .graph
+            .outputs
+            .iter()
+            .filter(|(_, id)| plan.memory.param_in_place.iter().any(|(o, _)| o == id))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        for o in plan
+            .outputs
+            .iter()
+            .filter(|o| updates.contains(&o.name.as_str()))
+        {
+            if let BufRef::Param { index, .. } = o.buf {
+                let dst = param_ptrs[index];
+                let written = writes
+                    .iter()
+                    .any(|w| plan.outputs[w.output].name == o.name && w.dst == dst);
+                if !written {
+                    return Err(RuntimeError::Execution(format!(
+                        "this plan computes output \"{}\" in the memory of param \"{}\": run it with run_in_place writing it back there",
+                        o.name, plan.params[index].name
+                    )));
+                }
+            }
+        }
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
             *guard = Some(RunState {
