@@ -4,7 +4,10 @@
 //! against an f64 reference first). Timed with CUDA events after warm-up; prints the median of
 //! `--iters` runs.
 //!
-//!     cargo run --release -p qie-runtime --example cuda_bench -- [--iters 30] [--only gemm|attn|variants]
+//! `attn_bwd` times the attention backward (FA2 `mma.sync` kernels and, on 9.x, the wgmma ones)
+//! and compares their gradients with each other.
+//!
+//!     cargo run --release -p qie-runtime --example cuda_bench -- [--iters 30] [--only gemm|attn|attn_bwd|variants]
 //!
 //! The PyTorch counterpart is benches/torch/attention.py (same shapes, same card).
 
@@ -14,8 +17,8 @@ use half::bf16;
 use qie_runtime::cuda::attention::AttentionKernel;
 use qie_runtime::cuda::blas::WORKSPACE_BYTES;
 use qie_runtime::cuda::{
-    ArenaLayout, AttentionArgs, Blas, CudaDevice, DevPtr, Epilogue, FlashAttention, GemmArgs,
-    KernelCache, Result,
+    ArenaLayout, AttentionArgs, AttentionGradArgs, Blas, CudaDevice, DevPtr, Epilogue,
+    FlashAttention, FlashAttentionBackward, GemmArgs, KernelCache, Result, TensorStrides,
 };
 
 struct Timing {
@@ -110,6 +113,9 @@ fn run() -> Result<()> {
     println!("median of {iters} runs after {warmup} warm-up runs, CUDA events, random bf16 data");
     if only == "variants" {
         return attention_variants(&dev, warmup, iters);
+    }
+    if only == "attn_bwd" {
+        return attention_backward(&dev, warmup, iters);
     }
 
     if only.is_empty() || only == "gemm" {
@@ -423,6 +429,87 @@ fn attention_variants(dev: &Arc<CudaDevice>, warmup: usize, iters: usize) -> Res
             masked.flops() / tm.median_ms / 1e9,
             d64.flops() / t64.median_ms / 1e9
         );
+    }
+    Ok(())
+}
+
+/// Attention backward at DiT size (B1 N8448 H24 D128, 20 masked text keys): each kernel kind
+/// timed (the call includes its forward recompute, timed alone too), and the gradients of the
+/// kinds compared with the first one's (rel-L2 over dQ, dK, dV).
+fn attention_backward(dev: &Arc<CudaDevice>, warmup: usize, iters: usize) -> Result<()> {
+    let (b, n, h, d) = (1usize, 8448usize, 24usize, 128usize);
+    let elems = b * n * h * d;
+    let mut layout = ArenaLayout::new();
+    let bf = |layout: &mut ArenaLayout| layout.reserve(elems * 2);
+    let regions: Vec<_> = (0..8).map(|_| bf(&mut layout)).collect(); // q k v o dout dq dk dv
+    let rl = layout.reserve(b * h * n * 4);
+    let rd = layout.reserve(b * h * n * 4);
+    let rm = layout.reserve(b * n);
+    let arena = layout.allocate(dev)?;
+    let p: Vec<DevPtr> = regions.iter().map(|r| arena.region(*r)).collect();
+    let (pl, pd, pm) = (arena.region(rl), arena.region(rd), arena.region(rm));
+    for (i, seed) in [(0usize, 11u64), (1, 12), (2, 13), (4, 14)] {
+        fill_random(dev, p[i], elems, 1.0, seed)?;
+    }
+    let mask: Vec<u8> = (0..n).map(|j| u8::from(!(236..256).contains(&j))).collect();
+    dev.htod(pm, &mask)?;
+    let forward = AttentionArgs::contiguous(b, n, n, h, d, p[0], p[1], p[2], pm, p[3], pl);
+    let strides = TensorStrides::contiguous(n, h, d);
+    let args = AttentionGradArgs {
+        forward,
+        dout: p[4],
+        dout_strides: strides,
+        delta: pd,
+        dq: p[5],
+        dk: p[6],
+        dv: p[7],
+        grad_strides: strides,
+    };
+    let cache = KernelCache::default_location();
+    let mut first: Option<Vec<bf16>> = None;
+    for kind in [AttentionKernel::Fa2, AttentionKernel::Wgmma] {
+        if !kind.supported(dev) {
+            continue;
+        }
+        let fa = FlashAttention::with_kernel(dev, &cache, kind, &[])?;
+        let fb = FlashAttentionBackward::new(dev, &cache, kind)?;
+        let k = kind.name();
+        let t = time(dev, warmup, iters, &|| fa.forward(&forward))?;
+        report(
+            &format!("[{k}] attention fwd (masked)"),
+            forward.flops(),
+            &t,
+        );
+        let t = time(dev, warmup, iters, &|| fb.backward(&fa, &args))?;
+        report(
+            &format!("[{k}] attention bwd call (2.5x fwd FLOPs; + its fwd)"),
+            args.flops(),
+            &t,
+        );
+        let mut grads = vec![bf16::ZERO; 3 * elems];
+        for (i, chunk) in grads.chunks_mut(elems).enumerate() {
+            dev.dtoh(chunk, p[5 + i])?;
+        }
+        let finite = grads.iter().all(|x| x.is_finite());
+        match &first {
+            None => {
+                println!("[{k}] gradients finite: {finite}");
+                first = Some(grads);
+            }
+            Some(f) => {
+                let (mut num, mut den) = (0f64, 0f64);
+                for (a, r) in grads.iter().zip(f) {
+                    let (a, r) = (a.to_f64(), r.to_f64());
+                    num += (a - r) * (a - r);
+                    den += r * r;
+                }
+                let rel = (num / den).sqrt();
+                println!(
+                    "[{k}] gradients finite: {finite}; dQ/dK/dV vs the first kernel's: rel-L2 {rel:.2e}{}",
+                    if finite && rel < 2e-2 { "" } else { "  ** WRONG **" }
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -1,4 +1,6 @@
-//! Flash-attention backward on tensor cores: `runtime/kernels/flash_attention_bwd.cu`.
+//! Flash-attention backward on tensor cores: `runtime/kernels/flash_attention_bwd.cu`
+//! (`mma.sync`, any device) and, where the forward runs on wgmma (compute capability 9.x),
+//! `runtime/kernels/flash_attention_bwd_wgmma.cu` for head_dim 128.
 //!
 //! One call: the forward kernel again (O and the log-sum-exp into scratch), `delta =
 //! rowsum(dO * O)`, then dQ (one block per 64 query rows) and dK / dV (one block per 64 key
@@ -6,7 +8,9 @@
 
 use std::sync::Arc;
 
-use super::attention::{AttentionArgs, FlashAttention, TensorStrides};
+use super::attention::{
+    AttentionArgs, AttentionKernel, FlashAttention, TensorStrides, WGMMA_SOURCE,
+};
 use super::nvrtc::{Arg, Kernel};
 use super::{sources, CudaDevice, CudaError, DevPtr, KernelCache, Result};
 
@@ -14,6 +18,10 @@ use super::{sources, CudaDevice, CudaError, DevPtr, KernelCache, Result};
 const ROWS: usize = 64;
 const COLS: usize = 64;
 const THREADS: u32 = 128;
+/// The wgmma kernels: one warpgroup per block, also 64 rows and 64-column tiles.
+const WGMMA_THREADS: u32 = 128;
+/// Source of the wgmma gradient kernels (compiled after [`WGMMA_SOURCE`], whose helpers they use).
+const WGMMA_BWD_SOURCE: &str = include_str!("../../kernels/flash_attention_bwd_wgmma.cu");
 
 /// One backward call. `forward` names q, k, v, the mask and the scratch it recomputes into
 /// (`out`: dense [B, Sq, H, D] bf16, `lse`: [B, H, Sq] f32).
@@ -71,12 +79,15 @@ pub struct FlashAttentionBackward {
     delta: Kernel,
     dq: [Kernel; 2],
     dkdv: [Kernel; 2],
+    /// dQ and dK/dV on wgmma for head_dim 128, when the forward runs on wgmma.
+    wgmma: Option<[Kernel; 2]>,
 }
 
 impl FlashAttentionBackward {
     /// Compiles (or reads from `cache`) the backward program (the forward's source, whose
-    /// helpers it uses, then the backward kernels) and loads it on `dev`.
-    pub fn new(dev: &Arc<CudaDevice>, cache: &KernelCache) -> Result<Self> {
+    /// helpers it uses, then the backward kernels) and loads it on `dev`; with
+    /// `kind == Wgmma` also the wgmma gradient kernels, which then run head_dim 128.
+    pub fn new(dev: &Arc<CudaDevice>, cache: &KernelCache, kind: AttentionKernel) -> Result<Self> {
         let source = format!(
             "{}\n{}",
             sources::FLASH_ATTENTION,
@@ -95,7 +106,31 @@ impl FlashAttentionBackward {
             k.set_max_dynamic_shared(shared_bytes(d) as u32)?;
             Ok(k)
         };
+        let wgmma = if kind == AttentionKernel::Wgmma && kind.supported(dev) {
+            let source = format!("{WGMMA_SOURCE}\n{WGMMA_BWD_SOURCE}");
+            // wgmma exists only in the arch-specific sm_90a target.
+            let compiled = cache.compile(
+                &source,
+                "flash_attention_bwd_wgmma.cu",
+                "sm_90a",
+                dev.driver_version(),
+                &[],
+            )?;
+            let module = super::Module::load(dev, &compiled)?;
+            let load = |name: &str| -> Result<Kernel> {
+                let k = module.function(name)?;
+                k.set_max_dynamic_shared(wgmma_shared_bytes() as u32)?;
+                Ok(k)
+            };
+            Some([
+                load("flash_attn_wgmma_bwd_dq_d128")?,
+                load("flash_attn_wgmma_bwd_dkdv_d128")?,
+            ])
+        } else {
+            None
+        };
         Ok(FlashAttentionBackward {
+            wgmma,
             delta: module.function("flash_attn_bwd_delta")?,
             dq: [
                 load("flash_attn_bwd_dq_d64", 64)?,
@@ -168,12 +203,32 @@ impl FlashAttentionBackward {
             Arg::F32(f.scale * std::f32::consts::LOG2_E),
             Arg::F32(f.scale),
         ];
+        let grid = |n: usize| (n.div_ceil(ROWS) as u32, f.heads as u32, f.batch as u32);
+        if let (Some([dq, dkdv]), 128) = (&self.wgmma, f.head_dim) {
+            let smem = wgmma_shared_bytes() as u32;
+            dq.launch(grid(f.seq_q), (WGMMA_THREADS, 1, 1), smem, &args)?;
+            return dkdv.launch(grid(f.seq_k), (WGMMA_THREADS, 1, 1), smem, &args);
+        }
         let which = usize::from(f.head_dim == 128);
         let smem = shared_bytes(f.head_dim) as u32;
-        let grid = |n: usize| (n.div_ceil(ROWS) as u32, f.heads as u32, f.batch as u32);
         self.dq[which].launch(grid(f.seq_q), (THREADS, 1, 1), smem, &args)?;
         self.dkdv[which].launch(grid(f.seq_k), (THREADS, 1, 1), smem, &args)
     }
+
+    /// The kernels that run head_dim 128.
+    pub fn kind(&self) -> AttentionKernel {
+        if self.wgmma.is_some() {
+            AttentionKernel::Wgmma
+        } else {
+            AttentionKernel::Fa2
+        }
+    }
+}
+
+/// Dynamic shared memory of one block of either wgmma kernel (`FW_VEC_OFF` + vectors + 1 KB to
+/// align the base): six [64, 128] bf16 tiles and four rows of 64 floats.
+pub fn wgmma_shared_bytes() -> usize {
+    6 * ROWS * 128 * 2 + 4 * COLS * 4 + 1024
 }
 
 /// Dynamic shared memory of one block (either kernel): two row tiles, two double-buffered column

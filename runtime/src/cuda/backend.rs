@@ -270,7 +270,10 @@ impl Shared {
         if let Some(fb) = f.as_ref() {
             return Ok(fb.clone());
         }
-        let fb = Arc::new(FlashAttentionBackward::new(&self.dev, &self.cache).map_err(cuda_err)?);
+        // The gradient kernels follow the forward's choice (QIE_ATTN_KERNEL included).
+        let kind = self.flash()?.kind();
+        let fb =
+            Arc::new(FlashAttentionBackward::new(&self.dev, &self.cache, kind).map_err(cuda_err)?);
         *f = Some(fb.clone());
         Ok(fb)
     }
