@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use half::bf16;
 use qie_runtime::cuda::attention::AttentionKernel;
+use qie_runtime::cuda::attention_bwd::WgmmaBlocks;
 use qie_runtime::cuda::blas::WORKSPACE_BYTES;
 use qie_runtime::cuda::{
     ArenaLayout, AttentionArgs, AttentionGradArgs, Blas, CudaDevice, DevPtr, Epilogue,
@@ -472,7 +473,6 @@ fn attention_backward(dev: &Arc<CudaDevice>, warmup: usize, iters: usize) -> Res
             continue;
         }
         let fa = FlashAttention::with_kernel(dev, &cache, kind, &[])?;
-        let fb = FlashAttentionBackward::new(dev, &cache, kind)?;
         let k = kind.name();
         let t = time(dev, warmup, iters, &|| fa.forward(&forward))?;
         report(
@@ -480,12 +480,51 @@ fn attention_backward(dev: &Arc<CudaDevice>, warmup: usize, iters: usize) -> Res
             forward.flops(),
             &t,
         );
-        let t = time(dev, warmup, iters, &|| fb.backward(&fa, &args))?;
-        report(
-            &format!("[{k}] attention bwd call (2.5x fwd FLOPs; + its fwd)"),
-            args.flops(),
-            &t,
-        );
+        // wgmma: the block shapes (warpgroups per dQ / dK-dV block); the default one last, so
+        // its gradients are the ones compared.
+        let shapes: Vec<WgmmaBlocks> = if kind == AttentionKernel::Wgmma {
+            [(1, 1), (2, 2), (3, 1), (3, 2)]
+                .map(|(dq, dkdv)| WgmmaBlocks { dq, dkdv })
+                .into_iter()
+                .filter(|b| *b != WgmmaBlocks::DEFAULT)
+                .chain([WgmmaBlocks::DEFAULT])
+                .collect()
+        } else {
+            vec![WgmmaBlocks::DEFAULT]
+        };
+        // Every block shape runs the same per-row arithmetic: the gradients must be identical.
+        let mut shape_grads: Option<Vec<bf16>> = None;
+        for blocks in shapes {
+            let fb = FlashAttentionBackward::with_blocks(dev, &cache, kind, blocks)?;
+            let t = time(dev, warmup, iters, &|| fb.backward(&fa, &args))?;
+            let shape = if kind == AttentionKernel::Wgmma {
+                format!(" dq x{} dkdv x{}", blocks.dq, blocks.dkdv)
+            } else {
+                String::new()
+            };
+            report(
+                &format!("[{k}{shape}] attention bwd call (2.5x fwd; + its fwd)"),
+                args.flops(),
+                &t,
+            );
+            let mut g = vec![bf16::ZERO; 3 * elems];
+            for (i, chunk) in g.chunks_mut(elems).enumerate() {
+                dev.dtoh(chunk, p[5 + i])?;
+            }
+            match &shape_grads {
+                None => shape_grads = Some(g),
+                Some(first) => {
+                    let same = first
+                        .iter()
+                        .zip(&g)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    println!(
+                        "[{k}{shape}] gradients bit-identical to the first shape's: {same}{}",
+                        if same { "" } else { "  ** WRONG **" }
+                    );
+                }
+            }
+        }
         let mut grads = vec![bf16::ZERO; 3 * elems];
         for (i, chunk) in grads.chunks_mut(elems).enumerate() {
             dev.dtoh(chunk, p[5 + i])?;

@@ -7,25 +7,41 @@
 // with P = exp(s * scale - lse) and dS = P * (dO V^T - delta). Each output element has one
 // writer (deterministic); S and dP are computed in both kernels.
 //
-// One block = one warpgroup (128 threads) owning 64 rows; tiles of 64 columns are double
-// buffered through cp.async issued by every thread. Two blocks share an SM, so one block's
-// exponentials overlap the other's matrix products. Four products per tile, each one of the
-// forward's two patterns:
+// One block = WGS warpgroups (FW_DQ_WGS / FW_DKDV_WGS, set by the host), each owning 64 rows;
+// tiles of 64 columns are double buffered through cp.async issued by every thread and shared
+// by the block's warpgroups (fewer column reads through L2). Measured on an H200 (cuda_bench
+// --only attn_bwd): 3 warpgroups for dQ (~156 registers) and 1 for dK/dV (~230; 2 are no
+// faster) is the best. Four products per tile, each one of the forward's two patterns:
 //   A B^T with A and B from shared memory, both K-major (m64n64k16: S = Q K^T, dP = dO V^T,
 //     S^T = K Q^T, dP^T = V dO^T);
 //   X += P B with P (bf16) from registers and B from shared memory, MN-major (m64n128k16:
 //     dQ += dS K, dV += P^T dO, dK += dS^T Q). The accumulator layout of the first is the
 //     A-fragment layout of the second, so P and dS never leave registers.
 //
-// Shared-memory tiles are [2 halves of 64 columns][64 rows][128 B], 16-byte chunk c of row r at
+// Shared-memory tiles are [2 halves of 64 columns][rows][128 B], 16-byte chunk c of row r at
 // chunk (c ^ (r & 7)): the 128-byte swizzle, as in the forward.
 
-#define FW_ROWS 64                      // rows per block and columns per tile
-#define FW_THREADS 128                  // one warpgroup
-#define FW_TILE (FW_ROWS * FA3_D * 2)   // one [64, 128] bf16 tile: 16 KB
+#ifndef FW_DQ_WGS
+#define FW_DQ_WGS 3 // warpgroups (of 64 rows) per dQ block
+#endif
+#ifndef FW_DKDV_WGS
+#define FW_DKDV_WGS 1 // warpgroups (of 64 rows) per dK/dV block
+#endif
+#define FW_ROWS 64                      // rows per warpgroup and columns per tile
+#define FW_TILE (FW_ROWS * FA3_D * 2)   // one [64, 128] column tile: 16 KB
 #define FW_HALF (FW_ROWS * 128)         // 64 columns of 64 rows: 8 KB
-#define FW_VEC_OFF (6 * FW_TILE)        // f32 [2][2][64]: per-tile bias, or lse and delta
 #define FW_LOG2E 1.4426950408889634f
+
+// Shared-memory map of a block of WGS warpgroups (bytes from a 1024-aligned base): two row
+// tiles [64 WGS, 128], two double-buffered column tiles, then f32 [2][2][64] vectors (per-tile
+// bias, or lse and delta).
+template <int WGS> struct FwMap {
+    static constexpr int ROW_TILE = WGS * FW_ROWS * FA3_D * 2;
+    static constexpr int ROW_HALF = WGS * FW_ROWS * 128;
+    static constexpr int COL0 = 2 * ROW_TILE; // + buf * FW_TILE
+    static constexpr int COL1 = COL0 + 2 * FW_TILE;
+    static constexpr int VEC = COL1 + 2 * FW_TILE;
+};
 
 #define FW_D32_LIST                                                                               \
     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                     \
@@ -58,12 +74,14 @@ __device__ __forceinline__ void fence_regs16(u32_t (&a)[16]) {
     for (int i = 0; i < 16; ++i) asm volatile("" : "+r"(a[i])::"memory");
 }
 
-// s = A B^T for [64, 128] tiles A and B (the 8 k16 steps of the head dim).
-__device__ __forceinline__ void fw_gemm_abt(float (&s)[32], u32_t a, u32_t b) {
+// s = A B^T for 64 rows of A (a tile whose 64-column halves are a_half bytes apart) and the
+// [64, 128] column tile B (the 8 k16 steps of the head dim).
+__device__ __forceinline__ void fw_gemm_abt(float (&s)[32], u32_t a, u32_t a_half, u32_t b) {
 #pragma unroll
     for (int k = 0; k < FA3_D / 16; ++k) {
-        const u32_t off = (k / 4) * FW_HALF + (k % 4) * 32;
-        wgmma_ss_n64(s, smem_desc(a + off, 16, 1024), smem_desc(b + off, 16, 1024), k > 0);
+        const u32_t ka = (k / 4) * a_half + (k % 4) * 32;
+        const u32_t kb = (k / 4) * FW_HALF + (k % 4) * 32;
+        wgmma_ss_n64(s, smem_desc(a + ka, 16, 1024), smem_desc(b + kb, 16, 1024), k > 0);
     }
 }
 
@@ -80,18 +98,23 @@ __device__ __forceinline__ void fw_pack(const float (&s)[32], u32_t (&p)[16]) {
     for (int i = 0; i < 16; ++i) p[i] = pack_bf16x2(s[2 * i], s[2 * i + 1]);
 }
 
-// Copies rows [r0, r0 + 64) of a [*, 128] matrix (row stride ld) into the swizzled tile at
-// dst; rows at or past `limit` are zero-filled. Thread copies chunk lc of rows lr, lr + 8, ...
+// Copies rows [r0, r0 + ROWS) of a [*, 128] matrix (row stride ld) into the swizzled tile at
+// dst; rows at or past `limit` are zero-filled. Thread copies chunk lc of rows lr, lr + RS, ...
+// below ROWS (RS = THREADS / 16, a multiple of 8, so every one of those rows has the same
+// swizzle; ROWS need not be a multiple of RS: 384 threads load 64-row tiles too).
+template <int ROWS, int THREADS>
 __device__ __forceinline__ void fw_load_tile(u32_t dst, const bf16_t* base, i64_t ld, int r0,
                                              int limit) {
+    constexpr int RS = THREADS / 16;
     const int tid = threadIdx.x;
     const int lr = tid >> 4, lc = tid & 15;
-    dst += (lc >> 3) * FW_HALF + lr * 128 + (((lc & 7) ^ lr) << 4);
+    dst += (lc >> 3) * (ROWS * 128) + lr * 128 + (((lc & 7) ^ (lr & 7)) << 4);
     const bf16_t* p = base + (i64_t)(r0 + lr) * ld + lc * 8;
 #pragma unroll
-    for (int i = 0; i < FW_ROWS / 8; ++i) {
-        const bool ok = r0 + lr + 8 * i < limit;
-        cp_async_16(dst + i * 1024, ok ? p + (i64_t)i * 8 * ld : base, ok);
+    for (int i = 0; i < (ROWS + RS - 1) / RS; ++i) {
+        if (ROWS % RS != 0 && lr + RS * i >= ROWS) break;
+        const bool ok = r0 + lr + RS * i < limit;
+        cp_async_16(dst + i * RS * 128, ok ? p + (i64_t)i * RS * ld : base, ok);
     }
 }
 
@@ -104,11 +127,11 @@ __device__ __forceinline__ void fw_tile_ready() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
-// Writes 64 x 128 accumulator rows (times `mul`) as bf16 to rows row0.. of dst (row stride
-// ss), skipping rows at or past `limit`.
+// Writes a warpgroup's 64 x 128 accumulator rows (times `mul`) as bf16 to rows row0.. of dst
+// (row stride ss), skipping rows at or past `limit`.
 __device__ __forceinline__ void fw_store_rows(bf16_t* dst, i64_t ss, int row0, int limit,
                                               const float (&acc)[64], float mul) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, quad = lane & 3;
+    const int warp = (threadIdx.x & 127) >> 5, lane = threadIdx.x & 31, quad = lane & 3;
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
         const int r = row0 + warp * 16 + (lane >> 2) + hf * 8;
@@ -129,29 +152,36 @@ __device__ __forceinline__ void fw_store_rows(bf16_t* dst, i64_t ss, int row0, i
         i64_t q_ss, i64_t q_sh, i64_t k_sb, i64_t k_ss, i64_t k_sh, i64_t v_sb, i64_t v_ss,      \
         i64_t v_sh, i64_t g_sb, i64_t g_ss, i64_t g_sh, i64_t d_sb, i64_t d_ss, i64_t d_sh,      \
         i64_t mask_sb, float scale_log2, float scale
+#define FW_PASS                                                                                   \
+    q, k, v, dout, mask, lse, delta, dq, dk, dv, sq, sk, heads, q_sb, q_ss, q_sh, k_sb, k_ss,    \
+        k_sh, v_sb, v_ss, v_sh, g_sb, g_ss, g_sh, d_sb, d_ss, d_sh, mask_sb, scale_log2, scale
 
-// dQ for 64 query rows of one (batch, head). Shared memory: Q, dO, 2 K, 2 V tiles, 2 bias rows.
-extern "C" __global__ void __launch_bounds__(FW_THREADS, 2)
-    flash_attn_wgmma_bwd_dq_d128(FW_ARGS) {
-    extern __shared__ __align__(1024) unsigned char smem_raw[];
-    const u32_t raw_u = smem_u32(smem_raw);
+// dQ for 64 WGS query rows of one (batch, head). Shared memory: Q, dO, 2 K, 2 V tiles, 2 bias
+// rows.
+template <int WGS> __device__ __forceinline__ void flash_wgmma_bwd_dq(FW_ARGS) {
+    using M = FwMap<WGS>;
+    constexpr int THREADS = 128 * WGS;
+    extern __shared__ __align__(1024) unsigned char fw_smem[];
+    const u32_t raw_u = smem_u32(fw_smem);
     const u32_t base = (raw_u + 1023u) & ~1023u;
-    float* sBias = (float*)(smem_raw + (base - raw_u) + FW_VEC_OFF);
-    const u32_t sQ = base, sG = base + FW_TILE;
-    const u32_t sK = base + 2 * FW_TILE, sV = base + 4 * FW_TILE; // 2 buffers each
+    float* sBias = (float*)(fw_smem + (base - raw_u) + M::VEC);
+    const u32_t sQ = base, sG = base + M::ROW_TILE;
+    const u32_t sK = base + M::COL0, sV = base + M::COL1; // 2 buffers each
 
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, quad = lane & 3;
-    const int q0 = blockIdx.x * FW_ROWS, h = blockIdx.y, b = blockIdx.z;
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid & 127) >> 5, lane = tid & 31;
+    const int quad = lane & 3;
+    const int q0 = blockIdx.x * FW_ROWS * WGS, h = blockIdx.y, b = blockIdx.z;
+    const int w0 = q0 + wg * FW_ROWS; // this warpgroup's first row
     const bf16_t* kb = k + b * k_sb + h * k_sh;
     const bf16_t* vb = v + b * v_sb + h * v_sh;
     const u8_t* mb = mask ? mask + b * mask_sb : nullptr;
 
-    fw_load_tile(sQ, q + b * q_sb + h * q_sh, q_ss, q0, sq);
-    fw_load_tile(sG, dout + b * g_sb + h * g_sh, g_ss, q0, sq);
+    fw_load_tile<FW_ROWS * WGS, THREADS>(sQ, q + b * q_sb + h * q_sh, q_ss, q0, sq);
+    fw_load_tile<FW_ROWS * WGS, THREADS>(sG, dout + b * g_sb + h * g_sh, g_ss, q0, sq);
     const int n_tiles = (sk + FW_ROWS - 1) / FW_ROWS;
     auto stage = [&](int t, int buf) {
-        fw_load_tile(sK + buf * FW_TILE, kb, k_ss, t * FW_ROWS, sk);
-        fw_load_tile(sV + buf * FW_TILE, vb, v_ss, t * FW_ROWS, sk);
+        fw_load_tile<FW_ROWS, THREADS>(sK + buf * FW_TILE, kb, k_ss, t * FW_ROWS, sk);
+        fw_load_tile<FW_ROWS, THREADS>(sV + buf * FW_TILE, vb, v_ss, t * FW_ROWS, sk);
         if (tid < FW_ROWS) {
             const int j = t * FW_ROWS + tid;
             const bool keep = j < sk && (mb == nullptr || mb[j] != 0);
@@ -165,7 +195,7 @@ extern "C" __global__ void __launch_bounds__(FW_THREADS, 2)
     float lse2[2], dl[2];
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-        const int i = q0 + warp * 16 + (lane >> 2) + hf * 8;
+        const int i = w0 + warp * 16 + (lane >> 2) + hf * 8;
         const i64_t at = ((i64_t)b * heads + h) * sq + i;
         lse2[hf] = i < sq ? lse[at] * FW_LOG2E : INFINITY;
         dl[hf] = i < sq ? delta[at] : 0.f;
@@ -181,8 +211,9 @@ extern "C" __global__ void __launch_bounds__(FW_THREADS, 2)
         const u32_t tk = sK + buf * FW_TILE, tv = sV + buf * FW_TILE;
         float s[32], dp[32];
         wgmma_fence();
-        fw_gemm_abt(s, sQ, tk);  // S = Q K^T
-        fw_gemm_abt(dp, sG, tv); // dP = dO V^T
+        const u32_t own = wg * FW_ROWS * 128; // this warpgroup's rows of Q and dO
+        fw_gemm_abt(s, sQ + own, M::ROW_HALF, tk);  // S = Q K^T
+        fw_gemm_abt(dp, sG + own, M::ROW_HALF, tv); // dP = dO V^T
         wgmma_commit();
         wgmma_wait<0>();
         fence_regs32(s);
@@ -209,34 +240,37 @@ extern "C" __global__ void __launch_bounds__(FW_THREADS, 2)
         __syncthreads(); // buffer `buf` is refilled by the next iteration's prefetch
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
-    fw_store_rows(dq + b * d_sb + h * d_sh, d_ss, q0, sq, acc, scale);
+    fw_store_rows(dq + b * d_sb + h * d_sh, d_ss, w0, sq, acc, scale);
 }
 
-// dK and dV for 64 key rows of one (batch, head). Shared memory: K, V, 2 Q, 2 dO tiles, and
-// the lse (log2 domain) and delta of each query tile.
-extern "C" __global__ void __launch_bounds__(FW_THREADS, 2)
-    flash_attn_wgmma_bwd_dkdv_d128(FW_ARGS) {
-    extern __shared__ __align__(1024) unsigned char smem_raw[];
-    const u32_t raw_u = smem_u32(smem_raw);
+// dK and dV for 64 WGS key rows of one (batch, head). Shared memory: K, V, 2 Q, 2 dO tiles,
+// and the lse (log2 domain) and delta of each query tile.
+template <int WGS> __device__ __forceinline__ void flash_wgmma_bwd_dkdv(FW_ARGS) {
+    using M = FwMap<WGS>;
+    constexpr int THREADS = 128 * WGS;
+    extern __shared__ __align__(1024) unsigned char fw_smem[];
+    const u32_t raw_u = smem_u32(fw_smem);
     const u32_t base = (raw_u + 1023u) & ~1023u;
-    float* sL = (float*)(smem_raw + (base - raw_u) + FW_VEC_OFF); // [2][64]
-    float* sD = sL + 2 * FW_ROWS;                                  // [2][64]
-    const u32_t sK = base, sV = base + FW_TILE;
-    const u32_t sQ = base + 2 * FW_TILE, sG = base + 4 * FW_TILE; // 2 buffers each
+    float* sL = (float*)(fw_smem + (base - raw_u) + M::VEC); // [2][64]
+    float* sD = sL + 2 * FW_ROWS;                              // [2][64]
+    const u32_t sK = base, sV = base + M::ROW_TILE;
+    const u32_t sQ = base + M::COL0, sG = base + M::COL1; // 2 buffers each
 
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, quad = lane & 3;
-    const int k0 = blockIdx.x * FW_ROWS, h = blockIdx.y, b = blockIdx.z;
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid & 127) >> 5, lane = tid & 31;
+    const int quad = lane & 3;
+    const int k0 = blockIdx.x * FW_ROWS * WGS, h = blockIdx.y, b = blockIdx.z;
+    const int w0 = k0 + wg * FW_ROWS; // this warpgroup's first row
     const bf16_t* qb = q + b * q_sb + h * q_sh;
     const bf16_t* gb = dout + b * g_sb + h * g_sh;
     const float* lb = lse + ((i64_t)b * heads + h) * sq;
     const float* db = delta + ((i64_t)b * heads + h) * sq;
 
-    fw_load_tile(sK, k + b * k_sb + h * k_sh, k_ss, k0, sk);
-    fw_load_tile(sV, v + b * v_sb + h * v_sh, v_ss, k0, sk);
+    fw_load_tile<FW_ROWS * WGS, THREADS>(sK, k + b * k_sb + h * k_sh, k_ss, k0, sk);
+    fw_load_tile<FW_ROWS * WGS, THREADS>(sV, v + b * v_sb + h * v_sh, v_ss, k0, sk);
     const int n_tiles = (sq + FW_ROWS - 1) / FW_ROWS;
     auto stage = [&](int t, int buf) {
-        fw_load_tile(sQ + buf * FW_TILE, qb, q_ss, t * FW_ROWS, sq);
-        fw_load_tile(sG + buf * FW_TILE, gb, g_ss, t * FW_ROWS, sq);
+        fw_load_tile<FW_ROWS, THREADS>(sQ + buf * FW_TILE, qb, q_ss, t * FW_ROWS, sq);
+        fw_load_tile<FW_ROWS, THREADS>(sG + buf * FW_TILE, gb, g_ss, t * FW_ROWS, sq);
         if (tid < FW_ROWS) {
             const int i = t * FW_ROWS + tid;
             sL[buf * FW_ROWS + tid] = i < sq ? lb[i] * FW_LOG2E : INFINITY;
@@ -250,7 +284,7 @@ extern "C" __global__ void __launch_bounds__(FW_THREADS, 2)
     float keep[2];
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-        const int j = k0 + warp * 16 + (lane >> 2) + hf * 8;
+        const int j = w0 + warp * 16 + (lane >> 2) + hf * 8;
         keep[hf] = (j < sk && (mask == nullptr || mask[b * mask_sb + j] != 0)) ? 0.f : -INFINITY;
     }
     float acc_k[64], acc_v[64];
@@ -264,8 +298,9 @@ extern "C" __global__ void __launch_bounds__(FW_THREADS, 2)
         const u32_t tq = sQ + buf * FW_TILE, tg = sG + buf * FW_TILE;
         float s[32], dp[32];
         wgmma_fence();
-        fw_gemm_abt(s, sK, tq);  // S^T = K Q^T
-        fw_gemm_abt(dp, sV, tg); // dP^T = V dO^T
+        const u32_t own = wg * FW_ROWS * 128; // this warpgroup's rows of K and V
+        fw_gemm_abt(s, sK + own, M::ROW_HALF, tq);  // S^T = K Q^T
+        fw_gemm_abt(dp, sV + own, M::ROW_HALF, tg); // dP^T = V dO^T
         wgmma_commit();
         wgmma_wait<0>();
         fence_regs32(s);
@@ -300,6 +335,15 @@ extern "C" __global__ void __launch_bounds__(FW_THREADS, 2)
         __syncthreads(); // buffer `buf` is refilled by the next iteration's prefetch
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
-    fw_store_rows(dk + b * d_sb + h * d_sh, d_ss, k0, sk, acc_k, scale);
-    fw_store_rows(dv + b * d_sb + h * d_sh, d_ss, k0, sk, acc_v, 1.f);
+    fw_store_rows(dk + b * d_sb + h * d_sh, d_ss, w0, sk, acc_k, scale);
+    fw_store_rows(dv + b * d_sb + h * d_sh, d_ss, w0, sk, acc_v, 1.f);
+}
+
+extern "C" __global__ void __launch_bounds__(128 * FW_DQ_WGS, 1)
+    flash_attn_wgmma_bwd_dq_d128(FW_ARGS) {
+    flash_wgmma_bwd_dq<FW_DQ_WGS>(FW_PASS);
+}
+extern "C" __global__ void __launch_bounds__(128 * FW_DKDV_WGS, 1)
+    flash_attn_wgmma_bwd_dkdv_d128(FW_ARGS) {
+    flash_wgmma_bwd_dkdv<FW_DKDV_WGS>(FW_PASS);
 }

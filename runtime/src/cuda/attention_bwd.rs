@@ -18,8 +18,31 @@ use super::{sources, CudaDevice, CudaError, DevPtr, KernelCache, Result};
 const ROWS: usize = 64;
 const COLS: usize = 64;
 const THREADS: u32 = 128;
-/// The wgmma kernels: one warpgroup per block, also 64 rows and 64-column tiles.
-const WGMMA_THREADS: u32 = 128;
+/// Warpgroups (of 64 rows each) per block of the wgmma dQ and dK/dV kernels (the block's
+/// warpgroups share the column tiles); [`WgmmaBlocks::DEFAULT`] is the measured best.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WgmmaBlocks {
+    pub dq: usize,
+    pub dkdv: usize,
+}
+
+impl WgmmaBlocks {
+    pub const DEFAULT: WgmmaBlocks = WgmmaBlocks { dq: 3, dkdv: 1 };
+
+    fn options(self) -> Vec<String> {
+        vec![
+            format!("-DFW_DQ_WGS={}", self.dq),
+            format!("-DFW_DKDV_WGS={}", self.dkdv),
+        ]
+    }
+}
+
+/// The wgmma gradient kernels and their block shape.
+struct WgmmaGrad {
+    dq: Kernel,
+    dkdv: Kernel,
+    blocks: WgmmaBlocks,
+}
 /// Source of the wgmma gradient kernels (compiled after [`WGMMA_SOURCE`], whose helpers they use).
 const WGMMA_BWD_SOURCE: &str = include_str!("../../kernels/flash_attention_bwd_wgmma.cu");
 
@@ -80,7 +103,7 @@ pub struct FlashAttentionBackward {
     dq: [Kernel; 2],
     dkdv: [Kernel; 2],
     /// dQ and dK/dV on wgmma for head_dim 128, when the forward runs on wgmma.
-    wgmma: Option<[Kernel; 2]>,
+    wgmma: Option<WgmmaGrad>,
 }
 
 impl FlashAttentionBackward {
@@ -88,6 +111,22 @@ impl FlashAttentionBackward {
     /// helpers it uses, then the backward kernels) and loads it on `dev`; with
     /// `kind == Wgmma` also the wgmma gradient kernels, which then run head_dim 128.
     pub fn new(dev: &Arc<CudaDevice>, cache: &KernelCache, kind: AttentionKernel) -> Result<Self> {
+        Self::with_blocks(dev, cache, kind, WgmmaBlocks::DEFAULT)
+    }
+
+    /// [`Self::new`] with the wgmma kernels' block shape (1..=3 warpgroups for dQ, 1..=2 for
+    /// dK/dV: what their registers allow).
+    pub fn with_blocks(
+        dev: &Arc<CudaDevice>,
+        cache: &KernelCache,
+        kind: AttentionKernel,
+        blocks: WgmmaBlocks,
+    ) -> Result<Self> {
+        if !(1..=3).contains(&blocks.dq) || !(1..=2).contains(&blocks.dkdv) {
+            return Err(CudaError::Invalid(format!(
+                "attention backward: {blocks:?} warpgroups (dq 1..=3, dkdv 1..=2)"
+            )));
+        }
         let source = format!(
             "{}\n{}",
             sources::FLASH_ATTENTION,
@@ -114,18 +153,19 @@ impl FlashAttentionBackward {
                 "flash_attention_bwd_wgmma.cu",
                 "sm_90a",
                 dev.driver_version(),
-                &[],
+                &blocks.options(),
             )?;
             let module = super::Module::load(dev, &compiled)?;
-            let load = |name: &str| -> Result<Kernel> {
+            let load = |name: &str, wgs: usize| -> Result<Kernel> {
                 let k = module.function(name)?;
-                k.set_max_dynamic_shared(wgmma_shared_bytes() as u32)?;
+                k.set_max_dynamic_shared(wgmma_shared_bytes(wgs) as u32)?;
                 Ok(k)
             };
-            Some([
-                load("flash_attn_wgmma_bwd_dq_d128")?,
-                load("flash_attn_wgmma_bwd_dkdv_d128")?,
-            ])
+            Some(WgmmaGrad {
+                dq: load("flash_attn_wgmma_bwd_dq_d128", blocks.dq)?,
+                dkdv: load("flash_attn_wgmma_bwd_dkdv_d128", blocks.dkdv)?,
+                blocks,
+            })
         } else {
             None
         };
@@ -204,10 +244,18 @@ impl FlashAttentionBackward {
             Arg::F32(f.scale),
         ];
         let grid = |n: usize| (n.div_ceil(ROWS) as u32, f.heads as u32, f.batch as u32);
-        if let (Some([dq, dkdv]), 128) = (&self.wgmma, f.head_dim) {
-            let smem = wgmma_shared_bytes() as u32;
-            dq.launch(grid(f.seq_q), (WGMMA_THREADS, 1, 1), smem, &args)?;
-            return dkdv.launch(grid(f.seq_k), (WGMMA_THREADS, 1, 1), smem, &args);
+        if let (Some(w), 128) = (&self.wgmma, f.head_dim) {
+            let launch = |k: &Kernel, rows: usize, wgs: usize| {
+                let grid = (
+                    rows.div_ceil(ROWS * wgs) as u32,
+                    f.heads as u32,
+                    f.batch as u32,
+                );
+                let threads = (128 * wgs) as u32;
+                k.launch(grid, (threads, 1, 1), wgmma_shared_bytes(wgs) as u32, &args)
+            };
+            launch(&w.dq, f.seq_q, w.blocks.dq)?;
+            return launch(&w.dkdv, f.seq_k, w.blocks.dkdv);
         }
         let which = usize::from(f.head_dim == 128);
         let smem = shared_bytes(f.head_dim) as u32;
@@ -225,10 +273,11 @@ impl FlashAttentionBackward {
     }
 }
 
-/// Dynamic shared memory of one block of either wgmma kernel (`FW_VEC_OFF` + vectors + 1 KB to
-/// align the base): six [64, 128] bf16 tiles and four rows of 64 floats.
-pub fn wgmma_shared_bytes() -> usize {
-    6 * ROWS * 128 * 2 + 4 * COLS * 4 + 1024
+/// Dynamic shared memory of one block of a wgmma kernel of `warpgroups` x 64 rows (`FwMap`):
+/// two [64 warpgroups, 128] row tiles, four [64, 128] column tiles, four rows of 64 floats,
+/// and 1 KB to align the base.
+pub fn wgmma_shared_bytes(warpgroups: usize) -> usize {
+    2 * warpgroups * ROWS * 128 * 2 + 4 * COLS * 128 * 2 + 4 * COLS * 4 + 1024
 }
 
 /// Dynamic shared memory of one block (either kernel): two row tiles, two double-buffered column
