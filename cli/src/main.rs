@@ -7,9 +7,11 @@ mod cmd_bench_edit;
 mod cmd_bench_train;
 mod cmd_cache;
 mod cmd_chat;
+mod cmd_compare;
 mod cmd_compile;
 mod cmd_data;
 mod cmd_edit;
+mod cmd_eval;
 mod cmd_forward;
 mod cmd_forward_text;
 mod cmd_forward_vae;
@@ -17,12 +19,14 @@ mod cmd_infer;
 mod cmd_kernels;
 mod cmd_lora;
 mod cmd_train;
+mod eval_run;
 mod image_out;
 mod kernels_table;
 mod model_args;
 mod numeric_args;
 mod pipeline_args;
 mod progress;
+mod report;
 mod session;
 mod shapes_arg;
 
@@ -66,6 +70,12 @@ enum Command {
     /// LoRA files: convert between the peft/diffusers, DiffSynth, kohya and ComfyUI layouts.
     #[command(subcommand)]
     Lora(cmd_lora::LoraCommand),
+    /// Score predictions against a dataset's ground truth (L1, L2, PSNR, SSIM, background-only
+    /// variants, DINO, CLIP-I) into eval.json + eval.csv.
+    Eval(Box<cmd_eval::EvalArgs>),
+    /// Compare several runs' results on one dataset: an offline HTML report with tables,
+    /// plots and a gallery, plus summary.md and summary.csv.
+    Compare(Box<cmd_compare::CompareArgs>),
     /// Encode a training dataset once (VAE latents, prompt embeddings) for `qie train`.
     Cache(Box<cmd_cache::CacheArgs>),
     /// Training data: `qie data check DATA` reads, checks and summarises a dataset.
@@ -88,6 +98,8 @@ fn main() -> ExitCode {
         Command::Kernels(cmd) => cmd_kernels::run(cmd),
         Command::Lora(cmd) => cmd_lora::run(cmd),
         Command::Cache(args) => cmd_cache::run(*args),
+        Command::Eval(args) => cmd_eval::run(*args),
+        Command::Compare(args) => cmd_compare::run(*args),
         Command::Data(cmd) => cmd_data::run(cmd),
         Command::Devices => {
             devices();

@@ -4,6 +4,7 @@ pub mod cache;
 pub mod data;
 pub mod dsl_model;
 pub mod error;
+pub mod eval;
 pub mod host_weights;
 pub mod hub;
 pub mod lora;

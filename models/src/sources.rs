@@ -26,6 +26,8 @@ pub const BUNDLED: &[(&str, &str)] = &[
         "qwen25vl_vision.qie",
         include_str!("../qie/qwen25vl_vision.qie"),
     ),
+    // The image encoders of the evaluation metrics (DINO ViT, CLIP vision).
+    ("vit.qie", include_str!("../qie/vit.qie")),
     // Reference-image positional-encoding variants of the DiT (docs/dsl.md).
     (
         "kontext_shared_frame.qie",

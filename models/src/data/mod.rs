@@ -13,6 +13,7 @@ pub mod training;
 pub use batching::{batches, ShapeKey};
 pub use check::{check_dataset, DataReport};
 pub use problem::ProblemKind;
-pub use rows::{read_dataset, BadRow, DatasetRow};
+pub use rows::{read_dataset, read_eval_rows, BadRow, DatasetRow};
 pub use sizing::SizeRule;
+pub use source::{read_records, RawRecord};
 pub use training::{read_training_rows, TrainRow};

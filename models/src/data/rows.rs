@@ -111,6 +111,29 @@ pub fn read_dataset(path: &Path) -> Result<(Vec<DatasetRow>, Vec<BadRow>), Model
     Ok((rows, bad))
 }
 
+/// Reads every row for scoring (`qie eval`): `edit_image` may be absent, a ground truth
+/// (`ref_gt` or `image`) may not.
+pub fn read_eval_rows(path: &Path) -> Result<(Vec<DatasetRow>, Vec<BadRow>), ModelError> {
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut rows = Vec::new();
+    let mut bad = Vec::new();
+    for record in read_records(path)? {
+        match parse_record(&record, &base).and_then(|row| {
+            if row.ref_gt.is_none() && row.image.is_none() {
+                Err(malformed(
+                    "no ground truth to score against: give `ref_gt` or `image`",
+                ))
+            } else {
+                Ok(row)
+            }
+        }) {
+            Ok(row) => rows.push(row),
+            Err((kind, message)) => bad.push(bad_row(&record, kind, message)),
+        }
+    }
+    Ok((rows, bad))
+}
+
 /// What is wrong with a row, before it becomes a [`BadRow`].
 pub(crate) type RowError = (ProblemKind, String);
 

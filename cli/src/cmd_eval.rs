@@ -1,0 +1,264 @@
+//! `qie eval`: scores a folder of predictions against a dataset's ground truth and writes
+//! `eval.json` + `eval.csv`, printing the summary table. A row whose prediction (or ground
+//! truth, or mask) is missing or unreadable is listed under `missing` and counted; the run goes
+//! on.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use qie_models::data::read_eval_rows;
+use qie_models::eval::{
+    summarize, EvalSettings, MaskMode, Metric, NameTemplate, RowProblem, RowScore, Stats,
+};
+
+use crate::eval_run::{chosen_metrics, evaluate, load_encoders, Evaluation, ModelArgs};
+use serde_json::{json, Map, Value};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Folder of predicted images (e.g. the `--out-dir` of `qie infer`).
+    #[arg(long)]
+    pub pred_dir: PathBuf,
+    /// The dataset (JSON array, JSONL or metadata.csv); ground truth = `ref_gt`, else `image`.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Take each ground truth's file name from this folder instead of the dataset's path.
+    #[arg(long)]
+    pub gt_dir: Option<PathBuf>,
+    /// Prediction file name: `{index}`, `{index:06}`, `{stem}` (ground truth's stem), `{name}`.
+    /// Default: `qie infer`'s `<index:06>_<stem>.png`, then `{stem}.png`, then `{stem}.jpg`.
+    #[arg(long)]
+    pub pred_name: Option<String>,
+    /// Comma-separated metrics: l1, l2, psnr, ssim, bg_l1, bg_l2, bg_psnr, bg_ssim, dino,
+    /// clip_i; `all` for every one; default: the pixel metrics, plus dino / clip_i when their
+    /// model is given.
+    #[arg(long)]
+    pub metrics: Option<String>,
+    /// DINO model for `dino`: a transformers ViTModel folder (e.g. facebook/dino-vits16).
+    #[arg(long)]
+    pub dino_model: Option<PathBuf>,
+    /// CLIP model for `clip_i`: a transformers CLIPModel folder (e.g.
+    /// openai/clip-vit-base-patch32).
+    #[arg(long)]
+    pub clip_model: Option<PathBuf>,
+    /// Device the models run on: cpu, cuda or cuda:N (f32).
+    #[arg(long, env = "QIE_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Images per forward pass of a model.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Background = mask pixels < 128 instead of >= 128.
+    #[arg(long)]
+    pub mask_invert: bool,
+    /// Background metrics over background pixels only (`select`), or PIE-Bench's convention
+    /// (`multiply`: both images times the mask, averaged over the whole image).
+    #[arg(long, value_enum, default_value = "select")]
+    pub mask_mode: MaskModeArg,
+    /// The JSON report (`eval.csv` is written next to it).
+    #[arg(long, default_value = "eval.json")]
+    pub out: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum MaskModeArg {
+    Select,
+    Multiply,
+}
+
+pub fn run(args: EvalArgs) -> Result<(), String> {
+    let model_args = ModelArgs {
+        dino: args.dino_model.as_deref(),
+        clip: args.clip_model.as_deref(),
+        device: &args.device,
+        batch_size: args.batch_size,
+    };
+    let metrics = chosen_metrics(args.metrics.as_deref(), &model_args)?;
+    let pred_name = match &args.pred_name {
+        Some(t) => Some(NameTemplate::parse(t).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if !args.pred_dir.is_dir() {
+        return Err(format!(
+            "--pred-dir {}: not a folder",
+            args.pred_dir.display()
+        ));
+    }
+    if let Some(dir) = &args.gt_dir {
+        if !dir.is_dir() {
+            return Err(format!("--gt-dir {}: not a folder", dir.display()));
+        }
+    }
+    let encoders = load_encoders(&model_args, &metrics)?;
+    let (rows, bad_rows) = read_eval_rows(&args.dataset).map_err(|e| e.to_string())?;
+    for b in &bad_rows {
+        eprintln!("skipping bad row: {b}");
+    }
+    if rows.is_empty() {
+        return Err(format!("{}: no usable rows", args.dataset.display()));
+    }
+    let settings = EvalSettings {
+        metrics: metrics.clone(),
+        pred_dir: args.pred_dir.clone(),
+        gt_dir: args.gt_dir.clone(),
+        pred_name,
+        mask_invert: args.mask_invert,
+        mask_mode: match args.mask_mode {
+            MaskModeArg::Select => MaskMode::Select,
+            MaskModeArg::Multiply => MaskMode::Multiply,
+        },
+    };
+    let Evaluation { scored, problems } =
+        evaluate(&rows, &settings, &encoders, args.batch_size, "")?;
+    let summary = summarize(&metrics, &scored);
+    let report = report_json(&args, &settings, &scored, &problems, &bad_rows, &summary);
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    crate::atomic::write_bytes(&args.out, text.as_bytes())?;
+    let csv_path = args.out.with_extension("csv");
+    crate::atomic::write_bytes(&csv_path, rows_csv(&metrics, &scored).as_bytes())?;
+    crate::write_stdout(&summary_table(&summary, scored.len(), rows.len()))?;
+    for p in &problems {
+        eprintln!(
+            "row {}: {} {}: {}",
+            p.index,
+            p.what,
+            p.path.display(),
+            p.message
+        );
+    }
+    if !problems.is_empty() {
+        eprintln!(
+            "{} of {} rows not scored (listed under \"missing\" in {})",
+            problems.len(),
+            rows.len(),
+            args.out.display()
+        );
+    }
+    eprintln!("wrote {} and {}", args.out.display(), csv_path.display());
+    if scored.is_empty() {
+        return Err("no row could be scored".into());
+    }
+    Ok(())
+}
+
+fn path_text(p: &Path) -> Value {
+    Value::String(p.display().to_string())
+}
+
+/// A finite number, or null (JSON has no NaN / infinity).
+fn number(v: Option<f64>) -> Value {
+    match v.filter(|x| x.is_finite()) {
+        Some(x) => json!(x),
+        None => Value::Null,
+    }
+}
+
+fn report_json(
+    args: &EvalArgs,
+    s: &EvalSettings,
+    scored: &[RowScore],
+    problems: &[RowProblem],
+    bad_rows: &[qie_models::data::BadRow],
+    summary: &BTreeMap<Metric, Stats>,
+) -> Value {
+    let rows: Vec<Value> = scored
+        .iter()
+        .map(|r| {
+            let mut o = Map::new();
+            o.insert("index".into(), json!(r.index));
+            o.insert("pred".into(), path_text(&r.pred));
+            o.insert("gt".into(), path_text(&r.gt));
+            for (m, v) in &r.values {
+                o.insert(m.name().into(), number(*v));
+            }
+            Value::Object(o)
+        })
+        .collect();
+    let mut sum = Map::new();
+    for m in &s.metrics {
+        let st = summary[m];
+        sum.insert(
+            m.name().into(),
+            json!({"mean": number(Some(st.mean)), "std": number(Some(st.std)), "n": st.n,
+                   "undefined": st.undefined}),
+        );
+    }
+    let mut missing: Vec<Value> = problems
+        .iter()
+        .map(|p| json!({"index": p.index, "what": p.what, "path": path_text(&p.path), "message": p.message}))
+        .collect();
+    missing.extend(bad_rows.iter().map(|b| {
+        json!({"index": b.index, "what": "dataset row", "path": b.place(), "message": b.message})
+    }));
+    let metric_names: Vec<&str> = s.metrics.iter().map(|m| m.name()).collect();
+    json!({
+        "rows": rows,
+        "summary": sum,
+        "missing": missing,
+        "settings": {
+            "pred_dir": path_text(&args.pred_dir),
+            "dataset": path_text(&args.dataset),
+            "gt_dir": args.gt_dir.as_deref().map(path_text),
+            "pred_name": args.pred_name,
+            "metrics": metric_names,
+            "mask_invert": s.mask_invert,
+            "mask_mode": s.mask_mode.name(),
+            "dino_model": args.dino_model.as_deref().map(path_text),
+            "clip_model": args.clip_model.as_deref().map(path_text),
+            "device": args.device,
+            "qie_version": env!("CARGO_PKG_VERSION"),
+        },
+    })
+}
+
+/// One line per scored row; an empty cell where a value is undefined or absent.
+fn rows_csv(metrics: &[Metric], scored: &[RowScore]) -> String {
+    let quote = |s: String| {
+        if s.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s
+        }
+    };
+    let mut out = String::from("index,pred,gt");
+    for m in metrics {
+        out.push(',');
+        out.push_str(m.name());
+    }
+    out.push('\n');
+    for r in scored {
+        out.push_str(&format!(
+            "{},{},{}",
+            r.index,
+            quote(r.pred.display().to_string()),
+            quote(r.gt.display().to_string())
+        ));
+        for m in metrics {
+            out.push(',');
+            if let Some(Some(v)) = r.values.get(m) {
+                out.push_str(&format!("{v}"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn summary_table(summary: &BTreeMap<Metric, Stats>, scored: usize, rows: usize) -> String {
+    let mut out = format!("{scored} of {rows} rows scored\n");
+    out.push_str(&format!(
+        "{:<10} {:>12} {:>12} {:>6} {:>10}\n",
+        "metric", "mean", "std", "n", "undefined"
+    ));
+    for (m, s) in summary {
+        out.push_str(&format!(
+            "{:<10} {:>12.6} {:>12.6} {:>6} {:>10}\n",
+            m.name(),
+            s.mean,
+            s.std,
+            s.n,
+            s.undefined
+        ));
+    }
+    out
+}

@@ -1,0 +1,169 @@
+//! What `qie eval` and `qie compare` share: choosing the metrics, loading their models once,
+//! scoring every row of a run with a progress bar, and reading a run's eval.json back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use qie_models::data::DatasetRow;
+use qie_models::eval::{
+    add_embedding_metric, score_row, EncoderKind, EvalSettings, ImageEncoder, Metric, RowProblem,
+    RowScore,
+};
+use qie_models::{ModelOptions, WeightPrecision};
+use serde_json::Value;
+
+/// The model folders and device of the model metrics.
+pub struct ModelArgs<'a> {
+    pub dino: Option<&'a Path>,
+    pub clip: Option<&'a Path>,
+    pub device: &'a str,
+    pub batch_size: usize,
+}
+
+/// `--metrics`, or the pixel metrics plus those whose model is given; a model metric without
+/// its model is an error.
+pub fn chosen_metrics(list: Option<&str>, m: &ModelArgs) -> Result<Vec<Metric>, String> {
+    let metrics = match list {
+        Some(list) => Metric::parse_list(list).map_err(|e| e.to_string())?,
+        None => {
+            let mut v = Metric::PIXEL.to_vec();
+            if m.dino.is_some() {
+                v.push(Metric::Dino);
+            }
+            if m.clip.is_some() {
+                v.push(Metric::ClipI);
+            }
+            v
+        }
+    };
+    for metric in &metrics {
+        let (given, flag) = match metric {
+            Metric::Dino => (m.dino.is_some(), "--dino-model"),
+            Metric::ClipI => (m.clip.is_some(), "--clip-model"),
+            _ => continue,
+        };
+        if !given {
+            return Err(format!("metric {metric} needs {flag} DIR"));
+        }
+    }
+    if m.batch_size == 0 {
+        return Err("--batch-size must be at least 1".into());
+    }
+    Ok(metrics)
+}
+
+/// Loads the encoders the metrics need, once, on the device (f32).
+pub fn load_encoders(
+    m: &ModelArgs,
+    metrics: &[Metric],
+) -> Result<Vec<(Metric, ImageEncoder)>, String> {
+    let wanted: Vec<(Metric, EncoderKind, &Path, &str)> = metrics
+        .iter()
+        .filter_map(|metric| match metric {
+            Metric::Dino => Some((*metric, EncoderKind::Dino, m.dino?, "--dino-model")),
+            Metric::ClipI => Some((*metric, EncoderKind::Clip, m.clip?, "--clip-model")),
+            _ => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let backend = crate::cmd_forward::make_backend(m.device, crate::cmd_forward::DTypeArg::F32)?;
+    let options = ModelOptions {
+        precision: WeightPrecision::F32,
+        backend,
+        ..ModelOptions::default()
+    };
+    wanted
+        .into_iter()
+        .map(|(metric, kind, dir, flag)| {
+            ImageEncoder::load(dir, kind, &options)
+                .map(|e| (metric, e))
+                .map_err(|e| format!("{flag}: {e}"))
+        })
+        .collect()
+}
+
+pub struct Evaluation {
+    pub scored: Vec<RowScore>,
+    pub problems: Vec<RowProblem>,
+}
+
+/// Scores every row (pixel metrics), then adds each encoder's metric; `label` names the run on
+/// the progress bar.
+pub fn evaluate(
+    rows: &[DatasetRow],
+    settings: &EvalSettings,
+    encoders: &[(Metric, ImageEncoder)],
+    batch_size: usize,
+    label: &str,
+) -> Result<Evaluation, String> {
+    let bar = ProgressBar::new(rows.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} rows {msg} [{elapsed} < {eta}]")
+            .expect("valid template"),
+    );
+    bar.set_message(label.to_string());
+    let mut scored = Vec::new();
+    let mut problems = Vec::new();
+    for row in rows {
+        match score_row(row, settings) {
+            Ok(s) => scored.push(s),
+            Err(p) => problems.push(p),
+        }
+        bar.inc(1);
+    }
+    for (metric, encoder) in encoders {
+        bar.set_position(0);
+        bar.set_length(scored.len() as u64);
+        bar.set_message(format!("{label} {metric} on {}", encoder.backend_name()));
+        add_embedding_metric(&mut scored, *metric, encoder, batch_size, &mut |n| {
+            bar.inc(n as u64)
+        })
+        .map_err(|e| format!("{metric}: {e}"))?;
+    }
+    bar.finish_and_clear();
+    Ok(Evaluation { scored, problems })
+}
+
+/// The rows of an eval.json written by `qie eval` for `dataset` with every one of `metrics`;
+/// `None` when the file is absent, unreadable, for another dataset or lacks a metric.
+pub fn read_eval_json(
+    path: &Path,
+    dataset: &Path,
+    metrics: &[Metric],
+) -> Option<(Vec<RowScore>, usize)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let same_dataset = v["settings"]["dataset"]
+        .as_str()
+        .and_then(|d| std::fs::canonicalize(d).ok())
+        .zip(std::fs::canonicalize(dataset).ok())
+        .is_some_and(|(a, b)| a == b);
+    let has: Vec<&str> = v["settings"]["metrics"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    if !same_dataset || !metrics.iter().all(|m| has.contains(&m.name())) {
+        return None;
+    }
+    let mut rows = Vec::new();
+    for r in v["rows"].as_array()? {
+        let mut values = BTreeMap::new();
+        for m in metrics {
+            if let Some(x) = r.get(m.name()) {
+                values.insert(*m, x.as_f64());
+            }
+        }
+        rows.push(RowScore {
+            index: r["index"].as_u64()? as usize,
+            pred: PathBuf::from(r["pred"].as_str()?),
+            gt: PathBuf::from(r["gt"].as_str()?),
+            values,
+        });
+    }
+    let missing = v["missing"].as_array().map_or(0, Vec::len);
+    Some((rows, missing))
+}

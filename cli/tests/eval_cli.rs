@@ -1,0 +1,163 @@
+//! `qie eval` end to end on tests/fixtures/eval (+ the tiny DINO / CLIP models of
+//! tests/fixtures/eval_models): eval.json / eval.csv contents, the missing prediction listed and
+//! counted, and bad input (unknown metric or template field, a model metric without its model,
+//! missing folders, a dataset without ground truth) as one clear error with a non-zero exit.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(rel)
+}
+
+/// Runs qie; returns (exit code, stdout, stderr). Asserts it did not panic.
+fn qie(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_qie"))
+        .args(args)
+        .output()
+        .expect("run qie");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "qie panicked: {stderr}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr,
+    )
+}
+
+fn eval(extra: &[&str], out: &Path) -> (i32, String, String) {
+    let pred = fixture("eval/pred");
+    let data = fixture("eval/data.jsonl");
+    let mut args = vec![
+        "eval",
+        "--pred-dir",
+        pred.to_str().unwrap(),
+        "--dataset",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    qie(&args)
+}
+
+#[test]
+fn eval_writes_json_csv_and_lists_the_missing_prediction() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run/eval.json");
+    let dino = fixture("eval_models/dino");
+    let clip = fixture("eval_models/clip");
+    let (code, stdout, stderr) = eval(
+        &[
+            "--dino-model",
+            dino.to_str().unwrap(),
+            "--clip-model",
+            clip.to_str().unwrap(),
+            "--batch-size",
+            "3",
+        ],
+        &out,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 5, "six rows, one prediction missing");
+    let missing = report["missing"].as_array().unwrap();
+    assert_eq!(missing.len(), 1);
+    assert_eq!(missing[0]["index"], 4);
+    assert_eq!(missing[0]["what"], "prediction");
+    assert!(stderr.contains("1 of 6 rows not scored"), "{stderr}");
+    // identical images: psnr undefined (null), counted; the other rows have a value
+    let same = rows.iter().find(|r| r["index"] == 3).unwrap();
+    assert!(same["psnr"].is_null());
+    assert_eq!(same["l1"], 0.0);
+    assert!((same["dino"].as_f64().unwrap() - 1.0).abs() < 1e-6);
+    assert_eq!(report["summary"]["psnr"]["undefined"], 1);
+    assert_eq!(report["summary"]["psnr"]["n"], 4);
+    // bg metrics only on the rows with back_mask (dog, sea, same)
+    assert_eq!(report["summary"]["bg_l1"]["n"], 3);
+    assert_eq!(report["summary"]["dino"]["n"], 5);
+    assert_eq!(report["summary"]["clip_i"]["n"], 5);
+    assert_eq!(report["settings"]["mask_mode"], "select");
+    // the summary table and the CSV
+    assert!(
+        stdout.contains("5 of 6 rows scored") && stdout.contains("clip_i"),
+        "{stdout}"
+    );
+    let csv = std::fs::read_to_string(dir.path().join("run/eval.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert!(
+        header.starts_with("index,pred,gt,l1,l2,psnr,ssim,bg_l1"),
+        "{header}"
+    );
+    assert_eq!(csv.lines().count(), 6);
+}
+
+#[test]
+fn bad_arguments_are_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("eval.json");
+    for (args, want) in [
+        (vec!["--metrics", "l1,lpips"], "unknown metric \"lpips\""),
+        (vec!["--metrics", "dino"], "metric dino needs --dino-model"),
+        (vec!["--pred-name", "{idx}.png"], "unknown field `{idx}`"),
+        (
+            vec!["--gt-dir", "/nonexistent/gt"],
+            "--gt-dir /nonexistent/gt: not a folder",
+        ),
+        (vec!["--batch-size", "0", "--metrics", "l1"], "--batch-size"),
+        (vec!["--clip-model", "/nonexistent/clip"], "--clip-model"),
+    ] {
+        let (code, _, stderr) = eval(&args, &out);
+        assert_ne!(code, 0, "{args:?} must fail");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(!out.exists(), "{args:?}: no report on bad arguments");
+    }
+}
+
+#[test]
+fn a_dataset_without_ground_truth_or_predictions_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"x\", \"edit_image\": \"a.png\"}\n{\"prompt\": 3}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("eval.json");
+    let pred = fixture("eval/pred");
+    let (code, _, stderr) = qie(&[
+        "eval",
+        "--pred-dir",
+        pred.to_str().unwrap(),
+        "--dataset",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no ground truth"), "{stderr}");
+    assert!(stderr.contains("data.jsonl:2"), "{stderr}");
+    assert!(stderr.contains("no usable rows"), "{stderr}");
+
+    // rows fine, but no prediction folder content matches: listed, then a non-zero exit
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let data = fixture("eval/data.jsonl");
+    let (code, _, stderr) = qie(&[
+        "eval",
+        "--pred-dir",
+        empty.to_str().unwrap(),
+        "--dataset",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no row could be scored"), "{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["missing"].as_array().unwrap().len(), 6);
+}

@@ -1,0 +1,22 @@
+//! Scoring edited images against ground truth (`qie eval`): MagicBrush's L1 / L2, PSNR and
+//! SSIM, the same over the background only, DINO and CLIP image-embedding cosines, and the
+//! matching of rows to prediction files.
+
+pub mod bootstrap;
+pub mod embedding;
+pub mod encoder;
+pub mod mask;
+pub mod metric;
+pub mod naming;
+pub mod pixels;
+pub mod preprocess;
+pub mod score;
+pub mod ssim;
+pub mod summary;
+
+pub use embedding::add_embedding_metric;
+pub use encoder::{EncoderKind, ImageEncoder};
+pub use metric::Metric;
+pub use naming::NameTemplate;
+pub use score::{score_row, EvalSettings, MaskMode, RowProblem, RowScore};
+pub use summary::{summarize, Stats};

@@ -1,0 +1,92 @@
+//! `qie eval`'s model metrics (models/src/eval/encoder.rs + vit.qie) against transformers 5.24 /
+//! torchvision 0.29 on tiny random models saved with save_pretrained
+//! (tools/golden/make_eval_model_fixtures.py): the preprocessed pixels of the first pair, every
+//! image embedding (rel-L2 <= 1e-5) and every gt-prediction cosine (within 1e-4).
+
+use qie_models::eval::preprocess::preprocess;
+use qie_models::eval::{EncoderKind, ImageEncoder};
+use qie_models::preprocess::load_rgb;
+use qie_models::ModelOptions;
+use qie_runtime::weights::WeightStore;
+use qie_tests::{fixture, rel_l2};
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// The (gt, pred) pairs the fixture script embedded, in its order.
+fn pairs() -> Vec<(PathBuf, PathBuf)> {
+    let text = std::fs::read_to_string(fixture("eval/data.jsonl")).unwrap();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let row: Value = serde_json::from_str(line).unwrap();
+        let image = row["image"].as_str().unwrap();
+        let gt = fixture(&format!("eval/{image}"));
+        let name = PathBuf::from(image).file_name().unwrap().to_owned();
+        let pred = fixture("eval/pred").join(name);
+        if pred.exists() && load_rgb(&gt).unwrap().width() >= 16 {
+            out.push((gt, pred));
+        }
+    }
+    out
+}
+
+fn check(kind: EncoderKind, dir: &str, metric: &str) {
+    let expected = WeightStore::open(fixture("eval_models/expected.safetensors")).unwrap();
+    let encoder = ImageEncoder::load(&fixture(dir), kind, &ModelOptions::default()).unwrap();
+    let pairs = pairs();
+    let images: Vec<_> = pairs
+        .iter()
+        .flat_map(|(g, p)| [load_rgb(g).unwrap(), load_rgb(p).unwrap()])
+        .collect();
+
+    let want_pixels = expected.load_f32(&format!("{metric}.pixels")).unwrap();
+    let pixels: Vec<f32> = images[..2]
+        .iter()
+        .flat_map(|img| preprocess(img, &kind.preprocessing()))
+        .collect();
+    let worst = pixels
+        .iter()
+        .zip(&want_pixels)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-6, "{metric}: preprocessing differs by {worst}");
+
+    let refs: Vec<_> = images.iter().collect();
+    let embeds = encoder.embed(&refs, 3).unwrap();
+    let flat: Vec<f32> = embeds.iter().flatten().copied().collect();
+    let want = expected.load_f32(&format!("{metric}.embeds")).unwrap();
+    let err = rel_l2(&flat, &want);
+    assert!(err <= 1e-5, "{metric}: embeddings rel-L2 {err:e}");
+
+    let cos = expected.load_f32(&format!("{metric}.cosine")).unwrap();
+    assert_eq!(cos.len(), pairs.len());
+    for (i, want) in cos.iter().enumerate() {
+        let got = qie_models::eval::encoder::cosine(&embeds[2 * i], &embeds[2 * i + 1]);
+        assert!(
+            (got - f64::from(*want)).abs() <= 1e-4,
+            "{metric} pair {i}: cosine {got} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn dino_matches_transformers_vit() {
+    check(EncoderKind::Dino, "eval_models/dino", "dino");
+}
+
+#[test]
+fn clip_image_embeddings_match_transformers_clip() {
+    check(EncoderKind::Clip, "eval_models/clip", "clip_i");
+}
+
+#[test]
+fn wrong_model_kind_is_one_clear_error() {
+    let e = ImageEncoder::load(
+        &fixture("eval_models/clip"),
+        EncoderKind::Dino,
+        &ModelOptions::default(),
+    )
+    .err()
+    .expect("a CLIP folder is not a DINO model")
+    .to_string();
+    assert!(e.contains("config.json") && e.contains("clip"), "{e}");
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Golden fixtures for `qie eval`'s model metrics (tests/golden_eval_models.rs).
+
+Writes tests/fixtures/eval_models/:
+  dino/      a tiny random transformers ViTModel (save_pretrained: config.json, model.safetensors),
+             image 224, patch 16: MagicBrush's DINO ViT-S/16 layout at a small width
+  clip/      a tiny random CLIPModel (vision + text towers, projection), image 224, patch 32
+  expected.safetensors
+             per metric, over the (gt, pred) pairs of tests/fixtures/eval whose prediction exists:
+             `<metric>.pixels` [2, 3, 224, 224] (the first pair preprocessed), `<metric>.embeds`
+             [2 N, D] (the image embedding of each image, gt then pred) and `<metric>.cosine` [N]
+
+Preprocessing, as the reference scripts do it with torchvision on PIL images:
+  dino   (MagicBrush evaluation/image_eval.py): Resize(256, BICUBIC), CenterCrop(224), ToTensor,
+         Normalize(ImageNet mean, std); embedding = last_hidden_state[:, 0] (after the final LayerNorm)
+  clip_i (OpenAI clip.load's preprocess): Resize(224, BICUBIC), CenterCrop(224), ToTensor,
+         Normalize(CLIP mean, std); embedding = CLIPModel.get_image_features (projected)
+
+Needs torch, torchvision, transformers (versions in requirements.txt).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torchvision import transforms
+from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OUT = REPO_ROOT / "tests" / "fixtures" / "eval_models"
+IMAGES = REPO_ROOT / "tests" / "fixtures" / "eval"
+
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+CLIP = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
+
+
+def preprocess(resize: int, mean_std) -> transforms.Compose:
+    return transforms.Compose([
+        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize(*mean_std),
+    ])
+
+
+def pairs() -> list[tuple[Path, Path]]:
+    rows = [json.loads(l) for l in open(IMAGES / "data.jsonl")]
+    out = []
+    for r in rows:
+        gt = IMAGES / r["image"]
+        pred = IMAGES / "pred" / Path(r["image"]).name
+        if pred.exists() and Image.open(gt).size[0] >= 16:
+            out.append((gt, pred))
+    return out
+
+
+def embed_all(name, model_fn, tf, tensors):
+    ps = pairs()
+    pixels = torch.stack([tf(Image.open(p).convert("RGB")) for pair in ps for p in pair])
+    with torch.no_grad():
+        embeds = model_fn(pixels)
+    e = embeds.reshape(len(ps), 2, -1)
+    cos = torch.nn.functional.cosine_similarity(e[:, 0], e[:, 1], dim=-1)
+    tensors[f"{name}.pixels"] = pixels[:2].contiguous()  # the first row's pair (fixture size)
+    tensors[f"{name}.embeds"] = embeds.contiguous()
+    tensors[f"{name}.cosine"] = cos.contiguous()
+
+
+def main() -> None:
+    torch.manual_seed(20261202)
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True)
+    tensors: dict[str, torch.Tensor] = {}
+
+    vit = ViTModel(ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        image_size=224, patch_size=16, hidden_act="gelu", layer_norm_eps=1e-12, qkv_bias=True,
+    )).eval()
+    vit.save_pretrained(OUT / "dino")
+    embed_all("dino", lambda x: vit(pixel_values=x).last_hidden_state[:, 0], preprocess(256, IMAGENET), tensors)
+
+    clip = CLIPModel(CLIPConfig(
+        projection_dim=16,
+        text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, vocab_size=99, max_position_embeddings=32),
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, image_size=224, patch_size=32),
+    )).eval()
+    clip.save_pretrained(OUT / "clip")
+
+    def clip_image(x):
+        out = clip.get_image_features(pixel_values=x)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    embed_all("clip_i", clip_image, preprocess(224, CLIP), tensors)
+    save_file(tensors, OUT / "expected.safetensors")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
