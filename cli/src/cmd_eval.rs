@@ -18,8 +18,13 @@ use serde_json::{json, Map, Value};
 #[derive(Args)]
 pub struct EvalArgs {
     /// Folder of predicted images (e.g. the `--out-dir` of `qie infer`).
+    #[arg(long, required_unless_present = "runs", conflicts_with = "runs")]
+    pub pred_dir: Option<PathBuf>,
+    /// A sweep: every folder matching this pattern (`*`, `?`, `[..]`; quote it) is one run,
+    /// scored into its own `eval.json`; `--out` (default `sweep.json`) gets one table over all
+    /// runs, with the settings from each run's `run.json` (written by `qie infer`) that differ.
     #[arg(long)]
-    pub pred_dir: PathBuf,
+    pub runs: Option<String>,
     /// The dataset (JSON array, JSONL or metadata.csv); ground truth = `ref_gt`, else `image`.
     #[arg(long)]
     pub dataset: PathBuf,
@@ -55,9 +60,10 @@ pub struct EvalArgs {
     /// (`multiply`: both images times the mask, averaged over the whole image).
     #[arg(long, value_enum, default_value = "select")]
     pub mask_mode: MaskModeArg,
-    /// The JSON report (`eval.csv` is written next to it).
-    #[arg(long, default_value = "eval.json")]
-    pub out: PathBuf,
+    /// The JSON report (a `.csv` is written next to it); default `eval.json`, or `sweep.json`
+    /// with `--runs`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -78,12 +84,16 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
         Some(t) => Some(NameTemplate::parse(t).map_err(|e| e.to_string())?),
         None => None,
     };
-    if !args.pred_dir.is_dir() {
-        return Err(format!(
-            "--pred-dir {}: not a folder",
-            args.pred_dir.display()
-        ));
-    }
+    let run_dirs = match (&args.runs, &args.pred_dir) {
+        (Some(pattern), _) => crate::sweep::run_folders(pattern)?,
+        (None, Some(dir)) => {
+            if !dir.is_dir() {
+                return Err(format!("--pred-dir {}: not a folder", dir.display()));
+            }
+            vec![dir.clone()]
+        }
+        (None, None) => return Err("give --pred-dir DIR or --runs PATTERN".into()),
+    };
     if let Some(dir) = &args.gt_dir {
         if !dir.is_dir() {
             return Err(format!("--gt-dir {}: not a folder", dir.display()));
@@ -97,48 +107,115 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
     if rows.is_empty() {
         return Err(format!("{}: no usable rows", args.dataset.display()));
     }
-    let settings = EvalSettings {
-        metrics: metrics.clone(),
-        pred_dir: args.pred_dir.clone(),
-        gt_dir: args.gt_dir.clone(),
-        pred_name,
-        mask_invert: args.mask_invert,
-        mask_mode: match args.mask_mode {
-            MaskModeArg::Select => MaskMode::Select,
-            MaskModeArg::Multiply => MaskMode::Multiply,
-        },
+    let job = Job {
+        args: &args,
+        metrics: &metrics,
+        pred_name: &pred_name,
+        encoders: &encoders,
+        rows: &rows,
+        bad_rows: &bad_rows,
     };
-    let Evaluation { scored, problems } =
-        evaluate(&rows, &settings, &encoders, args.batch_size, "")?;
-    let summary = summarize(&metrics, &scored);
-    let report = report_json(&args, &settings, &scored, &problems, &bad_rows, &summary);
-    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    crate::atomic::write_bytes(&args.out, text.as_bytes())?;
-    let csv_path = args.out.with_extension("csv");
-    crate::atomic::write_bytes(&csv_path, rows_csv(&metrics, &scored).as_bytes())?;
-    crate::write_stdout(&summary_table(&summary, scored.len(), rows.len()))?;
-    for p in &problems {
-        eprintln!(
-            "row {}: {} {}: {}",
-            p.index,
-            p.what,
-            p.path.display(),
-            p.message
-        );
+    if args.runs.is_none() {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("eval.json"));
+        let result = job.evaluate_run(&run_dirs[0], &out)?;
+        crate::write_stdout(&summary_table(&result.summary, result.scored, rows.len()))?;
+        if result.scored == 0 {
+            return Err("no row could be scored".into());
+        }
+        return Ok(());
     }
-    if !problems.is_empty() {
-        eprintln!(
-            "{} of {} rows not scored (listed under \"missing\" in {})",
-            problems.len(),
-            rows.len(),
-            args.out.display()
-        );
+    let mut results = Vec::new();
+    for dir in &run_dirs {
+        results.push((dir.clone(), job.evaluate_run(dir, &dir.join("eval.json"))?));
     }
-    eprintln!("wrote {} and {}", args.out.display(), csv_path.display());
-    if scored.is_empty() {
-        return Err("no row could be scored".into());
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("sweep.json"));
+    let sweep = crate::sweep::table(&results, &metrics, rows.len());
+    crate::atomic::write_bytes(&out, sweep.json.as_bytes())?;
+    let csv_path = out.with_extension("csv");
+    crate::atomic::write_bytes(&csv_path, sweep.csv.as_bytes())?;
+    crate::write_stdout(&sweep.text)?;
+    eprintln!("wrote {} and {}", out.display(), csv_path.display());
+    if results.iter().all(|(_, r)| r.scored == 0) {
+        return Err("no row of any run could be scored".into());
     }
     Ok(())
+}
+
+/// What every run of one `qie eval` call shares.
+struct Job<'a> {
+    args: &'a EvalArgs,
+    metrics: &'a [Metric],
+    pred_name: &'a Option<NameTemplate>,
+    encoders: &'a [(Metric, qie_models::eval::ImageEncoder)],
+    rows: &'a [qie_models::data::DatasetRow],
+    bad_rows: &'a [qie_models::data::BadRow],
+}
+
+/// One run's outcome, for the sweep table.
+pub struct RunResult {
+    pub summary: BTreeMap<Metric, Stats>,
+    pub scored: usize,
+    pub missing: usize,
+}
+
+impl Job<'_> {
+    /// Scores the predictions in `pred_dir` and writes `out` (JSON) and its `.csv`.
+    fn evaluate_run(&self, pred_dir: &Path, out: &Path) -> Result<RunResult, String> {
+        let args = self.args;
+        let settings = EvalSettings {
+            metrics: self.metrics.to_vec(),
+            pred_dir: pred_dir.to_path_buf(),
+            gt_dir: args.gt_dir.clone(),
+            pred_name: self.pred_name.clone(),
+            mask_invert: args.mask_invert,
+            mask_mode: match args.mask_mode {
+                MaskModeArg::Select => MaskMode::Select,
+                MaskModeArg::Multiply => MaskMode::Multiply,
+            },
+        };
+        let label = if args.runs.is_some() {
+            pred_dir.display().to_string()
+        } else {
+            String::new()
+        };
+        let Evaluation { scored, problems } =
+            evaluate(self.rows, &settings, self.encoders, args.batch_size, &label)?;
+        let summary = summarize(self.metrics, &scored);
+        let report = report_json(args, &settings, &scored, &problems, self.bad_rows, &summary);
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        crate::atomic::write_bytes(out, text.as_bytes())?;
+        let csv_path = out.with_extension("csv");
+        crate::atomic::write_bytes(&csv_path, rows_csv(self.metrics, &scored).as_bytes())?;
+        for p in &problems {
+            eprintln!(
+                "row {}: {} {}: {}",
+                p.index,
+                p.what,
+                p.path.display(),
+                p.message
+            );
+        }
+        if !problems.is_empty() {
+            eprintln!(
+                "{} of {} rows not scored (listed under \"missing\" in {})",
+                problems.len(),
+                self.rows.len(),
+                out.display()
+            );
+        }
+        eprintln!("wrote {} and {}", out.display(), csv_path.display());
+        Ok(RunResult {
+            summary,
+            scored: scored.len(),
+            missing: problems.len(),
+        })
+    }
 }
 
 fn path_text(p: &Path) -> Value {
@@ -196,7 +273,7 @@ fn report_json(
         "summary": sum,
         "missing": missing,
         "settings": {
-            "pred_dir": path_text(&args.pred_dir),
+            "pred_dir": path_text(&s.pred_dir),
             "dataset": path_text(&args.dataset),
             "gt_dir": args.gt_dir.as_deref().map(path_text),
             "pred_name": args.pred_name,
@@ -244,7 +321,7 @@ fn rows_csv(metrics: &[Metric], scored: &[RowScore]) -> String {
     out
 }
 
-fn summary_table(summary: &BTreeMap<Metric, Stats>, scored: usize, rows: usize) -> String {
+pub fn summary_table(summary: &BTreeMap<Metric, Stats>, scored: usize, rows: usize) -> String {
     let mut out = format!("{scored} of {rows} rows scored\n");
     out.push_str(&format!(
         "{:<10} {:>12} {:>12} {:>6} {:>10}\n",

@@ -29,6 +29,7 @@ mod progress;
 mod report;
 mod session;
 mod shapes_arg;
+mod sweep;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

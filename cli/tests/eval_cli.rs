@@ -161,3 +161,66 @@ fn a_dataset_without_ground_truth_or_predictions_fails_clearly() {
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(report["missing"].as_array().unwrap().len(), 6);
 }
+
+#[test]
+fn a_sweep_scores_every_run_and_tabulates_the_differing_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("results");
+    for (name, steps) in [("steps8", 8), ("steps20", 20)] {
+        let run = runs.join(name);
+        std::fs::create_dir_all(&run).unwrap();
+        for f in ["cat", "dog", "sea"] {
+            std::fs::copy(
+                fixture(&format!("eval/pred/{f}.png")),
+                run.join(format!("{f}.png")),
+            )
+            .unwrap();
+        }
+        let record = serde_json::json!({"model": "m", "settings": {"steps": steps, "cfg": 4.0}});
+        std::fs::write(run.join("run.json"), record.to_string()).unwrap();
+    }
+    let pattern = format!("{}/*", runs.display());
+    let out = dir.path().join("sweep.json");
+    let data = fixture("eval/data.jsonl");
+    let (code, stdout, stderr) = qie(&[
+        "eval",
+        "--runs",
+        &pattern,
+        "--dataset",
+        data.to_str().unwrap(),
+        "--metrics",
+        "l1,ssim",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(runs.join("steps8/eval.json").is_file() && runs.join("steps20/eval.csv").is_file());
+    let sweep: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let table = sweep["runs"].as_array().unwrap();
+    assert_eq!(table.len(), 2);
+    // only the setting that differs is a column; both runs scored the same three rows
+    let settings = table[0]["settings"].as_object().unwrap();
+    assert_eq!(settings.keys().collect::<Vec<_>>(), vec!["settings.steps"]);
+    assert_eq!(table[0]["scored"], 3);
+    assert_eq!(
+        table[0]["summary"]["l1"]["mean"],
+        table[1]["summary"]["l1"]["mean"]
+    );
+    let csv = std::fs::read_to_string(dir.path().join("sweep.csv")).unwrap();
+    assert!(
+        csv.starts_with("run,settings.steps,l1,ssim,scored,missing"),
+        "{csv}"
+    );
+    assert!(stdout.contains("2 runs"), "{stdout}");
+
+    let nothing = format!("{}/nosuch*", runs.display());
+    let (code, _, stderr) = qie(&[
+        "eval",
+        "--runs",
+        &nothing,
+        "--dataset",
+        data.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no folder matches"), "{stderr}");
+}
