@@ -41,7 +41,7 @@ fn check(kind: EncoderKind, dir: &str, metric: &str) {
     let want_pixels = expected.load_f32(&format!("{metric}.pixels")).unwrap();
     let pixels: Vec<f32> = images[..2]
         .iter()
-        .flat_map(|img| preprocess(img, &kind.preprocessing()))
+        .flat_map(|img| preprocess(img, &kind.preprocessing()).unwrap())
         .collect();
     let worst = pixels
         .iter()

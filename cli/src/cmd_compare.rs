@@ -13,7 +13,7 @@ use qie_models::eval::naming::ground_truth;
 use qie_models::eval::{EvalSettings, MaskMode, NameTemplate};
 use serde_json::Value;
 
-use crate::eval_run::{chosen_metrics, evaluate, load_encoders, read_eval_json, ModelArgs};
+use crate::eval_run::{chosen_metrics, evaluate, load_encoders, read_eval_json, ModelArgs, Reuse};
 use crate::report::html::{page, GalleryRow};
 use crate::report::{gallery, plots, tables, Comparison, ReportRow, RunScores};
 
@@ -117,8 +117,15 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
     let mut scores = Vec::new();
     let mut notes = Vec::new();
     for (name, dir) in &runs {
+        let reuse = Reuse {
+            dataset: &args.dataset,
+            pred_dir: dir,
+            metrics: &metrics,
+            mask_invert: args.mask_invert,
+            models: &model_args,
+        };
         let existing = (!args.recompute && args.pred_name.is_none())
-            .then(|| read_eval_json(&dir.join("eval.json"), &args.dataset, &metrics))
+            .then(|| read_eval_json(&dir.join("eval.json"), &reuse))
             .flatten();
         let (scored, missing) = match existing {
             Some(found) => {
@@ -142,7 +149,8 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
                 };
                 let enc = encoders.as_deref().unwrap_or(&[]);
                 let e = evaluate(&rows, &settings, enc, args.batch_size, name)?;
-                (e.scored, e.problems.len())
+                let unscored = rows.len() - e.scored.len();
+                (e.scored, unscored)
             }
         };
         if missing > 0 {

@@ -13,6 +13,7 @@ use qie_models::eval::{
 };
 
 use crate::eval_run::{chosen_metrics, evaluate, load_encoders, Evaluation, ModelArgs};
+use crate::report::tables::csv_field;
 use serde_json::{json, Map, Value};
 
 #[derive(Args)]
@@ -84,6 +85,17 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
         Some(t) => Some(NameTemplate::parse(t).map_err(|e| e.to_string())?),
         None => None,
     };
+    if let Some(out) = &args.out {
+        if out
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+        {
+            return Err(format!(
+                "--out {}: name the JSON report (the .csv is written next to it)",
+                out.display()
+            ));
+        }
+    }
     let run_dirs = match (&args.runs, &args.pred_dir) {
         (Some(pattern), _) => crate::sweep::run_folders(pattern)?,
         (None, Some(dir)) => {
@@ -201,19 +213,23 @@ impl Job<'_> {
                 p.message
             );
         }
-        if !problems.is_empty() {
+        let unscored = self.rows.len() - scored.len();
+        if unscored > 0 {
             eprintln!(
-                "{} of {} rows not scored (listed under \"missing\" in {})",
-                problems.len(),
+                "{unscored} of {} rows not scored (listed under \"missing\" in {})",
                 self.rows.len(),
                 out.display()
             );
+        }
+        let partial = problems.len() - unscored;
+        if partial > 0 {
+            eprintln!("{partial} scored rows lack a model metric (also listed under \"missing\")");
         }
         eprintln!("wrote {} and {}", out.display(), csv_path.display());
         Ok(RunResult {
             summary,
             scored: scored.len(),
-            missing: problems.len(),
+            missing: unscored,
         })
     }
 }
@@ -290,13 +306,7 @@ fn report_json(
 
 /// One line per scored row; an empty cell where a value is undefined or absent.
 fn rows_csv(metrics: &[Metric], scored: &[RowScore]) -> String {
-    let quote = |s: String| {
-        if s.contains([',', '"', '\n']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s
-        }
-    };
+    let quote = |s: String| csv_field(&s);
     let mut out = String::from("index,pred,gt");
     for m in metrics {
         out.push(',');
@@ -312,7 +322,7 @@ fn rows_csv(metrics: &[Metric], scored: &[RowScore]) -> String {
         ));
         for m in metrics {
             out.push(',');
-            if let Some(Some(v)) = r.values.get(m) {
+            if let Some(Some(v)) = r.values.get(m).filter(|v| v.is_some_and(f64::is_finite)) {
                 out.push_str(&format!("{v}"));
             }
         }

@@ -114,56 +114,108 @@ pub fn evaluate(
         }
         bar.inc(1);
     }
+    warn_shared_files(&scored);
     for (metric, encoder) in encoders {
         bar.set_position(0);
         bar.set_length(scored.len() as u64);
         bar.set_message(format!("{label} {metric} on {}", encoder.backend_name()));
-        add_embedding_metric(&mut scored, *metric, encoder, batch_size, &mut |n| {
+        let failed = add_embedding_metric(&mut scored, *metric, encoder, batch_size, &mut |n| {
             bar.inc(n as u64)
         })
         .map_err(|e| format!("{metric}: {e}"))?;
+        problems.extend(failed);
     }
     bar.finish_and_clear();
     Ok(Evaluation { scored, problems })
 }
 
-/// The rows of an eval.json written by `qie eval` for `dataset` with every one of `metrics`;
-/// `None` when the file is absent, unreadable, for another dataset or lacks a metric.
-pub fn read_eval_json(
-    path: &Path,
-    dataset: &Path,
-    metrics: &[Metric],
-) -> Option<(Vec<RowScore>, usize)> {
+/// Two rows scored with the same prediction (or ground truth) file usually means a name
+/// template or `--gt-dir` that drops what tells them apart: say so.
+fn warn_shared_files(scored: &[RowScore]) {
+    for (what, path) in [("prediction", 0), ("ground truth", 1)] {
+        let mut seen: BTreeMap<&Path, usize> = BTreeMap::new();
+        for r in scored {
+            let p = if path == 0 { &r.pred } else { &r.gt };
+            if let Some(first) = seen.insert(p.as_path(), r.index) {
+                eprintln!(
+                    "warning: rows {first} and {} are scored with the same {what} file {}",
+                    r.index,
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+/// What an existing eval.json must have been made with to be reused.
+pub struct Reuse<'a> {
+    pub dataset: &'a Path,
+    pub pred_dir: &'a Path,
+    pub metrics: &'a [Metric],
+    pub mask_invert: bool,
+    pub models: &'a ModelArgs<'a>,
+}
+
+/// Whether a settings path names the same file as `want` (both resolved; relative paths of the
+/// report are relative to the directory `qie eval` ran in, so an unresolvable one never matches).
+fn same_file(setting: &Value, want: Option<&Path>) -> bool {
+    match (setting.as_str(), want) {
+        (None, None) => true,
+        (Some(s), Some(w)) => std::fs::canonicalize(s)
+            .ok()
+            .zip(std::fs::canonicalize(w).ok())
+            .is_some_and(|(a, b)| a == b),
+        _ => false,
+    }
+}
+
+/// The rows of an eval.json written by `qie eval` with the settings `r` asks for (dataset,
+/// predictions folder, mask handling, models, every metric); `None` when the file is absent,
+/// unreadable or was made otherwise.
+pub fn read_eval_json(path: &Path, r: &Reuse) -> Option<(Vec<RowScore>, usize)> {
     let text = std::fs::read_to_string(path).ok()?;
     let v: Value = serde_json::from_str(&text).ok()?;
-    let same_dataset = v["settings"]["dataset"]
-        .as_str()
-        .and_then(|d| std::fs::canonicalize(d).ok())
-        .zip(std::fs::canonicalize(dataset).ok())
-        .is_some_and(|(a, b)| a == b);
-    let has: Vec<&str> = v["settings"]["metrics"]
+    let s = &v["settings"];
+    let has: Vec<&str> = s["metrics"]
         .as_array()?
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    if !same_dataset || !metrics.iter().all(|m| has.contains(&m.name())) {
+    let uses = |m: Metric| r.metrics.contains(&m);
+    let matches = same_file(&s["dataset"], Some(r.dataset))
+        && same_file(&s["pred_dir"], Some(r.pred_dir))
+        && s["gt_dir"].is_null()
+        && s["pred_name"].is_null()
+        && s["mask_invert"].as_bool() == Some(r.mask_invert)
+        && s["mask_mode"].as_str() == Some("select")
+        && (!uses(Metric::Dino) || same_file(&s["dino_model"], r.models.dino))
+        && (!uses(Metric::ClipI) || same_file(&s["clip_model"], r.models.clip))
+        && r.metrics.iter().all(|m| has.contains(&m.name()));
+    if !matches {
         return None;
     }
+    let r_metrics = r.metrics;
     let mut rows = Vec::new();
-    for r in v["rows"].as_array()? {
+    for row in v["rows"].as_array()? {
         let mut values = BTreeMap::new();
-        for m in metrics {
-            if let Some(x) = r.get(m.name()) {
+        for m in r_metrics {
+            if let Some(x) = row.get(m.name()) {
                 values.insert(*m, x.as_f64());
             }
         }
         rows.push(RowScore {
-            index: r["index"].as_u64()? as usize,
-            pred: PathBuf::from(r["pred"].as_str()?),
-            gt: PathBuf::from(r["gt"].as_str()?),
+            index: row["index"].as_u64()? as usize,
+            pred: PathBuf::from(row["pred"].as_str()?),
+            gt: PathBuf::from(row["gt"].as_str()?),
             values,
         });
     }
-    let missing = v["missing"].as_array().map_or(0, Vec::len);
+    // rows without a score (missing files, bad dataset rows), as a fresh evaluation counts them
+    let unscored = ["prediction", "ground truth", "mask"];
+    let missing = v["missing"].as_array().map_or(0, |m| {
+        m.iter()
+            .filter(|p| unscored.iter().any(|w| p["what"] == *w))
+            .count()
+    });
     Some((rows, missing))
 }

@@ -224,3 +224,51 @@ fn a_sweep_scores_every_run_and_tabulates_the_differing_settings() {
     assert_ne!(code, 0);
     assert!(stderr.contains("no folder matches"), "{stderr}");
 }
+
+#[test]
+fn an_elongated_image_loses_only_its_model_metric_and_csv_out_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let strip = image::RgbImage::from_fn(2, 300, |_, y| image::Rgb([(y % 256) as u8, 9, 9]));
+    strip.save(dir.path().join("gt.png")).unwrap();
+    let pred_dir = dir.path().join("pred");
+    std::fs::create_dir(&pred_dir).unwrap();
+    strip.save(pred_dir.join("gt.png")).unwrap();
+    let data = dir.path().join("data.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"p\", \"image\": \"gt.png\"}\n").unwrap();
+    let out = dir.path().join("eval.json");
+    let dino = fixture("eval_models/dino");
+    let (code, _, stderr) = qie(&[
+        "eval",
+        "--pred-dir",
+        pred_dir.to_str().unwrap(),
+        "--dataset",
+        data.to_str().unwrap(),
+        "--dino-model",
+        dino.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["rows"][0]["l1"], 0.0);
+    assert!(report["rows"][0].get("dino").is_none());
+    assert_eq!(report["missing"][0]["what"], "dino");
+    assert!(report["missing"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("too elongated"));
+    assert!(stderr.contains("lack a model metric"), "{stderr}");
+
+    let csv_out = dir.path().join("scores.csv");
+    let (code, _, stderr) = qie(&[
+        "eval",
+        "--pred-dir",
+        pred_dir.to_str().unwrap(),
+        "--dataset",
+        data.to_str().unwrap(),
+        "--out",
+        csv_out.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("name the JSON report"), "{stderr}");
+}

@@ -49,7 +49,9 @@ pub fn summary(c: &Comparison, indices: Option<&[usize]>, group: Option<String>)
 fn best_run(means: impl Iterator<Item = Option<f64>>, m: Metric) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
     for (i, v) in means.enumerate() {
-        let Some(v) = v else { continue };
+        let Some(v) = v.filter(|v| v.is_finite()) else {
+            continue;
+        };
         let better = match best {
             None => true,
             Some((_, b)) if m.higher_is_better() => v > b,
@@ -144,7 +146,7 @@ pub fn csv(c: &Comparison, tables: &[Table]) -> String {
 }
 
 pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
+    if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()

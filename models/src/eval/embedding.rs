@@ -4,32 +4,59 @@
 
 use super::encoder::{cosine, ImageEncoder};
 use super::metric::Metric;
-use super::score::RowScore;
+use super::preprocess::resized_size;
+use super::score::{RowProblem, RowScore};
 use crate::preprocess::image_io::load_rgb;
 use crate::ModelError;
 
 /// Adds `metric` to every row of `rows`, `batch` images per forward pass; `done(n)` after each
-/// chunk of rows.
+/// chunk of rows. A row whose image cannot be read or preprocessed (e.g. too elongated) keeps
+/// its other scores, lacks this one, and comes back as a problem; a model failure is an error.
 pub fn add_embedding_metric(
     rows: &mut [RowScore],
     metric: Metric,
     encoder: &ImageEncoder,
     batch: usize,
     done: &mut dyn FnMut(usize),
-) -> Result<(), ModelError> {
+) -> Result<Vec<RowProblem>, ModelError> {
     let rows_per_chunk = (batch / 2).max(1);
+    let prep = encoder.kind().preprocessing();
+    let mut problems = Vec::new();
     for chunk in rows.chunks_mut(rows_per_chunk) {
         let mut images = Vec::with_capacity(2 * chunk.len());
-        for r in chunk.iter() {
-            images.push(load_rgb(&r.gt)?);
-            images.push(load_rgb(&r.pred)?);
+        let mut usable = Vec::with_capacity(chunk.len());
+        for (k, r) in chunk.iter().enumerate() {
+            let pair = [&r.gt, &r.pred].map(|p| {
+                load_rgb(p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|img| {
+                        resized_size(img.width() as usize, img.height() as usize, &prep)
+                            .map(|_| img)
+                    })
+                    .map_err(|e| (p.clone(), e))
+            });
+            match pair {
+                [Ok(g), Ok(p)] => {
+                    images.push(g);
+                    images.push(p);
+                    usable.push(k);
+                }
+                [Err((path, e)), _] | [_, Err((path, e))] => problems.push(RowProblem {
+                    index: r.index,
+                    what: metric.name(),
+                    message: format!("{}: {e}", path.display()),
+                    path,
+                }),
+            }
         }
         let refs: Vec<_> = images.iter().collect();
         let embeds = encoder.embed(&refs, batch.max(2))?;
-        for (r, pair) in chunk.iter_mut().zip(embeds.chunks(2)) {
-            r.values.insert(metric, Some(cosine(&pair[0], &pair[1])));
+        for (&k, pair) in usable.iter().zip(embeds.chunks(2)) {
+            chunk[k]
+                .values
+                .insert(metric, Some(cosine(&pair[0], &pair[1])));
         }
         done(chunk.len());
     }
-    Ok(())
+    Ok(problems)
 }

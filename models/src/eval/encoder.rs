@@ -73,7 +73,13 @@ impl ImageEncoder {
         };
         let config = tower_config(&raw, kind, tower)
             .map_err(|e| ModelError::new(format!("{}: {e}", config_path.display())))?;
-        let image_size = config["image_size"].as_u64().unwrap_or(0) as usize;
+        let image_size = config["image_size"].as_u64().ok_or_else(|| {
+            ModelError::new(format!(
+                "{}: image_size must be an integer, got {}",
+                config_path.display(),
+                config["image_size"]
+            ))
+        })? as usize;
         let crop = kind.preprocessing().crop;
         if image_size != crop {
             return Err(ModelError::new(format!(
@@ -105,14 +111,18 @@ impl ImageEncoder {
         self.kind
     }
 
-    /// The embedding of every image (preprocessed as the reference does), `batch` at a time.
+    /// The embedding of every image (preprocessed as the reference does), `batch` at a time;
+    /// an image the preprocessing refuses is an error naming its position.
     pub fn embed(&self, images: &[&RgbImage], batch: usize) -> Result<Vec<Vec<f32>>, ModelError> {
         let p = self.kind.preprocessing();
         let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(batch.max(1)) {
+        for (c, chunk) in images.chunks(batch.max(1)).enumerate() {
             let mut pixels = Vec::with_capacity(chunk.len() * 3 * p.crop * p.crop);
-            for img in chunk {
-                pixels.extend(preprocess(img, &p));
+            for (i, img) in chunk.iter().enumerate() {
+                let at = c * batch.max(1) + i;
+                pixels.extend(
+                    preprocess(img, &p).map_err(|e| ModelError::new(format!("image {at}: {e}")))?,
+                );
             }
             out.extend(self.embed_pixels(&pixels, chunk.len())?);
         }
@@ -121,6 +131,9 @@ impl ImageEncoder {
 
     /// Embeddings of preprocessed [n, 3, S, S] pixels.
     pub fn embed_pixels(&self, pixels: &[f32], n: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let s = self.image_size;
         let shape = [n, 3, s, s];
         let t = Tensor::from_f32(&shape, pixels.to_vec())
@@ -132,7 +145,13 @@ impl ImageEncoder {
             .forward(&Batch(n), &spec(n, s), &inputs)?
             .take("embeds")?;
         let values = embeds.cast(DType::F32).to_f32_vec();
-        let width = values.len() / n.max(1);
+        let width = values.len() / n;
+        if width == 0 || values.len() != n * width {
+            return Err(ModelError::new(format!(
+                "the image encoder gave {} values for {n} images",
+                values.len()
+            )));
+        }
         Ok(values.chunks(width).map(<[f32]>::to_vec).collect())
     }
 
@@ -154,7 +173,7 @@ fn spec(batch: usize, size: usize) -> Specialisation {
 fn tower_config(raw: &Value, kind: EncoderKind, tower: &str) -> Result<Value, String> {
     let model_type = raw["model_type"].as_str().unwrap_or("");
     let (mut config, defaults) = match (kind, model_type) {
-        (EncoderKind::Dino, "vit" | "dino" | "") => (object(raw)?, vit_defaults()),
+        (EncoderKind::Dino, "vit") => (object(raw)?, vit_defaults()),
         (EncoderKind::Clip, "clip") => {
             let mut v = object(&raw["vision_config"])
                 .map_err(|_| "a CLIPModel config needs `vision_config`".to_string())?;
@@ -182,7 +201,42 @@ fn tower_config(raw: &Value, kind: EncoderKind, tower: &str) -> Result<Value, St
     };
     config.insert("model_type".into(), json!(model_type));
     config.insert("tower".into(), json!(tower));
+    check_shape_keys(&config)?;
     Ok(Value::Object(config))
+}
+
+/// The integer keys the source divides by or loops over: positive, and consistent.
+fn check_shape_keys(c: &Map<String, Value>) -> Result<(), String> {
+    let int = |k: &str| -> Result<u64, String> {
+        c.get(k)
+            .and_then(Value::as_u64)
+            .filter(|v| *v > 0)
+            .ok_or_else(|| {
+                format!(
+                    "`{k}` must be a positive integer, got {}",
+                    c.get(k).unwrap_or(&Value::Null)
+                )
+            })
+    };
+    let (hidden, heads) = (int("hidden_size")?, int("num_attention_heads")?);
+    if hidden % heads != 0 {
+        return Err(format!(
+            "hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
+        ));
+    }
+    let (size, patch) = (int("image_size")?, int("patch_size")?);
+    if size % patch != 0 {
+        return Err(format!(
+            "image_size {size} is not a multiple of patch_size {patch}"
+        ));
+    }
+    for k in ["num_hidden_layers", "intermediate_size", "num_channels"] {
+        int(k)?;
+    }
+    if c.get("model_type").and_then(Value::as_str) == Some("clip_vision_model") {
+        int("projection_dim")?;
+    }
+    Ok(())
 }
 
 fn object(v: &Value) -> Result<Map<String, Value>, String> {
@@ -225,7 +279,7 @@ mod tests {
     #[test]
     fn clip_configs_are_lifted_and_defaulted() {
         let raw = json!({"model_type": "clip", "projection_dim": 16,
-                         "vision_config": {"hidden_size": 32}});
+                         "vision_config": {"hidden_size": 32, "num_attention_heads": 4}});
         let c = tower_config(&raw, EncoderKind::Clip, "vision_model.").unwrap();
         assert_eq!(c["projection_dim"], 16);
         assert_eq!(c["hidden_size"], 32);
@@ -234,6 +288,12 @@ mod tests {
         assert_eq!(c["tower"], "vision_model.");
         let e = tower_config(&json!({"model_type": "bert"}), EncoderKind::Dino, "").unwrap_err();
         assert!(e.contains("bert"), "{e}");
+        let bad = json!({"model_type": "vit", "hidden_size": 30, "num_attention_heads": 4});
+        let e = tower_config(&bad, EncoderKind::Dino, "").unwrap_err();
+        assert!(e.contains("num_attention_heads 4"), "{e}");
+        let bad = json!({"model_type": "vit", "patch_size": 0});
+        let e = tower_config(&bad, EncoderKind::Dino, "").unwrap_err();
+        assert!(e.contains("`patch_size` must be a positive integer"), "{e}");
     }
 
     #[test]

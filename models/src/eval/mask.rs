@@ -39,6 +39,13 @@ pub fn load_background(
 pub fn background_of(mask: &RgbImage, width: u32, height: u32, invert: bool) -> Background {
     let xs = nearest_sources(mask.width(), width);
     let ys = nearest_sources(mask.height(), height);
+    if xs.is_empty() || ys.is_empty() {
+        return Background {
+            width: width as usize,
+            height: height as usize,
+            keep: vec![false; width as usize * height as usize],
+        };
+    }
     let mut keep = Vec::with_capacity(xs.len() * ys.len());
     for &y in &ys {
         for &x in &xs {
@@ -61,6 +68,9 @@ pub fn pil_luma([r, g, b]: [u8; 3]) -> u8 {
 /// Source index of every output index for a nearest resize from `input` to `output` pixels
 /// (Pillow's `ImagingScaleAffine`: start at scale / 2, add scale per pixel, truncate).
 fn nearest_sources(input: u32, output: u32) -> Vec<u32> {
+    if input == 0 {
+        return Vec::new(); // a decoded image always has pixels; an empty mask keeps nothing
+    }
     if input == output {
         return (0..output).collect();
     }

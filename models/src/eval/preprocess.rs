@@ -33,13 +33,34 @@ impl Preprocess {
     };
 }
 
-pub fn preprocess(img: &RgbImage, p: &Preprocess) -> Vec<f32> {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let (nw, nh) = if w <= h {
-        (p.short_side, p.short_side * h / w)
+/// The longest side the shorter-side resize may produce (an aspect ratio of 32:1): beyond it
+/// the reference would resize to a huge strip only to crop its middle; qie refuses the image.
+pub const MAX_RESIZED_SIDE: usize = 8192;
+
+/// The resized (width, height), or why a `w x h` image cannot be preprocessed.
+pub fn resized_size(w: usize, h: usize, p: &Preprocess) -> Result<(usize, usize), String> {
+    if w == 0 || h == 0 {
+        return Err(format!("a {w}x{h} image has no pixels"));
+    }
+    let (short, long) = (w.min(h), w.max(h));
+    let resized_long = (p.short_side as u64 * long as u64 / short as u64) as usize;
+    if resized_long > MAX_RESIZED_SIDE {
+        return Err(format!(
+            "a {w}x{h} image is too elongated: resizing its shorter side to {} makes the other \
+             {resized_long} pixels (at most {MAX_RESIZED_SIDE})",
+            p.short_side
+        ));
+    }
+    Ok(if w <= h {
+        (p.short_side, resized_long)
     } else {
-        (p.short_side * w / h, p.short_side)
-    };
+        (resized_long, p.short_side)
+    })
+}
+
+pub fn preprocess(img: &RgbImage, p: &Preprocess) -> Result<Vec<f32>, String> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (nw, nh) = resized_size(w, h, p)?;
     let resized = if (nw, nh) == (w, h) {
         img.clone()
     } else {
@@ -57,7 +78,7 @@ pub fn preprocess(img: &RgbImage, p: &Preprocess) -> Vec<f32> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Python's `round` for non-negative halves and integers.
@@ -86,11 +107,19 @@ mod tests {
     #[test]
     fn output_is_channel_major_at_the_crop_size() {
         let img = RgbImage::from_pixel(300, 224, image::Rgb([255, 0, 0]));
-        let v = preprocess(&img, &Preprocess::CLIP);
+        let v = preprocess(&img, &Preprocess::CLIP).unwrap();
         assert_eq!(v.len(), 3 * 224 * 224);
         let red = (1.0 - Preprocess::CLIP.mean[0]) / Preprocess::CLIP.std[0];
         assert!((v[0] - red).abs() < 1e-6);
         let green = (0.0 - Preprocess::CLIP.mean[1]) / Preprocess::CLIP.std[1];
         assert!((v[224 * 224] - green).abs() < 1e-6);
+    }
+
+    #[test]
+    fn elongated_and_empty_images_are_refused() {
+        let strip = RgbImage::new(1, 100);
+        let e = preprocess(&strip, &Preprocess::DINO).unwrap_err();
+        assert!(e.contains("1x100") && e.contains("elongated"), "{e}");
+        assert!(preprocess(&RgbImage::new(0, 5), &Preprocess::DINO).is_err());
     }
 }
