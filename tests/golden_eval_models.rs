@@ -90,3 +90,39 @@ fn wrong_model_kind_is_one_clear_error() {
     .to_string();
     assert!(e.contains("config.json") && e.contains("clip"), "{e}");
 }
+
+#[test]
+fn clip_text_embeddings_match_transformers_clip() {
+    let expected = WeightStore::open(fixture("eval_models/expected.safetensors")).unwrap();
+    let dir = fixture("eval_models/clip");
+    let text = qie_models::eval::TextEncoder::load(&dir, &ModelOptions::default()).unwrap();
+    let prompts: Vec<String> = pairs()
+        .iter()
+        .map(|(gt, _)| format!("edit {}", gt.file_stem().unwrap().to_string_lossy()))
+        .collect();
+    let want_ids = expected.load_i32("clip_t.input_ids").unwrap();
+    let ids: Vec<i32> = prompts
+        .iter()
+        .flat_map(|p| text.tokenize(p).unwrap())
+        .map(|i| i as i32)
+        .collect();
+    assert_eq!(ids, want_ids, "token ids");
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let embeds = text.embed(&refs, 3).unwrap();
+    let flat: Vec<f32> = embeds.iter().flatten().copied().collect();
+    let want = expected.load_f32("clip_t.text_embeds").unwrap();
+    let err = rel_l2(&flat, &want);
+    assert!(err <= 1e-5, "text embeddings rel-L2 {err:e}");
+
+    let image = ImageEncoder::load(&dir, EncoderKind::Clip, &ModelOptions::default()).unwrap();
+    let preds: Vec<_> = pairs().iter().map(|(_, p)| load_rgb(p).unwrap()).collect();
+    let image_embeds = image.embed(&preds.iter().collect::<Vec<_>>(), 4).unwrap();
+    let cos = expected.load_f32("clip_t.cosine").unwrap();
+    for (i, want) in cos.iter().enumerate() {
+        let got = qie_models::eval::encoder::cosine(&image_embeds[i], &embeds[i]);
+        assert!(
+            (got - f64::from(*want)).abs() <= 1e-4,
+            "clip_t row {i}: {got} vs {want}"
+        );
+    }
+}

@@ -147,8 +147,8 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
                     mask_invert: args.mask_invert,
                     mask_mode: MaskMode::Select,
                 };
-                let enc = encoders.as_deref().unwrap_or(&[]);
-                let e = evaluate(&rows, &settings, enc, args.batch_size, name)?;
+                let models = encoders.as_ref().expect("loaded above");
+                let e = evaluate(&rows, &settings, models, args.batch_size, name)?;
                 let unscored = rows.len() - e.scored.len();
                 (e.scored, unscored)
             }

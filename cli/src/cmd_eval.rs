@@ -164,7 +164,7 @@ struct Job<'a> {
     args: &'a EvalArgs,
     metrics: &'a [Metric],
     pred_name: &'a Option<NameTemplate>,
-    encoders: &'a [(Metric, qie_models::eval::ImageEncoder)],
+    encoders: &'a crate::eval_run::Models,
     rows: &'a [qie_models::data::DatasetRow],
     bad_rows: &'a [qie_models::data::BadRow],
 }

@@ -1,14 +1,14 @@
 //! What `qie eval` and `qie compare` share: choosing the metrics, loading their models once,
 //! scoring every row of a run with a progress bar, and reading a run's eval.json back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use qie_models::data::DatasetRow;
 use qie_models::eval::{
-    add_embedding_metric, score_row, EncoderKind, EvalSettings, ImageEncoder, Metric, RowProblem,
-    RowScore,
+    add_embedding_metric, add_text_metric, score_row, EncoderKind, EvalSettings, ImageEncoder,
+    Metric, RowProblem, RowScore, TextEncoder,
 };
 use qie_models::{ModelOptions, WeightPrecision};
 use serde_json::Value;
@@ -33,6 +33,7 @@ pub fn chosen_metrics(list: Option<&str>, m: &ModelArgs) -> Result<Vec<Metric>, 
             }
             if m.clip.is_some() {
                 v.push(Metric::ClipI);
+                v.push(Metric::ClipT);
             }
             v
         }
@@ -40,7 +41,7 @@ pub fn chosen_metrics(list: Option<&str>, m: &ModelArgs) -> Result<Vec<Metric>, 
     for metric in &metrics {
         let (given, flag) = match metric {
             Metric::Dino => (m.dino.is_some(), "--dino-model"),
-            Metric::ClipI => (m.clip.is_some(), "--clip-model"),
+            Metric::ClipI | Metric::ClipT => (m.clip.is_some(), "--clip-model"),
             _ => continue,
         };
         if !given {
@@ -53,21 +54,21 @@ pub fn chosen_metrics(list: Option<&str>, m: &ModelArgs) -> Result<Vec<Metric>, 
     Ok(metrics)
 }
 
-/// Loads the encoders the metrics need, once, on the device (f32).
-pub fn load_encoders(
-    m: &ModelArgs,
-    metrics: &[Metric],
-) -> Result<Vec<(Metric, ImageEncoder)>, String> {
-    let wanted: Vec<(Metric, EncoderKind, &Path, &str)> = metrics
-        .iter()
-        .filter_map(|metric| match metric {
-            Metric::Dino => Some((*metric, EncoderKind::Dino, m.dino?, "--dino-model")),
-            Metric::ClipI => Some((*metric, EncoderKind::Clip, m.clip?, "--clip-model")),
-            _ => None,
-        })
-        .collect();
-    if wanted.is_empty() {
-        return Ok(Vec::new());
+/// The models of the model metrics, loaded once.
+#[derive(Default)]
+pub struct Models {
+    pub dino: Option<ImageEncoder>,
+    /// CLIP's vision tower (clip_i, clip_t).
+    pub clip: Option<ImageEncoder>,
+    /// CLIP's text tower (clip_t).
+    pub clip_text: Option<TextEncoder>,
+}
+
+/// Loads the models the metrics need, once, on the device (f32).
+pub fn load_encoders(m: &ModelArgs, metrics: &[Metric]) -> Result<Models, String> {
+    let wants = |x: Metric| metrics.contains(&x);
+    if !metrics.iter().any(|x| x.needs_model()) {
+        return Ok(Models::default());
     }
     let backend = crate::cmd_forward::make_backend(m.device, crate::cmd_forward::DTypeArg::F32)?;
     let options = ModelOptions {
@@ -75,14 +76,24 @@ pub fn load_encoders(
         backend,
         ..ModelOptions::default()
     };
-    wanted
-        .into_iter()
-        .map(|(metric, kind, dir, flag)| {
-            ImageEncoder::load(dir, kind, &options)
-                .map(|e| (metric, e))
-                .map_err(|e| format!("{flag}: {e}"))
-        })
-        .collect()
+    let mut models = Models::default();
+    if let (true, Some(dir)) = (wants(Metric::Dino), m.dino) {
+        models.dino = Some(
+            ImageEncoder::load(dir, EncoderKind::Dino, &options)
+                .map_err(|e| format!("--dino-model: {e}"))?,
+        );
+    }
+    if let (true, Some(dir)) = (wants(Metric::ClipI) || wants(Metric::ClipT), m.clip) {
+        models.clip = Some(
+            ImageEncoder::load(dir, EncoderKind::Clip, &options)
+                .map_err(|e| format!("--clip-model: {e}"))?,
+        );
+    }
+    if let (true, Some(dir)) = (wants(Metric::ClipT), m.clip) {
+        models.clip_text =
+            Some(TextEncoder::load(dir, &options).map_err(|e| format!("--clip-model: {e}"))?);
+    }
+    Ok(models)
 }
 
 pub struct Evaluation {
@@ -95,7 +106,7 @@ pub struct Evaluation {
 pub fn evaluate(
     rows: &[DatasetRow],
     settings: &EvalSettings,
-    encoders: &[(Metric, ImageEncoder)],
+    models: &Models,
     batch_size: usize,
     label: &str,
 ) -> Result<Evaluation, String> {
@@ -115,14 +126,46 @@ pub fn evaluate(
         bar.inc(1);
     }
     warn_shared_files(&scored);
-    for (metric, encoder) in encoders {
+    let image_metrics = [(Metric::Dino, &models.dino), (Metric::ClipI, &models.clip)];
+    for (metric, encoder) in image_metrics {
+        let Some(encoder) = encoder
+            .as_ref()
+            .filter(|_| settings.metrics.contains(&metric))
+        else {
+            continue;
+        };
         bar.set_position(0);
         bar.set_length(scored.len() as u64);
         bar.set_message(format!("{label} {metric} on {}", encoder.backend_name()));
-        let failed = add_embedding_metric(&mut scored, *metric, encoder, batch_size, &mut |n| {
+        let failed = add_embedding_metric(&mut scored, metric, encoder, batch_size, &mut |n| {
             bar.inc(n as u64)
         })
         .map_err(|e| format!("{metric}: {e}"))?;
+        problems.extend(failed);
+    }
+    if let (Some(image), Some(text), true) = (
+        &models.clip,
+        &models.clip_text,
+        settings.metrics.contains(&Metric::ClipT),
+    ) {
+        // MagicBrush scores the result against its caption; without one, the instruction
+        let texts: HashMap<usize, String> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.index,
+                    r.output_caption.clone().unwrap_or_else(|| r.prompt.clone()),
+                )
+            })
+            .filter(|(_, t)| !t.is_empty())
+            .collect();
+        bar.set_position(0);
+        bar.set_length(scored.len() as u64);
+        bar.set_message(format!("{label} clip_t on {}", image.backend_name()));
+        let failed = add_text_metric(&mut scored, &texts, image, text, batch_size, &mut |n| {
+            bar.inc(n as u64)
+        })
+        .map_err(|e| format!("clip_t: {e}"))?;
         problems.extend(failed);
     }
     bar.finish_and_clear();
@@ -189,7 +232,8 @@ pub fn read_eval_json(path: &Path, r: &Reuse) -> Option<(Vec<RowScore>, usize)> 
         && s["mask_invert"].as_bool() == Some(r.mask_invert)
         && s["mask_mode"].as_str() == Some("select")
         && (!uses(Metric::Dino) || same_file(&s["dino_model"], r.models.dino))
-        && (!uses(Metric::ClipI) || same_file(&s["clip_model"], r.models.clip))
+        && (!(uses(Metric::ClipI) || uses(Metric::ClipT))
+            || same_file(&s["clip_model"], r.models.clip))
         && r.metrics.iter().all(|m| has.contains(&m.name()));
     if !matches {
         return None;

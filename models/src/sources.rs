@@ -28,6 +28,7 @@ pub const BUNDLED: &[(&str, &str)] = &[
     ),
     // The image encoders of the evaluation metrics (DINO ViT, CLIP vision).
     ("vit.qie", include_str!("../qie/vit.qie")),
+    ("clip_text.qie", include_str!("../qie/clip_text.qie")),
     // Reference-image positional-encoding variants of the DiT (docs/dsl.md).
     (
         "kontext_shared_frame.qie",

@@ -4,11 +4,14 @@
 Writes tests/fixtures/eval_models/:
   dino/      a tiny random transformers ViTModel (save_pretrained: config.json, model.safetensors),
              image 224, patch 16: MagicBrush's DINO ViT-S/16 layout at a small width
-  clip/      a tiny random CLIPModel (vision + text towers, projection), image 224, patch 32
+  clip/      a tiny random CLIPModel (vision + text towers, projection), image 224, patch 32, and
+             a tiny CLIP BPE tokenizer (lowercase letters, a few merges; tokenizer.json), 16 positions
   expected.safetensors
              per metric, over the (gt, pred) pairs of tests/fixtures/eval whose prediction exists:
              `<metric>.pixels` [2, 3, 224, 224] (the first pair preprocessed), `<metric>.embeds`
-             [2 N, D] (the image embedding of each image, gt then pred) and `<metric>.cosine` [N]
+             [2 N, D] (the image embedding of each image, gt then pred) and `<metric>.cosine` [N];
+             for clip_t: `clip_t.input_ids` [N, 16] (each row's prompt, padded to 16), `clip_t.text_embeds`
+             [N, D] (CLIPModel.get_text_features) and `clip_t.cosine` [N] (prediction image vs prompt)
 
 Preprocessing, as the reference scripts do it with torchvision on PIL images:
   dino   (MagicBrush evaluation/image_eval.py): Resize(256, BICUBIC), CenterCrop(224), ToTensor,
@@ -29,7 +32,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 from torchvision import transforms
-from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, ViTConfig, ViTModel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT = REPO_ROOT / "tests" / "fixtures" / "eval_models"
@@ -71,6 +74,20 @@ def embed_all(name, model_fn, tf, tensors):
     tensors[f"{name}.cosine"] = cos.contiguous()
 
 
+def tiny_clip_tokenizer() -> CLIPTokenizer:
+    """CLIP's BPE (transformers' CLIPTokenizer: NFC, whitespace, lowercase, `</w>` word ends, byte
+    level) over lowercase letters and a few merges; everything else is unknown (= end of text)."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {c: i for i, c in enumerate(letters)}
+    vocab.update({c + "</w>": len(letters) + i for i, c in enumerate(letters)})
+    merges = [("e", "d"), ("ed", "i"), ("c", "a"), ("ca", "t</w>"), ("d", "o"), ("s", "e")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
 def main() -> None:
     torch.manual_seed(20261202)
     if OUT.exists():
@@ -85,10 +102,13 @@ def main() -> None:
     vit.save_pretrained(OUT / "dino")
     embed_all("dino", lambda x: vit(pixel_values=x).last_hidden_state[:, 0], preprocess(256, IMAGENET), tensors)
 
+    tokenizer = tiny_clip_tokenizer()
     clip = CLIPModel(CLIPConfig(
         projection_dim=16,
         text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, vocab_size=99, max_position_embeddings=32),
+                         intermediate_size=64, vocab_size=len(tokenizer), max_position_embeddings=16,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id),
         vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                            intermediate_size=64, image_size=224, patch_size=32),
     )).eval()
@@ -99,6 +119,21 @@ def main() -> None:
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
     embed_all("clip_i", clip_image, preprocess(224, CLIP), tensors)
+    tokenizer.save_pretrained(OUT / "clip")
+
+    # clip_t: the prediction's image embedding against the row's prompt
+    rows = [json.loads(l) for l in open(IMAGES / "data.jsonl")]
+    by_name = {Path(r["image"]).name: r["prompt"] for r in rows}
+    ps = pairs()
+    prompts = [by_name[gt.name] for gt, _ in ps]
+    ids = tokenizer(prompts, padding="max_length", max_length=16, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        text = clip.get_text_features(input_ids=ids)
+        text = text if isinstance(text, torch.Tensor) else text.pooler_output
+    image = tensors["clip_i.embeds"].reshape(len(ps), 2, -1)[:, 1]
+    tensors["clip_t.input_ids"] = ids.to(torch.int32).contiguous()
+    tensors["clip_t.text_embeds"] = text.contiguous()
+    tensors["clip_t.cosine"] = torch.nn.functional.cosine_similarity(image, text, dim=-1).contiguous()
     save_file(tensors, OUT / "expected.safetensors")
     print(f"wrote {OUT}")
 

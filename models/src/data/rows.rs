@@ -25,6 +25,8 @@ pub struct DatasetRow {
     pub edit_images: Vec<PathBuf>,
     pub ref_gt: Option<PathBuf>,
     pub back_mask: Option<PathBuf>,
+    /// A caption of the expected result (MagicBrush's `output_caption`), for CLIP-T.
+    pub output_caption: Option<String>,
 }
 
 impl DatasetRow {
@@ -174,6 +176,11 @@ pub(crate) fn parse_record(record: &RawRecord, base: &Path) -> Result<DatasetRow
         edit_images: input_paths(obj, base)?,
         ref_gt: single_path(obj, "ref_gt", base)?,
         back_mask: single_path(obj, "back_mask", base)?,
+        output_caption: match obj.get("output_caption") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(malformed("`output_caption` must be a string")),
+        },
     })
 }
 

@@ -60,3 +60,57 @@ pub fn add_embedding_metric(
     }
     Ok(problems)
 }
+
+/// Adds `clip_t` to every row of `rows`: the cosine of the prediction's CLIP image embedding
+/// and the CLIP text embedding of `texts[row index]`; rows whose image cannot be used (or that
+/// have no text) come back as problems, as in [`add_embedding_metric`].
+pub fn add_text_metric(
+    rows: &mut [RowScore],
+    texts: &std::collections::HashMap<usize, String>,
+    image: &ImageEncoder,
+    text: &super::text_encoder::TextEncoder,
+    batch: usize,
+    done: &mut dyn FnMut(usize),
+) -> Result<Vec<RowProblem>, ModelError> {
+    let prep = image.kind().preprocessing();
+    let mut problems = Vec::new();
+    for chunk in rows.chunks_mut(batch.max(1)) {
+        let mut images = Vec::with_capacity(chunk.len());
+        let mut captions = Vec::with_capacity(chunk.len());
+        let mut usable = Vec::with_capacity(chunk.len());
+        for (k, r) in chunk.iter().enumerate() {
+            let img = load_rgb(&r.pred)
+                .map_err(|e| e.to_string())
+                .and_then(|img| {
+                    resized_size(img.width() as usize, img.height() as usize, &prep).map(|_| img)
+                });
+            match (img, texts.get(&r.index)) {
+                (Ok(img), Some(t)) => {
+                    images.push(img);
+                    captions.push(t.as_str());
+                    usable.push(k);
+                }
+                (Err(e), _) => problems.push(RowProblem {
+                    index: r.index,
+                    what: Metric::ClipT.name(),
+                    message: format!("{}: {e}", r.pred.display()),
+                    path: r.pred.clone(),
+                }),
+                (Ok(_), None) => problems.push(RowProblem {
+                    index: r.index,
+                    what: Metric::ClipT.name(),
+                    message: "the row has no prompt or output_caption".into(),
+                    path: r.pred.clone(),
+                }),
+            }
+        }
+        let refs: Vec<_> = images.iter().collect();
+        let image_embeds = image.embed(&refs, batch)?;
+        let text_embeds = text.embed(&captions, batch)?;
+        for ((&k, a), b) in usable.iter().zip(&image_embeds).zip(&text_embeds) {
+            chunk[k].values.insert(Metric::ClipT, Some(cosine(a, b)));
+        }
+        done(chunk.len());
+    }
+    Ok(problems)
+}

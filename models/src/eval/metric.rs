@@ -19,10 +19,12 @@ pub enum Metric {
     Dino,
     /// CLIP image-embedding cosine.
     ClipI,
+    /// CLIP image-text cosine (prediction vs `output_caption`, else the prompt).
+    ClipT,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 11] = [
         Metric::L1,
         Metric::L2,
         Metric::Psnr,
@@ -33,6 +35,7 @@ impl Metric {
         Metric::BgSsim,
         Metric::Dino,
         Metric::ClipI,
+        Metric::ClipT,
     ];
 
     /// The metrics that need no model.
@@ -59,6 +62,7 @@ impl Metric {
             Metric::BgSsim => "bg_ssim",
             Metric::Dino => "dino",
             Metric::ClipI => "clip_i",
+            Metric::ClipT => "clip_t",
         }
     }
 
@@ -72,7 +76,7 @@ impl Metric {
 
     /// Computed by a model (an image encoder) rather than from pixels.
     pub fn needs_model(self) -> bool {
-        matches!(self, Metric::Dino | Metric::ClipI)
+        matches!(self, Metric::Dino | Metric::ClipI | Metric::ClipT)
     }
 
     /// Whether a larger value is better (for marking the best run).
@@ -85,6 +89,7 @@ impl Metric {
                 | Metric::BgSsim
                 | Metric::Dino
                 | Metric::ClipI
+                | Metric::ClipT
         )
     }
 
@@ -140,7 +145,7 @@ mod tests {
     fn lists_parse_in_order_without_duplicates() {
         let m = Metric::parse_list("ssim, l1,ssim").unwrap();
         assert_eq!(m, vec![Metric::Ssim, Metric::L1]);
-        assert_eq!(Metric::parse_list("all").unwrap().len(), 10);
+        assert_eq!(Metric::parse_list("all").unwrap().len(), 11);
         let e = Metric::parse_list("l1,lpips").unwrap_err().to_string();
         assert!(e.contains("lpips") && e.contains("clip_i"), "{e}");
         assert!(Metric::parse_list(" , ").is_err());

@@ -13,10 +13,12 @@ pub mod preprocess;
 pub mod score;
 pub mod ssim;
 pub mod summary;
+pub mod text_encoder;
 
-pub use embedding::add_embedding_metric;
+pub use embedding::{add_embedding_metric, add_text_metric};
 pub use encoder::{EncoderKind, ImageEncoder};
 pub use metric::Metric;
 pub use naming::NameTemplate;
 pub use score::{score_row, EvalSettings, MaskMode, RowProblem, RowScore};
 pub use summary::{summarize, Stats};
+pub use text_encoder::TextEncoder;
