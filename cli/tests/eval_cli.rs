@@ -81,7 +81,10 @@ fn eval_writes_json_csv_and_lists_the_missing_prediction() {
     assert_eq!(report["summary"]["bg_l1"]["n"], 3);
     assert_eq!(report["summary"]["dino"]["n"], 5);
     assert_eq!(report["summary"]["clip_i"]["n"], 5);
-    assert_eq!(report["summary"]["clip_t"]["n"], 5, "clip_t with the prompts");
+    assert_eq!(
+        report["summary"]["clip_t"]["n"], 5,
+        "clip_t with the prompts"
+    );
     assert_eq!(report["settings"]["mask_mode"], "select");
     // the summary table and the CSV
     assert!(
