@@ -1,5 +1,5 @@
-//! `qie eval`'s model metrics (models/src/eval/encoder.rs + vit.qie) against transformers 5.24 /
-//! torchvision 0.29 on tiny random models saved with save_pretrained
+//! `qie eval`'s model metrics (models/src/eval/encoder.rs + vit.qie: DINO, DINOv2, CLIP, SigLIP)
+//! against transformers 5.24 / torchvision 0.29 on tiny random models saved with save_pretrained
 //! (tools/golden/make_eval_model_fixtures.py): the preprocessed pixels of the first pair, every
 //! image embedding (rel-L2 <= 1e-5) and every gt-prediction cosine (within 1e-4).
 
@@ -41,7 +41,7 @@ fn check(kind: EncoderKind, dir: &str, metric: &str) {
     let want_pixels = expected.load_f32(&format!("{metric}.pixels")).unwrap();
     let pixels: Vec<f32> = images[..2]
         .iter()
-        .flat_map(|img| preprocess(img, &kind.preprocessing()).unwrap())
+        .flat_map(|img| preprocess(img, encoder.preprocessing()).unwrap())
         .collect();
     let worst = pixels
         .iter()
@@ -125,4 +125,27 @@ fn clip_text_embeddings_match_transformers_clip() {
             "clip_t row {i}: {got} vs {want}"
         );
     }
+}
+
+#[test]
+fn dinov2_matches_transformers_with_its_position_table_interpolated() {
+    check(EncoderKind::Dinov2, "eval_models/dinov2", "dinov2");
+}
+
+#[test]
+fn siglip_pooled_embeddings_match_transformers_siglip() {
+    check(EncoderKind::Siglip, "eval_models/siglip", "siglip");
+}
+
+#[test]
+fn siglip_without_its_processor_config_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("eval_models/siglip").join(f), tmp.path().join(f)).unwrap();
+    }
+    let e = ImageEncoder::load(tmp.path(), EncoderKind::Siglip, &ModelOptions::default())
+        .err()
+        .expect("no preprocessor_config.json")
+        .to_string();
+    assert!(e.contains("preprocessor_config.json"), "{e}");
 }

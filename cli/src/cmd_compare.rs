@@ -13,7 +13,9 @@ use qie_models::eval::naming::ground_truth;
 use qie_models::eval::{EvalSettings, MaskMode, NameTemplate};
 use serde_json::Value;
 
-use crate::eval_run::{chosen_metrics, evaluate, load_encoders, read_eval_json, ModelArgs, Reuse};
+use crate::eval_run::{
+    chosen_metrics, evaluate, load_encoders, read_eval_json, ModelArgs, ModelFlags, Reuse,
+};
 use crate::report::html::{page, GalleryRow};
 use crate::report::{gallery, plots, tables, Comparison, ReportRow, RunScores};
 
@@ -43,18 +45,8 @@ pub struct CompareArgs {
     /// Score every run again even where its folder has a matching eval.json.
     #[arg(long)]
     pub recompute: bool,
-    /// DINO model for `dino` (a transformers ViTModel folder).
-    #[arg(long)]
-    pub dino_model: Option<PathBuf>,
-    /// CLIP model for `clip_i` (a transformers CLIPModel folder).
-    #[arg(long)]
-    pub clip_model: Option<PathBuf>,
-    /// Device the models run on: cpu, cuda or cuda:N.
-    #[arg(long, env = "QIE_DEVICE", default_value = "cpu")]
-    pub device: String,
-    /// Images per forward pass of a model.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
+    #[command(flatten)]
+    pub models: ModelFlags,
     /// Background = mask pixels < 128.
     #[arg(long)]
     pub mask_invert: bool,
@@ -91,13 +83,8 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
             return Err(format!("--run {name}: the name is given twice"));
         }
     }
-    let model_args = ModelArgs {
-        dino: args.dino_model.as_deref(),
-        clip: args.clip_model.as_deref(),
-        device: &args.device,
-        batch_size: args.batch_size,
-    };
-    let metrics = chosen_metrics(args.metrics.as_deref(), &model_args)?;
+    let metrics = chosen_metrics(args.metrics.as_deref(), &args.models)?;
+    let model_args = ModelArgs::resolve(&args.models, &metrics)?;
     let pred_name = match &args.pred_name {
         Some(t) => Some(NameTemplate::parse(t).map_err(|e| e.to_string())?),
         None => None,
@@ -148,7 +135,7 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
                     mask_mode: MaskMode::Select,
                 };
                 let models = encoders.as_ref().expect("loaded above");
-                let e = evaluate(&rows, &settings, models, args.batch_size, name)?;
+                let e = evaluate(&rows, &settings, models, args.models.batch_size, name)?;
                 let unscored = rows.len() - e.scored.len();
                 (e.scored, unscored)
             }

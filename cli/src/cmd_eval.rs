@@ -12,7 +12,9 @@ use qie_models::eval::{
     summarize, EvalSettings, MaskMode, Metric, NameTemplate, RowProblem, RowScore, Stats,
 };
 
-use crate::eval_run::{chosen_metrics, evaluate, load_encoders, Evaluation, ModelArgs};
+use crate::eval_run::{
+    chosen_metrics, evaluate, load_encoders, settings_key, Evaluation, ModelArgs, ModelFlags,
+};
 use crate::report::tables::csv_field;
 use serde_json::{json, Map, Value};
 
@@ -37,23 +39,12 @@ pub struct EvalArgs {
     #[arg(long)]
     pub pred_name: Option<String>,
     /// Comma-separated metrics: l1, l2, psnr, ssim, bg_l1, bg_l2, bg_psnr, bg_ssim, dino,
-    /// clip_i; `all` for every one; default: the pixel metrics, plus dino / clip_i when their
-    /// model is given.
+    /// dinov2, clip_i, clip_t, siglip; `all` for every one; default: the pixel metrics, plus
+    /// those whose model is given.
     #[arg(long)]
     pub metrics: Option<String>,
-    /// DINO model for `dino`: a transformers ViTModel folder (e.g. facebook/dino-vits16).
-    #[arg(long)]
-    pub dino_model: Option<PathBuf>,
-    /// CLIP model for `clip_i`: a transformers CLIPModel folder (e.g.
-    /// openai/clip-vit-base-patch32).
-    #[arg(long)]
-    pub clip_model: Option<PathBuf>,
-    /// Device the models run on: cpu, cuda or cuda:N (f32).
-    #[arg(long, env = "QIE_DEVICE", default_value = "cpu")]
-    pub device: String,
-    /// Images per forward pass of a model.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
+    #[command(flatten)]
+    pub models: ModelFlags,
     /// Background = mask pixels < 128 instead of >= 128.
     #[arg(long)]
     pub mask_invert: bool,
@@ -74,13 +65,7 @@ pub enum MaskModeArg {
 }
 
 pub fn run(args: EvalArgs) -> Result<(), String> {
-    let model_args = ModelArgs {
-        dino: args.dino_model.as_deref(),
-        clip: args.clip_model.as_deref(),
-        device: &args.device,
-        batch_size: args.batch_size,
-    };
-    let metrics = chosen_metrics(args.metrics.as_deref(), &model_args)?;
+    let metrics = chosen_metrics(args.metrics.as_deref(), &args.models)?;
     let pred_name = match &args.pred_name {
         Some(t) => Some(NameTemplate::parse(t).map_err(|e| e.to_string())?),
         None => None,
@@ -111,6 +96,7 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
             return Err(format!("--gt-dir {}: not a folder", dir.display()));
         }
     }
+    let model_args = ModelArgs::resolve(&args.models, &metrics)?;
     let encoders = load_encoders(&model_args, &metrics)?;
     let (rows, bad_rows) = read_eval_rows(&args.dataset).map_err(|e| e.to_string())?;
     for b in &bad_rows {
@@ -124,6 +110,7 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
         metrics: &metrics,
         pred_name: &pred_name,
         encoders: &encoders,
+        models: &model_args,
         rows: &rows,
         bad_rows: &bad_rows,
     };
@@ -165,6 +152,7 @@ struct Job<'a> {
     metrics: &'a [Metric],
     pred_name: &'a Option<NameTemplate>,
     encoders: &'a crate::eval_run::Models,
+    models: &'a ModelArgs,
     rows: &'a [qie_models::data::DatasetRow],
     bad_rows: &'a [qie_models::data::BadRow],
 }
@@ -196,10 +184,23 @@ impl Job<'_> {
         } else {
             String::new()
         };
-        let Evaluation { scored, problems } =
-            evaluate(self.rows, &settings, self.encoders, args.batch_size, &label)?;
+        let Evaluation { scored, problems } = evaluate(
+            self.rows,
+            &settings,
+            self.encoders,
+            args.models.batch_size,
+            &label,
+        )?;
         let summary = summarize(self.metrics, &scored);
-        let report = report_json(args, &settings, &scored, &problems, self.bad_rows, &summary);
+        let report = report_json(
+            args,
+            self.models,
+            &settings,
+            &scored,
+            &problems,
+            self.bad_rows,
+            &summary,
+        );
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         crate::atomic::write_bytes(out, text.as_bytes())?;
         let csv_path = out.with_extension("csv");
@@ -248,6 +249,7 @@ fn number(v: Option<f64>) -> Value {
 
 fn report_json(
     args: &EvalArgs,
+    models: &ModelArgs,
     s: &EvalSettings,
     scored: &[RowScore],
     problems: &[RowProblem],
@@ -284,23 +286,25 @@ fn report_json(
         json!({"index": b.index, "what": "dataset row", "path": b.place(), "message": b.message})
     }));
     let metric_names: Vec<&str> = s.metrics.iter().map(|m| m.name()).collect();
+    let mut settings = json!({
+        "pred_dir": path_text(&s.pred_dir),
+        "dataset": path_text(&args.dataset),
+        "gt_dir": args.gt_dir.as_deref().map(path_text),
+        "pred_name": args.pred_name,
+        "metrics": metric_names,
+        "mask_invert": s.mask_invert,
+        "mask_mode": s.mask_mode.name(),
+        "device": models.device,
+        "qie_version": env!("CARGO_PKG_VERSION"),
+    });
+    for (&kind, dir) in &models.dirs {
+        settings[settings_key(kind)] = path_text(dir);
+    }
     json!({
         "rows": rows,
         "summary": sum,
         "missing": missing,
-        "settings": {
-            "pred_dir": path_text(&s.pred_dir),
-            "dataset": path_text(&args.dataset),
-            "gt_dir": args.gt_dir.as_deref().map(path_text),
-            "pred_name": args.pred_name,
-            "metrics": metric_names,
-            "mask_invert": s.mask_invert,
-            "mask_mode": s.mask_mode.name(),
-            "dino_model": args.dino_model.as_deref().map(path_text),
-            "clip_model": args.clip_model.as_deref().map(path_text),
-            "device": args.device,
-            "qie_version": env!("CARGO_PKG_VERSION"),
-        },
+        "settings": settings,
     })
 }
 

@@ -4,51 +4,131 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use qie_models::data::DatasetRow;
 use qie_models::eval::{
     add_embedding_metric, add_text_metric, score_row, EncoderKind, EvalSettings, ImageEncoder,
     Metric, RowProblem, RowScore, TextEncoder,
 };
+use qie_models::hub::resolve_transformers_folder;
 use qie_models::{ModelOptions, WeightPrecision};
 use serde_json::Value;
 
-/// The model folders and device of the model metrics.
-pub struct ModelArgs<'a> {
-    pub dino: Option<&'a Path>,
-    pub clip: Option<&'a Path>,
-    pub device: &'a str,
+/// The model flags `qie eval` and `qie compare` share: a transformers folder or a hub id each.
+#[derive(Args, Clone, Debug)]
+pub struct ModelFlags {
+    /// DINO model for `dino`: a transformers ViTModel folder or hub id (e.g.
+    /// facebook/dino-vits16).
+    #[arg(long)]
+    pub dino_model: Option<String>,
+    /// DINOv2 model for `dinov2`: a Dinov2Model folder or hub id (e.g. facebook/dinov2-base).
+    #[arg(long)]
+    pub dinov2_model: Option<String>,
+    /// CLIP model for `clip_i` and `clip_t`: a CLIPModel folder or hub id (e.g.
+    /// openai/clip-vit-base-patch32).
+    #[arg(long)]
+    pub clip_model: Option<String>,
+    /// SigLIP model for `siglip`: a SiglipModel folder or hub id (e.g.
+    /// google/siglip-so400m-patch14-384).
+    #[arg(long)]
+    pub siglip_model: Option<String>,
+    /// Device the models run on: cpu, cuda or cuda:N (f32).
+    #[arg(long, env = "QIE_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Images per forward pass of a model.
+    #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+}
+
+/// Every encoder, in the order the metrics run.
+const KINDS: [EncoderKind; 4] = [
+    EncoderKind::Dino,
+    EncoderKind::Dinov2,
+    EncoderKind::Clip,
+    EncoderKind::Siglip,
+];
+
+/// The command-line flag naming `kind`'s model.
+pub fn flag(kind: EncoderKind) -> &'static str {
+    match kind {
+        EncoderKind::Dino => "--dino-model",
+        EncoderKind::Dinov2 => "--dinov2-model",
+        EncoderKind::Clip => "--clip-model",
+        EncoderKind::Siglip => "--siglip-model",
+    }
+}
+
+/// The eval.json settings key of `kind`'s model folder.
+pub fn settings_key(kind: EncoderKind) -> &'static str {
+    match kind {
+        EncoderKind::Dino => "dino_model",
+        EncoderKind::Dinov2 => "dinov2_model",
+        EncoderKind::Clip => "clip_model",
+        EncoderKind::Siglip => "siglip_model",
+    }
+}
+
+impl ModelFlags {
+    fn given(&self, kind: EncoderKind) -> Option<&str> {
+        match kind {
+            EncoderKind::Dino => self.dino_model.as_deref(),
+            EncoderKind::Dinov2 => self.dinov2_model.as_deref(),
+            EncoderKind::Clip => self.clip_model.as_deref(),
+            EncoderKind::Siglip => self.siglip_model.as_deref(),
+        }
+    }
+}
+
+/// The model folders (hub ids resolved) of the chosen metrics, and where they run.
+pub struct ModelArgs {
+    pub dirs: BTreeMap<EncoderKind, PathBuf>,
+    pub device: String,
+}
+
+impl ModelArgs {
+    /// Resolves the folders of the encoders `metrics` use (hub ids through the HF cache).
+    pub fn resolve(flags: &ModelFlags, metrics: &[Metric]) -> Result<ModelArgs, String> {
+        let mut dirs = BTreeMap::new();
+        for kind in KINDS {
+            if !metrics.iter().any(|m| m.encoder() == Some(kind)) {
+                continue;
+            }
+            if let Some(spec) = flags.given(kind) {
+                let dir =
+                    resolve_transformers_folder(flag(kind), spec).map_err(|e| e.to_string())?;
+                dirs.insert(kind, dir);
+            }
+        }
+        Ok(ModelArgs {
+            dirs,
+            device: flags.device.clone(),
+        })
+    }
+
+    pub fn dir(&self, kind: EncoderKind) -> Option<&Path> {
+        self.dirs.get(&kind).map(PathBuf::as_path)
+    }
 }
 
 /// `--metrics`, or the pixel metrics plus those whose model is given; a model metric without
 /// its model is an error.
-pub fn chosen_metrics(list: Option<&str>, m: &ModelArgs) -> Result<Vec<Metric>, String> {
+pub fn chosen_metrics(list: Option<&str>, flags: &ModelFlags) -> Result<Vec<Metric>, String> {
     let metrics = match list {
         Some(list) => Metric::parse_list(list).map_err(|e| e.to_string())?,
-        None => {
-            let mut v = Metric::PIXEL.to_vec();
-            if m.dino.is_some() {
-                v.push(Metric::Dino);
-            }
-            if m.clip.is_some() {
-                v.push(Metric::ClipI);
-                v.push(Metric::ClipT);
-            }
-            v
-        }
+        None => Metric::ALL
+            .into_iter()
+            .filter(|m| m.encoder().is_none_or(|k| flags.given(k).is_some()))
+            .collect(),
     };
     for metric in &metrics {
-        let (given, flag) = match metric {
-            Metric::Dino => (m.dino.is_some(), "--dino-model"),
-            Metric::ClipI | Metric::ClipT => (m.clip.is_some(), "--clip-model"),
-            _ => continue,
-        };
-        if !given {
-            return Err(format!("metric {metric} needs {flag} DIR"));
+        if let Some(kind) = metric.encoder() {
+            if flags.given(kind).is_none() {
+                return Err(format!("metric {metric} needs {} DIR", flag(kind)));
+            }
         }
     }
-    if m.batch_size == 0 {
+    if flags.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
     }
     Ok(metrics)
@@ -57,39 +137,30 @@ pub fn chosen_metrics(list: Option<&str>, m: &ModelArgs) -> Result<Vec<Metric>, 
 /// The models of the model metrics, loaded once.
 #[derive(Default)]
 pub struct Models {
-    pub dino: Option<ImageEncoder>,
-    /// CLIP's vision tower (clip_i, clip_t).
-    pub clip: Option<ImageEncoder>,
+    /// The image encoders (CLIP's vision tower serves clip_i and clip_t).
+    pub image: BTreeMap<EncoderKind, ImageEncoder>,
     /// CLIP's text tower (clip_t).
     pub clip_text: Option<TextEncoder>,
 }
 
 /// Loads the models the metrics need, once, on the device (f32).
 pub fn load_encoders(m: &ModelArgs, metrics: &[Metric]) -> Result<Models, String> {
-    let wants = |x: Metric| metrics.contains(&x);
     if !metrics.iter().any(|x| x.needs_model()) {
         return Ok(Models::default());
     }
-    let backend = crate::cmd_forward::make_backend(m.device, crate::cmd_forward::DTypeArg::F32)?;
+    let backend = crate::cmd_forward::make_backend(&m.device, crate::cmd_forward::DTypeArg::F32)?;
     let options = ModelOptions {
         precision: WeightPrecision::F32,
         backend,
         ..ModelOptions::default()
     };
     let mut models = Models::default();
-    if let (true, Some(dir)) = (wants(Metric::Dino), m.dino) {
-        models.dino = Some(
-            ImageEncoder::load(dir, EncoderKind::Dino, &options)
-                .map_err(|e| format!("--dino-model: {e}"))?,
-        );
+    for (&kind, dir) in &m.dirs {
+        let encoder =
+            ImageEncoder::load(dir, kind, &options).map_err(|e| format!("{}: {e}", flag(kind)))?;
+        models.image.insert(kind, encoder);
     }
-    if let (true, Some(dir)) = (wants(Metric::ClipI) || wants(Metric::ClipT), m.clip) {
-        models.clip = Some(
-            ImageEncoder::load(dir, EncoderKind::Clip, &options)
-                .map_err(|e| format!("--clip-model: {e}"))?,
-        );
-    }
-    if let (true, Some(dir)) = (wants(Metric::ClipT), m.clip) {
+    if let (true, Some(dir)) = (metrics.contains(&Metric::ClipT), m.dir(EncoderKind::Clip)) {
         models.clip_text =
             Some(TextEncoder::load(dir, &options).map_err(|e| format!("--clip-model: {e}"))?);
     }
@@ -126,10 +197,11 @@ pub fn evaluate(
         bar.inc(1);
     }
     warn_shared_files(&scored);
-    let image_metrics = [(Metric::Dino, &models.dino), (Metric::ClipI, &models.clip)];
-    for (metric, encoder) in image_metrics {
-        let Some(encoder) = encoder
-            .as_ref()
+    let image_metrics = [Metric::Dino, Metric::Dinov2, Metric::ClipI, Metric::Siglip];
+    for metric in image_metrics {
+        let Some(encoder) = metric
+            .encoder()
+            .and_then(|k| models.image.get(&k))
             .filter(|_| settings.metrics.contains(&metric))
         else {
             continue;
@@ -144,7 +216,7 @@ pub fn evaluate(
         problems.extend(failed);
     }
     if let (Some(image), Some(text), true) = (
-        &models.clip,
+        models.image.get(&EncoderKind::Clip),
         &models.clip_text,
         settings.metrics.contains(&Metric::ClipT),
     ) {
@@ -196,7 +268,7 @@ pub struct Reuse<'a> {
     pub pred_dir: &'a Path,
     pub metrics: &'a [Metric],
     pub mask_invert: bool,
-    pub models: &'a ModelArgs<'a>,
+    pub models: &'a ModelArgs,
 }
 
 /// Whether a settings path names the same file as `want` (both resolved; relative paths of the
@@ -224,16 +296,16 @@ pub fn read_eval_json(path: &Path, r: &Reuse) -> Option<(Vec<RowScore>, usize)> 
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    let uses = |m: Metric| r.metrics.contains(&m);
     let matches = same_file(&s["dataset"], Some(r.dataset))
         && same_file(&s["pred_dir"], Some(r.pred_dir))
         && s["gt_dir"].is_null()
         && s["pred_name"].is_null()
         && s["mask_invert"].as_bool() == Some(r.mask_invert)
         && s["mask_mode"].as_str() == Some("select")
-        && (!uses(Metric::Dino) || same_file(&s["dino_model"], r.models.dino))
-        && (!(uses(Metric::ClipI) || uses(Metric::ClipT))
-            || same_file(&s["clip_model"], r.models.clip))
+        && KINDS.iter().all(|&k| {
+            !r.metrics.iter().any(|m| m.encoder() == Some(k))
+                || same_file(&s[settings_key(k)], r.models.dir(k))
+        })
         && r.metrics.iter().all(|m| has.contains(&m.name()));
     if !matches {
         return None;

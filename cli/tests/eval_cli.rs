@@ -1,4 +1,4 @@
-//! `qie eval` end to end on tests/fixtures/eval (+ the tiny DINO / CLIP models of
+//! `qie eval` end to end on tests/fixtures/eval (+ the tiny DINO / DINOv2 / CLIP / SigLIP models of
 //! tests/fixtures/eval_models): eval.json / eval.csv contents, the missing prediction listed and
 //! counted, and bad input (unknown metric or template field, a model metric without its model,
 //! missing folders, a dataset without ground truth) as one clear error with a non-zero exit.
@@ -15,8 +15,13 @@ fn fixture(rel: &str) -> PathBuf {
 
 /// Runs qie; returns (exit code, stdout, stderr). Asserts it did not panic.
 fn qie(args: &[&str]) -> (i32, String, String) {
+    qie_with_env(args, &[])
+}
+
+fn qie_with_env(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_qie"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
         .output()
         .expect("run qie");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -49,13 +54,19 @@ fn eval_writes_json_csv_and_lists_the_missing_prediction() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run/eval.json");
     let dino = fixture("eval_models/dino");
+    let dinov2 = fixture("eval_models/dinov2");
     let clip = fixture("eval_models/clip");
+    let siglip = fixture("eval_models/siglip");
     let (code, stdout, stderr) = eval(
         &[
             "--dino-model",
             dino.to_str().unwrap(),
+            "--dinov2-model",
+            dinov2.to_str().unwrap(),
             "--clip-model",
             clip.to_str().unwrap(),
+            "--siglip-model",
+            siglip.to_str().unwrap(),
             "--batch-size",
             "3",
         ],
@@ -81,6 +92,13 @@ fn eval_writes_json_csv_and_lists_the_missing_prediction() {
     assert_eq!(report["summary"]["bg_l1"]["n"], 3);
     assert_eq!(report["summary"]["dino"]["n"], 5);
     assert_eq!(report["summary"]["clip_i"]["n"], 5);
+    assert_eq!(report["summary"]["dinov2"]["n"], 5);
+    assert_eq!(report["summary"]["siglip"]["n"], 5);
+    assert!((same["siglip"].as_f64().unwrap() - 1.0).abs() < 1e-6);
+    assert!(report["settings"]["siglip_model"]
+        .as_str()
+        .unwrap()
+        .ends_with("siglip"));
     assert_eq!(
         report["summary"]["clip_t"]["n"], 5,
         "clip_t with the prompts"
@@ -275,4 +293,49 @@ fn an_elongated_image_loses_only_its_model_metric_and_csv_out_is_refused() {
     ]);
     assert_ne!(code, 0);
     assert!(stderr.contains("name the JSON report"), "{stderr}");
+}
+
+#[test]
+fn a_hub_id_is_read_from_the_offline_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("hub");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = cache.join("models--facebook--dino-vits16");
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("eval_models/dino").join(f), snapshot.join(f)).unwrap();
+    }
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let out = dir.path().join("eval.json");
+    let (pred, data) = (fixture("eval/pred"), fixture("eval/data.jsonl"));
+    let args = [
+        "eval",
+        "--pred-dir",
+        pred.to_str().unwrap(),
+        "--dataset",
+        data.to_str().unwrap(),
+        "--metrics",
+        "dino",
+        "--dino-model",
+        "facebook/dino-vits16",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let env = [
+        ("HF_HUB_CACHE", cache.as_path()),
+        ("HF_HUB_OFFLINE", Path::new("1")),
+    ];
+    let (code, _, stderr) = qie_with_env(&args, &env);
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["summary"]["dino"]["n"], 5);
+    // an id the cache lacks: one error naming the flag and the offline setting
+    let mut missing = args;
+    missing[8] = "facebook/dinov2-base";
+    missing[7] = "--dino-model";
+    let (code, _, stderr) = qie_with_env(&missing, &env);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("HF_HUB_OFFLINE"), "{stderr}");
 }

@@ -118,6 +118,57 @@ pub fn resolve_model_with(spec: &str, hub: &HubSettings) -> Result<ModelPaths, M
     Ok(paths)
 }
 
+/// A transformers model folder (`config.json` + safetensors, with any processor and tokenizer
+/// files) named by `flag`: a folder that exists is used as is; otherwise `owner/name[@revision]`
+/// is a hub id, taken from the cache (HF_HUB_OFFLINE) or downloaded into it.
+pub fn resolve_transformers_folder(flag: &str, spec: &str) -> Result<PathBuf, ModelError> {
+    resolve_transformers_folder_with(flag, spec, &HubSettings::from_env()?)
+}
+
+pub fn resolve_transformers_folder_with(
+    flag: &str,
+    spec: &str,
+    hub: &HubSettings,
+) -> Result<PathBuf, ModelError> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if path.exists() {
+        return Err(ModelError::new(format!(
+            "{flag} {spec}: is a file, expected a model folder or a hub id"
+        )));
+    }
+    let Some((repo, revision)) = parse_hub_id(spec) else {
+        return Err(ModelError::new(format!(
+            "{flag} {spec}: no such folder, and not a hub id (owner/name[@revision])"
+        )));
+    };
+    let root = if hub.offline {
+        cached_snapshot(hub, &repo, &revision)?
+    } else {
+        download_files(hub, &repo, &revision, &TRANSFORMERS_FILES)?
+    };
+    let mut missing = Vec::new();
+    if !root.join("config.json").exists() {
+        missing.push(root.join("config.json"));
+    }
+    missing.extend(missing_weights(&root));
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+        return Err(ModelError::new(format!(
+            "{flag} {repo}@{revision}: missing {} (qie reads safetensors weights only){}",
+            list.join(", "),
+            if hub.offline {
+                " (HF_HUB_OFFLINE is set: download it first or unset HF_HUB_OFFLINE)"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(root)
+}
+
 /// `owner/name` or `owner/name@revision` (revision defaults to `main`).
 pub fn parse_hub_id(spec: &str) -> Option<(String, String)> {
     let (id, revision) = match spec.split_once('@') {
@@ -278,12 +329,43 @@ fn cached_snapshot(hub: &HubSettings, repo: &str, revision: &str) -> Result<Path
     Ok(snapshot)
 }
 
+/// What a snapshot must hold and which of its files are fetched.
+struct SnapshotFiles {
+    /// The file that says the repository is of the expected kind.
+    marker: &'static str,
+    what: &'static str,
+    wanted: fn(&str) -> bool,
+}
+
+const PIPELINE_FILES: SnapshotFiles = SnapshotFiles {
+    marker: "model_index.json",
+    what: "a diffusers pipeline",
+    wanted: pipeline_file,
+};
+
+const TRANSFORMERS_FILES: SnapshotFiles = SnapshotFiles {
+    marker: "config.json",
+    what: "a transformers model",
+    wanted: transformers_file,
+};
+
 /// Downloads model_index.json and the listed components' config, tokenizer and safetensors files
 /// (files already in the snapshot are kept); returns the snapshot folder.
 fn download_snapshot(
     hub: &HubSettings,
     repo_id: &str,
     revision: &str,
+) -> Result<PathBuf, ModelError> {
+    download_files(hub, repo_id, revision, &PIPELINE_FILES)
+}
+
+/// Downloads the repository's `files.wanted` files (those already in the snapshot are kept);
+/// returns the snapshot folder.
+fn download_files(
+    hub: &HubSettings,
+    repo_id: &str,
+    revision: &str,
+    kind: &SnapshotFiles,
 ) -> Result<PathBuf, ModelError> {
     let hub_err = |what: &str, e: &dyn std::fmt::Display| {
         ModelError::new(format!(
@@ -314,13 +396,13 @@ fn download_snapshot(
         .join("snapshots")
         .join(&info.sha);
     let files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
-    if !files.iter().any(|f| f == "model_index.json") {
+    if !files.iter().any(|f| f == kind.marker) {
         return Err(hub_err(
             "repository",
-            &"has no model_index.json (not a diffusers pipeline)",
+            &format!("has no {} (not {})", kind.marker, kind.what),
         ));
     }
-    for file in files.iter().filter(|f| pipeline_file(f)) {
+    for file in files.iter().filter(|f| (kind.wanted)(f)) {
         if !snapshot.join(file).exists() {
             repo.download(file)
                 .map_err(|e| hub_err(file.as_str(), &e))?;
@@ -347,4 +429,22 @@ pub fn pipeline_file(path: &str) -> bool {
         ".tiktoken",
     ];
     COMPONENTS.contains(&folder) && EXTENSIONS.iter().any(|e| name.ends_with(e))
+}
+
+/// Files an image / text encoder reads from a transformers repository: the top-level configs,
+/// processor and tokenizer files and safetensors weights (no .bin / .onnx / subfolders).
+pub fn transformers_file(path: &str) -> bool {
+    const NAMES: [&str; 7] = [
+        "config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.json",
+        "merges.txt",
+    ];
+    !path.contains('/')
+        && (NAMES.contains(&path)
+            || path.ends_with(".safetensors")
+            || path.ends_with(".safetensors.index.json"))
 }

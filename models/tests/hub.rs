@@ -1,7 +1,8 @@
 //! `--model` resolution on local folders and a fake offline HF cache (no network).
 
 use qie_models::hub::{
-    model_paths_from_folder, parse_hub_id, pipeline_file, resolve_model_with, HubSettings,
+    model_paths_from_folder, parse_hub_id, pipeline_file, resolve_model_with,
+    resolve_transformers_folder_with, transformers_file, HubSettings,
 };
 use std::fs;
 use std::path::Path;
@@ -171,4 +172,35 @@ fn specs_and_file_selection() {
     assert!(!pipeline_file("README.md"));
     assert!(!pipeline_file("transformer/diffusion_pytorch_model.bin"));
     assert!(!pipeline_file("assets/demo.png"));
+}
+
+#[test]
+fn transformers_hub_ids_resolve_from_the_cache_and_name_what_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let commit = "fedcba9876543210fedcba9876543210fedcba98";
+    let repo = tmp.path().join("models--facebook--dino-vits16");
+    let snapshot = repo.join("snapshots").join(commit);
+    write(&snapshot.join("config.json"), "{}");
+    write(&repo.join("refs/main"), commit);
+    let hub = offline(tmp.path());
+    // no weights yet: named, with the safetensors-only rule
+    let err =
+        resolve_transformers_folder_with("--dino-model", "facebook/dino-vits16", &hub).unwrap_err();
+    assert!(
+        err.message.contains("--dino-model") && err.message.contains("safetensors"),
+        "{err}"
+    );
+    write(&snapshot.join("model.safetensors"), "");
+    let dir =
+        resolve_transformers_folder_with("--dino-model", "facebook/dino-vits16", &hub).unwrap();
+    assert_eq!(dir, snapshot);
+    // a local folder is used as is; a missing one that is no hub id is refused
+    let local = resolve_transformers_folder_with("--clip-model", snapshot.to_str().unwrap(), &hub);
+    assert_eq!(local.unwrap(), snapshot);
+    let err = resolve_transformers_folder_with("--clip-model", "./nope/x/y", &hub).unwrap_err();
+    assert!(err.message.contains("no such folder"), "{err}");
+    assert!(transformers_file("preprocessor_config.json"));
+    assert!(transformers_file("model.safetensors"));
+    assert!(!transformers_file("pytorch_model.bin"));
+    assert!(!transformers_file("onnx/model.safetensors"));
 }

@@ -4,6 +4,10 @@
 Writes tests/fixtures/eval_models/:
   dino/      a tiny random transformers ViTModel (save_pretrained: config.json, model.safetensors),
              image 224, patch 16: MagicBrush's DINO ViT-S/16 layout at a small width
+  dinov2/    a tiny random Dinov2Model, image 518, patch 14 (dinov2-base's 37 x 37 position table,
+             interpolated to the 16 x 16 grid of a 224 crop), layer scale 0.5 + noise
+  siglip/    a tiny random SiglipModel (vision + text towers) with its SiglipImageProcessorPil
+             (preprocessor_config.json: 64 x 64, mean / std 0.5), image 64, patch 16
   clip/      a tiny random CLIPModel (vision + text towers, projection), image 224, patch 32, and
              a tiny CLIP BPE tokenizer (lowercase letters, a few merges; tokenizer.json), 16 positions
   expected.safetensors
@@ -16,8 +20,11 @@ Writes tests/fixtures/eval_models/:
 Preprocessing, as the reference scripts do it with torchvision on PIL images:
   dino   (MagicBrush evaluation/image_eval.py): Resize(256, BICUBIC), CenterCrop(224), ToTensor,
          Normalize(ImageNet mean, std); embedding = last_hidden_state[:, 0] (after the final LayerNorm)
+  dinov2 the same as dino; embedding = Dinov2Model last_hidden_state[:, 0]
   clip_i (OpenAI clip.load's preprocess): Resize(224, BICUBIC), CenterCrop(224), ToTensor,
          Normalize(CLIP mean, std); embedding = CLIPModel.get_image_features (projected)
+  siglip (the model's own SiglipImageProcessorPil): resize to 64 x 64 with PIL bicubic, rescale,
+         normalise; embedding = SiglipModel.get_image_features (the attention-pooled output)
 
 Needs torch, torchvision, transformers (versions in requirements.txt).
 """
@@ -32,7 +39,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 from torchvision import transforms
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, ViTConfig, ViTModel
+from transformers import (CLIPConfig, CLIPModel, CLIPTokenizer, Dinov2Config, Dinov2Model,
+                          SiglipConfig, SiglipImageProcessorPil, SiglipModel, ViTConfig, ViTModel)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT = REPO_ROOT / "tests" / "fixtures" / "eval_models"
@@ -134,6 +142,41 @@ def main() -> None:
     tensors["clip_t.input_ids"] = ids.to(torch.int32).contiguous()
     tensors["clip_t.text_embeds"] = text.contiguous()
     tensors["clip_t.cosine"] = torch.nn.functional.cosine_similarity(image, text, dim=-1).contiguous()
+    dinov2 = Dinov2Model(Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, image_size=518,
+        patch_size=14, hidden_act="gelu", layer_norm_eps=1e-6, layerscale_value=0.5,
+    )).eval()
+    with torch.no_grad():  # random layer scales and position table (init makes them flat / small)
+        for name, p in dinov2.named_parameters():
+            if "lambda1" in name:
+                p.add_(0.1 * torch.randn_like(p))
+        dinov2.embeddings.position_embeddings.normal_()
+    dinov2.save_pretrained(OUT / "dinov2")
+    embed_all("dinov2", lambda x: dinov2(pixel_values=x).last_hidden_state[:, 0],
+              preprocess(256, IMAGENET), tensors)
+
+    siglip = SiglipModel(SiglipConfig(
+        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=64, vocab_size=64, max_position_embeddings=16),
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, image_size=64, patch_size=16),
+    )).eval()
+    with torch.no_grad():  # the pooling head's biases start at zero: make every weight matter
+        for p in siglip.vision_model.head.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    siglip.save_pretrained(OUT / "siglip")
+    processor = SiglipImageProcessorPil(size={"height": 64, "width": 64})
+    processor.save_pretrained(OUT / "siglip")
+
+    def siglip_pixels(img):
+        return processor(images=img, return_tensors="pt").pixel_values[0]
+
+    def siglip_image(x):
+        out = siglip.get_image_features(pixel_values=x)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    embed_all("siglip", siglip_image, siglip_pixels, tensors)
+
     save_file(tensors, OUT / "expected.safetensors")
     print(f"wrote {OUT}")
 

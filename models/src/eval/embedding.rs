@@ -20,7 +20,7 @@ pub fn add_embedding_metric(
     done: &mut dyn FnMut(usize),
 ) -> Result<Vec<RowProblem>, ModelError> {
     let rows_per_chunk = (batch / 2).max(1);
-    let prep = encoder.kind().preprocessing();
+    let prep = *encoder.preprocessing();
     let mut problems = Vec::new();
     for chunk in rows.chunks_mut(rows_per_chunk) {
         let mut images = Vec::with_capacity(2 * chunk.len());
@@ -72,7 +72,7 @@ pub fn add_text_metric(
     batch: usize,
     done: &mut dyn FnMut(usize),
 ) -> Result<Vec<RowProblem>, ModelError> {
-    let prep = image.kind().preprocessing();
+    let prep = *image.preprocessing();
     let mut problems = Vec::new();
     for chunk in rows.chunks_mut(batch.max(1)) {
         let mut images = Vec::with_capacity(chunk.len());

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::encoder::EncoderKind;
 use crate::ModelError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -17,14 +18,18 @@ pub enum Metric {
     BgSsim,
     /// DINO ViT CLS-token cosine (MagicBrush).
     Dino,
+    /// The same with a DINOv2 model.
+    Dinov2,
     /// CLIP image-embedding cosine.
     ClipI,
     /// CLIP image-text cosine (prediction vs `output_caption`, else the prompt).
     ClipT,
+    /// SigLIP pooled image-embedding cosine.
+    Siglip,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 13] = [
         Metric::L1,
         Metric::L2,
         Metric::Psnr,
@@ -34,8 +39,10 @@ impl Metric {
         Metric::BgPsnr,
         Metric::BgSsim,
         Metric::Dino,
+        Metric::Dinov2,
         Metric::ClipI,
         Metric::ClipT,
+        Metric::Siglip,
     ];
 
     /// The metrics that need no model.
@@ -61,8 +68,10 @@ impl Metric {
             Metric::BgPsnr => "bg_psnr",
             Metric::BgSsim => "bg_ssim",
             Metric::Dino => "dino",
+            Metric::Dinov2 => "dinov2",
             Metric::ClipI => "clip_i",
             Metric::ClipT => "clip_t",
+            Metric::Siglip => "siglip",
         }
     }
 
@@ -76,7 +85,18 @@ impl Metric {
 
     /// Computed by a model (an image encoder) rather than from pixels.
     pub fn needs_model(self) -> bool {
-        matches!(self, Metric::Dino | Metric::ClipI | Metric::ClipT)
+        self.encoder().is_some()
+    }
+
+    /// The image encoder the metric runs (CLIP's for clip_t, with its text tower).
+    pub fn encoder(self) -> Option<EncoderKind> {
+        match self {
+            Metric::Dino => Some(EncoderKind::Dino),
+            Metric::Dinov2 => Some(EncoderKind::Dinov2),
+            Metric::ClipI | Metric::ClipT => Some(EncoderKind::Clip),
+            Metric::Siglip => Some(EncoderKind::Siglip),
+            _ => None,
+        }
     }
 
     /// Whether a larger value is better (for marking the best run).
@@ -88,8 +108,10 @@ impl Metric {
                 | Metric::BgPsnr
                 | Metric::BgSsim
                 | Metric::Dino
+                | Metric::Dinov2
                 | Metric::ClipI
                 | Metric::ClipT
+                | Metric::Siglip
         )
     }
 
@@ -145,7 +167,7 @@ mod tests {
     fn lists_parse_in_order_without_duplicates() {
         let m = Metric::parse_list("ssim, l1,ssim").unwrap();
         assert_eq!(m, vec![Metric::Ssim, Metric::L1]);
-        assert_eq!(Metric::parse_list("all").unwrap().len(), 11);
+        assert_eq!(Metric::parse_list("all").unwrap().len(), 13);
         let e = Metric::parse_list("l1,lpips").unwrap_err().to_string();
         assert!(e.contains("lpips") && e.contains("clip_i"), "{e}");
         assert!(Metric::parse_list(" , ").is_err());

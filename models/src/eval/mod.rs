@@ -1,14 +1,16 @@
 //! Scoring edited images against ground truth (`qie eval`): MagicBrush's L1 / L2, PSNR and
-//! SSIM, the same over the background only, DINO and CLIP image-embedding cosines, and the
+//! SSIM, the same over the background only, DINO / DINOv2 / CLIP / SigLIP image-embedding cosines, and the
 //! matching of rows to prediction files.
 
 pub mod bootstrap;
 pub mod embedding;
 pub mod encoder;
+pub mod encoder_config;
 pub mod mask;
 pub mod metric;
 pub mod naming;
 pub mod pixels;
+pub mod positions;
 pub mod preprocess;
 pub mod score;
 pub mod ssim;

@@ -80,6 +80,7 @@ impl TextEncoder {
             CheckMode::AllowUnexpected,
             options,
         )?;
+        super::encoder::refuse_created(&model, dir)?;
         Ok(TextEncoder {
             model,
             tokenizer,

@@ -60,9 +60,14 @@ pub fn resize(
             RgbImage::new(width, height)
         };
     }
-    // Pillow 13 runs the vertical pass first when it shrinks the height while the width grows
-    // (seen on every such case against Pillow 13.0.0); torch always starts horizontally.
-    if arithmetic == Arithmetic::Pillow && width > in_w && height < in_h {
+    // Pillow 13 runs the vertical pass first when the height shrinks by more than twice what the
+    // width shrinks by (libImaging/Resample.c, `horizontal_first`); torch always starts
+    // horizontally. Transposing makes the vertical pass the first, horizontal one.
+    let (dh, dw) = (
+        i64::from(in_h) - i64::from(height),
+        i64::from(in_w) - i64::from(width),
+    );
+    if arithmetic == Arithmetic::Pillow && dh > 0 && dh > 2 * dw {
         let resized = resize(&transpose(img), height, width, filter, arithmetic);
         return transpose(&resized);
     }
