@@ -13,6 +13,7 @@ use qie_models::eval::{
 };
 use qie_models::hub::resolve_transformers_folder;
 use qie_models::{ModelOptions, WeightPrecision};
+use rayon::prelude::*;
 use serde_json::Value;
 
 /// The model flags `qie eval` and `qie compare` share: a transformers folder or a hub id each.
@@ -189,12 +190,20 @@ pub fn evaluate(
     bar.set_message(label.to_string());
     let mut scored = Vec::new();
     let mut problems = Vec::new();
-    for row in rows {
-        match score_row(row, settings) {
+    // rows are independent: decode and score them on every core (order kept)
+    let results: Vec<_> = rows
+        .par_iter()
+        .map(|row| {
+            let r = score_row(row, settings);
+            bar.inc(1);
+            r
+        })
+        .collect();
+    for r in results {
+        match r {
             Ok(s) => scored.push(s),
             Err(p) => problems.push(p),
         }
-        bar.inc(1);
     }
     warn_shared_files(&scored);
     let image_metrics = [Metric::Dino, Metric::Dinov2, Metric::ClipI, Metric::Siglip];

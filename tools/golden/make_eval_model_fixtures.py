@@ -7,7 +7,8 @@ Writes tests/fixtures/eval_models/:
   dinov2/    a tiny random Dinov2Model, image 518, patch 14 (dinov2-base's 37 x 37 position table,
              interpolated to the 16 x 16 grid of a 224 crop), layer scale 0.5 + noise
   siglip/    a tiny random SiglipModel (vision + text towers) with its SiglipImageProcessorPil
-             (preprocessor_config.json: 64 x 64, mean / std 0.5), image 64, patch 16
+             (preprocessor_config.json: 72 x 72, mean / std 0.5), image 72, patch 16: 4 x 4 patches,
+             the conv dropping a remainder as so400m's 384 / 14 does
   clip/      a tiny random CLIPModel (vision + text towers, projection), image 224, patch 32, and
              a tiny CLIP BPE tokenizer (lowercase letters, a few merges; tokenizer.json), 16 positions
   expected.safetensors
@@ -23,7 +24,7 @@ Preprocessing, as the reference scripts do it with torchvision on PIL images:
   dinov2 the same as dino; embedding = Dinov2Model last_hidden_state[:, 0]
   clip_i (OpenAI clip.load's preprocess): Resize(224, BICUBIC), CenterCrop(224), ToTensor,
          Normalize(CLIP mean, std); embedding = CLIPModel.get_image_features (projected)
-  siglip (the model's own SiglipImageProcessorPil): resize to 64 x 64 with PIL bicubic, rescale,
+  siglip (the model's own SiglipImageProcessorPil): resize to 72 x 72 with PIL bicubic, rescale,
          normalise; embedding = SiglipModel.get_image_features (the attention-pooled output)
 
 Needs torch, torchvision, transformers (versions in requirements.txt).
@@ -159,13 +160,13 @@ def main() -> None:
         text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                          intermediate_size=64, vocab_size=64, max_position_embeddings=16),
         vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=64, image_size=64, patch_size=16),
+                           intermediate_size=64, image_size=72, patch_size=16),
     )).eval()
     with torch.no_grad():  # the pooling head's biases start at zero: make every weight matter
         for p in siglip.vision_model.head.parameters():
             p.add_(0.1 * torch.randn_like(p))
     siglip.save_pretrained(OUT / "siglip")
-    processor = SiglipImageProcessorPil(size={"height": 64, "width": 64})
+    processor = SiglipImageProcessorPil(size={"height": 72, "width": 72})
     processor.save_pretrained(OUT / "siglip")
 
     def siglip_pixels(img):

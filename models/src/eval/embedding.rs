@@ -8,6 +8,7 @@ use super::preprocess::resized_size;
 use super::score::{RowProblem, RowScore};
 use crate::preprocess::image_io::load_rgb;
 use crate::ModelError;
+use rayon::prelude::*;
 
 /// Adds `metric` to every row of `rows`, `batch` images per forward pass; `done(n)` after each
 /// chunk of rows. A row whose image cannot be read or preprocessed (e.g. too elongated) keeps
@@ -25,16 +26,22 @@ pub fn add_embedding_metric(
     for chunk in rows.chunks_mut(rows_per_chunk) {
         let mut images = Vec::with_capacity(2 * chunk.len());
         let mut usable = Vec::with_capacity(chunk.len());
-        for (k, r) in chunk.iter().enumerate() {
-            let pair = [&r.gt, &r.pred].map(|p| {
-                load_rgb(p)
-                    .map_err(|e| e.to_string())
-                    .and_then(|img| {
-                        resized_size(img.width() as usize, img.height() as usize, &prep)
-                            .map(|_| img)
-                    })
-                    .map_err(|e| (p.clone(), e))
-            });
+        // decoding and checking the images is most of the host work: in parallel
+        let pairs: Vec<_> = chunk
+            .par_iter()
+            .map(|r| {
+                [&r.gt, &r.pred].map(|p| {
+                    load_rgb(p)
+                        .map_err(|e| e.to_string())
+                        .and_then(|img| {
+                            resized_size(img.width() as usize, img.height() as usize, &prep)
+                                .map(|_| img)
+                        })
+                        .map_err(|e| (p.clone(), e))
+                })
+            })
+            .collect();
+        for ((k, r), pair) in chunk.iter().enumerate().zip(pairs) {
             match pair {
                 [Ok(g), Ok(p)] => {
                     images.push(g);
@@ -78,12 +85,18 @@ pub fn add_text_metric(
         let mut images = Vec::with_capacity(chunk.len());
         let mut captions = Vec::with_capacity(chunk.len());
         let mut usable = Vec::with_capacity(chunk.len());
-        for (k, r) in chunk.iter().enumerate() {
-            let img = load_rgb(&r.pred)
-                .map_err(|e| e.to_string())
-                .and_then(|img| {
-                    resized_size(img.width() as usize, img.height() as usize, &prep).map(|_| img)
-                });
+        let loaded: Vec<_> = chunk
+            .par_iter()
+            .map(|r| {
+                load_rgb(&r.pred)
+                    .map_err(|e| e.to_string())
+                    .and_then(|img| {
+                        resized_size(img.width() as usize, img.height() as usize, &prep)
+                            .map(|_| img)
+                    })
+            })
+            .collect();
+        for ((k, r), img) in chunk.iter().enumerate().zip(loaded) {
             match (img, texts.get(&r.index)) {
                 (Ok(img), Some(t)) => {
                     images.push(img);

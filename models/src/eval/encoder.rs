@@ -12,6 +12,7 @@ use image::RgbImage;
 use qie_ir::{DType, TensorType};
 use qie_runtime::weights::{CheckMode, WeightStore};
 use qie_runtime::Tensor;
+use rayon::prelude::*;
 use serde_json::Value;
 
 use super::encoder_config::{tower_setup, TowerSetup};
@@ -142,13 +143,16 @@ impl ImageEncoder {
         let s = self.image_size;
         let mut out = Vec::with_capacity(images.len());
         for (c, chunk) in images.chunks(batch.max(1)).enumerate() {
+            let planes: Vec<Vec<f32>> = chunk
+                .par_iter()
+                .enumerate()
+                .map(|(i, img)| {
+                    let at = c * batch.max(1) + i;
+                    preprocess(img, p).map_err(|e| ModelError::new(format!("image {at}: {e}")))
+                })
+                .collect::<Result<_, _>>()?;
             let mut pixels = Vec::with_capacity(chunk.len() * 3 * s * s);
-            for (i, img) in chunk.iter().enumerate() {
-                let at = c * batch.max(1) + i;
-                pixels.extend(
-                    preprocess(img, p).map_err(|e| ModelError::new(format!("image {at}: {e}")))?,
-                );
-            }
+            planes.iter().for_each(|v| pixels.extend_from_slice(v));
             out.extend(self.embed_pixels(&pixels, chunk.len())?);
         }
         Ok(out)

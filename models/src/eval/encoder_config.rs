@@ -82,9 +82,9 @@ pub fn tower_setup(
              {input_side} x {input_side} images"
         ));
     }
-    if input_side % patch != 0 {
+    if input_side < patch {
         return Err(format!(
-            "the {input_side} x {input_side} input is not a multiple of patch_size {patch}"
+            "the {input_side} x {input_side} input is smaller than patch_size {patch}"
         ));
     }
     config.insert("image_size".into(), json!(input_side));
@@ -207,10 +207,11 @@ fn check_shape_keys(c: &Map<String, Value>) -> Result<(), String> {
             "hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
         ));
     }
+    // the patch conv drops a remainder (SigLIP so400m: 384 / 14 -> 27 x 27 patches)
     let (size, patch) = (int(c, "image_size")?, int(c, "patch_size")?);
-    if size % patch != 0 {
+    if patch > size {
         return Err(format!(
-            "image_size {size} is not a multiple of patch_size {patch}"
+            "patch_size {patch} is larger than image_size {size}"
         ));
     }
     for k in ["num_hidden_layers", "intermediate_size", "num_channels"] {
@@ -279,6 +280,9 @@ mod tests {
         let bad = json!({"model_type": "vit", "hidden_size": 30, "num_attention_heads": 4});
         let e = tower_setup(&bad, None, EncoderKind::Dino, "").unwrap_err();
         assert!(e.contains("num_attention_heads 4"), "{e}");
+        let bad = json!({"model_type": "vit", "patch_size": 300});
+        let e = tower_setup(&bad, None, EncoderKind::Dino, "").unwrap_err();
+        assert!(e.contains("larger than image_size"), "{e}");
         let bad = json!({"model_type": "vit", "patch_size": 0});
         let e = tower_setup(&bad, None, EncoderKind::Dino, "").unwrap_err();
         assert!(e.contains("`patch_size` must be a positive integer"), "{e}");

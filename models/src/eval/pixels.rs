@@ -10,8 +10,9 @@
 use image::RgbImage;
 
 use super::mask::Background;
-use super::ssim::ssim_map;
+use super::ssim::{ssim_map, SsimMap};
 use crate::preprocess::resize::resize_bicubic;
+use std::cell::OnceCell;
 
 /// Where the metrics are taken.
 #[derive(Clone, Copy, Debug)]
@@ -43,11 +44,52 @@ pub fn match_size(pred: &RgbImage, gt: &RgbImage) -> RgbImage {
 }
 
 /// The scores of `pred` (already at the ground truth's size) over `region`.
-pub fn pixel_scores(pred: &RgbImage, gt: &RgbImage, region: Region) -> PixelScores {
+/// The SSIM map of a row's two whole images, computed on first use: the whole-image and the
+/// background-selected SSIM share it (it is most of a row's pixel work).
+pub struct WholeSsim<'a> {
+    pred: &'a RgbImage,
+    gt: &'a RgbImage,
+    map: OnceCell<Option<SsimMap>>,
+}
+
+impl<'a> WholeSsim<'a> {
+    pub fn new(pred: &'a RgbImage, gt: &'a RgbImage) -> Self {
+        WholeSsim {
+            pred,
+            gt,
+            map: OnceCell::new(),
+        }
+    }
+
+    fn get(&self) -> Option<&SsimMap> {
+        self.map
+            .get_or_init(|| ssim_map(self.pred, self.gt))
+            .as_ref()
+    }
+}
+
+/// The scores of `region`; SSIM only when `ssim` is given (the map of the same two images).
+pub fn pixel_scores(
+    pred: &RgbImage,
+    gt: &RgbImage,
+    region: Region,
+    ssim: Option<&WholeSsim>,
+) -> PixelScores {
     assert_eq!(pred.dimensions(), gt.dimensions(), "sizes must match");
     match region {
-        Region::Whole => whole(pred, gt),
-        Region::Multiply(bg) => whole(&multiplied(pred, bg), &multiplied(gt, bg)),
+        Region::Whole => {
+            let mut s = whole(pred, gt);
+            s.ssim = ssim.and_then(|m| m.get()).map(SsimMap::mean);
+            s
+        }
+        Region::Multiply(bg) => {
+            let (p, g) = (multiplied(pred, bg), multiplied(gt, bg));
+            let mut s = whole(&p, &g);
+            if ssim.is_some() {
+                s.ssim = ssim_map(&p, &g).map(|m| m.mean());
+            }
+            s
+        }
         Region::Select(bg) => {
             let (mut abs, mut sq, mut n) = (0f64, 0f64, 0usize);
             for ((p, g), &keep) in pred.pixels().zip(gt.pixels()).zip(&bg.keep) {
@@ -64,12 +106,15 @@ pub fn pixel_scores(pred: &RgbImage, gt: &RgbImage, region: Region) -> PixelScor
                 l1: Some(abs / n as f64),
                 l2: Some(l2),
                 psnr: psnr(l2),
-                ssim: ssim_map(pred, gt).and_then(|m| m.masked_mean(&bg.keep, bg.width)),
+                ssim: ssim
+                    .and_then(|m| m.get())
+                    .and_then(|m| m.masked_mean(&bg.keep, bg.width)),
             }
         }
     }
 }
 
+/// l1, l2 and psnr over every pixel.
 fn whole(pred: &RgbImage, gt: &RgbImage) -> PixelScores {
     let (mut abs, mut sq) = (0f64, 0f64);
     for (p, g) in pred.pixels().zip(gt.pixels()) {
@@ -81,7 +126,7 @@ fn whole(pred: &RgbImage, gt: &RgbImage) -> PixelScores {
         l1: Some(abs / n),
         l2: Some(l2),
         psnr: psnr(l2),
-        ssim: ssim_map(pred, gt).map(|m| m.mean()),
+        ssim: None,
     }
 }
 
@@ -126,13 +171,13 @@ mod tests {
     #[test]
     fn l1_l2_psnr_by_hand() {
         let (a, b) = pair();
-        let s = pixel_scores(&a, &b, Region::Whole);
+        let s = pixel_scores(&a, &b, Region::Whole, Some(&WholeSsim::new(&a, &b)));
         let n = 16.0 * 12.0 * 3.0;
         // 8 values differ by 51/255 = 0.2 (no wrap-around below 205 in that row)
         assert!((s.l1.unwrap() - 8.0 * 0.2 / n).abs() < 1e-12);
         assert!((s.l2.unwrap() - 8.0 * 0.04 / n).abs() < 1e-12);
         assert!((s.psnr.unwrap() + 10.0 * (8.0 * 0.04 / n).log10()).abs() < 1e-9);
-        assert_eq!(pixel_scores(&a, &a, Region::Whole).psnr, None);
+        assert_eq!(pixel_scores(&a, &a, Region::Whole, None).psnr, None);
     }
 
     #[test]
@@ -144,10 +189,10 @@ mod tests {
             height: 12,
             keep,
         };
-        let s = pixel_scores(&a, &b, Region::Select(&bg));
+        let s = pixel_scores(&a, &b, Region::Select(&bg), Some(&WholeSsim::new(&a, &b)));
         assert_eq!(s.l1, Some(0.0));
         assert_eq!(s.psnr, None);
-        let m = pixel_scores(&a, &b, Region::Multiply(&bg));
+        let m = pixel_scores(&a, &b, Region::Multiply(&bg), Some(&WholeSsim::new(&a, &b)));
         assert_eq!(m.l1, Some(0.0));
         let empty = Background {
             width: 16,
@@ -155,7 +200,7 @@ mod tests {
             keep: vec![false; 16 * 12],
         };
         assert_eq!(
-            pixel_scores(&a, &b, Region::Select(&empty)),
+            pixel_scores(&a, &b, Region::Select(&empty), None),
             PixelScores::default()
         );
     }

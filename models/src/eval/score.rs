@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::mask::load_background;
 use super::metric::Metric;
 use super::naming::{ground_truth, prediction_candidates, NameTemplate};
-use super::pixels::{match_size, pixel_scores, PixelScores, Region};
+use super::pixels::{match_size, pixel_scores, PixelScores, Region, WholeSsim};
 use crate::data::rows::DatasetRow;
 use crate::preprocess::image_io::load_rgb;
 
@@ -86,11 +86,14 @@ pub fn score_row(row: &DatasetRow, s: &EvalSettings) -> Result<RowScore, RowProb
         load_rgb(&pred_path).map_err(|e| problem("prediction", &pred_path, e.to_string()))?;
     let pred = match_size(&pred, &gt);
     let mut values = BTreeMap::new();
+    let wants_ssim = s.metrics.contains(&Metric::Ssim) || s.metrics.contains(&Metric::BgSsim);
+    let ssim = WholeSsim::new(&pred, &gt);
+    let ssim = wants_ssim.then_some(&ssim);
     if s.metrics
         .iter()
         .any(|m| !m.is_background() && !m.needs_model())
     {
-        let whole = pixel_scores(&pred, &gt, Region::Whole);
+        let whole = pixel_scores(&pred, &gt, Region::Whole, ssim);
         put(&mut values, &s.metrics, whole, false);
     }
     if let Some(mask_path) = row
@@ -107,7 +110,7 @@ pub fn score_row(row: &DatasetRow, s: &EvalSettings) -> Result<RowScore, RowProb
         put(
             &mut values,
             &s.metrics,
-            pixel_scores(&pred, &gt, region),
+            pixel_scores(&pred, &gt, region, ssim),
             true,
         );
     }
