@@ -31,12 +31,25 @@ REPO = Path(__file__).resolve().parents[2]
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
-    out = Path(p.parse_args().out)
+    p.add_argument("--only", choices=["dino", "dinov2", "clip", "siglip"], help="just this model")
+    a = p.parse_args()
+    out = Path(a.out)
+    want = lambda name: a.only in (None, name)
     torch.manual_seed(0)
-    ViTModel(ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
-                       intermediate_size=1536, patch_size=16, image_size=224),
-             add_pooling_layer=False).save_pretrained(out / "dino")
-    Dinov2Model(Dinov2Config(image_size=518)).save_pretrained(out / "dinov2")
+    if want("dino"):
+        ViTModel(ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                           intermediate_size=1536, patch_size=16, image_size=224),
+                 add_pooling_layer=False).save_pretrained(out / "dino")
+    if want("dinov2"):
+        Dinov2Model(Dinov2Config(image_size=518)).save_pretrained(out / "dinov2")
+    if want("clip"):
+        save_clip(out)
+    if want("siglip"):
+        save_siglip(out)
+    print(f"wrote {out}")
+
+
+def save_clip(out: Path) -> None:
     tok = REPO / "tests/fixtures/eval_models/clip"
     vocab = len(json.load(open(tok / "tokenizer.json"))["model"]["vocab"])
     CLIPModel(CLIPConfig(
@@ -47,6 +60,9 @@ def main() -> None:
     )).save_pretrained(out / "clip")
     for f in ["tokenizer.json", "tokenizer_config.json"]:
         shutil.copy(tok / f, out / "clip" / f)
+
+
+def save_siglip(out: Path) -> None:
     SiglipModel(SiglipConfig(
         text_config=dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
                          intermediate_size=128),
@@ -54,7 +70,6 @@ def main() -> None:
                            num_attention_heads=16, image_size=384, patch_size=14),
     )).save_pretrained(out / "siglip")
     SiglipImageProcessorPil(size={"height": 384, "width": 384}).save_pretrained(out / "siglip")
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
