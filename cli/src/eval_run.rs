@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use qie_models::data::DatasetRow;
 use qie_models::eval::{
     add_embedding_metric, add_text_metric, score_row, EncoderKind, EvalSettings, ImageEncoder,
-    Metric, RowProblem, RowScore, TextEncoder,
+    Metric, PredEmbeddings, RowProblem, RowScore, TextEncoder,
 };
 use qie_models::hub::resolve_transformers_folder;
 use qie_models::{ModelOptions, WeightPrecision};
@@ -207,6 +207,7 @@ pub fn evaluate(
     }
     warn_shared_files(&scored);
     let image_metrics = [Metric::Dino, Metric::Dinov2, Metric::ClipI, Metric::Siglip];
+    let mut clip_preds = PredEmbeddings::new();
     for metric in image_metrics {
         let Some(encoder) = metric
             .encoder()
@@ -218,11 +219,15 @@ pub fn evaluate(
         bar.set_position(0);
         bar.set_length(scored.len() as u64);
         bar.set_message(format!("{label} {metric} on {}", encoder.backend_name()));
-        let failed = add_embedding_metric(&mut scored, metric, encoder, batch_size, &mut |n| {
-            bar.inc(n as u64)
-        })
-        .map_err(|e| format!("{metric}: {e}"))?;
+        let (failed, preds) =
+            add_embedding_metric(&mut scored, metric, encoder, batch_size, &mut |n| {
+                bar.inc(n as u64)
+            })
+            .map_err(|e| format!("{metric}: {e}"))?;
         problems.extend(failed);
+        if metric == Metric::ClipI {
+            clip_preds = preds;
+        }
     }
     if let (Some(image), Some(text), true) = (
         models.image.get(&EncoderKind::Clip),
@@ -243,9 +248,16 @@ pub fn evaluate(
         bar.set_position(0);
         bar.set_length(scored.len() as u64);
         bar.set_message(format!("{label} clip_t on {}", image.backend_name()));
-        let failed = add_text_metric(&mut scored, &texts, image, text, batch_size, &mut |n| {
-            bar.inc(n as u64)
-        })
+        let known = &clip_preds;
+        let failed = add_text_metric(
+            &mut scored,
+            &texts,
+            image,
+            text,
+            known,
+            batch_size,
+            &mut |n| bar.inc(n as u64),
+        )
         .map_err(|e| format!("clip_t: {e}"))?;
         problems.extend(failed);
     }

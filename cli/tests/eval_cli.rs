@@ -104,6 +104,16 @@ fn eval_writes_json_csv_and_lists_the_missing_prediction() {
         "clip_t with the prompts"
     );
     assert_eq!(report["settings"]["mask_mode"], "select");
+    // clip_t alone embeds the predictions itself; with clip_i it reuses clip_i's: the same scores
+    let alone = dir.path().join("alone/eval.json");
+    let clip_arg = clip.to_str().unwrap();
+    let (code, _, stderr) = eval(&["--metrics", "clip_t", "--clip-model", clip_arg], &alone);
+    assert_eq!(code, 0, "{stderr}");
+    let alone: Value = serde_json::from_str(&std::fs::read_to_string(&alone).unwrap()).unwrap();
+    for (a, b) in rows.iter().zip(alone["rows"].as_array().unwrap()) {
+        let (a, b) = (a["clip_t"].as_f64().unwrap(), b["clip_t"].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-6, "clip_t {a} vs {b}");
+    }
     // the summary table and the CSV
     assert!(
         stdout.contains("5 of 6 rows scored") && stdout.contains("clip_i"),

@@ -17,7 +17,7 @@ pub mod ssim;
 pub mod summary;
 pub mod text_encoder;
 
-pub use embedding::{add_embedding_metric, add_text_metric};
+pub use embedding::{add_embedding_metric, add_text_metric, PredEmbeddings};
 pub use encoder::{EncoderKind, ImageEncoder};
 pub use metric::Metric;
 pub use naming::NameTemplate;
