@@ -39,7 +39,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub pred_name: Option<String>,
     /// Comma-separated metrics: l1, l2, psnr, ssim, bg_l1, bg_l2, bg_psnr, bg_ssim, dino,
-    /// dinov2, clip_i, clip_t, siglip; `all` for every one; default: the pixel metrics, plus
+    /// dinov2, clip_i, clip_t, siglip, dreamsim; `all` for every one; default: the pixel metrics, plus
     /// those whose model is given.
     #[arg(long)]
     pub metrics: Option<String>,

@@ -34,6 +34,10 @@ pub struct ModelFlags {
     /// google/siglip-so400m-patch14-384).
     #[arg(long)]
     pub siglip_model: Option<String>,
+    /// DreamSim ensemble for `dreamsim`: the folder `dreamsim(cache_dir=...)` downloads
+    /// (ensemble_lora/, the three ViT-B/16 checkpoints), read as it is.
+    #[arg(long)]
+    pub dreamsim_model: Option<String>,
     /// Device the models run on: cpu, cuda or cuda:N (f32).
     #[arg(long, env = "QIE_DEVICE", default_value = "cpu")]
     pub device: String,
@@ -43,11 +47,12 @@ pub struct ModelFlags {
 }
 
 /// Every encoder, in the order the metrics run.
-const KINDS: [EncoderKind; 4] = [
+const KINDS: [EncoderKind; 5] = [
     EncoderKind::Dino,
     EncoderKind::Dinov2,
     EncoderKind::Clip,
     EncoderKind::Siglip,
+    EncoderKind::DreamSim,
 ];
 
 /// The command-line flag naming `kind`'s model.
@@ -57,6 +62,7 @@ pub fn flag(kind: EncoderKind) -> &'static str {
         EncoderKind::Dinov2 => "--dinov2-model",
         EncoderKind::Clip => "--clip-model",
         EncoderKind::Siglip => "--siglip-model",
+        EncoderKind::DreamSim => "--dreamsim-model",
     }
 }
 
@@ -67,6 +73,7 @@ pub fn settings_key(kind: EncoderKind) -> &'static str {
         EncoderKind::Dinov2 => "dinov2_model",
         EncoderKind::Clip => "clip_model",
         EncoderKind::Siglip => "siglip_model",
+        EncoderKind::DreamSim => "dreamsim_model",
     }
 }
 
@@ -77,6 +84,7 @@ impl ModelFlags {
             EncoderKind::Dinov2 => self.dinov2_model.as_deref(),
             EncoderKind::Clip => self.clip_model.as_deref(),
             EncoderKind::Siglip => self.siglip_model.as_deref(),
+            EncoderKind::DreamSim => self.dreamsim_model.as_deref(),
         }
     }
 }
@@ -96,8 +104,13 @@ impl ModelArgs {
                 continue;
             }
             if let Some(spec) = flags.given(kind) {
-                let dir =
-                    resolve_transformers_folder(flag(kind), spec).map_err(|e| e.to_string())?;
+                let dir = match kind {
+                    // DreamSim's checkpoints are GitHub release files, not a hub repository
+                    EncoderKind::DreamSim => PathBuf::from(spec),
+                    _ => {
+                        resolve_transformers_folder(flag(kind), spec).map_err(|e| e.to_string())?
+                    }
+                };
                 dirs.insert(kind, dir);
             }
         }
@@ -206,7 +219,10 @@ pub fn evaluate(
         }
     }
     warn_shared_files(&scored);
-    let image_metrics = [Metric::Dino, Metric::Dinov2, Metric::ClipI, Metric::Siglip];
+    // every image-embedding metric; clip_t follows, with the text tower
+    let image_metrics = Metric::ALL
+        .into_iter()
+        .filter(|m| m.needs_model() && *m != Metric::ClipT);
     let mut clip_preds = PredEmbeddings::new();
     for metric in image_metrics {
         let Some(encoder) = metric

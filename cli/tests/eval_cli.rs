@@ -57,6 +57,7 @@ fn eval_writes_json_csv_and_lists_the_missing_prediction() {
     let dinov2 = fixture("eval_models/dinov2");
     let clip = fixture("eval_models/clip");
     let siglip = fixture("eval_models/siglip");
+    let dreamsim = fixture("dreamsim/models");
     let (code, stdout, stderr) = eval(
         &[
             "--dino-model",
@@ -67,6 +68,8 @@ fn eval_writes_json_csv_and_lists_the_missing_prediction() {
             clip.to_str().unwrap(),
             "--siglip-model",
             siglip.to_str().unwrap(),
+            "--dreamsim-model",
+            dreamsim.to_str().unwrap(),
             "--batch-size",
             "3",
         ],
@@ -95,6 +98,15 @@ fn eval_writes_json_csv_and_lists_the_missing_prediction() {
     assert_eq!(report["summary"]["dinov2"]["n"], 5);
     assert_eq!(report["summary"]["siglip"]["n"], 5);
     assert!((same["siglip"].as_f64().unwrap() - 1.0).abs() < 1e-6);
+    // DreamSim is a distance: 0 for identical images, positive for the edited ones
+    assert_eq!(report["summary"]["dreamsim"]["n"], 5);
+    assert!(same["dreamsim"].as_f64().unwrap().abs() < 1e-6);
+    let other = rows.iter().find(|r| r["index"] == 0).unwrap();
+    assert!(other["dreamsim"].as_f64().unwrap() > 1e-4, "{other}");
+    assert!(report["settings"]["dreamsim_model"]
+        .as_str()
+        .unwrap()
+        .ends_with("models"));
     assert!(report["settings"]["siglip_model"]
         .as_str()
         .unwrap()
@@ -142,6 +154,10 @@ fn bad_arguments_are_one_clear_error() {
         ),
         (vec!["--batch-size", "0", "--metrics", "l1"], "--batch-size"),
         (vec!["--clip-model", "/nonexistent/clip"], "--clip-model"),
+        (
+            vec!["--dreamsim-model", "/nonexistent/dreamsim"],
+            "/nonexistent/dreamsim: not a folder",
+        ),
     ] {
         let (code, _, stderr) = eval(&args, &out);
         assert_ne!(code, 0, "{args:?} must fail");

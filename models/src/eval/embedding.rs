@@ -1,6 +1,6 @@
 //! The model metrics over scored rows: each row's ground truth and prediction embedded by an
 //! [`ImageEncoder`] (each image preprocessed on its own, as the reference scripts do), the score
-//! being their cosine similarity.
+//! being their cosine similarity (DreamSim's: 1 - cosine, [`ImageEncoder::score`]).
 
 use super::encoder::{cosine, ImageEncoder};
 use super::metric::Metric;
@@ -73,7 +73,7 @@ pub fn add_embedding_metric(
         for (&k, pair) in usable.iter().zip(embeds.chunks(2)) {
             chunk[k]
                 .values
-                .insert(metric, Some(cosine(&pair[0], &pair[1])));
+                .insert(metric, Some(encoder.score(&pair[0], &pair[1])));
             preds.insert(chunk[k].index, pair[1].clone());
         }
         done(chunk.len());

@@ -3,7 +3,8 @@
 //! `CLIPVisionModelWithProjection`) and SigLIP (`siglip`, the pooled vision tower of a
 //! `SiglipModel` / `SiglipVisionModel`), all `vit.qie` through [`DslModel`], loaded from a
 //! transformers folder (config.json + safetensors), with the preprocessing of the reference
-//! scripts (torchvision / the PIL image processors).
+//! scripts (torchvision / the PIL image processors); and DreamSim's three-tower ensemble
+//! (`dreamsim`, see [`super::dreamsim`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,6 +34,7 @@ pub enum EncoderKind {
     Dinov2,
     Clip,
     Siglip,
+    DreamSim,
 }
 
 impl EncoderKind {
@@ -46,6 +48,7 @@ impl EncoderKind {
             EncoderKind::Siglip => {
                 "a transformers SiglipModel folder (e.g. google/siglip-so400m-patch14-384)"
             }
+            EncoderKind::DreamSim => "the folder dreamsim(cache_dir=...) downloads",
         }
     }
 
@@ -56,6 +59,7 @@ impl EncoderKind {
             EncoderKind::Dinov2 => "a DINOv2 model (`dinov2`)",
             EncoderKind::Clip => "a CLIP model (`clip` or `clip_vision_model`)",
             EncoderKind::Siglip => "a SigLIP model (`siglip` or `siglip_vision_model`)",
+            EncoderKind::DreamSim => "DreamSim's torch checkpoints",
         }
     }
 
@@ -66,24 +70,42 @@ impl EncoderKind {
             EncoderKind::Dinov2 => "dinov2",
             EncoderKind::Clip => "clip_vision_model",
             EncoderKind::Siglip => "siglip_vision_model",
+            EncoderKind::DreamSim => "dino_vit",
         }
     }
 }
 
 /// Plans are keyed by the batch size.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Batch(usize);
+pub(super) struct Batch(pub(super) usize);
 impl ShapeKey for Batch {}
+
+/// One network of an encoder (DreamSim has three, the others one).
+pub(super) struct Tower {
+    pub(super) model: DslModel<Batch>,
+    /// Mean and std applied to the [0, 1] pixels before this tower, where the towers share one
+    /// resize but normalise differently (DreamSim); None when the preprocessing normalises.
+    pub(super) normalize: Option<([f32; 3], [f32; 3])>,
+}
 
 pub struct ImageEncoder {
     kind: EncoderKind,
     preprocess: Preprocess,
     image_size: usize,
-    model: DslModel<Batch>,
+    towers: Vec<Tower>,
 }
 
 impl ImageEncoder {
     pub fn load(dir: &Path, kind: EncoderKind, options: &ModelOptions) -> Result<Self, ModelError> {
+        if kind == EncoderKind::DreamSim {
+            let side = super::dreamsim::INPUT_SIDE;
+            return Ok(ImageEncoder {
+                kind,
+                preprocess: Preprocess::unit_square(side),
+                image_size: side,
+                towers: super::dreamsim::load_towers(dir, options)?,
+            });
+        }
         let config_path = config_json(dir, kind.what())?;
         let raw = read_json(&config_path)?;
         let processor_path = dir.join("preprocessor_config.json");
@@ -123,7 +145,10 @@ impl ImageEncoder {
             kind,
             preprocess: setup.preprocess,
             image_size: setup.input_side,
-            model,
+            towers: vec![Tower {
+                model,
+                normalize: None,
+            }],
         })
     }
 
@@ -158,35 +183,91 @@ impl ImageEncoder {
         Ok(out)
     }
 
-    /// Embeddings of preprocessed [n, 3, S, S] pixels.
+    /// Embeddings of preprocessed [n, 3, S, S] pixels: every tower's output, concatenated
+    /// (and for DreamSim mean-centred and normalised).
     pub fn embed_pixels(&self, pixels: &[f32], n: usize) -> Result<Vec<Vec<f32>>, ModelError> {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let s = self.image_size;
-        let shape = [n, 3, s, s];
-        let t = Tensor::from_f32(&shape, pixels.to_vec())
-            .map_err(|e| ModelError::new(format!("pixel values: {}", e.0)))?;
-        let mut inputs = HashMap::new();
-        inputs.insert("pixel_values".to_string(), t);
-        let embeds = self
-            .model
-            .forward(&Batch(n), &spec(n, s), &inputs)?
-            .take("embeds")?;
-        let values = embeds.cast(DType::F32).to_f32_vec();
-        let width = values.len() / n;
-        if width == 0 || values.len() != n * width {
-            return Err(ModelError::new(format!(
-                "the image encoder gave {} values for {n} images",
-                values.len()
-            )));
+        let mut out = vec![Vec::new(); n];
+        for tower in &self.towers {
+            let values = match tower.normalize {
+                None => tower_embeds(tower, pixels.to_vec(), n, self.image_size)?,
+                Some((mean, std)) => {
+                    let plane = self.image_size * self.image_size;
+                    let normalised = pixels
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &x)| {
+                            let c = (i / plane) % 3;
+                            (x - mean[c]) / std[c]
+                        })
+                        .collect();
+                    tower_embeds(tower, normalised, n, self.image_size)?
+                }
+            };
+            let width = values.len() / n;
+            for (row, chunk) in out.iter_mut().zip(values.chunks(width)) {
+                row.extend_from_slice(chunk);
+            }
         }
-        Ok(values.chunks(width).map(<[f32]>::to_vec).collect())
+        if self.kind == EncoderKind::DreamSim {
+            out.iter_mut().for_each(|e| centre_and_normalise(e));
+        }
+        Ok(out)
+    }
+
+    /// The metric's value for a (ground truth, prediction) pair of embeddings: their cosine,
+    /// for DreamSim the distance `1 - cosine`.
+    pub fn score(&self, gt: &[f32], pred: &[f32]) -> f64 {
+        match self.kind {
+            EncoderKind::DreamSim => 1.0 - cosine(gt, pred),
+            _ => cosine(gt, pred),
+        }
     }
 
     pub fn backend_name(&self) -> &str {
-        self.model.backend_name()
+        self.towers[0].model.backend_name()
     }
+}
+
+/// One tower's `embeds` for [n, 3, S, S] pixels, n rows of equal width, flattened.
+fn tower_embeds(
+    tower: &Tower,
+    pixels: Vec<f32>,
+    n: usize,
+    s: usize,
+) -> Result<Vec<f32>, ModelError> {
+    let t = Tensor::from_f32(&[n, 3, s, s], pixels)
+        .map_err(|e| ModelError::new(format!("pixel values: {}", e.0)))?;
+    let mut inputs = HashMap::new();
+    inputs.insert("pixel_values".to_string(), t);
+    let embeds = tower
+        .model
+        .forward(&Batch(n), &spec(n, s), &inputs)?
+        .take("embeds")?;
+    let values = embeds.cast(DType::F32).to_f32_vec();
+    let width = values.len() / n;
+    if width == 0 || values.len() != n * width {
+        return Err(ModelError::new(format!(
+            "the image encoder gave {} values for {n} images",
+            values.len()
+        )));
+    }
+    Ok(values)
+}
+
+/// DreamSim's `normalize_embedding`: subtract the mean over the features, divide by the norm
+/// (in f32, as torch does).
+fn centre_and_normalise(e: &mut [f32]) {
+    let mean = (e.iter().map(|&x| f64::from(x)).sum::<f64>() / e.len().max(1) as f64) as f32;
+    e.iter_mut().for_each(|x| *x -= mean);
+    let norm = e
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt() as f32;
+    e.iter_mut().for_each(|x| *x /= norm);
 }
 
 /// A metric model must come whole from its checkpoint: a weight the source would create
@@ -254,7 +335,7 @@ fn load_resampling_positions(
     Ok(weights)
 }
 
-fn spec(batch: usize, size: usize) -> Specialisation {
+pub(super) fn spec(batch: usize, size: usize) -> Specialisation {
     Specialisation::new(vec![(
         "pixel_values".to_string(),
         TensorType::new(DType::F32, &[batch, 3, size, size]),

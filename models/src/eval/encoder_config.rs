@@ -72,6 +72,7 @@ pub fn tower_setup(
         EncoderKind::Dino | EncoderKind::Dinov2 => Preprocess::DINO,
         EncoderKind::Clip => Preprocess::CLIP,
         EncoderKind::Siglip => siglip_preprocess(processor)?,
+        EncoderKind::DreamSim => return Err("DreamSim is not a transformers model".into()),
     };
     let input_side = preprocess
         .square_side()

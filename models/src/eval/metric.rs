@@ -26,10 +26,12 @@ pub enum Metric {
     ClipT,
     /// SigLIP pooled image-embedding cosine.
     Siglip,
+    /// DreamSim's ensemble distance (1 - cosine; lower is closer).
+    DreamSim,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 13] = [
+    pub const ALL: [Metric; 14] = [
         Metric::L1,
         Metric::L2,
         Metric::Psnr,
@@ -43,6 +45,7 @@ impl Metric {
         Metric::ClipI,
         Metric::ClipT,
         Metric::Siglip,
+        Metric::DreamSim,
     ];
 
     /// The metrics that need no model.
@@ -72,6 +75,7 @@ impl Metric {
             Metric::ClipI => "clip_i",
             Metric::ClipT => "clip_t",
             Metric::Siglip => "siglip",
+            Metric::DreamSim => "dreamsim",
         }
     }
 
@@ -95,6 +99,7 @@ impl Metric {
             Metric::Dinov2 => Some(EncoderKind::Dinov2),
             Metric::ClipI | Metric::ClipT => Some(EncoderKind::Clip),
             Metric::Siglip => Some(EncoderKind::Siglip),
+            Metric::DreamSim => Some(EncoderKind::DreamSim),
             _ => None,
         }
     }
@@ -167,7 +172,7 @@ mod tests {
     fn lists_parse_in_order_without_duplicates() {
         let m = Metric::parse_list("ssim, l1,ssim").unwrap();
         assert_eq!(m, vec![Metric::Ssim, Metric::L1]);
-        assert_eq!(Metric::parse_list("all").unwrap().len(), 13);
+        assert_eq!(Metric::parse_list("all").unwrap().len(), 14);
         let e = Metric::parse_list("l1,lpips").unwrap_err().to_string();
         assert!(e.contains("lpips") && e.contains("clip_i"), "{e}");
         assert!(Metric::parse_list(" , ").is_err());

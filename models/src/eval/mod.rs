@@ -1,8 +1,10 @@
 //! Scoring edited images against ground truth (`qie eval`): MagicBrush's L1 / L2, PSNR and
-//! SSIM, the same over the background only, DINO / DINOv2 / CLIP / SigLIP image-embedding cosines, and the
+//! SSIM, the same over the background only, DINO / DINOv2 / CLIP / SigLIP image-embedding cosines, the
+//! DreamSim distance, and the
 //! matching of rows to prediction files.
 
 pub mod bootstrap;
+pub mod dreamsim;
 pub mod embedding;
 pub mod encoder;
 pub mod encoder_config;

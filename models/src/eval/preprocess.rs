@@ -50,6 +50,20 @@ impl Preprocess {
         std: CLIP_STD,
     };
 
+    /// An exact resize to `side` x `side`, ToTensor only (pixels in [0, 1]): DreamSim's
+    /// `Resize((224, 224), BICUBIC)`, each tower normalising afterwards.
+    pub const fn unit_square(side: usize) -> Preprocess {
+        Preprocess {
+            resize: Resize::Exact {
+                width: side,
+                height: side,
+            },
+            crop: None,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        }
+    }
+
     /// The (width, height) of the preprocessed pixels.
     pub fn out_size(&self) -> (usize, usize) {
         match (self.crop, self.resize) {

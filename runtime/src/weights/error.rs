@@ -145,6 +145,10 @@ pub enum WeightsError {
     #[error("{0}")]
     Mismatch(Box<CheckReport>),
 
+    /// A `torch.save` checkpoint that cannot be read.
+    #[error("weights: {}: {reason}", path.display())]
+    TorchFile { path: PathBuf, reason: String },
+
     /// Tensors handed to a writer are inconsistent (bad length, duplicate
     /// name, unsupported dtype).
     #[error("weights: {}: cannot write: {reason}", path.display())]

@@ -31,6 +31,7 @@ mod locate;
 mod prefix;
 mod store;
 mod stored;
+pub mod torch_file;
 mod write;
 
 pub use check::{CheckMode, CheckReport, ShapeMismatch};
@@ -39,6 +40,7 @@ pub use prefix::Prefixed;
 pub use safetensors::Dtype;
 pub use store::{TensorInfo, WeightStore};
 pub use stored::StoredTensor;
+pub use torch_file::TorchFile;
 pub use write::{
     save_raw, save_raw_with_metadata, save_safetensors, save_safetensors_as,
     save_safetensors_with_metadata, RawTensor,
