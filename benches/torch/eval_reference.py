@@ -1,7 +1,10 @@
 """The Python reference for the `qie eval` benchmark, written the way the usual evaluation scripts
 are (MagicBrush evaluation/image_eval.py: one row at a time, PIL + torchvision preprocessing,
 one forward per image pair on the GPU): l1, l2, psnr, ssim (skimage) and their background-only
-versions, dino, dinov2, clip_i, clip_t and siglip with the models of eval_models.py. Prints the
+versions, dino, dinov2, clip_i, clip_t and siglip with the models of eval_models.py, and dreamsim
+through the dreamsim package itself (when it imports and models/dreamsim exists; torch.hub.load
+is pointed at the folder's DINO checkpoint, as the hub entry point loads it, since the benchmark
+machine has no network). Prints the
 wall time and the metric means (which qie's eval.json summary must match).
 
     python3 benches/torch/eval_reference.py --data /tmp/evalbench --models /tmp/evalmodels \
@@ -76,8 +79,33 @@ def pixel_metrics(data, r, gt, pred, to_tensor) -> dict:
     return vals
 
 
-def model_metrics(r, gt, pred, encoders, clip, tok, dev) -> dict:
+def load_dreamsim(folder: Path, dev: str):
+    """dreamsim.dreamsim(pretrained=True) on `folder`, or None when the package is missing."""
+    if not folder.is_dir():
+        return None
+    try:
+        from dreamsim import dreamsim
+        from dreamsim.feature_extraction.vision_transformer import vit_base
+    except ImportError as e:
+        print(f"dreamsim reference unavailable: {e}")
+        return None
+
+    def hub_load(repo, model, **kwargs):
+        vit = vit_base(patch_size=16, num_classes=0)
+        path = Path(torch.hub.get_dir()) / "checkpoints" / "dino_vitbase16_pretrain.pth"
+        vit.load_state_dict(torch.load(path, map_location="cpu"), strict=True)
+        return vit
+
+    torch.hub.load = hub_load
+    model, preprocess = dreamsim(pretrained=True, device=dev, cache_dir=str(folder))
+    return model, preprocess
+
+
+def model_metrics(r, gt, pred, encoders, clip, tok, dev, dreamsim=None) -> dict:
     vals = {}
+    if dreamsim is not None:
+        model, preprocess = dreamsim
+        vals["dreamsim"] = model(preprocess(gt).to(dev), preprocess(pred).to(dev)).item()
     for name, (prep, fn) in encoders.items():
         x = torch.stack([prep(gt), prep(pred)]).to(dev)
         e = fn(x)
@@ -107,6 +135,7 @@ def main() -> None:
     dev = a.device
     start = time.time()
     encoders, clip, tok = load_models(models, dev) if a.group != "pixel" else ({}, None, None)
+    ds = load_dreamsim(models / "dreamsim", dev) if a.group != "pixel" else None
     loaded = time.time()
     sums: dict[str, list[float]] = {}
     to_tensor = transforms.ToTensor()
@@ -120,7 +149,7 @@ def main() -> None:
             if a.group != "model":
                 vals.update(pixel_metrics(data, r, gt, pred, to_tensor))
             if a.group != "pixel":
-                vals.update(model_metrics(r, gt, pred, encoders, clip, tok, dev))
+                vals.update(model_metrics(r, gt, pred, encoders, clip, tok, dev, ds))
             for k, v in vals.items():
                 sums.setdefault(k, []).append(v)
     if dev.startswith("cuda"):

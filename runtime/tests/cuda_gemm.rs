@@ -1,4 +1,5 @@
-//! cuBLASLt bf16 GEMMs against a CPU f64 reference: transposes, batches, epilogues, graphs.
+//! cuBLASLt bf16 GEMMs against a CPU f64 reference: transposes, batches, epilogues, graphs;
+//! and f32 GEMMs, which must be full f32 (no TF32).
 //! Reported ignored, with the reason, on machines without a CUDA device.
 
 mod cuda_common;
@@ -16,7 +17,7 @@ fn main() -> ExitCode {
     gpu_harness::run(gpu_tests![
         Cuda => gemm_layouts_match_f64_reference, gemm_epilogues_match_f64_reference,
             gemm_autotuned_algorithms_match_f64_reference, gemm_plans_are_cached_per_shape,
-            gemm_replays_in_a_cuda_graph;
+            gemm_replays_in_a_cuda_graph, gemm_f32_is_full_precision;
     ])
 }
 
@@ -291,5 +292,65 @@ fn gemm_replays_in_a_cuda_graph() {
         let err = rel_l2(&to_f64(&out), &reference);
         println!("graph replay {round}: rel-L2 {err:.2e}");
         assert!(err <= 2e-2, "graph replay {round}: rel-L2 {err}");
+    }
+}
+
+fn gemm_f32_is_full_precision() {
+    let (dev, _ws, blas) = setup();
+    // (m, n, k, batch, ta, tb): TF32 would leave a rel-L2 near 1e-3, f32 about 1e-7
+    for (i, &(m, n, k, batch, ta, tb)) in [
+        (64, 64, 64, 1, false, false),
+        (77, 96, 200, 1, false, true),
+        (40, 48, 64, 3, true, false),
+        (33, 40, 576, 4, false, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut rng = Rng::new(300 + i as u64);
+        let a: Vec<f32> = (0..batch * m * k).map(|_| rng.normal()).collect();
+        let b: Vec<f32> = (0..batch * k * n).map(|_| rng.normal()).collect();
+        let mut layout = ArenaLayout::new();
+        let (ra, rb, rd) = (
+            layout.reserve(a.len() * 4),
+            layout.reserve(b.len() * 4),
+            layout.reserve(batch * m * n * 4),
+        );
+        let arena = layout.allocate(&dev).unwrap();
+        let (pa, pb, pd) = (arena.region(ra), arena.region(rb), arena.region(rd));
+        dev.htod(pa, &a).unwrap();
+        dev.htod(pb, &b).unwrap();
+        let mut args = GemmArgs::new(m, n, k, pa, pb, pd).f32();
+        if ta {
+            args = args.transpose_a();
+        }
+        if tb {
+            args = args.transpose_b();
+        }
+        if batch > 1 {
+            args = args.batched(batch, false);
+        }
+        blas.gemm(&args).unwrap();
+        let mut out = vec![0f32; batch * m * n];
+        dev.dtoh(&mut out, pd).unwrap();
+        let mut reference = vec![0f64; out.len()];
+        for bi in 0..batch {
+            let (ab, bb) = (&a[bi * m * k..], &b[bi * k * n..]);
+            for r in 0..m {
+                for c in 0..n {
+                    reference[bi * m * n + r * n + c] = (0..k)
+                        .map(|kk| {
+                            let x = if ta { ab[kk * m + r] } else { ab[r * k + kk] };
+                            let y = if tb { bb[c * k + kk] } else { bb[kk * n + c] };
+                            f64::from(x) * f64::from(y)
+                        })
+                        .sum();
+                }
+            }
+        }
+        let got: Vec<f64> = out.iter().map(|&x| f64::from(x)).collect();
+        let err = rel_l2(&got, &reference);
+        println!("f32 gemm m={m} n={n} k={k} batch={batch} ta={ta} tb={tb}: rel-L2 {err:.2e}");
+        assert!(err <= 1e-6, "f32 case {i}: rel-L2 {err} (TF32?)");
     }
 }

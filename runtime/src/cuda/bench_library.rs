@@ -74,6 +74,7 @@ pub fn run_library<'a>(
                 stride_d: m * n,
                 epilogue,
                 accumulate: false,
+                dtype: qie_ir::DType::BF16,
             };
             Box::new(move || blas.gemm(&args))
         }

@@ -21,6 +21,7 @@ use lt::cublasLtMatrixLayoutAttribute_t as LayoutAttr;
 
 use super::libs::{self, Lib};
 use super::{CudaDevice, CudaError, DevPtr, Result};
+use qie_ir::DType;
 
 /// Workspace size NVIDIA recommends for Hopper (also plenty for older parts).
 pub const WORKSPACE_BYTES: usize = 32 << 20;
@@ -63,7 +64,8 @@ impl Epilogue {
     }
 }
 
-/// One (batched) GEMM on bf16 row-major matrices. Strides and leading dimensions are in
+/// One (batched) GEMM on row-major matrices of `dtype` (bf16, or f32 computed in full f32:
+/// no TF32, so the eval models keep their reference numerics). Strides and leading dimensions are in
 /// elements; [`GemmArgs::new`] fills in the contiguous ones.
 #[derive(Clone, Copy, Debug)]
 pub struct GemmArgs {
@@ -89,6 +91,8 @@ pub struct GemmArgs {
     /// the epilogue after adding C, so with `Gelu`/`GeluBias` the old `d` is inside the GELU;
     /// as a fused residual add (`d += x @ W^T + bias`) use it with `None`/`Bias`.
     pub accumulate: bool,
+    /// The element type of a, b, d and the bias: BF16 or F32.
+    pub dtype: DType,
 }
 
 impl GemmArgs {
@@ -112,7 +116,14 @@ impl GemmArgs {
             stride_d: m * n,
             epilogue: Epilogue::None,
             accumulate: false,
+            dtype: DType::BF16,
         }
+    }
+
+    /// The same problem on f32 matrices.
+    pub fn f32(mut self) -> Self {
+        self.dtype = DType::F32;
+        self
     }
 
     /// Reads `a` as [K, M] (computes `a^T @ ...`).
@@ -167,6 +178,9 @@ impl GemmArgs {
         if self.epilogue.bias().is_some_and(|p| p.is_null()) {
             return bad("null bias".into());
         }
+        if !matches!(self.dtype, DType::BF16 | DType::F32) {
+            return bad(format!("{} matrices", self.dtype));
+        }
         Ok(())
     }
 }
@@ -184,6 +198,7 @@ struct Key {
     epilogue: u8,
     accumulate: bool,
     align: (usize, usize, usize, usize),
+    f32: bool,
 }
 
 struct Plan {
@@ -320,6 +335,7 @@ impl Blas {
                 g.d.alignment(),
                 bias.map_or(256, |p| p.alignment()),
             ),
+            f32: g.dtype == DType::F32,
         };
         self.dev.bind()?;
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
@@ -390,6 +406,11 @@ impl Blas {
 
     fn make_plan(&self, g: &GemmArgs, key: &Key) -> Result<Plan> {
         use lt::cudaDataType::{CUDA_R_16BF, CUDA_R_32F};
+        let element = if g.dtype == DType::F32 {
+            CUDA_R_32F
+        } else {
+            CUDA_R_16BF
+        };
         // SAFETY: every descriptor is created here and owned by the returned Plan (or destroyed
         // by its Drop on the error paths once wrapped).
         unsafe {
@@ -434,7 +455,7 @@ impl Blas {
             if g.epilogue.bias().is_some() {
                 set_desc(
                     DescAttr::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                    &(CUDA_R_16BF as i32),
+                    &(element as i32),
                 )?;
             }
 
@@ -452,7 +473,7 @@ impl Blas {
                 check(
                     lt::cublasLtMatrixLayoutCreate(
                         &mut plan.layouts[i],
-                        CUDA_R_16BF,
+                        element,
                         rows,
                         cols,
                         ld as i64,

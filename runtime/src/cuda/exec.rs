@@ -416,6 +416,7 @@ fn gemm_args(g: &GemmStep, ptr: &dyn Fn(&BufRef) -> DevPtr) -> GemmArgs {
             }
         },
         accumulate: false,
+        dtype: g.dtype,
     }
 }
 

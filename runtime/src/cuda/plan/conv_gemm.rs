@@ -128,6 +128,7 @@ impl CudaLowering {
                         stride_b: 0,
                         epilogue: GemmEpilogue::None,
                         bias: None,
+                        dtype: DType::BF16,
                     },
                 });
                 self.launches += 2;

@@ -1,5 +1,6 @@
 //! Matmul steps: cuBLASLt for bf16 operands whose layouts it can read (with a following bias /
-//! GELU epilogue folded in, see [`super::epilogue`]), otherwise the generic GEMM kernel.
+//! GELU epilogue folded in, see [`super::epilogue`]) and for f32 operands (full f32, no
+//! epilogue), otherwise the generic GEMM kernel.
 
 use super::epilogue::FusedEpilogue;
 use super::lowering::{dtype_tag, float_type, CudaLowering};
@@ -46,11 +47,14 @@ impl CudaLowering {
             return Ok(false);
         }
         let mut label = format!("matmul {name} [{batch}x{m}x{k}] x [{n}]");
-        let fast = self.mode == StorageMode::Bf16
-            && [ab.dtype(), bb.dtype(), out_r.dtype()]
+        let all = |t: DType| {
+            [ab.dtype(), bb.dtype(), out_r.dtype()]
                 .iter()
-                .all(|&d| d == DType::BF16);
-        if fast {
+                .all(|&d| d == t)
+        };
+        let bf16 = self.mode == StorageMode::Bf16 && all(DType::BF16);
+        let dtype = if bf16 { DType::BF16 } else { DType::F32 };
+        if bf16 || all(DType::F32) {
             let mut la = gemm_layout(&av, batch);
             if la.is_none() {
                 (ab, av) = self.densify(b, a, name)?;
@@ -65,10 +69,10 @@ impl CudaLowering {
                 la.expect("dense layouts are readable"),
                 lb.expect("dense layouts are readable"),
             );
-            let el = DType::BF16.size_bytes();
+            let el = dtype.size_bytes();
             let (mut d, mut epilogue, mut bias) = (out_r, GemmEpilogue::None, None);
             let mut fused = false;
-            if let Some(f) = fusable {
+            if let (Some(f), true) = (fusable, bf16) {
                 let dst = b.resolve(&f.dst)?;
                 let bias_ref = match &f.bias {
                     Some((bb, off)) => Some((b.resolve(bb)?, off * el)),
@@ -103,6 +107,7 @@ impl CudaLowering {
                     stride_b: if b_batch == 1 { 0 } else { sb },
                     epilogue,
                     bias,
+                    dtype,
                 },
             });
             self.launches += 1;

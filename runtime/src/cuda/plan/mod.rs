@@ -27,7 +27,7 @@ use crate::storage::StorageMode;
 use lowering::CudaLowering;
 use qie_codegen::{KernelProgram, LoweredGroup};
 use qie_ir::plan::{FusionPlan, MemoryPlan};
-use qie_ir::Graph;
+use qie_ir::{DType, Graph};
 use std::collections::BTreeMap;
 
 /// The generic library kernels (templates instantiated per dtype combination).
@@ -69,6 +69,8 @@ pub struct GemmStep {
     /// A fused epilogue and its bias (buffer, byte offset) of N bf16 values.
     pub epilogue: GemmEpilogue,
     pub bias: Option<(BufRef, usize)>,
+    /// BF16 or F32 (all operands alike).
+    pub dtype: DType,
 }
 
 /// What cuBLASLt applies to the accumulator before the store (see [`super::Epilogue`]).
