@@ -134,6 +134,89 @@ __device__ __forceinline__ void qie_attention(
     }
 }
 
+// Attention, tiled (head dims up to MAXD, 64 or 96): one thread per query row, QT_ROWS rows of one
+// (head, batch) per block; key / value tiles of QT_KEYS rows staged in shared memory (coalesced
+// along the head dim) and read as broadcasts; an online softmax in registers. Same result as
+// qie_attention (a row whose keys are all masked gets zeros), without re-reading K / V per row.
+#define QT_ROWS 64
+#define QT_KEYS 16
+
+template <int MAXD, typename TQ, typename TK, typename TV, typename TO>
+__device__ __forceinline__ void qie_attention_tiled(
+    const TQ* q, const TK* k, const TV* v, const u8_t* mask, TO* o, int Sq, int Sk, int H, int D,
+    int Dv, float scale, long long qb, long long qs, long long qh, long long qd, long long kb,
+    long long ks, long long kh, long long kd, long long vb, long long vs, long long vh,
+    long long vd, long long mb, long long ms) {
+    __shared__ float qsh[QT_ROWS][MAXD + 1];
+    __shared__ float ksh[QT_KEYS][MAXD + 1];
+    __shared__ float vsh[QT_KEYS][MAXD + 1];
+    __shared__ float keep[QT_KEYS];
+    const int t = threadIdx.x, h = blockIdx.y;
+    const int i0 = blockIdx.x * QT_ROWS, i = i0 + t;
+    const long long bz = blockIdx.z;
+    const int rows = min(QT_ROWS, Sq - i0);
+    for (int idx = t; idx < rows * D; idx += QT_ROWS) {
+        const int r = idx / D, d = idx - r * D;
+        qsh[r][d] = to_f(q[bz * qb + (long long)(i0 + r) * qs + h * qh + d * qd]);
+    }
+    const TK* kbase = k + bz * kb + h * kh;
+    const TV* vbase = v + bz * vb + h * vh;
+    float acc[MAXD];
+#pragma unroll
+    for (int d = 0; d < MAXD; ++d) acc[d] = 0.0f;
+    float mx = -QINF, l = 0.0f;
+    for (int j0 = 0; j0 < Sk; j0 += QT_KEYS) {
+        const int cnt = min(QT_KEYS, Sk - j0);
+        __syncthreads();
+        for (int idx = t; idx < cnt * D; idx += QT_ROWS) {
+            const int j = idx / D, d = idx - j * D;
+            ksh[j][d] = to_f(kbase[(long long)(j0 + j) * ks + d * kd]);
+        }
+        for (int idx = t; idx < cnt * Dv; idx += QT_ROWS) {
+            const int j = idx / Dv, d = idx - j * Dv;
+            vsh[j][d] = to_f(vbase[(long long)(j0 + j) * vs + d * vd]);
+        }
+        if (t < cnt) keep[t] = (mask && !mask[bz * mb + (long long)(j0 + t) * ms]) ? 0.0f : 1.0f;
+        __syncthreads();
+        if (i >= Sq) continue;
+        float s[QT_KEYS];
+        float tile_max = -QINF;
+#pragma unroll
+        for (int j = 0; j < QT_KEYS; ++j) {
+            float dot = 0.0f;
+            if (j < cnt) {
+#pragma unroll 8
+                for (int d = 0; d < D; ++d) dot += qsh[t][d] * ksh[j][d];
+            }
+            s[j] = (j < cnt && keep[j] != 0.0f) ? dot * scale : -QINF;
+            tile_max = fmaxf(tile_max, s[j]);
+        }
+        if (tile_max == -QINF) continue;
+        const float m_new = fmaxf(mx, tile_max);
+        const float corr = expf(mx - m_new);  // 0 on the first live tile (mx = -inf)
+        l *= corr;
+#pragma unroll
+        for (int d = 0; d < MAXD; ++d) acc[d] *= corr;
+#pragma unroll
+        for (int j = 0; j < QT_KEYS; ++j) {
+            if (j < cnt && s[j] != -QINF) {  // rows past cnt hold the last tile's values
+                const float p = expf(s[j] - m_new);
+                l += p;
+#pragma unroll
+                for (int d = 0; d < MAXD; ++d)
+                    if (d < Dv) acc[d] += p * vsh[j][d];
+            }
+        }
+        mx = m_new;
+    }
+    if (i >= Sq) return;
+    const float inv = (mx == -QINF || l == 0.0f) ? 0.0f : 1.0f / l;
+    TO* orow = o + ((bz * Sq + i) * (long long)H + h) * Dv;
+#pragma unroll
+    for (int d = 0; d < MAXD; ++d)
+        if (d < Dv) orow[d] = from_f<TO>(acc[d] * inv);
+}
+
 // Attention backward, generic: out dense [B, Sq + 2 Sk, H, D] = dq | dk | dv (D == Dv). With
 // P = exp(s * scale - lse) and dS = P * (dO V^T - delta), delta = rowsum(dO * O):
 // qie_attention_grad_q (one block per query row) runs the softmax pass for lse and delta, writes

@@ -691,6 +691,9 @@ pub fn attention(b: &dyn Backend) {
     check(b, &attention_graph(1, 70, 530, 2, 16, 16, false), 1000);
     check(b, &attention_graph(2, 67, 133, 3, 8, 12, true), 1001);
     check(b, &attention_graph(1, 1, 1, 1, 4, 4, false), 1002);
+    // head dims of the CUDA kernels' other tiles (SigLIP so400m's 72) and of the generic kernel
+    check(b, &attention_graph(2, 65, 97, 2, 72, 72, true), 1005);
+    check(b, &attention_graph(1, 5, 40, 1, 100, 100, false), 1006);
     // Masks: batch 0 random, batch 1 fully masked.
     let g = attention_graph(2, 9, 600, 2, 8, 8, true);
     let mut values = random_values(&g, 1003, 2);

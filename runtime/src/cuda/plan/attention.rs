@@ -1,5 +1,6 @@
 //! Attention steps: the flash kernel for bf16 with head dim 64 / 128 and strides that are
-//! multiples of 8, otherwise the generic attention kernel.
+//! multiples of 8; otherwise the tiled kernel for head dims up to 96 (f32 eval models: ViT-B's
+//! 64, SigLIP so400m's 72), and the generic one-block-per-row kernel beyond.
 
 use super::lowering::{dtype_tag, float_type, CudaLowering};
 use super::{BufRef, FlashStep, KArg, PlanStep};
@@ -96,17 +97,28 @@ impl CudaLowering {
             float_type(vb.dtype(), "attention")?,
             float_type(out_r.dtype(), "attention")?,
         ];
+        // the tiled kernel keeps a row's accumulator in registers: head dims up to 96
+        let tile = match d.max(dv) {
+            0..=64 => Some(64),
+            65..=96 => Some(96),
+            _ => None,
+        };
         let kname = format!(
-            "qattn_{}_{}_{}_{}",
+            "qattn{}_{}_{}_{}_{}",
+            tile.map_or(String::new(), |t| format!("_t{t}")),
             dtype_tag(qb.dtype()),
             dtype_tag(kb.dtype()),
             dtype_tag(vb.dtype()),
             dtype_tag(out_r.dtype())
         );
+        let (call, threads) = match tile {
+            Some(t) => (format!("qie_attention_tiled<{t}>"), TILE_ROWS),
+            None => ("qie_attention".to_string(), 128),
+        };
         let ll =
             |p: &str| format!("long long {p}b, long long {p}s, long long {p}h, long long {p}d");
         let source = format!(
-            "extern \"C\" __global__ void __launch_bounds__(128) {kname}(const {}* q, const {}* k, const {}* v, const u8_t* mask, {}* o, int Sq, int Sk, int H, int D, int Dv, float scale, {}, {}, {}, long long mb, long long ms) {{\n    qie_attention(q, k, v, mask, o, Sq, Sk, H, D, Dv, scale, qb, qs, qh, qd, kb, ks, kh, kd, vb, vs, vh, vd, mb, ms);\n}}\n",
+            "extern \"C\" __global__ void __launch_bounds__({threads}) {kname}(const {}* q, const {}* k, const {}* v, const u8_t* mask, {}* o, int Sq, int Sk, int H, int D, int Dv, float scale, {}, {}, {}, long long mb, long long ms) {{\n    {call}(q, k, v, mask, o, Sq, Sk, H, D, Dv, scale, qb, qs, qh, qd, kb, ks, kh, kd, vb, vs, vh, vd, mb, ms);\n}}\n",
             t[0], t[1], t[2], t[3], ll("q"), ll("k"), ll("v")
         );
         self.add_kernel(&kname, source);
@@ -131,17 +143,25 @@ impl CudaLowering {
             .map_or((0, 0), |(_, mv)| (mv.strides[0], mv.strides[1]));
         args.push(KArg::I64(mb_s));
         args.push(KArg::I64(ms_s));
+        let rows_per_block = if tile.is_some() { TILE_ROWS } else { 1 };
         self.steps.push(PlanStep::Kernel {
             name: kname,
             label,
-            grid: (sq as u32, heads as u32, batch as u32),
-            block: 128,
+            grid: (
+                sq.div_ceil(rows_per_block) as u32,
+                heads as u32,
+                batch as u32,
+            ),
+            block: threads as u32,
             args,
         });
         self.launches += 1;
         Ok(())
     }
 }
+
+/// Query rows per block of the tiled kernel (QT_ROWS in generic.cuh), one thread each.
+const TILE_ROWS: usize = 64;
 
 /// Element strides (batch, seq, head) of a [B, S, H, D] view the flash kernels can read: the
 /// head dim contiguous, the others multiples of 8 elements, the offset too.
