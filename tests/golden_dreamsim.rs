@@ -9,26 +9,8 @@ use qie_models::eval::{EncoderKind, ImageEncoder};
 use qie_models::preprocess::load_rgb;
 use qie_models::ModelOptions;
 use qie_runtime::weights::WeightStore;
-use qie_tests::{fixture, rel_l2};
-use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-/// The (gt, pred) pairs the fixture script scored, in its order.
-fn pairs() -> Vec<(PathBuf, PathBuf)> {
-    let text = std::fs::read_to_string(fixture("eval/data.jsonl")).unwrap();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let row: Value = serde_json::from_str(line).unwrap();
-        let image = row["image"].as_str().unwrap();
-        let gt = fixture(&format!("eval/{image}"));
-        let name = PathBuf::from(image).file_name().unwrap().to_owned();
-        let pred = fixture("eval/pred").join(name);
-        if pred.exists() && load_rgb(&gt).unwrap().width() >= 16 {
-            out.push((gt, pred));
-        }
-    }
-    out
-}
+use qie_tests::{eval_pairs, fixture, rel_l2};
+use std::path::Path;
 
 fn load(dir: &Path) -> Result<ImageEncoder, String> {
     ImageEncoder::load(dir, EncoderKind::DreamSim, &ModelOptions::default())
@@ -43,7 +25,7 @@ fn load_err(dir: &Path) -> String {
 fn dreamsim_matches_the_dreamsim_package() {
     let expected = WeightStore::open(fixture("dreamsim/expected.safetensors")).unwrap();
     let encoder = load(&fixture("dreamsim/models")).expect("the fixture loads");
-    let pairs = pairs();
+    let pairs = eval_pairs();
     let images: Vec<_> = pairs
         .iter()
         .flat_map(|(g, p)| [load_rgb(g).unwrap(), load_rgb(p).unwrap()])
@@ -125,7 +107,7 @@ fn the_lora_changes_the_scores() {
     qie_runtime::weights::save_safetensors(&lora, &tensors).unwrap();
     let plain = load(tmp.path()).expect("loads");
     let merged = load(&fixture("dreamsim/models")).expect("loads");
-    let img = load_rgb(&pairs()[0].0).unwrap();
+    let img = load_rgb(&eval_pairs()[0].0).unwrap();
     let a = plain.embed(&[&img], 1).unwrap();
     let b = merged.embed(&[&img], 1).unwrap();
     assert!(rel_l2(&a[0], &b[0]) > 1e-3, "the LoRA made no difference");

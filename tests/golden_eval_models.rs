@@ -8,31 +8,12 @@ use qie_models::eval::{EncoderKind, ImageEncoder};
 use qie_models::preprocess::load_rgb;
 use qie_models::ModelOptions;
 use qie_runtime::weights::WeightStore;
-use qie_tests::{fixture, rel_l2};
-use serde_json::Value;
-use std::path::PathBuf;
-
-/// The (gt, pred) pairs the fixture script embedded, in its order.
-fn pairs() -> Vec<(PathBuf, PathBuf)> {
-    let text = std::fs::read_to_string(fixture("eval/data.jsonl")).unwrap();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let row: Value = serde_json::from_str(line).unwrap();
-        let image = row["image"].as_str().unwrap();
-        let gt = fixture(&format!("eval/{image}"));
-        let name = PathBuf::from(image).file_name().unwrap().to_owned();
-        let pred = fixture("eval/pred").join(name);
-        if pred.exists() && load_rgb(&gt).unwrap().width() >= 16 {
-            out.push((gt, pred));
-        }
-    }
-    out
-}
+use qie_tests::{eval_pairs, fixture, rel_l2};
 
 fn check(kind: EncoderKind, dir: &str, metric: &str) {
     let expected = WeightStore::open(fixture("eval_models/expected.safetensors")).unwrap();
     let encoder = ImageEncoder::load(&fixture(dir), kind, &ModelOptions::default()).unwrap();
-    let pairs = pairs();
+    let pairs = eval_pairs();
     let images: Vec<_> = pairs
         .iter()
         .flat_map(|(g, p)| [load_rgb(g).unwrap(), load_rgb(p).unwrap()])
@@ -96,7 +77,7 @@ fn clip_text_embeddings_match_transformers_clip() {
     let expected = WeightStore::open(fixture("eval_models/expected.safetensors")).unwrap();
     let dir = fixture("eval_models/clip");
     let text = qie_models::eval::TextEncoder::load(&dir, &ModelOptions::default()).unwrap();
-    let prompts: Vec<String> = pairs()
+    let prompts: Vec<String> = eval_pairs()
         .iter()
         .map(|(gt, _)| format!("edit {}", gt.file_stem().unwrap().to_string_lossy()))
         .collect();
@@ -115,7 +96,10 @@ fn clip_text_embeddings_match_transformers_clip() {
     assert!(err <= 1e-5, "text embeddings rel-L2 {err:e}");
 
     let image = ImageEncoder::load(&dir, EncoderKind::Clip, &ModelOptions::default()).unwrap();
-    let preds: Vec<_> = pairs().iter().map(|(_, p)| load_rgb(p).unwrap()).collect();
+    let preds: Vec<_> = eval_pairs()
+        .iter()
+        .map(|(_, p)| load_rgb(p).unwrap())
+        .collect();
     let image_embeds = image.embed(&preds.iter().collect::<Vec<_>>(), 4).unwrap();
     let cos = expected.load_f32("clip_t.cosine").unwrap();
     for (i, want) in cos.iter().enumerate() {

@@ -15,6 +15,25 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// The (ground truth, prediction) pairs of tests/fixtures/eval that the model-metric fixture
+/// scripts embed, in their order: rows whose prediction exists and whose image is at least 16
+/// pixels wide.
+pub fn eval_pairs() -> Vec<(PathBuf, PathBuf)> {
+    let text = std::fs::read_to_string(fixture("eval/data.jsonl")).unwrap();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let image = row["image"].as_str().unwrap();
+        let gt = fixture(&format!("eval/{image}"));
+        let name = PathBuf::from(image).file_name().unwrap().to_owned();
+        let pred = fixture("eval/pred").join(name);
+        if pred.exists() && qie_models::preprocess::load_rgb(&gt).unwrap().width() >= 16 {
+            out.push((gt, pred));
+        }
+    }
+    out
+}
+
 /// ||out - ref|| / ||ref|| in f64; NaN or a length mismatch gives infinity so it never passes.
 pub fn rel_l2(out: &[f32], reference: &[f32]) -> f64 {
     if out.len() != reference.len() {

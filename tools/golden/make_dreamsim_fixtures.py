@@ -44,6 +44,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from make_eval_model_fixtures import pairs  # the same (gt, pred) pairs, in the same order
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT = REPO_ROOT / "tests" / "fixtures" / "dreamsim"
 MODELS = OUT / "models"
@@ -51,17 +53,6 @@ TORCH_FILE = REPO_ROOT / "tests" / "fixtures" / "torch_file"
 IMAGES = REPO_ROOT / "tests" / "fixtures" / "eval"
 
 WIDTH, HEADS, PROJ = 128, 2, 64
-
-
-def pairs() -> list[tuple[Path, Path]]:
-    rows = [json.loads(l) for l in open(IMAGES / "data.jsonl")]
-    out = []
-    for r in rows:
-        gt = IMAGES / r["image"]
-        pred = IMAGES / "pred" / Path(r["image"]).name
-        if pred.exists() and Image.open(gt).size[0] >= 16:
-            out.append((gt, pred))
-    return out
 
 
 def tiny_vit(depth: int, mlp_ratio: float, patch_size: int = 16):
