@@ -42,8 +42,14 @@ pub fn run_library<'a>(
             b,
             d,
             bias,
+            dtype,
         } => {
             let blas = rt.blas.clone()?;
+            let dtype = match dtype.as_str() {
+                "bf16" => qie_ir::DType::BF16,
+                "f32" => qie_ir::DType::F32,
+                other => return Err(format!("unknown GEMM dtype `{other}`")),
+            };
             let bias_ptr = || {
                 bias.as_ref()
                     .map(ptr)
@@ -74,7 +80,7 @@ pub fn run_library<'a>(
                 stride_d: m * n,
                 epilogue,
                 accumulate: false,
-                dtype: qie_ir::DType::BF16,
+                dtype,
             };
             Box::new(move || blas.gemm(&args))
         }

@@ -413,14 +413,16 @@ fn gemm_call(g: &GemmStep, bufs: &mut Buffers) -> (LibraryCall, String, u64, u64
         // the same offset, which stays inside the output buffer.
         d: bufs.view((g.d, g.d_offset), Fill::Poison),
         bias: g.bias.map(|b| bufs.view(b, Fill::Random)),
+        dtype: g.dtype.to_string(),
     };
     let (m, n, k, batch) = (g.m as u64, g.n as u64, g.k as u64, g.batch as u64);
     let b_batch = if g.stride_b == 0 { 1 } else { batch };
     let bias = if g.bias.is_some() { n } else { 0 };
-    let bytes = 2 * (batch * m * k + b_batch * k * n + batch * m * n + bias);
+    let el = g.dtype.size_bytes() as u64;
+    let bytes = el * (batch * m * k + b_batch * k * n + batch * m * n + bias);
     let summary = format!(
-        "M={m} N={n} K={k} batch={batch} ta={} tb={} epilogue={epilogue}",
-        g.transpose_a as u8, g.transpose_b as u8
+        "M={m} N={n} K={k} batch={batch} ta={} tb={} epilogue={epilogue} dtype={}",
+        g.transpose_a as u8, g.transpose_b as u8, g.dtype
     );
     (call, summary, bytes, 2 * batch * m * n * k)
 }

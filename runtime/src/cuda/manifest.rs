@@ -190,6 +190,10 @@ impl LibraryEntry {
     }
 }
 
+fn bf16_name() -> String {
+    "bf16".to_string()
+}
+
 /// A pointer into `buffers[buffer]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BufferView {
@@ -201,7 +205,8 @@ pub struct BufferView {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LibraryCall {
-    /// cuBLASLt bf16 GEMM, row-major: `d[b] = op(a[b]) @ op(b[b])`, `d` dense [M, N].
+    /// cuBLASLt GEMM (bf16, or full f32), row-major: `d[b] = op(a[b]) @ op(b[b])`, `d` dense
+    /// [M, N].
     Gemm {
         m: usize,
         n: usize,
@@ -220,6 +225,9 @@ pub enum LibraryCall {
         b: BufferView,
         d: BufferView,
         bias: Option<BufferView>,
+        /// `bf16` or `f32` (a, b, d and the bias alike); manifests before f32 GEMMs are bf16.
+        #[serde(default = "bf16_name")]
+        dtype: String,
     },
     /// Flash attention forward, q [B, Sq, H, D], k/v [B, Sk, H, D] with element strides
     /// (batch, seq, head), output dense [B, Sq, H, D], lse [B, H, Sq] f32.
